@@ -1,0 +1,207 @@
+"""The `unveil` command line: a thin layer over the library (each command calls one function)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from unveil import __version__
+
+app = typer.Typer(help="unveil: chest X-ray classifiers that are honest about small, biased data.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Load, check, split and compose datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+OptionList = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="Loader option KEY=VALUE (repeatable), e.g. -o label_column=diagnosis.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE strings to a dict; comma-separated values become tuples."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            _fail(f"--option expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.strip().replace("-", "_")] = tuple(v.strip() for v in value.split(",")) if "," in value else value
+    return options
+
+
+@app.callback()
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the unveil version and the versions of the packages results depend on."""
+    from unveil.provenance import environment_versions
+
+    typer.echo(json.dumps({"unveil": __version__, **environment_versions()}, indent=2))
+
+
+@data_app.command("check")
+def data_check(
+    source: Annotated[str, typer.Argument(help="Dataset source: covid-chestxray, figure1, chestxray, rsna, "
+                                               "montgomery, shenzhen, hospital-csv.")],
+    path: Annotated[Path, typer.Argument(help="Dataset root folder (or the CSV, for hospital-csv).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    option: OptionList = None,
+    workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = 100_000_000,
+    no_images: Annotated[bool, typer.Option("--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file is unreadable, missing or invalid.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Load, validate and summarise a dataset: counts, unreadable and missing files, duplicates."""
+    from unveil.data.check import check_dataset
+    from unveil.data.records import RecordTableError
+    from unveil.data.sources import DatasetLayoutError
+
+    try:
+        report = check_dataset(source, path, read_images=not no_images, workers=workers,
+                               max_pixels=max_pixels, **parse_options(option))
+    except (KeyError, DatasetLayoutError, RecordTableError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(report.to_text())
+    if strict and report.has_problems:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[str, typer.Argument(help="Dataset source name.")],
+    path: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    out: Annotated[Path, typer.Option(help="Split file to write (CSV); a .meta.json is written beside it.")],
+    option: OptionList = None,
+    test_fraction: Annotated[float, typer.Option(help="Share of patients in test.")] = 0.3,
+    val_fraction: Annotated[float, typer.Option(help="Share of the remaining patients in validation.")] = 0.2,
+    stratify: Annotated[str, typer.Option(help="Comma-separated columns to stratify patients by.")] = "covid",
+    seed: SeedOption = 0,
+) -> None:
+    """Write a patient-exclusive, stratified, seeded train/val/test split file for one dataset."""
+    from unveil.data.leakage import check_leakage
+    from unveil.data.sources import load_source
+    from unveil.data.splits import patient_exclusive_split, write_split_file
+    from unveil.provenance import write_run_metadata
+
+    loaded = load_source(source, path, **parse_options(option))
+    records = loaded.records
+    split = patient_exclusive_split(records, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+                                    stratify_by=[c for c in stratify.split(",") if c])
+    check_leakage(records.assign(split=split))
+    digest = write_split_file(out, records, split)
+    counts = split.value_counts().to_dict()
+    write_run_metadata(out.with_suffix(".meta.json"), "unveil data split", {
+        "source": source, "path": str(path), "options": parse_options(option), "seed": seed,
+        "test_fraction": test_fraction, "val_fraction": val_fraction, "stratify": stratify},
+        extra={"split_file": str(out), "sha256": digest, "counts": counts})
+    typer.echo(json.dumps({"split_file": str(out), "sha256": digest, "counts": counts}))
+
+
+def _parse_bindings(bindings: list[str], book) -> dict[str, tuple[str, str]]:
+    parsed = {}
+    for binding in bindings:
+        role, sep, rest = binding.partition("=")
+        if not sep or not rest:
+            _fail(f"--data expects ROLE=SOURCE:PATH or ROLE=PATH, got {binding!r}")
+        source, colon, path = rest.partition(":")
+        if not colon:  # ROLE=PATH: the role's default source
+            default = book.roles.get(role)
+            if default is None or not default.default_source:
+                _fail(f"--data {binding!r}: role {role} has no default source; write {role}=SOURCE:PATH")
+            source, path = default.default_source, rest
+        parsed[role.strip()] = (source.strip(), path.strip())
+    return parsed
+
+
+@data_app.command("compose")
+def data_compose(
+    recipe: Annotated[str, typer.Argument(help="Composition name: A, AB, AC, AD, D (or one of --recipes).")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Bind a role: ROLE=SOURCE:PATH (repeatable).")],
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Loader option ROLE.KEY=VALUE (repeatable).")] = None,
+    recipes: Annotated[Path | None, typer.Option(help="Recipe YAML file (default: the paper's Table 1).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the split file and its metadata.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    test_fraction: Annotated[float, typer.Option(help="Share of patients in test.")] = 0.3,
+    val_fraction: Annotated[float, typer.Option(help="Share of remaining patients in validation.")] = 0.2,
+    seed: SeedOption = 0,
+) -> None:
+    """Build a training/test composition and print per-split class counts by source."""
+    from unveil.data.compose import RecipeError, compose, load_recipes
+    from unveil.data.leakage import LeakageError
+    from unveil.data.records import RecordTableError
+    from unveil.data.sources import DatasetLayoutError, load_source
+    from unveil.data.splits import write_split_file
+    from unveil.provenance import write_run_metadata
+
+    try:
+        book = load_recipes(recipes)
+        chosen = book.recipe(recipe)
+        bindings = _parse_bindings(data, book)
+        per_role: dict[str, list[str]] = {}
+        for item in option or []:
+            role, dot, rest = item.partition(".")
+            if not dot:
+                _fail(f"--option for compose expects ROLE.KEY=VALUE, got {item!r}")
+            per_role.setdefault(role, []).append(rest)
+        for role in chosen.roles:
+            if role not in bindings:
+                described = f" ({book.roles[role].description})" if role in book.roles else ""
+                _fail(f"composition {recipe} needs role {role}{described}; bind it with --data {role}=SOURCE:PATH")
+        tables = {}
+        for role in chosen.roles:
+            source, path = bindings[role]
+            tables[role] = load_source(source, path, **parse_options(per_role.get(role))).records
+        composition = compose(chosen, tables, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    except (RecipeError, DatasetLayoutError, LeakageError, RecordTableError) as error:
+        _fail(str(error))
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    result: dict[str, Any] = {"recipe": chosen.name, "description": chosen.description, "seed": seed,
+                              "balance": chosen.balance, "splits": composition.counts(),
+                              "warnings": composition.warnings}
+    if out is not None:
+        split_file = out / f"{chosen.name}.splits.csv"
+        digest = write_split_file(split_file, composition.records, composition.records["split"])
+        result.update(split_file=str(split_file), sha256=digest)
+        write_run_metadata(out / f"{chosen.name}.meta.json", "unveil data compose", {
+            "recipe": chosen.name, "bindings": bindings, "options": option or [], "recipes": recipes,
+            "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction},
+            extra={"result": result})
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for split, counts in result["splits"].items():
+            by_source = "; ".join(f"{s}: +{c['covid+']} -{c['covid-']}" for s, c in counts["by_source"].items())
+            typer.echo(f"{split:5s} total {counts['total']:5d}  covid+ {counts['covid+']:5d}  "
+                       f"covid- {counts['covid-']:5d}  ({by_source})")
+        for warning in composition.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="unveil")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""What every source loader returns, and the errors it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+IssueKind = Literal["missing", "unreadable", "invalid"]
+
+
+class DatasetLayoutError(ValueError):
+    """The folder does not hold the layout the loader documents (message names what is missing)."""
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """One problem with one file or row; reported, never silently dropped."""
+
+    path: str
+    problem: str
+    kind: IssueKind = "invalid"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "problem": self.problem, "kind": self.kind}
+
+
+@dataclass
+class SourceLoad:
+    """A loaded dataset: its record table, the rows it could not use, and what it left out on purpose.
+
+    ``issues`` are defects (a metadata row pointing to a missing file, an unparseable label);
+    ``excluded`` counts rows left out by design (e.g. CT rows of COVID-ChestXRay) by reason.
+    """
+
+    source: str
+    root: Path
+    records: pd.DataFrame
+    issues: list[DataIssue] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def exclude(self, reason: str, count: int = 1) -> None:
+        self.excluded[reason] = self.excluded.get(reason, 0) + count
+
+
+def require_path(path: Path, what: str, *, directory: bool = False) -> Path:
+    """Fail with a layout error naming ``path`` when it does not exist (or is of the wrong kind)."""
+    if directory and not path.is_dir():
+        raise DatasetLayoutError(f"{path}: expected {what} (a folder) but it does not exist")
+    if not directory and not path.is_file():
+        raise DatasetLayoutError(f"{path}: expected {what} (a file) but it does not exist")
+    return path
+
+
+def read_csv_table(path: Path, *, encoding: str = "utf-8", **kwargs) -> pd.DataFrame:
+    """Read a metadata CSV as strings, turning parser failures into a layout error naming the file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **kwargs)
+    except UnicodeDecodeError as error:
+        raise DatasetLayoutError(f"{path}: not readable as {encoding} text ({error.reason})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DatasetLayoutError(f"{path}: not a readable CSV table ({error})") from None
+
+
+def blank_to_none(value: object) -> str | None:
+    """Strip a CSV cell; empty cells become None."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")

@@ -1,0 +1,134 @@
+"""COVID-ChestXRay (Cohen et al., "COVID-19 image data collection"; dataset D of the paper).
+
+Layout (the GitHub repository ieee8023/covid-chestxray-dataset)::
+
+    <root>/metadata.csv       one row per image; columns patientid, offset, sex, age, finding,
+                              view, modality, date, location, folder, filename, license, ...
+    <root>/images/<filename>  X-ray images (JPEG/PNG, mixed sizes); CT volumes live in volumes/
+
+Only ``modality == "X-ray"`` rows are records (CT rows are counted in ``excluded``).
+``patientid`` is the grouping key for patient-exclusive splits. ``finding`` strings vary between
+snapshots ("COVID-19", "COVID-19, ARDS", "Pneumonia/Viral/COVID-19"): :func:`map_finding` reads
+any of them. Lung masks (e.g. the V7 Labs annotations: one PNG/JPEG per image, same file name,
+0 = background, 255 = lung) are attached when a masks folder is given or found next to the data
+(``<root>/masks`` or a sibling ``<root name>-v7-lung-masks``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age
+from unveil.data.sources.base import (
+    DataIssue,
+    SourceLoad,
+    blank_to_none,
+    read_csv_table,
+    require_path,
+)
+
+SOURCE = "covid-chestxray"
+
+_BACTERIAL = ("bacteria", "streptococcus", "klebsiella", "mycoplasma", "legionella", "staphylococcus",
+              "e.coli", "e. coli", "chlamydophila", "nocardia", "haemophilus", "pseudomonas")
+_VIRAL = ("viral", "sars", "mers", "varicella", "influenza", "herpes", "adenovirus", "rsv")
+_UNKNOWN = ("", "todo", "unknown")
+
+
+def map_finding(raw: str | None) -> tuple[int | None, str]:
+    """(covid, canonical finding) for a Cohen-family finding string; see the module docstring."""
+    text = (raw or "").strip().lower()
+    if text in _UNKNOWN:
+        return None, "unknown"
+    if "covid" in text:
+        return 1, "covid"
+    if text in {"no finding", "normal"}:
+        return 0, "normal"
+    if any(word in text for word in _BACTERIAL):
+        return 0, "bacterial"
+    if any(word in text for word in _VIRAL):
+        return 0, "viral"
+    parts = [p.strip() for p in re.split(r"[/,]", text) if p.strip()]
+    if parts == ["pneumonia"]:
+        return 0, "pneumonia"
+    return 0, "other"
+
+
+def find_masks_dir(root: Path) -> Path | None:
+    """The masks folder conventionally placed with the data, if any."""
+    for candidate in (root / "masks", root.parent / f"{root.name}-v7-lung-masks"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def mask_index(masks_dir: Path | None) -> dict[str, Path]:
+    """Mask files by exact name and by stem, so ``x.jpg`` finds ``x.png`` too."""
+    if masks_dir is None:
+        return {}
+    index: dict[str, Path] = {}
+    for path in sorted(masks_dir.iterdir()):
+        if path.is_file():
+            index.setdefault(path.name, path.resolve())
+            index.setdefault(path.stem, path.resolve())
+    return index
+
+
+def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = SOURCE) -> SourceLoad:
+    """Read ``metadata.csv`` and ``images/`` into records; rows with missing files become issues."""
+    root = Path(root)
+    metadata = require_path(root / "metadata.csv", "COVID-ChestXRay metadata.csv")
+    table = read_csv_table(metadata)
+    for column in ("patientid", "finding", "filename"):
+        if column not in table.columns:
+            raise ValueError(f"{metadata}: column {column!r} missing (has {', '.join(table.columns)})")
+    masks = mask_index(Path(masks_dir) if masks_dir is not None else find_masks_dir(root))
+    loaded = SourceLoad(source=source_name, root=root, records=build_records([]))
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        modality = blank_to_none(row.get("modality")) or "X-ray"
+        if modality.lower().replace("-", "") != "xray":
+            loaded.exclude(f"modality {modality} (not an X-ray)")
+            continue
+        filename = blank_to_none(row["filename"])
+        folder = blank_to_none(row.get("folder")) or "images"
+        if filename is None:
+            loaded.issues.append(DataIssue(str(metadata), f"row {number} has no filename", "invalid"))
+            continue
+        image = root / folder / filename
+        if not image.is_file():
+            loaded.issues.append(DataIssue(
+                str(image), f"listed in {metadata.name} row {number} but the file does not exist", "missing"))
+            continue
+        record_id = make_record_id(source_name, root, image)
+        if record_id in seen:
+            loaded.issues.append(DataIssue(
+                str(image), f"listed again in {metadata.name} row {number}; first row kept", "invalid"))
+            continue
+        seen.add(record_id)
+        patient = blank_to_none(row["patientid"])
+        if patient is None:
+            loaded.issues.append(DataIssue(str(image), f"row {number} has no patientid", "invalid"))
+            continue
+        covid, finding = map_finding(blank_to_none(row["finding"]))
+        mask = masks.get(filename) or masks.get(Path(filename).stem)
+        rows.append({
+            "record_id": record_id,
+            "source": source_name,
+            "path": str(image.resolve()),
+            "patient_id": patient,
+            "covid": covid,
+            "finding": finding,
+            "source_finding": blank_to_none(row["finding"]),
+            "view": canonical_view(row.get("view")),
+            "source_view": blank_to_none(row.get("view")),
+            "sex": canonical_sex(row.get("sex")),
+            "age": parse_age(row.get("age")),
+            "mask_path": str(mask) if mask else None,
+            "location": blank_to_none(row.get("location")),
+            "license": blank_to_none(row.get("license")),
+        })
+    loaded.records = build_records(rows, extra_columns=["location", "license"])
+    return loaded

@@ -1,0 +1,139 @@
+"""Patient-exclusive, stratified, seeded splits, and the split files that record them.
+
+The paper splits each dataset 70/30 into train/test, then the training part 80/20 into
+train/validation, with no patient in two parts. scikit-learn offers stratified *or* grouped
+splitting with fold counts, but not a stratified grouped split with exact fractions, so the
+assignment is written here (a few lines): patients are grouped into strata by their label,
+shuffled with a seeded generator, and the first ``round(n * fraction)`` of each stratum go to test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unveil.data.records import patient_keys
+from unveil.provenance import write_text_atomic
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_FILE_COLUMNS: tuple[str, ...] = ("record_id", "source", "patient_id", "covid", "finding", "split")
+
+
+class SplitFileError(ValueError):
+    """A split file is unreadable, altered, or does not match the records it is applied to."""
+
+
+def _round_half_up(value: float) -> int:
+    return int(np.floor(value + 0.5))
+
+
+def patient_strata(records: pd.DataFrame, stratify_by: Sequence[str]) -> pd.Series:
+    """One stratum label per patient key: the most frequent value of ``stratify_by`` among its
+    images (ties go to the largest value, so a patient with any COVID+ image of two is COVID+)."""
+    keys = patient_keys(records)
+    if not stratify_by:
+        return pd.Series("all", index=pd.Index(sorted(keys.unique())))
+    labels = records[list(stratify_by)].astype("string").fillna("<NA>").agg("|".join, axis=1)
+    frame = pd.DataFrame({"patient": keys.to_numpy(), "label": labels.to_numpy()})
+    counts = frame.groupby(["patient", "label"]).size().reset_index(name="n")
+    counts = counts.sort_values(["patient", "n", "label"], ascending=[True, False, False])
+    return counts.drop_duplicates("patient").set_index("patient")["label"].sort_index()
+
+
+def patient_exclusive_split(
+    records: pd.DataFrame,
+    *,
+    seed: int,
+    test_fraction: float = 0.3,
+    val_fraction: float = 0.2,
+    stratify_by: Sequence[str] = ("covid",),
+) -> pd.Series:
+    """Assign every record to train/val/test (aligned with ``records.index``).
+
+    ``test_fraction`` of each stratum's patients go to test; ``val_fraction`` of the rest to val.
+    The same records and seed always give the same assignment, whatever the row order.
+    """
+    for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+    strata = patient_strata(records, stratify_by)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for _, patients in strata.groupby(strata, sort=True):
+        order = list(patients.index[rng.permutation(len(patients))])
+        n_test = _round_half_up(len(order) * test_fraction)
+        n_val = _round_half_up((len(order) - n_test) * val_fraction)
+        for position, patient in enumerate(order):
+            assignment[patient] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+    return patient_keys(records).map(assignment).rename("split")
+
+
+def split_table(records: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """The split file's content: one row per record, sorted by split then record_id."""
+    table = records.loc[:, ["record_id", "source", "patient_id", "covid", "finding"]].copy()
+    table["split"] = split.reindex(records.index).to_numpy()
+    if table["split"].isna().any():
+        raise ValueError("every record needs a split before a split file is written")
+    order = table["split"].map({name: i for i, name in enumerate(SPLITS)})
+    table = table.assign(_order=order).sort_values(["_order", "record_id"]).drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def split_file_bytes(table: pd.DataFrame) -> bytes:
+    """Canonical CSV bytes of a split table (same content -> same bytes -> same hash)."""
+    buffer = io.StringIO()
+    table.loc[:, list(SPLIT_FILE_COLUMNS)].to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue().encode("utf-8")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_split_file(path: str | Path, records: pd.DataFrame, split: pd.Series) -> str:
+    """Write the split file atomically; return its sha256 content hash."""
+    data = split_file_bytes(split_table(records, split))
+    write_text_atomic(path, data.decode("utf-8"))
+    return content_hash(data)
+
+
+def read_split_file(path: str | Path, expected_hash: str | None = None) -> pd.DataFrame:
+    """Read a split file, checking its columns and (optionally) its content hash."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SplitFileError(f"{path}: cannot read split file ({error.strerror})") from None
+    if expected_hash is not None and content_hash(data) != expected_hash:
+        raise SplitFileError(f"{path}: content hash differs from the one recorded ({expected_hash[:12]}...)")
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype={"record_id": "string", "source": "string",
+                                                     "patient_id": "string", "finding": "string",
+                                                     "split": "string"})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise SplitFileError(f"{path}: not a readable split file ({error})") from None
+    missing = [c for c in SPLIT_FILE_COLUMNS if c not in table.columns]
+    if missing:
+        raise SplitFileError(f"{path}: missing columns {', '.join(missing)}")
+    unknown = sorted(set(table["split"].dropna()) - set(SPLITS))
+    if unknown:
+        raise SplitFileError(f"{path}: unknown split names {unknown}")
+    return table
+
+
+def apply_split_file(records: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Records restricted to those in the split file, with its ``split`` column added.
+
+    Fails, naming examples, if the file lists records that are not in ``records``.
+    """
+    known = set(records["record_id"].astype(str))
+    absent = [rid for rid in table["record_id"].astype(str) if rid not in known]
+    if absent:
+        raise SplitFileError(f"split file lists {len(absent)} record(s) not in the data, e.g. {absent[:3]}")
+    merged = records.merge(table[["record_id", "split"]], on="record_id", how="inner")
+    return merged.reset_index(drop=True)

@@ -1,0 +1,21 @@
+"""Image input/output: read any supported radiograph as gray float32, write test DICOMs."""
+
+from unveil.io.dicom_writer import write_dicom
+from unveil.io.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageInfo,
+    ImageReadError,
+    LoadedImage,
+    image_to_uint8,
+    read_image,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInfo",
+    "ImageReadError",
+    "LoadedImage",
+    "image_to_uint8",
+    "read_image",
+    "write_dicom",
+]

@@ -1,0 +1,96 @@
+"""Write a grayscale radiograph as a real DICOM file (Digital X-Ray storage) with pydicom.
+
+Used by test fixtures and by the synthetic benchmark to produce sources in DICOM layouts (RSNA).
+Only technical attributes are written: no patient name, birth date or other identifying field.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+#: Digital X-Ray Image Storage - For Presentation.
+DX_STORAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def write_dicom(
+    path: str | Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 12,
+    photometric: str = "MONOCHROME2",
+    view: str | None = None,
+    rescale_slope: float | None = None,
+    rescale_intercept: float | None = None,
+    window_center: float | None = None,
+    window_width: float | None = None,
+    signed: bool = False,
+    uid_seed: str | None = None,
+) -> Path:
+    """Write ``pixels`` (2-D integers already in stored-value units) to ``path`` atomically.
+
+    ``pixels`` must fit in ``bits_stored`` bits (unsigned, or two's complement when ``signed``).
+    ``uid_seed`` makes the generated UIDs deterministic (same seed -> byte-identical file).
+    """
+    array = np.asarray(pixels)
+    if array.ndim != 2:
+        raise ValueError(f"write_dicom expects a 2-D array, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"write_dicom expects integer stored values, got {array.dtype}")
+    if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    if array.size and (array.min() < low or array.max() > high):
+        raise ValueError(f"pixel values [{array.min()}, {array.max()}] do not fit {bits_stored} bits stored")
+    bits_allocated = 8 if bits_stored <= 8 else 16
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
+        (bits_allocated, signed)
+    ]
+
+    def uid(suffix: str) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, suffix]) if uid_seed is not None else generate_uid()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_STORAGE_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = uid("sop")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = Path(path)
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = DX_STORAGE_SOP_CLASS
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID = uid("study")
+    dataset.SeriesInstanceUID = uid("series")
+    dataset.Modality = "DX"
+    dataset.BodyPartExamined = "CHEST"
+    if view:
+        dataset.ViewPosition = view
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.Rows, dataset.Columns = array.shape
+    dataset.BitsAllocated = bits_allocated
+    dataset.BitsStored = bits_stored
+    dataset.HighBit = bits_stored - 1
+    dataset.PixelRepresentation = 1 if signed else 0
+    if rescale_slope is not None or rescale_intercept is not None:
+        dataset.RescaleSlope = f"{1.0 if rescale_slope is None else rescale_slope:g}"
+        dataset.RescaleIntercept = f"{0.0 if rescale_intercept is None else rescale_intercept:g}"
+    if window_center is not None and window_width is not None:
+        dataset.WindowCenter = f"{window_center:g}"
+        dataset.WindowWidth = f"{window_width:g}"
+    dataset.PixelData = array.astype(dtype).tobytes()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        dataset.save_as(temporary, enforce_file_format=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path

@@ -1,0 +1,32 @@
+"""Shared test helpers: where the real samples live, and small record tables built in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unveil.data.records import build_records
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared(name: str) -> Path:
+    """Path of a real sample under ../shared/data; skips the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data sample {path} not present")
+    return path
+
+
+def make_records(source: str, patients: dict[str, tuple[int | None, int]], finding_negative: str = "normal"):
+    """A record table: ``patients`` maps patient id -> (covid label, number of images)."""
+    rows = []
+    for patient, (covid, count) in sorted(patients.items()):
+        for index in range(count):
+            finding = "covid" if covid == 1 else finding_negative if covid == 0 else "unknown"
+            rows.append({"record_id": f"{source}/{patient}/{index}.png", "source": source,
+                         "path": f"/data/{source}/{patient}/{index}.png", "patient_id": patient,
+                         "covid": covid, "finding": finding, "source_finding": None, "view": "PA",
+                         "source_view": "PA", "sex": None, "age": None, "mask_path": None})
+    return build_records(rows)

@@ -1,0 +1,371 @@
+"""Loaders for RSNA, Montgomery, Shenzhen and hospital CSV sets, on small fixtures built in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from unveil.data.records import validate_records
+from unveil.data.sources import DatasetLayoutError, load_source
+from unveil.data.sources import hospital_csv, montgomery, rsna, shenzhen
+from unveil.io.dicom_writer import write_dicom
+
+REAL_SHENZHEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shenzhen"
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def _image(seed: int, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+
+
+def _by_patient(records: pd.DataFrame) -> dict[str, dict]:
+    return {row["patient_id"]: row for row in records.to_dict("records")}
+
+
+def _issues(loaded) -> dict[str, str]:
+    """Issue kind by file name."""
+    return {Path(issue.path).name: issue.kind for issue in loaded.issues}
+
+
+# --------------------------------------------------------------------------------------- RSNA
+
+
+def _rsna_fixture(root: Path, stage: str = "stage_2", detailed: bool = True) -> Path:
+    images = root / f"{stage}_train_images"
+    for seed, pid in enumerate(["p-normal", "p-two", "p-notnormal", "p-conflict", "p-one", "p-bad"]):
+        write_dicom(images / f"{pid}.dcm", np.full((8, 8), 100 * seed, dtype=np.uint16), uid_seed=pid)
+    (root / f"{stage}_train_labels.csv").write_text(
+        "patientId,x,y,width,height,Target\n"
+        "p-normal,,,,,0\n"
+        "p-two,10,20,30,40,1\n"
+        "p-two,50,60,70,80,1\n"
+        "p-notnormal,,,,,0\n"
+        "p-conflict,1,2,3,4,1\n"
+        "p-conflict,,,,,0\n"
+        "p-missing,,,,,0\n"
+        "p-one,5,5,5,5,1\n"
+        "p-bad,,,,,maybe\n"
+    )
+    if detailed:
+        (root / f"{stage}_detailed_class_info.csv").write_text(
+            "patientId,class\n"
+            "p-normal,Normal\n"
+            "p-two,Lung Opacity\n"
+            "p-two,Lung Opacity\n"
+            "p-notnormal,No Lung Opacity / Not Normal\n"
+            "p-conflict,Lung Opacity\n"
+            "p-conflict,Lung Opacity\n"
+            "p-missing,Normal\n"
+            "p-one,Lung Opacity\n"
+            "p-bad,Normal\n"
+        )
+    return root
+
+
+def test_rsna_records_labels_and_issues(tmp_path, monkeypatch):
+    import pydicom
+
+    def _no_dicom(*args, **kwargs):
+        raise AssertionError("the RSNA loader must not open DICOM files")
+
+    monkeypatch.setattr(pydicom, "dcmread", _no_dicom)
+    root = _rsna_fixture(tmp_path / "rsna")
+    loaded = rsna.load(root)
+    records = loaded.records
+    validate_records(records)
+    assert loaded.source == "rsna"
+    assert len(records) == 4
+    rows = _by_patient(records)
+    assert set(rows) == {"p-normal", "p-two", "p-notnormal", "p-one"}
+    assert (rows["p-normal"]["finding"], rows["p-normal"]["source_finding"]) == ("normal", "Normal")
+    assert (rows["p-two"]["finding"], rows["p-two"]["boxes"]) == ("pneumonia", 2)
+    assert rows["p-one"]["boxes"] == 1 and rows["p-normal"]["boxes"] == 0
+    assert (rows["p-notnormal"]["finding"], rows["p-notnormal"]["source_finding"]) == (
+        "other", "No Lung Opacity / Not Normal")
+    assert (records["covid"] == 0).all()
+    assert records[["view", "sex", "age", "mask_path"]].isna().all().all()
+    assert rows["p-two"]["record_id"] == "rsna/stage_2_train_images/p-two.dcm"
+    assert rows["p-two"]["path"] == str((root / "stage_2_train_images" / "p-two.dcm").resolve())
+
+    assert _issues(loaded) == {"p-conflict.dcm": "invalid", "p-missing.dcm": "missing", "p-bad.dcm": "invalid"}
+    missing = next(i for i in loaded.issues if i.kind == "missing")
+    assert missing.problem == "listed in stage_2_train_labels.csv row 8 but the file does not exist"
+    conflict = next(i for i in loaded.issues if "p-conflict" in i.path)
+    assert "row 6" in conflict.problem and "row 7" in conflict.problem
+    assert "maybe" in next(i for i in loaded.issues if "p-bad" in i.path).problem
+
+
+def test_rsna_stage1_names_without_detailed_file(tmp_path):
+    root = _rsna_fixture(tmp_path / "rsna1", stage="stage_1", detailed=False)
+    rows = _by_patient(rsna.load(root).records)
+    assert set(rows) == {"p-normal", "p-two", "p-notnormal", "p-one"}
+    assert (rows["p-notnormal"]["finding"], rows["p-notnormal"]["source_finding"]) == ("normal", "Target=0")
+    assert (rows["p-two"]["finding"], rows["p-two"]["source_finding"]) == ("pneumonia", "Target=1")
+    assert rows["p-one"]["record_id"] == "rsna/stage_1_train_images/p-one.dcm"
+
+
+def test_rsna_layout_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError, match="stage_2_train_labels.csv"):
+        rsna.load(tmp_path / "empty")
+    root = tmp_path / "noimages"
+    root.mkdir()
+    (root / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
+    with pytest.raises(DatasetLayoutError, match="stage_2_train_images"):
+        rsna.load(root)
+    (root / "stage_2_train_images").mkdir()
+    (root / "stage_2_train_labels.csv").write_text("patientId,Target\na,0\n")
+    with pytest.raises(DatasetLayoutError, match="width"):
+        rsna.load(root)
+
+
+# --------------------------------------------------------------------------------- Montgomery
+
+
+def _montgomery_fixture(root: Path) -> Path:
+    readings = {
+        "MCUCXR_0001_0": "Patient's Sex: M\nPatient's Age: 045Y\n\nnormal\n",
+        "MCUCXR_0002_1": "Patient's Sex: F\nPatient's Age: 062Y\n\nright upper lobe cavitary TB\n",
+        "MCUCXR_0003_0": "Patient's Sex: O\nPatient's Age: 0XXY\nnormal\n",
+    }
+    for seed, (name, text) in enumerate(readings.items()):
+        _png(root / "CXR_png" / f"{name}.png", _image(seed))
+        left = np.zeros((16, 16), np.uint8)
+        left[2:14, 1:8 + seed] = 255
+        _png(root / "ManualMask" / "leftMask" / f"{name}.png", left)
+        if name != "MCUCXR_0003_0":
+            right = np.zeros((16, 16), np.uint8)
+            right[3:12, 6:15] = 255
+            _png(root / "ManualMask" / "rightMask" / f"{name}.png", right)
+        (root / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+        (root / "ClinicalReadings" / f"{name}.txt").write_text(text)
+    (root / "CXR_png" / "Thumbs.db").write_bytes(b"\0")
+    return root
+
+
+def test_montgomery_records_masks_and_issues(tmp_path):
+    root = _montgomery_fixture(tmp_path / "mc")
+    cache = tmp_path / "cache"
+    loaded = montgomery.load(root, mask_cache=cache)
+    records = loaded.records
+    validate_records(records)
+    assert len(records) == 3
+    rows = _by_patient(records)
+    assert set(rows) == {"MCUCXR_0001", "MCUCXR_0002", "MCUCXR_0003"}
+    assert (rows["MCUCXR_0001"]["finding"], rows["MCUCXR_0001"]["source_finding"]) == ("normal", "normal")
+    assert (rows["MCUCXR_0002"]["finding"], rows["MCUCXR_0002"]["source_finding"]) == ("other", "tuberculosis")
+    assert (records["covid"] == 0).all() and (records["view"] == "PA").all()
+    assert (rows["MCUCXR_0001"]["sex"], rows["MCUCXR_0001"]["age"]) == ("M", 45.0)
+    assert (rows["MCUCXR_0002"]["sex"], rows["MCUCXR_0002"]["age"]) == ("F", 62.0)
+    assert pd.isna(rows["MCUCXR_0003"]["sex"]) and pd.isna(rows["MCUCXR_0003"]["age"])
+    assert rows["MCUCXR_0002"]["reading"] == "right upper lobe cavitary TB"
+    assert rows["MCUCXR_0002"]["record_id"] == "montgomery/CXR_png/MCUCXR_0002_1.png"
+
+    for name in ("MCUCXR_0001_0", "MCUCXR_0002_1"):
+        mask_path = Path(_by_patient(records)[name[:11]]["mask_path"])
+        assert mask_path == (cache / f"{name}.png").resolve()
+        left = np.asarray(Image.open(root / "ManualMask" / "leftMask" / f"{name}.png")) > 0
+        right = np.asarray(Image.open(root / "ManualMask" / "rightMask" / f"{name}.png")) > 0
+        combined = np.asarray(Image.open(mask_path))
+        np.testing.assert_array_equal(combined > 0, left | right)
+        assert set(np.unique(combined)) == {0, 255}
+    assert pd.isna(rows["MCUCXR_0003"]["mask_path"])
+    assert _issues(loaded) == {"MCUCXR_0003_0.png": "invalid"}
+    assert "rightMask" in loaded.issues[0].path
+    assert loaded.excluded == {"not an image file in CXR_png": 1}
+
+
+def test_montgomery_mask_cache_default_and_reuse(tmp_path):
+    root = _montgomery_fixture(tmp_path / "mc")
+    loaded = montgomery.load(root)
+    out = root / "ManualMask" / "combined" / "MCUCXR_0001_0.png"
+    assert loaded.records["mask_path"].dropna().str.startswith(str(out.parent.resolve())).all()
+    assert out.is_file()
+    stamp = out.stat().st_mtime_ns
+    montgomery.load(root)  # present and newer than its inputs: not rewritten
+    assert out.stat().st_mtime_ns == stamp
+
+    left = root / "ManualMask" / "leftMask" / "MCUCXR_0001_0.png"
+    _png(left, np.full((16, 16), 255, np.uint8))
+    os.utime(left, ns=(stamp + 10**9, stamp + 10**9))
+    montgomery.load(root)  # an input changed: rewritten
+    assert (np.asarray(Image.open(out)) == 255).all()
+
+
+def test_montgomery_cache_falls_back_to_user_cache(tmp_path, monkeypatch):
+    root = _montgomery_fixture(tmp_path / "mc")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(montgomery.os, "access", lambda *args, **kwargs: False)
+    cache = montgomery.default_mask_cache(root)
+    assert cache.parent == tmp_path / "xdg" / "unveil" / "montgomery-masks"
+
+
+def test_combine_masks_rejects_size_mismatch(tmp_path):
+    left = _png(tmp_path / "l.png", np.zeros((4, 4)))
+    right = _png(tmp_path / "r.png", np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="4x4"):
+        montgomery.combine_masks(left, right, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_montgomery_layout_error(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="CXR_png"):
+        montgomery.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------------- Shenzhen
+
+
+def _shenzhen_fixture(root: Path) -> Path:
+    for seed, name in enumerate(["CHNCXR_0001_0", "CHNCXR_0002_1", "CHNCXR_0003_0"]):
+        _png(root / "CXR_png" / f"{name}.png", _image(seed))
+    for name in ("CHNCXR_0001_0", "CHNCXR_0002_1", "CHNCXR_0009_0"):
+        _png(root / "mask" / f"{name}_mask.png", np.full((16, 16), 200))
+    _png(root / "CXR_png" / "scan.png", _image(9))
+    (root / "ClinicalReadings").mkdir()
+    (root / "ClinicalReadings" / "CHNCXR_0001_0.txt").write_text("male 35yrs\nnormal\n")
+    (root / "ClinicalReadings" / "CHNCXR_0002_1.txt").write_text("female 44yrs\nSTB,ATB&PTB in the right upper field\n")
+    return root
+
+
+def test_shenzhen_records(tmp_path):
+    root = _shenzhen_fixture(tmp_path / "sz")
+    loaded = shenzhen.load(root)
+    records = loaded.records
+    validate_records(records)
+    assert len(records) == 3
+    rows = _by_patient(records)
+    assert set(rows) == {"CHNCXR_0001", "CHNCXR_0002", "CHNCXR_0003"}
+    assert rows["CHNCXR_0001"]["finding"] == "normal" and rows["CHNCXR_0003"]["finding"] == "normal"
+    assert (rows["CHNCXR_0002"]["finding"], rows["CHNCXR_0002"]["source_finding"]) == ("other", "tuberculosis")
+    assert (records["covid"] == 0).all() and (records["view"] == "PA").all()
+    assert (rows["CHNCXR_0001"]["sex"], rows["CHNCXR_0001"]["age"]) == ("M", 35.0)
+    assert (rows["CHNCXR_0002"]["sex"], rows["CHNCXR_0002"]["age"]) == ("F", 44.0)
+    assert rows["CHNCXR_0002"]["reading"] == "STB,ATB&PTB in the right upper field"
+    assert pd.isna(rows["CHNCXR_0003"]["sex"]) and pd.isna(rows["CHNCXR_0003"]["mask_path"])
+    assert rows["CHNCXR_0001"]["mask_path"] == str((root / "mask" / "CHNCXR_0001_0_mask.png").resolve())
+    assert _issues(loaded) == {"scan.png": "invalid"}
+    assert loaded.excluded == {"mask without an image in CXR_png": 1}
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("male 35yrs", ("M", 35.0)), ("Female 44yrs", ("F", 44.0)), ("male35yrs", ("M", 35.0)),
+    ("female 6months", ("F", 0.5)), ("male", ("M", None)), ("normal", (None, None)),
+])
+def test_shenzhen_sex_age_line(line, expected):
+    assert shenzhen.parse_sex_age(line) == expected
+
+
+# ------------------------------------------------------------------------------ hospital CSV
+
+
+def _hospital_fixture(root: Path) -> Path:
+    for seed, name in enumerate(["a.png", "b.png", "c.png", "d.png"]):
+        _png(root / "images" / name, _image(seed))
+    absolute_b = (root / "images" / "b.png").resolve()
+    (root / "exams.csv").write_text(
+        "file,pid,covid_label,Sex,Age,View,dx\n"
+        "images/a.png,P1,Positive,M,54,PA,\n"
+        f"{absolute_b},P1,neg,M,54,AP Supine,Bacterial pneumonia\n"
+        "images/c.png,P2,maybe,F,40,PA,\n"
+        "images/missing.png,P3,1,F,33,PA,\n"
+        "images/d.png,P4,0,female,,,normal\n"
+        "images/a.png,P1,covid-19,M,54,PA,\n"
+    )
+    return root
+
+
+HOSPITAL_OPTIONS = dict(csv="exams.csv", path_column="file", patient_column="pid", label_column="covid_label",
+                        finding_column="dx")
+
+
+def test_hospital_csv_records_and_issues(tmp_path):
+    root = _hospital_fixture(tmp_path / "corda")
+    loaded = hospital_csv.load(root, **HOSPITAL_OPTIONS)
+    records = loaded.records
+    validate_records(records)
+    assert loaded.source == "hospital-csv"
+    assert len(records) == 3
+    rows = {Path(p).name: r for p, r in zip(records["path"], records.to_dict("records"))}
+    assert set(rows) == {"a.png", "b.png", "d.png"}
+    assert (rows["a.png"]["covid"], rows["a.png"]["finding"], rows["a.png"]["patient_id"]) == (1, "covid", "P1")
+    assert (rows["b.png"]["covid"], rows["b.png"]["finding"]) == (0, "bacterial")
+    assert rows["b.png"]["source_finding"] == "Bacterial pneumonia"
+    assert (rows["b.png"]["view"], rows["b.png"]["source_view"]) == ("AP", "AP Supine")
+    assert (rows["d.png"]["finding"], rows["d.png"]["sex"]) == ("normal", "F")
+    assert pd.isna(rows["d.png"]["age"]) and rows["a.png"]["age"] == 54.0
+    assert rows["b.png"]["record_id"] == "hospital-csv/images/b.png"
+    assert rows["a.png"]["path"] == str((root / "images" / "a.png").resolve())
+
+    kinds = _issues(loaded)
+    assert kinds == {"c.png": "invalid", "missing.png": "missing", "a.png": "invalid"}
+    bad = next(i for i in loaded.issues if i.path.endswith("c.png"))
+    assert "row 4" in bad.problem and "'maybe'" in bad.problem
+    missing = next(i for i in loaded.issues if i.kind == "missing")
+    assert missing.problem == "listed in exams.csv row 5 but the file does not exist"
+    assert "row 7" in next(i for i in loaded.issues if i.path.endswith("a.png")).problem
+
+
+def test_hospital_csv_default_labels_csv_root_file_and_source_name(tmp_path):
+    root = tmp_path / "h"
+    for seed, name in enumerate(["x.png", "y.png"]):
+        _png(root / name, _image(seed))
+    (root / "labels.csv").write_text("path,patient,label\nx.png,1,COVID\ny.png,2,negative\n")
+    rows = _by_patient(hospital_csv.load(root).records)
+    assert (rows["1"]["finding"], rows["2"]["finding"], rows["2"]["covid"]) == ("covid", "unknown", 0)
+    assert rows["2"]["source_finding"] == "negative"
+
+    second = hospital_csv.load(root / "labels.csv", source_name="corda-2")
+    assert second.source == "corda-2"
+    assert set(second.records["record_id"]) == {"corda-2/x.png", "corda-2/y.png"}
+    assert (second.records["source"] == "corda-2").all()
+
+
+def test_hospital_csv_layout_errors(tmp_path):
+    root = _hospital_fixture(tmp_path / "corda")
+    with pytest.raises(DatasetLayoutError, match="labels.csv"):
+        hospital_csv.load(root)
+    with pytest.raises(DatasetLayoutError) as error:
+        hospital_csv.load(root, csv="exams.csv", patient_column="pid", label_column="covid_label")
+    assert "'path'" in str(error.value) and "'file'" in str(error.value) and "'covid_label'" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------- registry
+
+
+def test_registry_loads_each_source(tmp_path):
+    assert len(load_source("rsna", _rsna_fixture(tmp_path / "rsna")).records) == 4
+    assert len(load_source("rsna-pneumonia", tmp_path / "rsna").records) == 4
+    mc = load_source("montgomery", _montgomery_fixture(tmp_path / "mc"), mask_cache=tmp_path / "cache")
+    assert len(mc.records) == 3 and mc.source == "montgomery"
+    assert len(load_source("shenzhen", _shenzhen_fixture(tmp_path / "sz")).records) == 3
+    hospital = load_source("corda", _hospital_fixture(tmp_path / "corda"), **HOSPITAL_OPTIONS)
+    assert len(hospital.records) == 3 and hospital.source == "hospital-csv"
+
+
+# --------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SHENZHEN.is_dir(), reason=f"{REAL_SHENZHEN} is absent")
+def test_real_shenzhen_sample():
+    loaded = load_source("shenzhen", REAL_SHENZHEN)
+    records = validate_records(loaded.records)
+    assert len(records) == 10
+    assert records["mask_path"].notna().sum() == 10
+    assert all(Path(p).is_file() for p in records["mask_path"])
+    assert (records["finding"] == "normal").all() and (records["covid"] == 0).all()
+    assert records["record_id"].str.startswith("shenzhen/CXR_png/CHNCXR_").all()
+    assert loaded.issues == [] and loaded.excluded == {}
+    mask = np.asarray(Image.open(records["mask_path"].iloc[0]))
+    assert (mask > shenzhen.MASK_THRESHOLD).any()
