@@ -45,7 +45,8 @@ def main() -> int:
         result = compose(load_recipes().recipe("D"), {"D": loads["covid-chestxray"].records}, seed=args.seed)
         print(f"== composition D (seed {args.seed}): COVID-ChestXRay, classes balanced by subsampling")
         for split, counts in result.counts().items():
-            print(f"{split:5s} covid+ {counts['covid+']:4d}  covid- {counts['covid-']:4d}  patients {counts['patients']}")
+            print(f"{split:5s} covid+ {counts['covid+']:4d}  covid- {counts['covid-']:4d}  "
+                  f"patients {counts['patients']}")
     if not loads:
         print(f"no known dataset layout under {args.data}", file=sys.stderr)
         return 1

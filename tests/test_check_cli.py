@@ -27,7 +27,8 @@ def make_kermany(root, *, normals=6, viral=4, bacterial=4, size=48):
         folder = root / subset / "PNEUMONIA"
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(viral):
-            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"person{i}_virus_{i}.jpeg")
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
+                folder / f"person{i}_virus_{i}.jpeg")
         for i in range(bacterial):
             Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(
                 folder / f"person{100 + i}_bacteria_{i}.jpeg")

@@ -12,7 +12,8 @@ def tables():
                                       "u0": (None, 1)})
     b = make_records("chestxray", {f"b{i}": (0, 1) for i in range(300)})
     c = make_records("rsna", {f"c{i}": (0, 1) for i in range(20)})
-    d = make_records("covid-chestxray", {**{f"d{i}": (1, 1) for i in range(80)}, **{f"e{i}": (0, 1) for i in range(20)}})
+    d = make_records("covid-chestxray",
+                     {**{f"d{i}": (1, 1) for i in range(80)}, **{f"e{i}": (0, 1) for i in range(20)}})
     return {"A": a, "B": b, "C": c, "D": d}
 
 

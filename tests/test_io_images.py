@@ -16,13 +16,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from unveil.io import images
 from unveil.io import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     ImageReadError,
     LoadedImage,
     image_to_uint8,
+    images,
     read_image,
     write_dicom,
 )

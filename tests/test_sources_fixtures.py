@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from unveil.data.records import validate_records
-from unveil.data.sources import DatasetLayoutError, load_source
-from unveil.data.sources import hospital_csv, montgomery, rsna, shenzhen
+from unveil.data.sources import DatasetLayoutError, hospital_csv, load_source, montgomery, rsna, shenzhen
 from unveil.io.dicom_writer import write_dicom
 
 REAL_SHENZHEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shenzhen"

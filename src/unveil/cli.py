@@ -62,10 +62,14 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     option: OptionList = None,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = 100_000_000,
-    no_images: Annotated[bool, typer.Option("--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file is unreadable, missing or invalid.")] = False,
-    seed: SeedOption = 0,
+    max_pixels: Annotated[int, typer.Option(
+        help="Refuse images with more pixels (decompression bombs).")] = 100_000_000,
+    no_images: Annotated[bool, typer.Option(
+        "--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
+    strict: Annotated[bool, typer.Option(
+        help="Exit with status 1 if any file is unreadable, missing or invalid.")] = False,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Accepted like every command's; the check itself involves no randomness.")] = 0,
 ) -> None:
     """Load, validate and summarise a dataset: counts, unreadable and missing files, duplicates."""
     from unveil.data.check import check_dataset

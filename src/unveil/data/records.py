@@ -26,6 +26,7 @@ Loaders may add further columns (``location``, ``license``, ``exam_id``...); the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,9 +64,39 @@ class RecordTableError(ValueError):
 
 
 def make_record_id(source: str, root: Path | str, path: Path | str) -> str:
-    """Stable id of an image: the source name and its path relative to the dataset root."""
-    relative = Path(path).resolve().relative_to(Path(root).resolve())
-    return f"{source}/{relative.as_posix()}"
+    """Stable id of an image: the source name and its path relative to the dataset root.
+
+    The path is taken as written (a symlink inside the root keeps its name there); a file outside
+    the root gets a lexical ``../`` path, so the id never depends on the machine's absolute paths.
+    """
+    absolute_root, absolute = Path(root).absolute(), Path(path).absolute()
+    try:
+        relative = absolute.relative_to(absolute_root).as_posix()
+    except ValueError:
+        relative = Path(os.path.relpath(absolute, absolute_root)).as_posix()
+    return f"{source}/{relative}"
+
+
+def record_row(source: str, root: Path | str, image: Path | str, *, patient_id: str, covid: int | None,
+               finding: str, source_finding: str | None = None, view: str | None = None,
+               source_view: str | None = None, sex: str | None = None, age: float | None = None,
+               mask_path: Path | str | None = None, **extra: object) -> dict:
+    """One loader row in the contract's shape (``extra`` columns ride along)."""
+    return {
+        "record_id": make_record_id(source, root, image),
+        "source": source,
+        "path": str(Path(image).resolve()),
+        "patient_id": patient_id,
+        "covid": covid,
+        "finding": finding,
+        "source_finding": source_finding,
+        "view": view,
+        "source_view": source_view,
+        "sex": sex,
+        "age": age,
+        "mask_path": str(mask_path) if mask_path is not None else None,
+        **extra,
+    }
 
 
 def canonical_view(raw: object) -> str | None:

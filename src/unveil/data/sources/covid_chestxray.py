@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age
+from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age, record_row
 from unveil.data.sources.base import (
     DataIssue,
     SourceLoad,
@@ -114,21 +114,11 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
             continue
         covid, finding = map_finding(blank_to_none(row["finding"]))
         mask = masks.get(filename) or masks.get(Path(filename).stem)
-        rows.append({
-            "record_id": record_id,
-            "source": source_name,
-            "path": str(image.resolve()),
-            "patient_id": patient,
-            "covid": covid,
-            "finding": finding,
-            "source_finding": blank_to_none(row["finding"]),
-            "view": canonical_view(row.get("view")),
-            "source_view": blank_to_none(row.get("view")),
-            "sex": canonical_sex(row.get("sex")),
-            "age": parse_age(row.get("age")),
-            "mask_path": str(mask) if mask else None,
-            "location": blank_to_none(row.get("location")),
-            "license": blank_to_none(row.get("license")),
-        })
+        rows.append(record_row(
+            source_name, root, image, patient_id=patient, covid=covid, finding=finding,
+            source_finding=blank_to_none(row["finding"]), view=canonical_view(row.get("view")),
+            source_view=blank_to_none(row.get("view")), sex=canonical_sex(row.get("sex")),
+            age=parse_age(row.get("age")), mask_path=mask, location=blank_to_none(row.get("location")),
+            license=blank_to_none(row.get("license"))))
     loaded.records = build_records(rows, extra_columns=["location", "license"])
     return loaded

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age
+from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age, record_row
 from unveil.data.sources.base import (
     IMAGE_SUFFIXES,
     DataIssue,
@@ -81,19 +81,10 @@ def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
             continue
         seen.add(record_id)
         covid, finding = map_finding(blank_to_none(row.get("finding")))
-        rows.append({
-            "record_id": record_id,
-            "source": source_name,
-            "path": str(image.resolve()),
-            "patient_id": patient_of(image_id),
-            "covid": covid,
-            "finding": finding,
-            "source_finding": blank_to_none(row.get("finding")),
-            "view": canonical_view(row.get("view")),
-            "source_view": blank_to_none(row.get("view")),
-            "sex": canonical_sex(row.get("sex")),
-            "age": parse_age(row.get("age")),
-            "mask_path": None,
-        })
+        rows.append(record_row(
+            source_name, root, image, patient_id=patient_of(image_id), covid=covid, finding=finding,
+            source_finding=blank_to_none(row.get("finding")), view=canonical_view(row.get("view")),
+            source_view=blank_to_none(row.get("view")), sex=canonical_sex(row.get("sex")),
+            age=parse_age(row.get("age"))))
     loaded.records = build_records(rows)
     return loaded

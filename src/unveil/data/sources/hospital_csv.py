@@ -41,13 +41,12 @@ keeps its first row and reports the repeat ("invalid"). Row numbers count the he
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age
+from unveil.data.records import build_records, canonical_sex, canonical_view, parse_age, record_row
 from unveil.data.sources.base import (
     DataIssue,
     DatasetLayoutError,
@@ -102,12 +101,6 @@ def _resolve_csv(root: Path, csv: str | Path | None) -> tuple[Path, Path]:
         csv_path = root / csv_path
     return root, require_path(csv_path.absolute(), "the hospital labels CSV")
 
-
-def _record_id(source: str, root: Path, path: Path) -> str:
-    try:
-        return make_record_id(source, root, path)
-    except ValueError:  # outside the root (or reached through a symlink): lexical relative path
-        return f"{source}/{Path(os.path.relpath(path, root)).as_posix()}"
 
 
 def load(
@@ -187,21 +180,11 @@ def load(
             finding = FINDING_MAP.get(finding_text.lower(), "other")
         view = blank_to_none(row[optional["view"]]) if optional["view"] else None
         resolved = image.resolve()
-        listed.setdefault(str(resolved), []).append((number, {
-            "record_id": _record_id(source_name, root, image.absolute()),
-            "source": source_name,
-            "path": str(resolved),
-            "patient_id": patient,
-            "covid": covid,
-            "finding": finding,
-            "source_finding": finding_text if finding_text is not None else label,
-            "view": canonical_view(view),
-            "source_view": view,
-            "sex": canonical_sex(row[optional["sex"]]) if optional["sex"] else None,
-            "age": parse_age(row[optional["age"]]) if optional["age"] else None,
-            "mask_path": None,
-            "label": label,
-        }))
+        listed.setdefault(str(resolved), []).append((number, record_row(
+            source_name, root, image.absolute(), patient_id=patient, covid=covid, finding=finding,
+            source_finding=finding_text if finding_text is not None else label, view=canonical_view(view),
+            source_view=view, sex=canonical_sex(row[optional["sex"]]) if optional["sex"] else None,
+            age=parse_age(row[optional["age"]]) if optional["age"] else None, label=label)))
 
     rows: list[dict] = []
     seen_ids: set[str] = set()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unveil.data.records import build_records, make_record_id
+from unveil.data.records import build_records, record_row
 from unveil.data.sources.base import IMAGE_SUFFIXES, DatasetLayoutError, SourceLoad
 
 SOURCE = "chestxray"
@@ -61,20 +61,7 @@ def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
                         loaded.exclude("not an image file (by extension)")
                     continue
                 finding, source_finding, patient = classify_file(class_folder, image.name)
-                rows.append({
-                    "record_id": make_record_id(source_name, root, image),
-                    "source": source_name,
-                    "path": str(image.resolve()),
-                    "patient_id": patient,
-                    "covid": 0,
-                    "finding": finding,
-                    "source_finding": source_finding,
-                    "view": None,
-                    "source_view": None,
-                    "sex": None,
-                    "age": None,
-                    "mask_path": None,
-                    "original_split": subset,
-                })
+                rows.append(record_row(source_name, root, image, patient_id=patient, covid=0, finding=finding,
+                                       source_finding=source_finding, original_split=subset))
     loaded.records = build_records(rows, extra_columns=["original_split"])
     return loaded

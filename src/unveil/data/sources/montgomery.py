@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unveil.data.records import build_records, canonical_sex, make_record_id, parse_age
+from unveil.data.records import build_records, canonical_sex, parse_age, record_row
 from unveil.data.sources.base import IMAGE_SUFFIXES, DataIssue, SourceLoad, require_path
 
 SOURCE = "montgomery"
@@ -112,12 +112,6 @@ def read_clinical_reading(path: Path) -> tuple[str | None, float | None, str | N
     return sex, age, (" ".join(reading) or None)
 
 
-def _record_id(root: Path, path: Path) -> str:
-    try:
-        return make_record_id(SOURCE, root, path)
-    except ValueError:  # the file is a symlink leading outside the root: use its name inside the root
-        return f"{SOURCE}/{path.relative_to(root).as_posix()}"
-
 
 def load(root: Path, *, mask_cache: Path | None = None) -> SourceLoad:
     """Load the Montgomery set from its NLM layout under ``root`` (see the module docstring)."""
@@ -175,21 +169,9 @@ def load(root: Path, *, mask_cache: Path | None = None) -> SourceLoad:
                 loaded.issues.append(DataIssue(str(image), "no lung mask in ManualMask/leftMask or "
                                                "ManualMask/rightMask", "missing"))
 
-        rows.append({
-            "record_id": _record_id(root, image),
-            "source": SOURCE,
-            "path": str(image.resolve()),
-            "patient_id": patient,
-            "covid": 0,
-            "finding": finding,
-            "source_finding": source_finding,
-            "view": "PA",
-            "source_view": None,
-            "sex": sex,
-            "age": age,
-            "mask_path": mask_path,
-            "reading": reading,
-        })
+        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
+                               source_finding=source_finding, view="PA", sex=sex, age=age,
+                               mask_path=mask_path, reading=reading))
 
     loaded.records = build_records(rows, extra_columns=["reading"])
     return loaded

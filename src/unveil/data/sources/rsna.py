@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unveil.data.records import build_records, make_record_id
+from unveil.data.records import build_records, record_row
 from unveil.data.sources.base import (
     DataIssue,
     DatasetLayoutError,
@@ -89,12 +89,6 @@ def _parse_target(raw: str | None) -> int | None:
         return None
     return int(value) if value in (0.0, 1.0) else None
 
-
-def _record_id(root: Path, path: Path) -> str:
-    try:
-        return make_record_id(SOURCE, root, path)
-    except ValueError:  # the file is a symlink leading outside the root: use its name inside the root
-        return f"{SOURCE}/{path.relative_to(root).as_posix()}"
 
 
 def load(root: Path) -> SourceLoad:
@@ -170,21 +164,8 @@ def load(root: Path) -> SourceLoad:
             finding, source_finding = DETAILED_CLASSES[klass][1], klass
         else:
             finding, source_finding = ("pneumonia" if target == 1 else "normal"), f"Target={target}"
-        rows.append({
-            "record_id": _record_id(root, image),
-            "source": SOURCE,
-            "path": str(image.resolve()),
-            "patient_id": patient,
-            "covid": 0,
-            "finding": finding,
-            "source_finding": source_finding,
-            "view": None,
-            "source_view": None,
-            "sex": None,
-            "age": None,
-            "mask_path": None,
-            "boxes": entry["boxes"],
-        })
+        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
+                               source_finding=source_finding, boxes=entry["boxes"]))
 
     return SourceLoad(source=SOURCE, root=root, records=build_records(rows, extra_columns=["boxes"]),
                       issues=issues, excluded={})

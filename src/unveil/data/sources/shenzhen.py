@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unveil.data.records import build_records, canonical_sex, make_record_id
+from unveil.data.records import build_records, canonical_sex, record_row
 from unveil.data.sources.base import IMAGE_SUFFIXES, DataIssue, SourceLoad, require_path
 
 SOURCE = "shenzhen"
@@ -77,12 +77,6 @@ def read_clinical_reading(path: Path) -> tuple[str | None, float | None, str | N
     return sex, age, (" ".join(rest) or None)
 
 
-def _record_id(root: Path, path: Path) -> str:
-    try:
-        return make_record_id(SOURCE, root, path)
-    except ValueError:  # the file is a symlink leading outside the root: use its name inside the root
-        return f"{SOURCE}/{path.relative_to(root).as_posix()}"
-
 
 def load(root: Path) -> SourceLoad:
     """Load the Shenzhen set from its layout under ``root`` (see the module docstring)."""
@@ -117,21 +111,9 @@ def load(root: Path) -> SourceLoad:
                                                "unreadable"))
 
         mask = mask_dir / f"{image.stem}_mask.png"
-        rows.append({
-            "record_id": _record_id(root, image),
-            "source": SOURCE,
-            "path": str(image.resolve()),
-            "patient_id": patient,
-            "covid": 0,
-            "finding": finding,
-            "source_finding": source_finding,
-            "view": "PA",
-            "source_view": None,
-            "sex": sex,
-            "age": age,
-            "mask_path": str(mask.resolve()) if mask.is_file() else None,
-            "reading": reading,
-        })
+        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
+                               source_finding=source_finding, view="PA", sex=sex, age=age,
+                               mask_path=mask.resolve() if mask.is_file() else None, reading=reading))
 
     if mask_dir.is_dir():
         orphans = sum(1 for m in mask_dir.glob("*_mask.png") if m.name[: -len("_mask.png")] not in stems)
