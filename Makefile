@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data
 SEED ?= 0
 
-.PHONY: install demo test clean
+.PHONY: install demo data-summary test clean
 
 $(BIN)/unveil: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,12 @@ $(BIN)/unveil: pyproject.toml
 
 install: $(BIN)/unveil
 
-# Main job on the default data. Until the synthetic benchmark and demo exist, it checks and
-# summarises the real samples in ../shared/data (or any folder given as SHARED_DATA=...).
+# Main job on the embedded default data: the synthetic `paper` benchmark (outputs in runs/demo).
 demo: install
+	$(BIN)/python scripts/demo.py --out runs/demo --seed $(SEED)
+
+# Check and summarise the real samples in ../shared/data (or SHARED_DATA=...).
+data-summary: install
 	$(BIN)/python scripts/data_summary.py --data $(SHARED_DATA) --seed $(SEED)
 
 # The whole test suite (CI runs exactly this: see .ci/run).

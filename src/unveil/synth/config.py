@@ -13,6 +13,8 @@ Schema (see ``presets/paper.yaml`` for a commented example)::
         classes: {FINDING: COUNT, ...}        # images per finding at scale 1
         follow_up: 0.0                        # chance of each further image of one patient
         site: "name"                          # {site} in burned-in text; D's location
+        image_format: png | jpeg | mixed      # file format (default: the layout's own, see
+                                              # DEFAULT_FORMATS); RSNA is always 12-bit DICOM
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ LAYOUTS: dict[str, str] = {  # layout -> the unveil source that reads it
     "shenzhen": "shenzhen",
 }
 PRESETS: tuple[str, ...] = ("paper", "clean")
+#: The file format each layout uses in the real datasets (lossy JPEG is itself a source signature).
+DEFAULT_FORMATS: dict[str, str] = {"hospital-csv": "png", "chestxray": "jpeg", "rsna": "dicom",
+                                   "covid-chestxray": "mixed", "shenzhen": "png"}
 COVID_LAYOUTS = ("hospital-csv", "covid-chestxray")  # the only layouts that can hold COVID+ images
 
 
@@ -50,6 +55,7 @@ class DatasetSpec:
     classes: dict[str, int]
     follow_up: float = 0.0
     site: str = ""
+    image_format: str = "png"
 
     @property
     def source(self) -> str:
@@ -117,8 +123,12 @@ def parse_config(document: dict[str, Any], origin: str = "<config>") -> SynthCon
         follow_up = float(spec.get("follow_up", 0.0))
         if not 0 <= follow_up < 1:
             _fail(origin, f"{where}.follow_up must be in [0, 1)")
+        image_format = str(spec.get("image_format", DEFAULT_FORMATS[layout]))
+        allowed = ("dicom",) if layout == "rsna" else ("png", "jpeg", "mixed")
+        if image_format not in allowed:
+            _fail(origin, f"{where}.image_format must be one of {allowed} for layout {layout}")
         datasets[str(name)] = DatasetSpec(str(name), layout, tuple(names) or ("neutral",), classes, follow_up,
-                                          str(spec.get("site", name)))
+                                          str(spec.get("site", name)), image_format)
     if not datasets:
         _fail(origin, "no datasets defined")
     size = int(document.get("image_size", 512))

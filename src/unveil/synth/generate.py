@@ -130,20 +130,27 @@ def render_job(job: ImageJob) -> dict[str, Any]:
     return row
 
 
-def _names(layout: str, dataset: str, finding: str, patient: int, image: int, rng: np.random.Generator) -> str:
+def _suffix(image_format: str, patient: int, image: int) -> str:
+    if image_format == "mixed":  # like COVID-ChestXRay: two thirds JPEG, one third PNG
+        return ".jpg" if (patient + image) % 3 else ".png"
+    return {"png": ".png", "jpeg": ".jpeg", "dicom": ".dcm"}[image_format]
+
+
+def _names(layout: str, dataset: str, finding: str, patient: int, image: int, rng: np.random.Generator,
+           image_format: str) -> str:
     """The file name (relative to the dataset root) in the layout's own naming."""
+    suffix = _suffix(image_format, patient, image)
     if layout == "hospital-csv":
-        return f"images/{dataset}-{patient:05d}-{image}.png"
+        return f"images/{dataset}-{patient:05d}-{image}{suffix}"
     if layout == "chestxray":
         subset = "test" if zlib.crc32(f"{dataset}:{patient}".encode()) % 100 < 15 else "train"
         if finding == "normal":
-            return f"{subset}/NORMAL/IM-{patient:04d}-{image + 1:04d}.jpeg"
+            return f"{subset}/NORMAL/IM-{patient:04d}-{image + 1:04d}{suffix}"
         kind = "bacteria" if finding == "bacterial" else "virus"
-        return f"{subset}/PNEUMONIA/person{patient}_{kind}_{image}.jpeg"
+        return f"{subset}/PNEUMONIA/person{patient}_{kind}_{image}{suffix}"
     if layout == "rsna":
         return f"stage_2_train_images/{rng.bytes(16).hex()}.dcm"
     if layout == "covid-chestxray":
-        suffix = ".jpg" if (patient + image) % 3 else ".png"
         return f"images/{dataset}-{patient:04d}-{image}{suffix}"
     if layout == "shenzhen":
         return f"CXR_png/CHNCXR_{patient:04d}_0.png"
@@ -167,7 +174,7 @@ def plan_jobs(config: SynthConfig, root: Path, *, seed: int, scale: float) -> li
                     while rng.random() < spec.follow_up and made + extra + 1 < count:
                         extra += 1
                 for k in range(extra + 1):
-                    relative = _names(spec.layout, name, finding, patient_index, k, rng)
+                    relative = _names(spec.layout, name, finding, patient_index, k, rng, spec.image_format)
                     mask_relative = f"masks/{name}/{Path(relative).with_suffix('.png').as_posix()}"
                     patient_id = (Path(relative).stem if spec.layout == "rsna" else f"{name}-{patient_index:05d}")
                     jobs.append(ImageJob(str(root), name, spec.layout, relative, mask_relative, patient_id,
@@ -265,7 +272,7 @@ def _progress(iterator, total: int, enabled: bool):
         return iterator
     from tqdm import tqdm
 
-    return tqdm(iterator, total=total, unit="img", desc="synth")
+    return tqdm(iterator, total=total, unit="img", desc="synth", disable=None)  # silent when not a terminal
 
 
 def dataset_roots(out: str | Path) -> dict[str, tuple[str, Path]]:

@@ -125,9 +125,14 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
         inside = np.minimum(smoothstep(1.0, 0.94, r), smoothstep(dome + edge, dome - edge, v))
         medial = smoothstep(a.mediastinum_width - edge, a.mediastinum_width + edge, side * (u - 0.5))
         fields.append(np.minimum(inside, medial))
+    # Heart: a main ellipse plus the left-ventricle bulge towards the patient's left, resting on
+    # the diaphragm and merging into the mediastinum.
     heart_u = (u - 0.5 - a.heart_shift) / a.heart_width
     heart_v = (v - (a.lung_bottom - a.heart_height * 0.45)) / a.heart_height
-    heart = smoothstep(1.0, 0.9, heart_u**2 + heart_v**2)
+    ventricle_u = (u - 0.5 - a.heart_shift - 0.45 * a.heart_width) / (0.7 * a.heart_width)
+    ventricle_v = (v - (a.lung_bottom - a.heart_height * 0.25)) / (0.75 * a.heart_height)
+    heart = np.maximum(smoothstep(1.0, 0.85, heart_u**2 + heart_v**2),
+                       smoothstep(1.0, 0.8, ventricle_u**2 + ventricle_v**2))
     fields = [np.minimum(f, 1.0 - heart) for f in fields]
     lungs = np.maximum(fields[0], fields[1])
 
@@ -137,7 +142,7 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     image = image - lungs * (a.lung_density - 0.05 * vessels - 0.06 * hilum)
 
     # Heart, mediastinum and spine, brighter than the lungs around them.
-    image = image + heart * 0.1
+    image = image + heart * 0.05
     mediastinum = smoothstep(a.mediastinum_width + 0.01, a.mediastinum_width - 0.01, dx) * smoothstep(0.05, 0.15, v)
     spine = smoothstep(0.035, 0.025, dx)
     vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * v / (a.rib_spacing * 0.7))
@@ -148,7 +153,7 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     band = smoothstep(0.55, 0.8, np.cos(2 * np.pi * phase))
     thorax = smoothstep(a.lung_bottom + 0.04, a.lung_bottom - 0.02, v)
     ribs = band * (phase > 0) * thorax * smoothstep(0.03, 0.06, dx) * smoothstep(0.02, -0.02, dx - width + 0.03)
-    image = image + ribs * a.bone * 0.8 * body
+    image = image + ribs * a.bone * 0.8 * body * (1.0 - 0.6 * heart)
 
     # Clavicles: two bright bars from the manubrium up and out to the shoulders.
     for side in (-1, 1):
