@@ -136,3 +136,49 @@ def test_cli_unknown_loader_option_is_named(tmp_path):
     root = make_kermany(tmp_path / "kermany")
     result = runner.invoke(app, ["data", "check", "chestxray", str(root), "-o", "colour=blue"])
     assert result.exit_code == 2 and "no option(s) colour" in result.output and "source_name" in result.output
+
+
+def test_cli_check_finds_duplicates_across_sources(tmp_path):
+    first = make_kermany(tmp_path / "first", normals=3, viral=1, bacterial=1)
+    second = make_kermany(tmp_path / "second", normals=3, viral=1, bacterial=1)
+    rng = np.random.default_rng(42)
+    for i in range(3):  # make the second set's normals distinct from the first's
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(
+            second / "train" / "NORMAL" / f"IM-{i:04d}-0001.jpeg")
+    shutil.copy(first / "train" / "NORMAL" / "IM-0000-0001.jpeg", second / "train" / "NORMAL" / "IM-0100-0001.jpeg")
+    result = runner.invoke(app, ["data", "check", "chestxray", str(first), "--with", f"figure1:{tmp_path}",
+                                 "--json"])
+    assert result.exit_code == 2 and "metadata.csv" in result.output
+    result = runner.invoke(app, ["data", "check", "chestxray", str(first), "--with", f"kermany:{second}", "--json"])
+    assert result.exit_code == 2 and "duplicated record_id" in result.output  # same source name twice
+    (tmp_path / "labels.csv").write_text("path,patient,label\nsecond/train/NORMAL/IM-0100-0001.jpeg,P1,0\n")
+    result = runner.invoke(app, ["data", "check", "chestxray", str(first), "--with",
+                                 f"hospital-csv:{tmp_path / 'labels.csv'}", "--json"])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)["duplicates"]["exact_groups"]
+    assert groups == [["chestxray/train/NORMAL/IM-0000-0001.jpeg",
+                       "hospital-csv/second/train/NORMAL/IM-0100-0001.jpeg"]]
+
+
+def test_cli_compose_refuses_an_image_in_two_splits(tmp_path):
+    hospital = tmp_path / "hospital"
+    hospital.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["path,patient,label"]
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(hospital / f"img{i}.png")
+        lines.append(f"img{i}.png,P{i},{'1' if i % 2 else '0'}")
+    # the same radiograph filed again under another patient id: a leak splits cannot see
+    shutil.copy(hospital / "img1.png", hospital / "copy.png")
+    lines.append("copy.png,P999,1")
+    (hospital / "labels.csv").write_text("\n".join(lines) + "\n")
+    base = ["data", "compose", "A", "--data", f"A=hospital-csv:{hospital}", "--seed", "0", "--json"]
+    assert runner.invoke(app, base).exit_code == 0
+    leaking = None
+    for seed in range(10):  # find a seed that puts the two copies in different splits
+        result = runner.invoke(app, [*base[:-3], "--seed", str(seed), "--json", "--check-images"])
+        if result.exit_code != 0:
+            leaking = result
+            break
+    assert leaking is not None and leaking.exit_code == 2
+    assert "identical image group" in leaking.output and "copy.png" in leaking.output

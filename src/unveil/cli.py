@@ -70,17 +70,25 @@ def data_check(
         "--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
     strict: Annotated[bool, typer.Option(
         help="Exit with status 1 if any file is unreadable, missing or invalid.")] = False,
+    also: Annotated[list[str] | None, typer.Option(
+        "--with", help="Another dataset SOURCE:PATH checked together, to find duplicates across "
+                       "sources (repeatable; default loader options).")] = None,
     seed: Annotated[int, typer.Option(
         "--seed", help="Accepted like every command's; the check itself involves no randomness.")] = 0,
 ) -> None:
     """Load, validate and summarise a dataset: counts, unreadable and missing files, duplicates."""
-    from unveil.data.check import check_dataset
+    from unveil.data.check import summarise
     from unveil.data.records import RecordTableError
-    from unveil.data.sources import DatasetLayoutError
+    from unveil.data.sources import DatasetLayoutError, load_source
 
     try:
-        report = check_dataset(source, path, read_images=not no_images, workers=workers,
-                               max_pixels=max_pixels, **parse_options(option))
+        loads = [load_source(source, path, **parse_options(option))]
+        for extra in also or []:
+            other, colon, other_path = extra.partition(":")
+            if not colon:
+                _fail(f"--with expects SOURCE:PATH, got {extra!r}")
+            loads.append(load_source(other, other_path))
+        report = summarise(loads, read_images=not no_images, workers=workers, max_pixels=max_pixels)
     except (KeyError, DatasetLayoutError, RecordTableError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     if as_json:
@@ -149,11 +157,15 @@ def data_compose(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     test_fraction: Annotated[float, typer.Option(help="Share of patients in test.")] = 0.3,
     val_fraction: Annotated[float, typer.Option(help="Share of remaining patients in validation.")] = 0.2,
+    check_images: Annotated[bool, typer.Option(
+        help="Also decode every image and refuse identical or near-identical images in two splits.")] = False,
+    workers: Annotated[int, typer.Option(help="Processes decoding images (with --check-images).")] = 1,
     seed: SeedOption = 0,
 ) -> None:
     """Build a training/test composition and print per-split class counts by source."""
     from unveil.data.compose import RecipeError, compose, load_recipes
-    from unveil.data.leakage import LeakageError
+    from unveil.data.fingerprints import fingerprint_images
+    from unveil.data.leakage import LeakageError, check_leakage
     from unveil.data.records import RecordTableError
     from unveil.data.sources import DatasetLayoutError, load_source
     from unveil.data.splits import write_split_file
@@ -178,6 +190,9 @@ def data_compose(
             source, path = bindings[role]
             tables[role] = load_source(source, path, **parse_options(per_role.get(role))).records
         composition = compose(chosen, tables, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+        if check_images:
+            fingerprints = fingerprint_images(composition.records, workers=workers)
+            check_leakage(composition.records, fingerprints)
     except (RecipeError, DatasetLayoutError, LeakageError, RecordTableError) as error:
         _fail(str(error))
     except KeyError as error:
