@@ -16,6 +16,8 @@ app = typer.Typer(help="unveil: chest X-ray classifiers that are honest about sm
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Load, check, split and compose datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+lungs_app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", no_args_is_help=True)
+app.add_typer(lungs_app, name="lungs")
 synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
@@ -302,6 +304,164 @@ def synth_evidence(
             typer.echo(f"{name:10s} BA AB->AB {r['ab_on_ab']:.3f}  AB->AC {r['ab_on_ac']:.3f}  gap {r['gap']:+.3f}")
         if results["gap_shrink"] is not None:
             typer.echo(f"masking to the lungs shrinks the gap by {100 * results['gap_shrink']:.0f} %")
+
+
+def _source_paths(values: list[str] | None, option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values or []:
+        source, colon, path = value.partition(":")
+        if not colon or not path:
+            _fail(f"{option} expects SOURCE:PATH, got {value!r}")
+        pairs.append((source, path))
+    return pairs
+
+
+@lungs_app.command("train")
+def lungs_train(
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Training source SOURCE:PATH with lung masks (repeatable); split by patient "
+                             "into train/val/test.")],
+    out: Annotated[Path, typer.Option(help="Run folder: lung_unet.safetensors/.json, figures.csv, history.csv.")],
+    holdout: Annotated[list[str] | None, typer.Option(
+        help="Evaluation-only source SOURCE:PATH (repeatable), never trained on.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 150,
+    size: Annotated[int, typer.Option(help="Network input side, pixels.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 3e-3,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's).")] = None,
+    synthetic: Annotated[int, typer.Option(
+        help="Also train on this many generated phantoms with masks (a third source, training only).")] = 0,
+    samples_per_epoch: Annotated[int | None, typer.Option(
+        help="Images drawn per epoch (default: the training set's size).")] = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Train the lung U-Net; report Dice, IoU and HD95 per source on the held-out parts."""
+    import torch
+
+    from unveil.segmentation.train import LungTrainingConfig, train_lung_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = LungTrainingConfig(size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                samples_per_epoch=samples_per_epoch, seed=seed)
+    command = "unveil lungs train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unveil lungs train"
+    try:
+        description = train_lung_model(_source_paths(data, "--data"), out, holdout=_source_paths(holdout, "--holdout"),
+                                       config=config, synthetic_images=synthetic, command=command)
+    except (ValueError, KeyError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+    typer.echo(json.dumps({"bundle": str(out / "lung_unet.safetensors"), "validation": description["validation"],
+                           "images": description["training"]["images"]}, indent=2))
+
+
+@lungs_app.command("evaluate")
+def lungs_evaluate(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Source SOURCE:PATH with lung masks (repeatable).")],
+    model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
+    parts: Annotated[Path | None, typer.Option(
+        help="parts.csv of a training run: evaluate only its 'test' records (patient-exclusive hold-out).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Dice, IoU and HD95 of a lung model against the masks of the given sources, per source."""
+    import pandas as pd
+
+    from unveil.segmentation import LungSegmenter, SegmenterError
+    from unveil.segmentation.train import evaluate, mask_records, summarise_figures
+
+    try:
+        segmenter = LungSegmenter.load(model)
+    except SegmenterError as error:
+        _fail(str(error))
+    records = mask_records(_source_paths(data, "--data"))
+    if parts is not None:
+        table = pd.read_csv(parts)
+        held_out = set(table.loc[table["part"] == "test", "record_id"])
+        trained = set(table["record_id"]) - held_out
+        records = records[~records["record_id"].isin(trained)]
+    summary = summarise_figures(evaluate(segmenter, records))
+    typer.echo(json.dumps(summary, indent=2) if as_json else
+               "\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+def _expand_images(inputs: list[Path]) -> list[Path]:
+    from unveil.data.sources.base import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(item)
+    return files
+
+
+@app.command("segment")
+def segment(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM).")],
+    out: Annotated[Path, typer.Option(help="Folder for <name>_mask.png and <name>_overlay.png.")],
+    model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image."""
+    from unveil.io import ImageReadError, read_image
+    from unveil.segmentation import LungSegmenter, SegmenterError
+    from unveil.segmentation.overlay import write_mask_and_overlay
+
+    try:
+        segmenter = LungSegmenter.load(model)
+    except SegmenterError as error:
+        _fail(str(error))
+    files = _expand_images(images)
+    if not files:
+        _fail("no image files found in the given paths")
+    failed = 0
+    for path in files:
+        try:
+            image = read_image(path).pixels
+        except ImageReadError as error:
+            typer.echo(f"skipped: {error}", err=True)
+            failed += 1
+            continue
+        mask = segmenter.segment(image)
+        mask_path, overlay_path = write_mask_and_overlay(image, mask, out, path.stem)
+        typer.echo(f"{path}: lungs {100 * mask.mean():.1f} % of the image -> {mask_path.name}, {overlay_path.name}")
+    if failed:
+        typer.echo(f"{failed} of {len(files)} image(s) could not be read", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("preprocess")
+def preprocess(
+    source: Annotated[str, typer.Argument(help="Dataset source name.")],
+    path: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    cache: Annotated[Path, typer.Option(help="Cache folder (shared by runs; content-addressed).")],
+    option: OptionList = None,
+    size: Annotated[int, typer.Option(help="Working resolution (side, pixels).")] = 256,
+    equalize: Annotated[str, typer.Option(help="global, lungs, clahe or none.")] = "global",
+    mask: Annotated[str, typer.Option(help="segment (lung model), truth (the dataset's masks) or none.")] = "segment",
+    blur_radius: Annotated[float, typer.Option(help="Blur of the lung mask, pixels (the paper: 3).")] = 3.0,
+    model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any image fails.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Pre-process a dataset into the cache (equalize, segment, blurred mask, [0, 1]); a rerun is free."""
+    from unveil.data.sources import DatasetLayoutError, load_source
+    from unveil.preprocess.cache import PreprocessError, PreprocessSettings, preprocess_records
+
+    try:
+        records = load_source(source, path, **parse_options(option)).records
+        settings = PreprocessSettings(size=size, equalize=equalize, mask=mask, blur_radius=blur_radius,
+                                      model=str(model) if model else None)
+        report = preprocess_records(records, cache, settings, workers=workers, progress=True, strict=strict)
+    except (KeyError, DatasetLayoutError, ValueError, FileNotFoundError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+    except PreprocessError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"manifest": str(report.manifest_path), "counts": report.counts(),
+                           "failed": report.failures}, indent=2))
 
 
 def main() -> None:

@@ -78,13 +78,13 @@ def read_clinical_reading(path: Path) -> tuple[str | None, float | None, str | N
 
 
 
-def load(root: Path) -> SourceLoad:
+def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
     """Load the Shenzhen set from its layout under ``root`` (see the module docstring)."""
     root = Path(root).expanduser().absolute()
     images_dir = require_path(root / "CXR_png", "the Shenzhen image folder CXR_png", directory=True)
     mask_dir = root / "mask"
     readings_dir = root / "ClinicalReadings"
-    loaded = SourceLoad(source=SOURCE, root=root, records=build_records([]))
+    loaded = SourceLoad(source=source_name, root=root, records=build_records([]))
 
     rows: list[dict] = []
     stems: set[str] = set()
@@ -111,7 +111,7 @@ def load(root: Path) -> SourceLoad:
                                                "unreadable"))
 
         mask = mask_dir / f"{image.stem}_mask.png"
-        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
+        rows.append(record_row(source_name, root, image, patient_id=patient, covid=0, finding=finding,
                                source_finding=source_finding, view="PA", sex=sex, age=age,
                                mask_path=mask.resolve() if mask.is_file() else None, reading=reading))
 

@@ -1,0 +1,215 @@
+"""`unveil preprocess`: a content-addressed cache of pre-processed images (and their lung masks).
+
+Each cached file is keyed by the SHA-256 of the source file *and* of the pre-processing settings
+(working size, equalization, masking, blur, and the segmentation model's own hash), so a rerun
+is free and a change of any setting never reuses a stale file. Images are processed in parallel
+worker processes, each loading the segmenter once; results stream back one small row at a time,
+so memory stays flat however many images. An image that fails is named, skipped and listed in
+the run's manifest (or stops the run at the end with ``strict``).
+
+Layout: ``<cache>/<key[:2]>/<key>.png`` (16-bit gray, [0, 1] scaled to 0..65535) and
+``<key>.mask.png`` (8-bit, 0/255, at the working size), plus ``manifest-<settings>.csv`` per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from monai.transforms import Compose
+from PIL import Image
+
+from unveil.io import ImageReadError, read_image
+from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
+from unveil.provenance import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+EQUALIZATIONS = ("global", "lungs", "clahe", "none")
+MASK_MODES = ("segment", "truth", "none")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything that changes a pre-processed image (and so its cache key)."""
+
+    size: int = 256
+    equalize: str = "global"
+    mask: str = "segment"  # segment with the model, use the record's own mask ("truth"), or none
+    blur_radius: float = 3.0
+    model: str | None = None  # segmentation bundle path; None = the shipped model
+    model_sha256: str | None = None  # filled in by :func:`resolve_settings`
+
+    def key(self) -> str:
+        described = {k: v for k, v in asdict(self).items() if k != "model"}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
+    """Validate the settings and pin the segmentation model by content hash."""
+    if settings.equalize not in EQUALIZATIONS:
+        raise ValueError(f"equalize must be one of {EQUALIZATIONS}, got {settings.equalize!r}")
+    if settings.mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {MASK_MODES}, got {settings.mask!r}")
+    if not 16 <= settings.size <= 4096:
+        raise ValueError(f"size must be in [16, 4096], got {settings.size}")
+    if settings.mask != "segment":
+        return PreprocessSettings(**{**asdict(settings), "model": None, "model_sha256": None})
+    from unveil.segmentation import default_model_path
+
+    weights = Path(settings.model) if settings.model else default_model_path()
+    if weights.suffix != ".safetensors":
+        weights = weights.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: segmentation model not found")
+    return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": file_sha256(weights)})
+
+
+def cache_paths(cache: Path, key: str) -> tuple[Path, Path]:
+    folder = cache / key[:2]
+    return folder / f"{key}.png", folder / f"{key}.mask.png"
+
+
+def load_cached(image_path: str | Path) -> np.ndarray:
+    """A cached 16-bit image back as float32 in [0, 1]."""
+    with Image.open(image_path) as image:
+        return np.asarray(image, dtype=np.float32) / 65535.0
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(array).save(temporary, format="PNG", compress_level=1)  # uint16 -> 16-bit, uint8 -> 8-bit
+    os.replace(temporary, path)
+
+
+_SEGMENTER: Any = None
+
+
+def _init_worker(model_path: str | None, threads: int) -> None:
+    """Per-process set-up: one segmenter, few torch threads (parallelism is across processes)."""
+    global _SEGMENTER
+    import torch
+
+    torch.set_num_threads(threads)
+    if model_path is not None:
+        from unveil.segmentation import LungSegmenter
+
+        _SEGMENTER = LungSegmenter.load(model_path)
+
+
+def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[str, Any]:
+    """Pre-process one record into the cache (or find it there); return its manifest row."""
+    record_id, path, truth_mask, cache, spec = job
+    settings = PreprocessSettings(**spec)
+    row: dict[str, Any] = {"record_id": record_id, "path": path, "status": "failed", "error": None,
+                           "cache_path": None, "mask_path": None, "lung_fraction": None}
+    try:
+        key = hashlib.sha256(f"{file_sha256(path)}:{settings.key()}".encode()).hexdigest()
+    except OSError as error:
+        row["error"] = f"{path}: cannot read file ({error.strerror or error})"
+        return row
+    image_file, mask_file = cache_paths(Path(cache), key)
+    if image_file.is_file() and mask_file.is_file():
+        with Image.open(mask_file) as mask_image:
+            fraction = float((np.asarray(mask_image) > 127).mean())
+        return {**row, "status": "hit", "cache_path": str(image_file), "mask_path": str(mask_file),
+                "lung_fraction": round(fraction, 4)}
+    try:
+        image = resize_image(read_image(path).pixels, settings.size)
+        if settings.mask == "segment":
+            mask = _SEGMENTER.segment(image)
+        elif settings.mask == "truth":
+            if not truth_mask:
+                raise ValueError("mask 'truth' asked for but the record has no mask_path")
+            with Image.open(truth_mask) as stored:
+                mask = resize_mask(np.asarray(stored.convert("L")) > 127, settings.size)
+        else:
+            mask = np.ones_like(image, dtype=bool)
+        pipeline = Compose(paper_pipeline(settings.size, blur_radius=settings.blur_radius,
+                                          equalize=settings.equalize, mask=settings.mask != "none"))
+        processed = pipeline({"image": image, "mask": mask})["image"]
+    except ImageReadError as error:
+        row["error"] = str(error)
+        return row
+    except (OSError, ValueError) as error:
+        row["error"] = f"{path}: {error}"
+        return row
+    _save_png(np.rint(np.clip(processed, 0, 1) * 65535).astype(np.uint16), image_file)
+    _save_png(mask.astype(np.uint8) * 255, mask_file)
+    return {**row, "status": "processed", "cache_path": str(image_file), "mask_path": str(mask_file),
+            "lung_fraction": round(float(mask.mean()), 4)}
+
+
+@dataclass
+class PreprocessReport:
+    settings: PreprocessSettings
+    manifest: pd.DataFrame
+    manifest_path: Path
+    failures: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.manifest["status"].value_counts().items()}
+
+
+class PreprocessError(RuntimeError):
+    """Strict mode: some images could not be pre-processed (the message lists them)."""
+
+
+def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: PreprocessSettings = PreprocessSettings(),
+                       *, workers: int = 1, progress: bool = False, strict: bool = False) -> PreprocessReport:
+    """Fill the cache for ``records``; return the manifest (one row per record, failures included)."""
+    settings = resolve_settings(settings)
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    spec = asdict(settings)
+    masks = records["mask_path"] if "mask_path" in records else pd.Series([None] * len(records))
+    jobs = [(str(r), str(p), None if pd.isna(m) else str(m), str(cache), spec)
+            for r, p, m in zip(records["record_id"], records["path"], masks)]
+    model = settings.model if settings.mask == "segment" else None
+    rows = list(_run(jobs, model, workers, progress))
+    manifest = pd.DataFrame(rows, columns=["record_id", "path", "status", "error", "cache_path", "mask_path",
+                                           "lung_fraction"])
+    manifest_path = cache / f"manifest-{settings.key()}.csv"
+    write_text_atomic(manifest_path, manifest.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(cache / f"settings-{settings.key()}.json",
+                      json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
+    failures = [str(e) for e in manifest.loc[manifest["status"] == "failed", "error"]]
+    for failure in failures:
+        log.warning("skipped: %s", failure)
+    report = PreprocessReport(settings, manifest, manifest_path, failures)
+    if strict and failures:
+        raise PreprocessError(f"{len(failures)} image(s) could not be pre-processed:\n  " + "\n  ".join(failures))
+    return report
+
+
+def _run(jobs: list, model: str | None, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+    from tqdm import tqdm
+
+    if workers <= 1:
+        import torch
+
+        _init_worker(model, threads=torch.get_num_threads())  # this process: keep its thread setting
+        iterator: Any = map(process_one, jobs)
+        yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(model, 1)) as pool:
+        iterator = pool.map(process_one, jobs, chunksize=4)
+        yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)

@@ -1,0 +1,70 @@
+"""The lung segmentation network and its bundle format (safetensors weights + JSON description).
+
+A MONAI U-Net (5 levels, 16-256 channels, two residual units per level, batch norm): 1.6 M
+parameters, 6.5 MB in float32, about 13 ms per 256x256 image on one CPU core. The bundle is two
+files side by side: ``<name>.safetensors`` (weights only, nothing is unpickled) and
+``<name>.json`` (architecture, input specification, provenance, validation figures).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import UNet
+from safetensors.torch import load_file, save_file
+
+from unveil.provenance import write_text_atomic
+
+#: Lung-mask sources disagree on what "lung" is: the V7 masks of COVID-ChestXRay include the lung
+#: behind the heart ("full"); JSRT-style sets (Shenzhen, Montgomery) and the synthetic phantoms
+#: outline the visible lung field only ("visible"). The network predicts both, one channel each;
+#: every training image supervises only its own source's channel.
+CONVENTIONS: tuple[str, ...] = ("full", "visible")
+SOURCE_CONVENTIONS: dict[str, str] = {"covid-chestxray": "full"}  # every other source: "visible"
+DEFAULT_CONVENTION = "visible"
+
+ARCHITECTURE = {"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": len(CONVENTIONS),
+                "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
+
+
+def convention_of(source: str) -> str:
+    """The annotation convention of a lung-mask source."""
+    return SOURCE_CONVENTIONS.get(source, "visible")
+
+
+def build_network(architecture: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The U-Net described by ``architecture`` (default :data:`ARCHITECTURE`); outputs logits."""
+    spec = dict(ARCHITECTURE if architecture is None else architecture)
+    if spec.pop("name", "monai.UNet") != "monai.UNet":
+        raise ValueError(f"unknown segmentation architecture {architecture!r}")
+    return UNet(spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"], out_channels=spec["out_channels"],
+                channels=tuple(spec["channels"]), strides=tuple(spec["strides"]),
+                num_res_units=spec["num_res_units"], norm=spec["norm"])
+
+
+def save_bundle(path: str | Path, network: torch.nn.Module, description: dict[str, Any]) -> Path:
+    """Write ``path.safetensors`` and ``path.json`` (atomically); returns the weights path."""
+    path = Path(path).with_suffix("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = path.with_suffix(".safetensors")
+    temporary = weights.with_name(f".{weights.name}.tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, str(temporary), metadata={"format": "unveil-lung-unet"})
+    temporary.chmod(0o644)
+    temporary.replace(weights)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return weights
+
+
+def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Read a bundle written by :func:`save_bundle` (no pickle involved)."""
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    description = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+    network = build_network(description.get("architecture"))
+    network.load_state_dict(load_file(str(base.with_suffix(".safetensors"))))
+    network.eval()
+    return network, description

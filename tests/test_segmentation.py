@@ -1,0 +1,171 @@
+"""The lung U-Net: bundle round trip, training loop, shipped model, CLI `segment` and `lungs`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from unveil.cli import app
+from unveil.segmentation import LungSegmenter, SegmenterError, default_model_path
+from unveil.segmentation.model import ARCHITECTURE, build_network, load_bundle, save_bundle
+from unveil.segmentation.train import LungTrainingConfig, augment, fit, train_lung_model
+
+from conftest import shared
+
+runner = CliRunner()
+
+
+def tiny_pairs(n=12, size=32, seed=0):
+    """Bright images with two dark 'lungs'; the masks mark the dark regions."""
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(n):
+        image = np.full((size, size), 0.8, np.float32)
+        mask = np.zeros((size, size), np.float32)
+        top, height = rng.integers(3, 8), rng.integers(14, 20)
+        for left in (rng.integers(3, 7), rng.integers(18, 21)):
+            mask[top:top + height, left:left + 8] = 1
+        image[mask > 0] = 0.2
+        images.append(image + rng.normal(0, 0.02, image.shape).astype(np.float32))
+        masks.append(mask)
+    return np.stack(images), np.stack(masks)
+
+
+def test_bundle_round_trip_is_exact(tmp_path):
+    network = build_network()
+    save_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
+    loaded, description = load_bundle(tmp_path / "m.safetensors")
+    for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert description["input"]["size"] == 64
+    segmenter = LungSegmenter(loaded, description)
+    mask = segmenter.segment(np.random.default_rng(0).random((50, 70), dtype=np.float32))
+    assert mask.shape == (50, 70) and mask.dtype == bool
+
+
+def test_missing_or_corrupt_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(SegmenterError, match="not found"):
+        LungSegmenter.load(tmp_path / "absent.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SegmenterError, match="not a readable"):
+        LungSegmenter.load(tmp_path / "bad.safetensors")
+
+
+def test_augmentation_moves_image_and_mask_together():
+    images, masks = tiny_pairs(4)
+    generator = torch.Generator().manual_seed(0)
+    x, y = augment(torch.from_numpy(images)[:, None], torch.from_numpy(masks)[:, None], generator)
+    assert x.shape == (4, 1, 32, 32) and set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    # the mask still marks the darker pixels after the geometric transform
+    assert float(x[y > 0].mean()) < float(x[(y == 0) & (x > 0.05)].mean())
+
+
+def test_a_few_epochs_learn_the_toy_task():
+    images, masks = tiny_pairs(16)
+    config = LungTrainingConfig(size=32, epochs=12, batch_size=8, learning_rate=1e-2, validate_every=4, seed=0)
+    history = []
+    network = fit(images[:12], masks[:12], images[12:], masks[12:], config, history=history.append)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert max(row.get("val_dice", 0) for row in history) > 0.6
+    assert not network.training
+
+
+def test_train_lung_model_end_to_end_on_a_synthetic_lung_set(tmp_path):
+    from dataclasses import replace
+
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import generate
+
+    config = load_config("clean")
+    lungs = replace(config.datasets["lungs"], classes={"normal": 14})
+    config = replace(config, image_size=48, datasets={"lungs": lungs})
+    generate(config, tmp_path / "bench", seed=0)
+    description = train_lung_model([("shenzhen", tmp_path / "bench" / "lungs")], tmp_path / "run",
+                                   config=LungTrainingConfig(size=32, epochs=2, batch_size=4, validate_every=1))
+    assert (tmp_path / "run" / "lung_unet.safetensors").is_file() and (tmp_path / "run" / "history.csv").is_file()
+    assert description["training"]["images"]["test"] >= 3
+    assert "shenzhen" in description["validation"]["test"]
+    figures = (tmp_path / "run" / "figures.csv").read_text()
+    assert "dice" in figures and "hd95_px256" in figures
+
+
+shipped = pytest.mark.skipif(not default_model_path().is_file(), reason="shipped lung model not built")
+
+
+@shipped
+@pytest.mark.realdata
+def test_shipped_model_segments_real_radiographs():
+    from unveil.io import read_image
+    from unveil.segmentation.metrics import dice
+    from unveil.segmentation.train import read_mask
+
+    root = shared("shenzhen")
+    segmenter = LungSegmenter.load()
+    scores = []
+    for image_path in sorted((root / "CXR_png").glob("*.png"))[:3]:
+        truth = read_mask(root / "mask" / f"{image_path.stem}_mask.png")
+        scores.append(dice(segmenter.segment(read_image(image_path).pixels), truth))
+    assert min(scores) > 0.9
+
+
+@shipped
+def test_cli_segment_writes_masks_and_overlays(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 60), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = runner.invoke(app, ["segment", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1  # one file unreadable, reported
+    assert "broken.png" in result.output
+    assert Image.open(tmp_path / "out" / "a_mask.png").size == (60, 80)
+    assert Image.open(tmp_path / "out" / "a_overlay.png").mode == "RGB"
+
+
+def test_cli_lungs_train_and_evaluate(tmp_path):
+    from dataclasses import replace
+
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import generate
+
+    config = load_config("clean")
+    lungs = replace(config.datasets["lungs"], classes={"normal": 10})
+    config = replace(config, image_size=48, datasets={"lungs": lungs})
+    generate(config, tmp_path / "bench", seed=0)
+    data = f"shenzhen:{tmp_path / 'bench' / 'lungs'}"
+    result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--size", "32", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"]["train"] >= 4
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
+                                 "--parts", str(tmp_path / "run" / "parts.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
+        (tmp_path / "run" / "lung_unet.json").read_text())["training"]["images"]["test"]
+
+
+def test_conventions_choose_the_output_channel():
+    network = build_network()
+    description = {"architecture": ARCHITECTURE, "conventions": ["full", "visible"], "default_convention": "visible"}
+    segmenter = LungSegmenter(network, description)
+    assert segmenter.channel(None) == 1 and segmenter.channel("full") == 0
+    with pytest.raises(SegmenterError, match="knows conventions"):
+        segmenter.channel("ribs")
+    image = np.random.default_rng(0).random((40, 40), dtype=np.float32)
+    full = segmenter.probabilities([image], convention="full")[0]
+    visible = segmenter.probabilities([image])[0]
+    assert full.shape == visible.shape == (256, 256) and not np.allclose(full, visible)
+
+
+def test_each_image_supervises_only_its_sources_channel():
+    from unveil.segmentation.model import convention_of
+    from unveil.segmentation.train import _select
+
+    assert convention_of("covid-chestxray") == "full" and convention_of("shenzhen") == "visible"
+    logits = torch.arange(2 * 2 * 1 * 1, dtype=torch.float32).view(2, 2, 1, 1)
+    picked = _select(logits, torch.tensor([1, 0]))
+    assert picked.flatten().tolist() == [1.0, 2.0]
