@@ -354,6 +354,15 @@ def lungs_train(
                            "images": description["training"]["images"]}, indent=2))
 
 
+def _load_segmenter(model: Path | None):
+    from unveil.segmentation import LungSegmenter, SegmenterError
+
+    try:
+        return LungSegmenter.load(model)
+    except SegmenterError as error:
+        _fail(str(error))
+
+
 @lungs_app.command("evaluate")
 def lungs_evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Source SOURCE:PATH with lung masks (repeatable).")],
@@ -366,13 +375,9 @@ def lungs_evaluate(
     """Dice, IoU and HD95 of a lung model against the masks of the given sources, per source."""
     import pandas as pd
 
-    from unveil.segmentation import LungSegmenter, SegmenterError
     from unveil.segmentation.train import evaluate, mask_records, summarise_figures
 
-    try:
-        segmenter = LungSegmenter.load(model)
-    except SegmenterError as error:
-        _fail(str(error))
+    segmenter = _load_segmenter(model)
     records = mask_records(_source_paths(data, "--data"))
     if parts is not None:
         table = pd.read_csv(parts)
@@ -405,13 +410,9 @@ def segment(
 ) -> None:
     """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image."""
     from unveil.io import ImageReadError, read_image
-    from unveil.segmentation import LungSegmenter, SegmenterError
     from unveil.segmentation.overlay import write_mask_and_overlay
 
-    try:
-        segmenter = LungSegmenter.load(model)
-    except SegmenterError as error:
-        _fail(str(error))
+    segmenter = _load_segmenter(model)
     files = _expand_images(images)
     if not files:
         _fail("no image files found in the given paths")

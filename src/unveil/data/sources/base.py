@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -73,3 +75,19 @@ def blank_to_none(value: object) -> str | None:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+
+
+def named_pngs(folder: Path, pattern: re.Pattern[str], loaded: SourceLoad,
+               expected: str) -> Iterator[tuple[Path, re.Match[str]]]:
+    """PNG files of ``folder`` whose stem matches ``pattern`` (sorted); other image files become
+    "invalid" issues (their label is unknown), non-images are counted as excluded."""
+    for image in sorted(folder.iterdir()):
+        if not image.is_file() or image.name.startswith(".") or image.suffix.lower() not in IMAGE_SUFFIXES:
+            loaded.exclude(f"not an image file in {folder.name}")
+            continue
+        match = pattern.match(image.stem)
+        if image.suffix.lower() != ".png" or match is None:
+            loaded.issues.append(DataIssue(str(image), f"file name does not follow {expected}, so its "
+                                           "label is unknown", "invalid"))
+            continue
+        yield image, match

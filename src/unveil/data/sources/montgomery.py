@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from unveil.data.records import build_records, canonical_sex, parse_age, record_row
-from unveil.data.sources.base import IMAGE_SUFFIXES, DataIssue, SourceLoad, require_path
+from unveil.data.sources.base import DataIssue, SourceLoad, named_pngs, require_path
 
 SOURCE = "montgomery"
 
@@ -123,15 +123,7 @@ def load(root: Path, *, mask_cache: Path | None = None) -> SourceLoad:
     cache: Path | None = Path(mask_cache).expanduser() if mask_cache is not None else None
 
     rows: list[dict] = []
-    for image in sorted(images_dir.iterdir()):
-        if not image.is_file() or image.name.startswith(".") or image.suffix.lower() not in IMAGE_SUFFIXES:
-            loaded.exclude("not an image file in CXR_png")
-            continue
-        match = _NAME.match(image.stem)
-        if image.suffix.lower() != ".png" or match is None:
-            loaded.issues.append(DataIssue(str(image), "file name does not follow MCUCXR_XXXX_Y.png, so its "
-                                           "label is unknown", "invalid"))
-            continue
+    for image, match in named_pngs(images_dir, _NAME, loaded, "MCUCXR_XXXX_Y.png"):
         patient, label = match.groups()
         finding, source_finding = LABELS[label]
 

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from unveil.data.records import build_records, canonical_sex, record_row
-from unveil.data.sources.base import IMAGE_SUFFIXES, DataIssue, SourceLoad, require_path
+from unveil.data.sources.base import DataIssue, SourceLoad, named_pngs, require_path
 
 SOURCE = "shenzhen"
 
@@ -88,15 +88,7 @@ def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
 
     rows: list[dict] = []
     stems: set[str] = set()
-    for image in sorted(images_dir.iterdir()):
-        if not image.is_file() or image.name.startswith(".") or image.suffix.lower() not in IMAGE_SUFFIXES:
-            loaded.exclude("not an image file in CXR_png")
-            continue
-        match = _NAME.match(image.stem)
-        if image.suffix.lower() != ".png" or match is None:
-            loaded.issues.append(DataIssue(str(image), "file name does not follow CHNCXR_XXXX_Y.png, so its "
-                                           "label is unknown", "invalid"))
-            continue
+    for image, match in named_pngs(images_dir, _NAME, loaded, "CHNCXR_XXXX_Y.png"):
         stems.add(image.stem)
         patient, label = match.groups()
         finding, source_finding = LABELS[label]
