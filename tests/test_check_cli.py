@@ -182,3 +182,12 @@ def test_cli_compose_refuses_an_image_in_two_splits(tmp_path):
             break
     assert leaking is not None and leaking.exit_code == 2
     assert "identical image group" in leaking.output and "copy.png" in leaking.output
+
+
+def test_cli_split_errors_are_clear(tmp_path):
+    result = runner.invoke(app, ["data", "split", "covid-chestxray", str(tmp_path), "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 2 and "metadata.csv" in result.output and "Traceback" not in result.output
+    root = make_kermany(tmp_path / "k", normals=4, viral=2, bacterial=2, size=16)
+    result = runner.invoke(app, ["data", "split", "chestxray", str(root), "--out", str(tmp_path / "s.csv"),
+                                 "--stratify", "colour"])
+    assert result.exit_code == 2 and "colour" in result.output

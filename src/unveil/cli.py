@@ -114,14 +114,18 @@ def data_split(
 ) -> None:
     """Write a patient-exclusive, stratified, seeded train/val/test split file for one dataset."""
     from unveil.data.leakage import check_leakage
-    from unveil.data.sources import load_source
+    from unveil.data.sources import DatasetLayoutError, load_source
     from unveil.data.splits import patient_exclusive_split, write_split_file
     from unveil.provenance import write_run_metadata
 
-    loaded = load_source(source, path, **parse_options(option))
-    records = loaded.records
-    split = patient_exclusive_split(records, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
-                                    stratify_by=[c for c in stratify.split(",") if c])
+    try:
+        records = load_source(source, path, **parse_options(option)).records
+        split = patient_exclusive_split(records, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+                                        stratify_by=[c for c in stratify.split(",") if c])
+    except (DatasetLayoutError, ValueError) as error:
+        _fail(str(error))
+    except KeyError as error:
+        _fail(str(error.args[0]))
     check_leakage(records.assign(split=split))
     digest = write_split_file(out, records, split)
     counts = split.value_counts().to_dict()
