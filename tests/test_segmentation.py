@@ -55,10 +55,11 @@ def test_missing_or_corrupt_bundle_is_a_clear_error(tmp_path):
         LungSegmenter.load(tmp_path / "bad.safetensors")
 
 
-def test_augmentation_moves_image_and_mask_together():
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_augmentation_moves_image_and_mask_together(anisotropic):
     images, masks = tiny_pairs(4)
     generator = torch.Generator().manual_seed(0)
-    x, y = augment(torch.from_numpy(images)[:, None], torch.from_numpy(masks)[:, None], generator)
+    x, y = augment(torch.from_numpy(images)[:, None], torch.from_numpy(masks)[:, None], generator, anisotropic)
     assert x.shape == (4, 1, 32, 32) and set(torch.unique(y).tolist()) <= {0.0, 1.0}
     # the mask still marks the darker pixels after the geometric transform
     assert float(x[y > 0].mean()) < float(x[(y == 0) & (x > 0.05)].mean())

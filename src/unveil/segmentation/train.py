@@ -56,6 +56,7 @@ class LungTrainingConfig:
     validate_every: int = 5
     balance_sources: bool = True  # each training source contributes equally per epoch
     samples_per_epoch: int | None = None  # images drawn per epoch (default: the training set's size)
+    anisotropic: bool = False  # also stretch width and height independently (±10 %) when augmenting
     seed: int = 0
 
 
@@ -102,8 +103,10 @@ def load_arrays(records: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarra
     return np.stack(images).astype(np.float32), np.stack(masks).astype(np.float32), problems, sources
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation (±10°), scale (0.85-1.15), translation (±8 %), tone, noise — batched."""
+def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+            anisotropic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation (±10°), scale (0.85-1.15; with ``anisotropic`` also ±10 % per axis),
+    translation (±8 %), tone, noise — batched."""
     n = images.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -111,9 +114,10 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
 
     angle = uniform(-10, 10) * math.pi / 180
     scale = uniform(0.85, 1.15)
+    stretch = uniform(0.9, 1.1) if anisotropic else torch.ones(n)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.16, 0.16)], 1),
-                         torch.stack([sin, cos, uniform(-0.16, 0.16)], 1)], 1)
+    theta = torch.stack([torch.stack([cos / stretch, -sin / stretch, uniform(-0.16, 0.16)], 1),
+                         torch.stack([sin * stretch, cos * stretch, uniform(-0.16, 0.16)], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -180,7 +184,7 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
         started, total = time.perf_counter(), 0.0
         for start in range(0, len(order), config.batch_size):
             index = order[start:start + config.batch_size]
-            x, y = augment(images[index], masks[index], generator)
+            x, y = augment(images[index], masks[index], generator, config.anisotropic)
             loss = loss_function(_select(network((x - 0.5) / 0.29), train_channels[index]), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
