@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from unveil.data.records import build_records
+
+# `make test` runs two pytest workers on two cores: two OpenMP threads each would oversubscribe the
+# cores, and oneDNN then runs 10-100x slower. One thread per worker process.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -152,6 +152,17 @@ def _parse_bindings(bindings: list[str], book) -> dict[str, tuple[str, str]]:
     return parsed
 
 
+def _role_options(items: list[str] | None, command: str) -> dict[str, list[str]]:
+    """ROLE.KEY=VALUE loader options grouped by role."""
+    per_role: dict[str, list[str]] = {}
+    for item in items or []:
+        role, dot, rest = item.partition(".")
+        if not dot:
+            _fail(f"--option for {command} expects ROLE.KEY=VALUE, got {item!r}")
+        per_role.setdefault(role, []).append(rest)
+    return per_role
+
+
 @data_app.command("compose")
 def data_compose(
     recipe: Annotated[str, typer.Argument(help="Composition name: A, AB, AC, AD, D (or one of --recipes).")],
@@ -181,12 +192,7 @@ def data_compose(
         book = load_recipes(recipes)
         chosen = book.recipe(recipe)
         bindings = _parse_bindings(data, book)
-        per_role: dict[str, list[str]] = {}
-        for item in option or []:
-            role, dot, rest = item.partition(".")
-            if not dot:
-                _fail(f"--option for compose expects ROLE.KEY=VALUE, got {item!r}")
-            per_role.setdefault(role, []).append(rest)
+        per_role = _role_options(option, "compose")
         for role in chosen.roles:
             if role not in bindings:
                 described = f" ({book.roles[role].description})" if role in book.roles else ""
@@ -467,6 +473,148 @@ def preprocess(
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"manifest": str(report.manifest_path), "counts": report.counts(),
                            "failed": report.failures}, indent=2))
+
+
+def _train_config(values: dict[str, Any], config_file: Path | None, overrides: list[str] | None):
+    """TrainConfig from a YAML file, then the explicit options, then --set KEY=VALUE overrides."""
+    import yaml
+
+    from unveil.training import ConfigError, TrainConfig
+
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            _fail(f"{config_file}: unreadable training configuration ({error})")
+        if not isinstance(loaded, dict):
+            _fail(f"{config_file}: a training configuration is a mapping of option: value")
+        merged.update(loaded)
+    merged.update({k: v for k, v in values.items() if v is not None})
+    for pair in overrides or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"--set expects KEY=VALUE, got {pair!r}")
+        merged[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    try:
+        return TrainConfig.from_dict(merged)
+    except (ConfigError, TypeError) as error:
+        _fail(str(error))
+
+
+ArchOption = Annotated[str | None, typer.Option("--arch", help="resnet18, resnet50, densenet121, conv8 or covidnet.")]
+WidthOption = Annotated[float | None, typer.Option(help="Channel-width multiplier (conv8, covidnet).")]
+EpochsOption = Annotated[int | None, typer.Option(help="Epochs (default 30).")]
+BatchOption = Annotated[int | None, typer.Option(help="Global batch size (default 32).")]
+LrOption = Annotated[float | None, typer.Option(help="Learning rate (default 0.01).")]
+SizeOption = Annotated[int | None, typer.Option("--image-size", help="Working resolution (default 224).")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any training option KEY=VALUE (repeatable), e.g. --set loss=cross-entropy.")]
+MaskOption = Annotated[str, typer.Option(help="Lung mask: segment (shipped model), truth (dataset masks) or none.")]
+EqualizeOption = Annotated[str, typer.Option(help="Histogram equalization: global, lungs, clahe or none.")]
+CacheOption = Annotated[Path | None, typer.Option(help="Pre-processing cache folder (default: OUT/cache).")]
+WorkersOption = Annotated[int, typer.Option(help="Pre-processing worker processes.")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when present.")]
+InitOption = Annotated[Path | None, typer.Option(
+    "--init-weights", help="Local torchvision state-dict file for the initial weights (never downloaded).")]
+
+
+def _run_training(action, **kwargs) -> None:
+    from unveil.data.compose import RecipeError
+    from unveil.data.records import RecordTableError
+    from unveil.data.sources import DatasetLayoutError
+    from unveil.models import ModelError
+    from unveil.preprocess.cache import PreprocessError
+    from unveil.training import BundleError, CheckpointError, TrainingDataError
+
+    try:
+        result = action(**kwargs)
+    except (TrainingDataError, DatasetLayoutError, RecipeError, RecordTableError, ModelError, BundleError,
+            CheckpointError, PreprocessError, FileNotFoundError) as error:
+        _fail(str(error))
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    from unveil.training.loop import world
+
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return
+    typer.echo(json.dumps({"out": str(result.out), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
+                           "best": {k: v for k, v in result.best_metrics.items() if k.startswith("val_")},
+                           "counts": result.counts, "skipped": len(result.skipped),
+                           "seconds": round(result.seconds, 1)}, indent=2))
+
+
+@app.command("pretrain")
+def pretrain_command(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Pneumonia dataset SOURCE:PATH (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")],
+    classes: Annotated[str | None, typer.Option(
+        help="Comma-separated findings to learn (default: chestxray normal,bacterial,viral; rsna normal,pneumonia).")
+    ] = None,
+    option: OptionList = None,
+    arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
+    lr: LrOption = None, image_size: SizeOption = None, device: DeviceOption = None, config: ConfigOption = None,
+    set_option: SetOption = None, mask: MaskOption = "segment", equalize: EqualizeOption = "global",
+    cache: CacheOption = None, workers: WorkersOption = 2, resume: ResumeOption = True,
+    init_weights: InitOption = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    seed: SeedOption = 0,
+) -> None:
+    """Pre-train an encoder on a pneumonia task (the paper: ChestXRay 3-class, or RSNA 2-class)."""
+    from unveil.preprocess.cache import PreprocessSettings
+    from unveil.training import DataSpec, TrainingDataError, pretrain
+
+    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
+                              "lr": lr, "image_size": image_size, "device": device, "seed": seed}, config, set_option)
+    try:
+        specs = [DataSpec.parse(d, parse_options(option)) for d in data]
+    except TrainingDataError as error:
+        _fail(str(error))
+    _run_training(pretrain, data=specs, out=out, config=settings,
+                  preprocess=PreprocessSettings(mask=mask, equalize=equalize),
+                  classes=tuple(c.strip() for c in classes.split(",")) if classes else None, cache=cache,
+                  workers=workers, progress=progress, resume=resume, init_weights=init_weights)
+
+
+@app.command("train")
+def train_command(
+    recipe: Annotated[str, typer.Argument(help="Training composition: A, AB, AC, AD, D (or one of --recipes).")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Bind a role: ROLE=SOURCE:PATH (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")],
+    encoder: Annotated[Path | None, typer.Option(
+        help="Pre-training bundle (OUT/model of `unveil pretrain`) to start the encoder from; default: scratch.")
+    ] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Loader option ROLE.KEY=VALUE (repeatable).")] = None,
+    recipes: Annotated[Path | None, typer.Option(help="Recipe YAML file (default: the paper's Table 1).")] = None,
+    arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
+    lr: LrOption = None, image_size: SizeOption = None, device: DeviceOption = None, config: ConfigOption = None,
+    set_option: SetOption = None, mask: MaskOption = "segment", equalize: EqualizeOption = "global",
+    cache: CacheOption = None, workers: WorkersOption = 2, resume: ResumeOption = True,
+    init_weights: InitOption = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    seed: SeedOption = 0,
+) -> None:
+    """Fine-tune a COVID+/COVID- classifier on a composition (encoder never frozen)."""
+    from unveil.data.compose import RecipeError, load_recipes
+    from unveil.preprocess.cache import PreprocessSettings
+    from unveil.training import DataSpec, train
+
+    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
+                              "lr": lr, "image_size": image_size, "device": device, "seed": seed}, config, set_option)
+    try:
+        bindings = _parse_bindings(data, load_recipes(recipes))
+    except RecipeError as error:
+        _fail(str(error))
+    per_role = _role_options(option, "train")
+    specs = {role: DataSpec(source, path, parse_options(per_role.get(role))) for role, (source, path) in
+             bindings.items()}
+    _run_training(train, recipe=recipe, data=specs, out=out, config=settings, encoder=encoder,
+                  preprocess=PreprocessSettings(mask=mask, equalize=equalize), cache=cache, workers=workers,
+                  progress=progress, resume=resume, recipes=recipes, init_weights=init_weights)
+
 
 
 def main() -> None:

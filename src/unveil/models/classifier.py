@@ -1,0 +1,47 @@
+"""The common shape of every classifier: an encoder producing pooled features, then one linear head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ModelError(ValueError):
+    """A model cannot be built or its weights cannot be loaded (the message names the cause and file)."""
+
+
+class CxrClassifier(nn.Module):
+    """Encoder (images (B, C, H, W) -> pooled features (B, feature_dim)) followed by a linear head (-> logits).
+
+    The split lets fine-tuning reuse a pre-trained encoder under a new head, lets analyses read ``features``,
+    and ``target_layer`` names (as in ``named_modules()``) the last 4-D feature map, for Grad-CAM.
+    """
+
+    def __init__(self, architecture: str, encoder: nn.Module, feature_dim: int, num_classes: int, in_channels: int,
+                 target_layer: str) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.encoder = encoder
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.head = nn.Linear(feature_dim, num_classes)
+        if target_layer not in dict(self.named_modules()):
+            raise ModelError(f"{architecture}: target layer {target_layer!r} is not a module of the model")
+        self.target_layer = target_layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits (B, num_classes)."""
+        return self.head(self.encoder(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled encoder features (B, feature_dim), the head's input."""
+        return self.encoder(x)
+
+    def replace_head(self, num_classes: int) -> None:
+        """Swap in a freshly initialised head (drawn from the current torch RNG) with ``num_classes`` outputs."""
+        old = self.head.weight
+        self.head = nn.Linear(self.feature_dim, num_classes, device=old.device, dtype=old.dtype)
+        self.num_classes = num_classes
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, in_channels={self.in_channels}, num_classes={self.num_classes}"

@@ -1,0 +1,227 @@
+"""Training runs end to end: records -> split -> pre-processing cache -> fit -> model bundle.
+
+``pretrain`` trains an encoder on a pneumonia task (ChestXRay normal/bacterial/viral, or RSNA
+normal/pneumonia); ``train`` fine-tunes on a composition (A, AB, AC, AD, D) for COVID+/COVID-,
+starting from a pre-training bundle's encoder (never frozen) or from scratch. Both write one run
+folder: ``model/`` (the bundle), ``splits.csv`` (+ SHA-256 in the metadata), ``checkpoint.pt``,
+``metrics.jsonl``, ``val_predictions.csv`` and ``run.meta.json`` (resolved configuration, versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unveil.data.compose import compose, load_recipes
+from unveil.data.records import concat_records
+from unveil.data.sources import load_source
+from unveil.data.splits import patient_exclusive_split, write_split_file
+from unveil.models import build_model, load_encoder_state
+from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
+from unveil.provenance import write_run_metadata, write_text_atomic
+from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+from unveil.training.config import TrainConfig
+from unveil.training.data import TrainingDataError, fit_normalization, load_image_set
+from unveil.training.loop import fit, init_distributed, world
+
+log = logging.getLogger(__name__)
+
+#: Default pre-training classes per source (the paper: ChestXRay 3-class, RSNA 2-class).
+PRETRAIN_CLASSES = {"chestxray": ("normal", "bacterial", "viral"), "rsna": ("normal", "pneumonia")}
+COVID_CLASSES = ("covid-", "covid+")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One dataset to read: loader name, root folder, loader options."""
+
+    source: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", str(self.root))
+
+    @classmethod
+    def parse(cls, text: str, options: dict[str, Any] | None = None) -> DataSpec:
+        source, colon, root = text.partition(":")
+        if not colon or not source or not root:
+            raise TrainingDataError(f"expected SOURCE:PATH, got {text!r}")
+        return cls(source.strip(), root.strip(), dict(options or {}))
+
+    def load(self) -> pd.DataFrame:
+        return load_source(self.source, self.root, **self.options).records
+
+
+@dataclass
+class RunResult:
+    out: Path
+    bundle: Path
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    counts: dict[str, dict[str, int]]
+    skipped: list[str]
+    seconds: float
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ranks_in_sync(state: dict[str, torch.Tensor]) -> bool:
+    """Under DDP: do all ranks hold the same weights? (a SHA-256 of every tensor, gathered)"""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, digest.hexdigest())
+    return len(set(gathered)) == 1
+
+
+def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...],
+               positive_class: str | None, task: str, config: TrainConfig, preprocess: PreprocessSettings, *,
+               cache: Path | None, workers: int, progress: bool, resume: bool, encoder: Path | None,
+               init_weights: Path | None, data: dict[str, Any], strict: bool,
+               on_step: Callable[[int, int], None] | None = None) -> RunResult:
+    started = time.perf_counter()
+    init_distributed()
+    rank, world_size = world()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache or out / "cache"
+    preprocess = resolve_settings(replace(preprocess, size=config.image_size))
+    records = records.assign(label=labels)
+    fitting = records[records["split"].isin(["train", "val"])].reset_index(drop=True)
+    if rank == 0:
+        report = preprocess_records(fitting, cache, preprocess, workers=workers, progress=progress, strict=strict)
+    if world_size > 1:
+        torch.distributed.barrier()
+    if rank != 0:  # everything is cached now: this only reads the manifest
+        report = preprocess_records(fitting, cache, preprocess, workers=1)
+    sets = {}
+    for split in ("train", "val"):
+        part = fitting[fitting["split"] == split].reset_index(drop=True)
+        if part.empty:
+            raise TrainingDataError(f"the {split} split is empty: not enough patients to train")
+        sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size)
+    skipped = sets["train"].skipped + sets["val"].skipped
+    normalization = fit_normalization(sets["train"].images)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.architecture, num_classes=len(classes), width=config.width,
+                        init_weights=init_weights)
+    encoder_info = None
+    if encoder is not None:
+        pretrained = load_bundle(encoder)
+        spec = pretrained.description
+        if spec["architecture"] != config.architecture or float(spec.get("width", 1.0)) != config.width:
+            raise TrainingDataError(f"{encoder}: encoder of a {spec['architecture']} (width {spec.get('width')}), "
+                                    f"not of the {config.architecture} (width {config.width}) being trained")
+        load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
+        encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
+                        "weights_sha256": file_sha256(Path(encoder) / WEIGHTS_FILE)}
+
+    split_hash = None
+    if rank == 0:
+        split_hash = write_split_file(out / "splits.csv", records, records["split"])
+    result = fit(model, sets["train"], sets["val"], config, out, normalization=normalization, resume=resume,
+                 progress=progress, on_step=on_step)
+    counts = {split: s.class_counts() for split, s in sets.items()}
+    in_sync = ranks_in_sync(result.best_state) if world_size > 1 else None
+    if rank == 0:
+        provenance = {"task": task, "data": data, "split_file": "splits.csv", "split_sha256": split_hash,
+                      "counts": counts, "skipped_images": len(skipped), "encoder_init": encoder_info,
+                      "init_weights": str(init_weights) if init_weights else None,
+                      "config": config.to_dict(), "seed": config.seed, "best_epoch": result.best_epoch,
+                      "best_metrics": result.best_metrics, "world_size": world_size,
+                      "ranks_in_sync": in_sync}
+        save_bundle(out / "model", model, width=config.width, classes=list(classes),
+                    positive_class=positive_class, image_size=config.image_size, preprocess=preprocess,
+                    normalization=normalization, provenance=provenance, state=result.best_state)
+        predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(
+            label=sets["val"].labels.numpy())
+        for index, name in enumerate(classes):
+            predictions[f"p_{name}"] = result.val_probabilities[:, index]
+        write_text_atomic(out / "val_predictions.csv", predictions.to_csv(index=False, lineterminator="\n"))
+        write_text_atomic(out / "skipped.txt", "".join(f"{s}\n" for s in skipped))
+        write_run_metadata(out / "run.meta.json", f"unveil {task.split(':')[0]}", {
+            "train": config.to_dict(), "preprocess": asdict(preprocess), "data": data,
+            "encoder": str(encoder) if encoder else None, "cache": str(cache)},
+            extra={"counts": counts, "skipped": skipped, "best_epoch": result.best_epoch,
+                   "best_metrics": result.best_metrics, "split_sha256": split_hash,
+                   "seconds": round(time.perf_counter() - started, 1), "world_size": world_size,
+                   "ranks_in_sync": in_sync})
+    for line in skipped:
+        log.warning("skipped: %s", line)
+    return RunResult(out, out / "model", result.best_epoch, result.best_metrics, counts, skipped,
+                     time.perf_counter() - started)
+
+
+def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig = TrainConfig(),
+             preprocess: PreprocessSettings = PreprocessSettings(), classes: Sequence[str] | None = None,
+             cache: str | Path | None = None, workers: int = 1, progress: bool = False, resume: bool = True,
+             val_fraction: float = 0.2, init_weights: str | Path | None = None, strict: bool = False,
+             on_step: Callable[[int, int], None] | None = None) -> RunResult:
+    """Train an encoder on a pneumonia task; records whose finding is not a class are left out."""
+    if not data:
+        raise TrainingDataError("pre-training needs at least one dataset")
+    if classes is None:
+        known = {PRETRAIN_CLASSES.get(spec.source) for spec in data}
+        if None in known or len(known) != 1:
+            raise TrainingDataError(f"no default classes for {', '.join(s.source for s in data)}: pass classes "
+                                    f"(e.g. normal,pneumonia); defaults exist for {', '.join(PRETRAIN_CLASSES)}")
+        classes = next(iter(known))
+    classes = tuple(classes)
+    records = concat_records(spec.load() for spec in data)
+    kept = records[records["finding"].isin(classes)].reset_index(drop=True)
+    left_out = len(records) - len(kept)
+    if left_out:
+        log.warning("%d record(s) with a finding outside %s left out of pre-training", left_out, ", ".join(classes))
+    if kept.empty:
+        raise TrainingDataError(f"no record has a finding among {', '.join(classes)}")
+    split = patient_exclusive_split(kept, seed=config.seed, test_fraction=0.0, val_fraction=val_fraction,
+                                    stratify_by=("finding",))
+    kept = kept.assign(split=split.to_numpy())
+    labels = kept["finding"].map({name: i for i, name in enumerate(classes)}).to_numpy(dtype=np.int64)
+    described = {"datasets": [asdict(spec) for spec in data], "classes": list(classes), "left_out": left_out,
+                 "val_fraction": val_fraction}
+    return _train_run(Path(out), kept, labels, classes, None, "pretrain:" + "/".join(classes), config, preprocess,
+                      cache=Path(cache) if cache else None, workers=workers, progress=progress, resume=resume,
+                      encoder=None, init_weights=Path(init_weights) if init_weights else None, data=described,
+                      strict=strict, on_step=on_step)
+
+
+def train(recipe: str, data: dict[str, DataSpec], out: str | Path, *, config: TrainConfig = TrainConfig(),
+          preprocess: PreprocessSettings = PreprocessSettings(), encoder: str | Path | None = None,
+          cache: str | Path | None = None, workers: int = 1, progress: bool = False, resume: bool = True,
+          recipes: str | Path | None = None, test_fraction: float = 0.3, val_fraction: float = 0.2,
+          init_weights: str | Path | None = None, strict: bool = False,
+          on_step: Callable[[int, int], None] | None = None) -> RunResult:
+    """Fine-tune on composition ``recipe`` with roles bound to datasets (``{"A": DataSpec, ...}``)."""
+    chosen = load_recipes(recipes).recipe(recipe)
+    missing = [role for role in chosen.roles if role not in data]
+    if missing:
+        raise TrainingDataError(f"composition {recipe} needs data for role(s) {', '.join(missing)}")
+    tables = {role: data[role].load() for role in chosen.roles}
+    composition = compose(chosen, tables, seed=config.seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    for warning in composition.warnings:
+        log.warning("%s", warning)
+    records = composition.records
+    labels = records["covid"].astype("int64").to_numpy()
+    described = {"recipe": chosen.name, "roles": {role: asdict(data[role]) for role in chosen.roles},
+                 "composition": composition.counts(), "warnings": composition.warnings,
+                 "test_fraction": test_fraction, "val_fraction": val_fraction}
+    return _train_run(Path(out), records, labels, COVID_CLASSES, "covid+", f"train:{chosen.name}", config,
+                      preprocess, cache=Path(cache) if cache else None, workers=workers, progress=progress,
+                      resume=resume, encoder=Path(encoder) if encoder else None,
+                      init_weights=Path(init_weights) if init_weights else None, data=described, strict=strict,
+                      on_step=on_step)

@@ -1,0 +1,316 @@
+"""Training: batch augmentation, normalization, the loop (exact resume), bundles, pretrain -> train, DDP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from unveil.cli import app
+from unveil.models import build_model
+from unveil.preprocess.cache import PreprocessSettings
+from unveil.training import (
+    BundleError,
+    CheckpointError,
+    ConfigError,
+    DataSpec,
+    ImageSet,
+    TrainConfig,
+    TrainingDataError,
+    fit,
+    fit_normalization,
+    load_bundle,
+    load_image_set,
+    pretrain,
+    save_bundle,
+    train,
+)
+from unveil.training.data import apply_affine, random_rigid_affine
+from unveil.training.loop import CHECKPOINT, METRICS_LOG, classification_scores, epoch_order
+
+TINY = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=3, batch_size=8, eval_batch_size=16)
+
+
+def toy_set(n: int, seed: int, size: int = 32) -> ImageSet:
+    """Images whose upper half is brighter for class 1: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 160, size=(n, 1, size, size))
+    images[labels == 1, :, : size // 2] += 80
+    records = pd.DataFrame({"record_id": [f"toy/{seed}/{i}" for i in range(n)], "source": "toy",
+                            "patient_id": [str(i) for i in range(n)]})
+    return ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.as_tensor(labels), records, ("neg", "pos"))
+
+
+# --- augmentation and normalization ------------------------------------------------------------
+
+def test_rigid_affine_identity_flip_and_fill():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 16, 16)
+    identity = random_rigid_affine(4, generator, rotation_degrees=0, translate=0, hflip=False)
+    assert torch.allclose(apply_affine(images, identity, fill=0.0), images, atol=1e-5)
+    flipped = torch.tensor([[[-1.0, 0, 0], [0, 1, 0]]]).repeat(4, 1, 1)
+    assert torch.allclose(apply_affine(images, flipped, fill=0.0), images.flip(-1), atol=1e-5)
+    shifted_out = torch.tensor([[[1.0, 0, 5.0], [0, 1, 0]]]).repeat(4, 1, 1)  # sample far outside the image
+    assert torch.allclose(apply_affine(images, shifted_out, fill=-2.5), torch.full_like(images, -2.5))
+
+
+def test_rigid_affine_draws_are_bounded_and_seeded():
+    theta = random_rigid_affine(500, torch.Generator().manual_seed(1), rotation_degrees=5, translate=0.05, hflip=False)
+    again = random_rigid_affine(500, torch.Generator().manual_seed(1), rotation_degrees=5, translate=0.05, hflip=False)
+    assert torch.equal(theta, again)
+    angles = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
+    assert angles.abs().max() <= 5.0 + 1e-4 and angles.abs().max() > 4.0
+    assert theta[:, :, 2].abs().max() <= 0.1 + 1e-6  # 5 % of the size = 0.1 in [-1, 1] coordinates
+    assert (theta[:, 0, 0] > 0).all()  # no flip unless asked
+
+
+def test_fit_normalization_matches_numpy():
+    images = torch.randint(0, 256, (7, 1, 9, 9), dtype=torch.uint8)
+    mean, std = fit_normalization(images)
+    values = images.numpy().astype(np.float64) / 255
+    assert mean == pytest.approx(values.mean(), abs=1e-9)
+    assert std == pytest.approx(values.std(), abs=1e-9)
+
+
+def test_balanced_sampler_evens_out_classes():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    order = epoch_order(labels, "balanced", torch.Generator().manual_seed(0))
+    share = labels[order].float().mean().item()
+    assert 0.4 < share < 0.6
+    assert sorted(epoch_order(labels, "shuffle", torch.Generator().manual_seed(0)).tolist()) == list(range(100))
+
+
+def test_load_image_set_skips_failures_and_names_them(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((8, 8), index * 100, dtype=np.uint16)).save(path)
+        paths.append(str(path))
+    records = pd.DataFrame({"record_id": ["a", "b", "c", "d"]})
+    manifest = pd.DataFrame({"record_id": ["a", "b", "c"], "status": ["ok", "failed", "cached"],
+                             "error": [None, "b.png: truncated file", None], "cache_path": [paths[0], None, paths[2]]})
+    loaded = load_image_set(records, manifest, [0, 1, 0, 1], ("x", "y"), size=4)
+    assert loaded.images.shape == (2, 1, 4, 4) and loaded.images.dtype == torch.uint8
+    assert list(loaded.records["record_id"]) == ["a", "c"]
+    assert loaded.skipped == ["b.png: truncated file", "d: not in the pre-processing manifest"]
+    with pytest.raises(TrainingDataError, match="truncated"):
+        load_image_set(records.iloc[1:2], manifest, [1], ("x", "y"))
+
+
+def test_config_rejects_bad_options():
+    with pytest.raises(ConfigError, match="loss"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(ConfigError, match="rigid"):
+        TrainConfig(rotation_degrees=90)
+    with pytest.raises(ConfigError, match="unknown training option"):
+        TrainConfig.from_dict({"epocs": 3})
+
+
+def test_classification_scores_against_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 50)
+    positive = np.clip(labels * 0.3 + rng.random(50) * 0.7, 0, 1)
+    scores = classification_scores(np.stack([1 - positive, positive], 1), labels)
+    assert scores["auc"] == pytest.approx(roc_auc_score(labels, positive))
+    three = rng.dirichlet([1, 1, 1], 60)
+    multi = rng.integers(0, 3, 60)
+    assert classification_scores(three, multi)["auc"] == pytest.approx(
+        roc_auc_score(multi, three, multi_class="ovr", average="macro"))
+    assert np.isnan(classification_scores(three[:5], np.zeros(5, dtype=int))["auc"])
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def _fit(run_dir: Path, config: TrainConfig = TINY, **kwargs):
+    torch.manual_seed(config.seed)
+    model = build_model(config.architecture, num_classes=2, width=config.width)
+    train_set, val_set = toy_set(40, 0), toy_set(16, 1)
+    return fit(model, train_set, val_set, config, run_dir, normalization=fit_normalization(train_set.images),
+               **kwargs), model
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(epoch: int, step: int):
+    def hook(current_epoch: int, current_step: int) -> None:
+        if (current_epoch, current_step) == (epoch, step):
+            raise Interrupted
+    return hook
+
+
+@pytest.mark.parametrize("where", [(0, 2), (1, 0), (2, 4)])
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, where):
+    reference, _ = _fit(tmp_path / "uninterrupted")
+    with pytest.raises(Interrupted):
+        _fit(tmp_path / "killed", on_step=_interrupt_at(*where))
+    (tmp_path / "killed" / (CHECKPOINT + ".tmp")).write_bytes(b"half-written")  # a kill during a write
+    resumed, _ = _fit(tmp_path / "killed")
+    assert resumed.resumed_from_epoch == where[0]
+    assert resumed.best_epoch == reference.best_epoch
+    for name, tensor in reference.best_state.items():
+        assert torch.equal(tensor, resumed.best_state[name]), name
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in reference.history]
+    lines = (tmp_path / "killed" / METRICS_LOG).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_the_loop_learns_and_selects_by_validation_auc(tmp_path):
+    result, model = _fit(tmp_path / "run", replace(TINY, epochs=4))
+    aucs = [h["val_auc"] for h in result.history]
+    assert max(aucs) > 0.8
+    best = max(result.history, key=lambda h: (h["val_auc"], -h["val_loss"]))  # ties: lower validation loss
+    assert result.best_epoch == best["epoch"]
+    assert result.val_probabilities.shape == (16, 2)
+
+
+def test_checkpoint_from_another_configuration_or_corrupt_is_refused(tmp_path):
+    _fit(tmp_path / "run", replace(TINY, epochs=1))
+    with pytest.raises(CheckpointError, match="different configuration"):
+        _fit(tmp_path / "run", replace(TINY, epochs=1, lr=0.5))
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        _fit(tmp_path / "run", replace(TINY, epochs=1))
+    result, _ = _fit(tmp_path / "run", replace(TINY, epochs=1), resume=False)
+    assert result.resumed_from_epoch == 0
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+def test_bundle_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("conv8", num_classes=2, width=0.25)
+    images = toy_set(6, 3).images
+    save_bundle(tmp_path / "b", model, width=0.25, classes=["covid-", "covid+"], positive_class="covid+",
+                image_size=32, preprocess=PreprocessSettings(size=32, mask="none"), normalization=(0.4, 0.2),
+                provenance={"seed": 0})
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.normalization == (0.4, 0.2) and bundle.positive_index == 1 and bundle.threshold == 0.5
+    assert bundle.description["threshold"]["rule"] == "fixed 0.5"
+    assert bundle.preprocess_settings.mask == "none"
+    from unveil.training.loop import predict_probabilities
+
+    expected = predict_probabilities(model, images, 0.4, 0.2, device=torch.device("cpu"))
+    assert np.allclose(bundle.predict_probabilities(images), expected, atol=1e-6)
+
+    description = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({**description, "architecture": "resnet18", "width": 1}))
+    with pytest.raises(BundleError, match="do not match"):
+        load_bundle(tmp_path / "b")
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({**description, "format": "something-else"}))
+    with pytest.raises(BundleError, match="not an unveil classifier"):
+        load_bundle(tmp_path / "b")
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(description))
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="model.safetensors"):
+        load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
+
+
+# --- pretrain -> train on the synthetic benchmark ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory):
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import dataset_roots, generate
+
+    out = tmp_path_factory.mktemp("bench")
+    generate(replace(load_config("paper"), image_size=48), out, seed=0, scale=0.12)
+    return {name: DataSpec(source, root) for name, (source, root) in dataset_roots(out).items()}
+
+
+RUN = replace(TINY, epochs=2, batch_size=16)
+NO_MASK = PreprocessSettings(mask="none")
+
+
+def test_pretrain_then_fine_tune(benchmark, tmp_path):
+    cache = tmp_path / "cache"
+    pre = pretrain([benchmark["B"]], tmp_path / "pre", config=RUN, preprocess=NO_MASK, cache=cache)
+    assert set(pre.counts["train"]) == {"normal", "bacterial", "viral"}
+    assert load_bundle(pre.bundle).classes == ["normal", "bacterial", "viral"]
+
+    # A learning rate of ~0 keeps the convolutions where the encoder left them: proof it was loaded.
+    frozen_in_practice = replace(RUN, lr=1e-12, epochs=1)
+    run = train("AB", {"A": benchmark["A"], "B": benchmark["B"]}, tmp_path / "ab", config=frozen_in_practice,
+                preprocess=NO_MASK, encoder=pre.bundle, cache=cache)
+    tuned, pretrained = load_bundle(run.bundle), load_bundle(pre.bundle)
+    conv = "encoder.conv3.0.weight"
+    assert torch.allclose(tuned.model.state_dict()[conv], pretrained.model.state_dict()[conv], atol=1e-6)
+    assert tuned.classes == ["covid-", "covid+"] and tuned.description["positive_class"] == "covid+"
+
+    provenance = tuned.description["provenance"]
+    assert provenance["encoder_init"]["bundle"] == str(pre.bundle)
+    assert provenance["task"] == "train:AB"
+    splits = tmp_path / "ab" / "splits.csv"
+    assert provenance["split_sha256"] == hashlib.sha256(splits.read_bytes()).hexdigest()
+    assert set(pd.read_csv(splits)["split"]) == {"train", "val", "test"}
+    meta = json.loads((tmp_path / "ab" / "run.meta.json").read_text())
+    assert meta["config"]["train"]["lr"] == 1e-12 and "torch" in meta["versions"]
+
+    # Normalization statistics come from the training split only.
+    from unveil.preprocess.cache import resolve_settings
+
+    settings = resolve_settings(replace(NO_MASK, size=RUN.image_size))
+    manifest = pd.read_csv(cache / f"manifest-{settings.key()}.csv")
+    table = pd.read_csv(splits, dtype=str)
+    train_ids = table.loc[table["split"] == "train", "record_id"]
+    train_images = load_image_set(pd.DataFrame({"record_id": train_ids}), manifest, np.zeros(len(train_ids)),
+                                  ("a",)).images
+    assert tuned.normalization[0] == pytest.approx(fit_normalization(train_images)[0], abs=1e-9)
+    val = pd.read_csv(tmp_path / "ab" / "val_predictions.csv")
+    assert list(val.columns[-2:]) == ["p_covid-", "p_covid+"] and len(val) == sum(run.counts["val"].values())
+
+
+def test_train_refuses_an_encoder_of_another_architecture(benchmark, tmp_path):
+    pre = pretrain([benchmark["B"]], tmp_path / "pre", config=replace(RUN, epochs=1), preprocess=NO_MASK)
+    with pytest.raises(TrainingDataError, match="encoder of a conv8"):
+        train("AB", {"A": benchmark["A"], "B": benchmark["B"]}, tmp_path / "ab",
+              config=replace(RUN, architecture="covidnet"), preprocess=NO_MASK, encoder=pre.bundle,
+              cache=tmp_path / "pre" / "cache")
+
+
+def test_cli_train_reports_clear_errors(benchmark, tmp_path):
+    runner = CliRunner()
+    a = f"A={benchmark['A'].source}:{benchmark['A'].root}"
+    result = runner.invoke(app, ["train", "AB", "--data", a, "--out", str(tmp_path / "x"), "--mask", "none"])
+    assert result.exit_code == 2 and "needs data for role(s) B" in result.output
+    result = runner.invoke(app, ["train", "A", "--data", a, "--out", str(tmp_path / "x"), "--set", "epocs=2"])
+    assert result.exit_code == 2 and "unknown training option(s) epocs" in result.output
+    result = runner.invoke(app, ["train", "A", "--data", a, "--out", str(tmp_path / "x"), "--arch", "vgg"])
+    assert result.exit_code == 2 and "resnet18" in result.output
+    result = runner.invoke(app, ["pretrain", "--data", f"hospital-csv:{benchmark['A'].root}", "--out",
+                                 str(tmp_path / "y")])
+    assert result.exit_code == 2 and "no default classes" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(benchmark, tmp_path):
+    """DDP on CPU: two processes, gloo; both ranks end with identical weights."""
+    a, b = benchmark["A"], benchmark["B"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "unveil.cli", "train", "AB", "--data", f"A={a.source}:{a.root}", "--data",
+               f"B={b.source}:{b.root}", "--out", str(tmp_path / "ddp"), "--arch", "conv8", "--width", "0.25",
+               "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--mask", "none", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"bundle"') == 1  # rank 0 reports
+    meta = json.loads((tmp_path / "ddp" / "run.meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["ranks_in_sync"] is True
+    assert load_bundle(tmp_path / "ddp" / "model").description["provenance"]["world_size"] == 2
