@@ -617,6 +617,91 @@ def train_command(
 
 
 
+@app.command("evaluate")
+def evaluate_command(
+    models: Annotated[list[Path], typer.Argument(help="Model bundles (OUT/model of `unveil train`).")],
+    on: Annotated[list[str], typer.Option(
+        "--on", help="Test set (repeatable): a composition name (its test split, e.g. AB) or SOURCE:PATH "
+                     "(every labelled image of a dataset).")],
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", help="Bind a role the models were not trained with: ROLE=SOURCE:PATH (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX) and ROC curves.")] = None,
+    threshold_rule: Annotated[str, typer.Option(
+        help="bundle (the model's own, 0.5 by default), fixed, youden or sensitivity (chosen on the model's "
+             "validation predictions, a priori).")] = "bundle",
+    threshold: Annotated[float, typer.Option(help="Threshold for --threshold-rule fixed.")] = 0.5,
+    target_sensitivity: Annotated[float, typer.Option(help="Target for --threshold-rule sensitivity.")] = 0.9,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the intervals.")] = 2000,
+    cache: Annotated[Path | None, typer.Option(
+        help="Pre-processing cache (default: the one each model was trained with).")] = None,
+    workers: WorkersOption = 2,
+    recipes: Annotated[Path | None, typer.Option(help="Recipe YAML file (default: the paper's Table 1).")] = None,
+    allow_overlap: Annotated[bool, typer.Option(
+        help="Evaluate even when test patients were in the model's training/validation split.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result rows as JSON.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Test every model on every test set: seven metrics, 95 % intervals, counts and threshold rule."""
+    from unveil.data.compose import RecipeError, load_recipes
+    from unveil.data.sources import DatasetLayoutError
+    from unveil.evaluation.evaluate import EvaluationError, evaluate_models
+    from unveil.evaluation.tables import json_rows, plot_roc_curves, summary_table, write_tables
+    from unveil.preprocess.cache import PreprocessError
+    from unveil.provenance import write_run_metadata, write_text_atomic
+    from unveil.training import BundleError, DataSpec, TrainingDataError
+
+    try:
+        bindings = {role: DataSpec(source, path) for role, (source, path) in
+                    _parse_bindings(data or [], load_recipes(recipes)).items()}
+        run = evaluate_models([str(m) for m in models], on, data=bindings, cache=cache,
+                              threshold_rule=threshold_rule, threshold=threshold,
+                              target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
+                              workers=workers, recipes=recipes, allow_overlap=allow_overlap, progress=not as_json)
+    except (EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError, PreprocessError,
+            ValueError) as error:
+        _fail(str(error))
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    if out is not None:
+        write_tables(run.rows, out)
+        write_text_atomic(out / "predictions.csv", run.predictions.to_csv(index=False, lineterminator="\n"))
+        plot_roc_curves(run.predictions, out)
+        write_run_metadata(out / "evaluation.meta.json", "unveil evaluate", {
+            "models": [str(m) for m in models], "on": on, "data": data or [], "threshold_rule": threshold_rule,
+            "threshold": threshold, "target_sensitivity": target_sensitivity, "resamples": resamples,
+            "seed": seed, "allow_overlap": allow_overlap}, extra={"skipped": run.skipped})
+    if as_json:
+        typer.echo(json.dumps(json_rows(run.rows), indent=2))
+    else:
+        typer.echo(summary_table(run.rows).to_markdown(index=False))
+        if out is not None:
+            typer.echo(f"results, tables and ROC curves in {out}")
+    for line in run.skipped:
+        typer.echo(f"skipped: {line}", err=True)
+
+
+@app.command("tables")
+def tables_command(
+    results: Annotated[list[Path], typer.Argument(help="results.csv files of `unveil evaluate --out`.")],
+    out: Annotated[Path, typer.Option(help="Folder for Table 2 and Tables A1..An (CSV, Markdown, LaTeX).")],
+) -> None:
+    """Rebuild the paper's tables from one or several evaluation result files."""
+    import pandas as pd
+
+    from unveil.evaluation.tables import write_tables
+
+    frames = []
+    for path in results:
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError) as error:
+            _fail(f"{path}: unreadable results file ({error})")
+    written = write_tables(pd.concat(frames, ignore_index=True), out)
+    typer.echo("\n".join(str(p) for p in written))
+
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="unveil")

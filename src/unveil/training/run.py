@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Default pre-training classes per source (the paper: ChestXRay 3-class, RSNA 2-class).
 PRETRAIN_CLASSES = {"chestxray": ("normal", "bacterial", "viral"), "rsna": ("normal", "pneumonia")}
 COVID_CLASSES = ("covid-", "covid+")
+#: The paper's dataset letters, for naming pre-trained encoders and tables.
+PAPER_LETTERS = {"hospital-csv": "A", "chestxray": "B", "rsna": "C", "covid-chestxray": "D"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ class RunResult:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def encoder_label(description: dict[str, Any]) -> str:
+    """How the paper names a pre-trained encoder: by its data (B = ChestXRay, C = RSNA), else the sources."""
+    datasets = description.get("provenance", {}).get("data", {}).get("datasets", [])
+    sources = sorted({str(d.get("source")) for d in datasets})
+    return "+".join(PAPER_LETTERS.get(source, source) for source in sources) or "unknown"
 
 
 def ranks_in_sync(state: dict[str, torch.Tensor]) -> bool:
@@ -128,7 +137,7 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                                     f"not of the {config.architecture} (width {config.width}) being trained")
         load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
         encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
-                        "weights_sha256": file_sha256(Path(encoder) / WEIGHTS_FILE)}
+                        "label": encoder_label(spec), "weights_sha256": file_sha256(Path(encoder) / WEIGHTS_FILE)}
 
     split_hash = None
     if rank == 0:

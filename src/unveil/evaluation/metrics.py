@@ -1,0 +1,441 @@
+"""The paper's seven metrics at a decision threshold, with patient-level bootstrap intervals.
+
+Tartaglione et al. (2020) report sensitivity, specificity, F1, accuracy, balanced accuracy, ROC AUC
+and the diagnostic odds ratio (DOR) at threshold 0.5, without intervals. Here every metric comes with
+a 95 % percentile interval from a *cluster* bootstrap over patients: several images of one patient
+are not independent, so resampling images would give intervals that are too narrow. Sensitivity,
+specificity and accuracy also get Wilson intervals, which treat images as independent (a reference
+point, narrower than the bootstrap when patients contribute several images).
+
+Conventions: COVID+ is the positive class (label 1); an image is predicted positive iff its score is
+>= the threshold. Undefined values (sensitivity with no COVID+ images, ...) are ``nan``; the DOR is
+``inf`` when no false positives or no false negatives occur, and its Haldane-Anscombe corrected form
+(0.5 added to every cell) is reported beside it as ``dor_corrected``. Each value carries a note that
+says why it is nan/inf or why its interval is partial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy.stats import binomtest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy", "roc_auc", "dor")
+PROPORTIONS: tuple[str, ...] = ("sensitivity", "specificity", "accuracy")
+THRESHOLD_RULES: tuple[str, ...] = ("fixed", "youden", "sensitivity")
+REPORTED: tuple[str, ...] = (*METRICS, "dor_corrected")
+
+_NO_POSITIVES = "no COVID+ images"
+_NO_NEGATIVES = "no COVID- images"
+# Why a metric is undefined in a bootstrap resample (used in the interval notes).
+_RESAMPLE_REASON = {"sensitivity": "held no COVID+ images", "specificity": "held no COVID- images",
+                    "balanced_accuracy": "held one class only", "roc_auc": "held one class only",
+                    "f1": "held no COVID+ images and no positive predictions",
+                    "dor": "had tp*tn = fp*fn = 0", "accuracy": "were empty"}
+_CELL_NAMES = {"tp": "true positives", "fp": "false positives", "tn": "true negatives", "fn": "false negatives"}
+# Resamples per chunk are capped so that one chunk's image-weight matrix holds about this many values.
+_CHUNK_VALUES = 2_000_000
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Confusion counts at one threshold (positive = COVID+)."""
+
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @classmethod
+    def from_scores(cls, labels: ArrayLike, scores: ArrayLike, threshold: float) -> Confusion:
+        """Counts with an image predicted positive iff its score >= ``threshold``."""
+        y, s = _validate_labels_scores(labels, scores)
+        threshold = _finite(threshold, "threshold")
+        predicted = s >= threshold
+        return cls(tp=int(np.sum(predicted & (y == 1))), fp=int(np.sum(predicted & (y == 0))),
+                   tn=int(np.sum(~predicted & (y == 0))), fn=int(np.sum(~predicted & (y == 1))))
+
+    @property
+    def positives(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def total(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+
+def _metrics_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
+    """Every threshold metric from (arrays of) counts; 0/0 gives nan and x/0 gives inf, which is
+    exactly the DOR convention (inf when fp*fn == 0 < tp*tn, nan when both products are 0)."""
+    tp, fp, tn, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, tn, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sensitivity = tp / (tp + fn)
+        specificity = tn / (tn + fp)
+        return {"sensitivity": sensitivity, "specificity": specificity,
+                "f1": 2 * tp / (2 * tp + fp + fn),
+                "accuracy": (tp + tn) / (tp + fp + tn + fn),
+                "balanced_accuracy": (sensitivity + specificity) / 2,
+                "dor": (tp * tn) / (fp * fn),
+                "dor_corrected": ((tp + 0.5) * (tn + 0.5)) / ((fp + 0.5) * (fn + 0.5))}
+
+
+def point_metrics(confusion: Confusion) -> dict[str, float]:
+    """Every metric except ROC AUC (which needs the scores) as floats; undefined ones are nan."""
+    values = _metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)
+    return {name: float(values[name]) for name in METRICS if name != "roc_auc"}
+
+
+def dor_haldane(confusion: Confusion) -> float:
+    """Haldane-Anscombe DOR: 0.5 added to every cell, so it is finite and > 0 even with zero cells."""
+    return float(_metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)["dor_corrected"])
+
+
+def dor_from_rates(sensitivity: float, specificity: float) -> float:
+    """DOR from sensitivity and specificity, (se/(1-se)) / ((1-sp)/sp); inf/0/nan as for counts."""
+    se, sp = _rate(sensitivity, "sensitivity"), _rate(specificity, "specificity")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(se * sp) / np.float64((1 - se) * (1 - sp)))
+
+
+def dor_range_from_rounded(sensitivity: float, specificity: float, decimals: int = 2) -> tuple[float, float]:
+    """The DOR values consistent with ``sensitivity`` and ``specificity`` printed to ``decimals`` places.
+
+    Used to check published tables, where the DOR was computed from unrounded rates: the true rates lie
+    within half a unit of the last printed place, and the DOR increases with both, so the extremes are
+    at the low/low and high/high corners."""
+    half = 0.5 * 10.0 ** -decimals
+    se, sp = _rate(sensitivity, "sensitivity"), _rate(specificity, "specificity")
+    low = dor_from_rates(max(se - half, 0.0), max(sp - half, 0.0))
+    high = dor_from_rates(min(se + half, 1.0), min(sp + half, 1.0))
+    return low, high
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (images taken as independent); (nan, nan) for n == 0."""
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n; got successes={successes}, n={n}")
+    if n == 0:
+        return math.nan, math.nan
+    interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric: point estimate, bootstrap percentile interval, Wilson interval (proportions only), and a
+    note saying why the value is nan/inf or why the interval is missing or partial."""
+
+    name: str
+    value: float
+    low: float
+    high: float
+    wilson_low: float | None = None
+    wilson_high: float | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one score set at one threshold, with the counts behind them."""
+
+    threshold: float
+    threshold_rule: str
+    confusion: Confusion
+    metrics: dict[str, MetricValue]
+    images: int
+    patients: int
+    positive_images: int
+    negative_images: int
+    positive_patients: int
+    negative_patients: int
+    bootstrap: dict
+
+    def as_row(self) -> dict[str, object]:
+        """A flat dict (one table row): threshold, counts, confusion cells, and per metric m the columns
+        m, m_low, m_high, m_wilson_low/m_wilson_high (proportions only) and m_note."""
+        c = self.confusion
+        row: dict[str, object] = {
+            "threshold": self.threshold, "threshold_rule": self.threshold_rule, "images": self.images,
+            "patients": self.patients, "positive_images": self.positive_images,
+            "negative_images": self.negative_images, "positive_patients": self.positive_patients,
+            "negative_patients": self.negative_patients, "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn}
+        for name, metric in self.metrics.items():
+            row.update({name: metric.value, f"{name}_low": metric.low, f"{name}_high": metric.high})
+            if name in PROPORTIONS:
+                row.update({f"{name}_wilson_low": metric.wilson_low, f"{name}_wilson_high": metric.wilson_high})
+            row[f"{name}_note"] = metric.note
+        return row
+
+
+def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *, threshold: float = 0.5,
+                    threshold_rule: str = "fixed 0.5", resamples: int = 2000, confidence: float = 0.95,
+                    seed: int = 0) -> Evaluation:
+    """All metrics of ``scores`` against ``labels`` at ``threshold``, with patient-bootstrap intervals.
+
+    ``patients`` gives each image's patient id: the bootstrap draws patients with replacement and an
+    image's weight is the number of times its patient was drawn. A resample in which a metric is undefined
+    (e.g. one class only) is left out of that metric's interval, and its note says how many remained."""
+    y, s = _validate_labels_scores(labels, scores)
+    codes = _patient_codes(patients, len(y))
+    threshold = _finite(threshold, "threshold")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
+    if int(resamples) != resamples or resamples < 0:
+        raise ValueError(f"resamples must be a non-negative integer; got {resamples}")
+    resamples = int(resamples)
+    n_patients = int(codes.max()) + 1
+
+    confusion = Confusion.from_scores(y, s, threshold)
+    points = _metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)
+    points = {name: float(value) for name, value in points.items()}
+    both_classes = confusion.positives > 0 and confusion.negatives > 0
+    points["roc_auc"] = float(roc_auc_score(y, s)) if both_classes else math.nan
+
+    draws = _bootstrap(y, s, s >= threshold, codes, n_patients, resamples, np.random.default_rng(seed))
+    alpha = (1 - confidence) / 2
+    metrics = {}
+    for name in REPORTED:
+        low, high, interval_note = _percentile_interval(name, draws[name], alpha, resamples)
+        wilson_low = wilson_high = None
+        if name in PROPORTIONS:
+            successes, n = {"sensitivity": (confusion.tp, confusion.positives),
+                            "specificity": (confusion.tn, confusion.negatives),
+                            "accuracy": (confusion.tp + confusion.tn, confusion.total)}[name]
+            wilson_low, wilson_high = wilson_interval(successes, n, confidence)
+        if math.isnan(points[name]) and interval_note and interval_note.startswith("no interval: undefined"):
+            interval_note = None  # the point note already says why
+        notes = [note for note in (_point_note(name, points[name], confusion), interval_note) if note]
+        metrics[name] = MetricValue(name=name, value=points[name], low=low, high=high, wilson_low=wilson_low,
+                                    wilson_high=wilson_high, note="; ".join(notes) or None)
+
+    return Evaluation(
+        threshold=threshold, threshold_rule=threshold_rule, confusion=confusion, metrics=metrics,
+        images=len(y), patients=n_patients, positive_images=confusion.positives,
+        negative_images=confusion.negatives,
+        # A patient with images of both classes counts in both (so the two may sum to more than `patients`).
+        positive_patients=len(np.unique(codes[y == 1])), negative_patients=len(np.unique(codes[y == 0])),
+        bootstrap={"resamples": resamples, "unit": "patient", "confidence": confidence, "seed": seed,
+                   "method": "percentile"})
+
+
+def choose_threshold(labels: ArrayLike, scores: ArrayLike, rule: str = "fixed", *, value: float = 0.5,
+                     target_sensitivity: float = 0.9) -> tuple[float, str]:
+    """A decision threshold chosen a priori on validation data, and a text that says how.
+
+    ``fixed``: ``value``. ``youden``: the threshold maximizing sensitivity + specificity - 1.
+    ``sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity``.
+    Data-driven thresholds are validation scores, so ``score >= threshold`` reproduces the chosen point."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    if rule == "fixed":
+        value = _finite(value, "threshold value")
+        return value, f"fixed {value:g}"
+    y, s = _validate_labels_scores(labels, scores)
+    if y.min() == y.max():
+        raise ValueError(f"a {rule} threshold needs both classes in the validation labels; all are {int(y[0])}")
+    # thresholds[0] is inf (nothing predicted positive, tpr = fpr = 0); skip it: J there is 0, which
+    # the last point (everything positive) also reaches, and sensitivity there is 0 < any target.
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    if rule == "youden":
+        youden = tpr - fpr
+        best = int(np.argmax(youden))  # first maximum = highest threshold among ties
+        return float(thresholds[best]), f"youden on validation (J={youden[best]:.3f})"
+    target = _finite(target_sensitivity, "target sensitivity")
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must lie in (0, 1]; got {target}")
+    # tpr rises as the threshold falls, so the first point reaching the target has the highest threshold.
+    # A tiny tolerance keeps e.g. 9/10 = 0.8999999999999999 from missing a target of 0.9.
+    index = int(np.argmax(tpr >= target - 1e-12))
+    return float(thresholds[index]), (f"sensitivity >= {target:.2f} on validation (achieved {tpr[index]:.3f}, "
+                                      f"specificity {1 - fpr[index]:.2f})")
+
+
+# --- bootstrap -------------------------------------------------------------------------------------------------
+
+
+def _bootstrap(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes: np.ndarray, n_patients: int,
+               resamples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every reported metric in each of ``resamples`` patient-bootstrap resamples (arrays of length resamples)."""
+    if resamples == 0:
+        return {name: np.empty(0) for name in REPORTED}
+    # Per-patient confusion counts (P x 4): a resample's counts are multiplicities @ counts.
+    cell = np.where(y == 1, np.where(predicted, 0, 3), np.where(predicted, 1, 2))  # tp, fp, tn, fn
+    per_patient = np.zeros((n_patients, 4))
+    np.add.at(per_patient, (codes, cell), 1.0)
+    auc = _WeightedAUC(y, s)
+    chunk = max(1, _CHUNK_VALUES // max(len(y), n_patients))
+    counts, aucs = [], []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        drawn = rng.integers(0, n_patients, size=(size, n_patients))
+        # Multiplicity of each patient in each resample: one bincount over row-offset patient indices.
+        offsets = drawn + (np.arange(size) * n_patients)[:, None]
+        multiplicity = np.bincount(offsets.ravel(), minlength=size * n_patients).reshape(size, n_patients)
+        multiplicity = multiplicity.astype(np.float64)
+        counts.append(multiplicity @ per_patient)
+        aucs.append(auc(multiplicity[:, codes]))
+    counts_all = np.concatenate(counts)
+    values = _metrics_from_counts(*counts_all.T)
+    values["roc_auc"] = np.concatenate(aucs)
+    return values
+
+
+class _WeightedAUC:
+    """ROC AUC of fixed labels/scores under many weight vectors at once (rows of a weight matrix).
+
+    AUC = sum over (positive i, negative j) of w_i w_j ([s_i > s_j] + [s_i == s_j] / 2), over W+ W-: the
+    Mann-Whitney form, equal to the trapezoidal area sklearn's ``roc_auc_score(sample_weight=w)`` computes.
+    Written by hand because sklearn takes one weight vector per call, ~1 ms each: 2000 calls would be
+    seconds, while this does all resamples with one cumulative sum and two gathers."""
+
+    def __init__(self, y: np.ndarray, s: np.ndarray):
+        self.positive = np.flatnonzero(y == 1)
+        negative = np.flatnonzero(y == 0)
+        self.negative = negative[np.argsort(s[negative], kind="stable")]
+        negative_scores = s[self.negative]
+        positive_scores = s[self.positive]
+        # Per positive: number of negatives scored below it, and below or equal to it.
+        self.below = np.searchsorted(negative_scores, positive_scores, side="left")
+        self.up_to = np.searchsorted(negative_scores, positive_scores, side="right")
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        """AUC per row of ``weights`` (resamples x images); nan where a row weighs one class only."""
+        cumulative = np.zeros((weights.shape[0], len(self.negative) + 1))
+        np.cumsum(weights[:, self.negative], axis=1, out=cumulative[:, 1:])
+        positive_weights = weights[:, self.positive]
+        # Weighted negatives below each positive, plus half of the tied ones.
+        beaten = 0.5 * (cumulative[:, self.below] + cumulative[:, self.up_to])
+        numerator = np.einsum("ij,ij->i", positive_weights, beaten)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return numerator / (positive_weights.sum(axis=1) * cumulative[:, -1])
+
+
+def _percentile_interval(name: str, values: np.ndarray, alpha: float,
+                         resamples: int) -> tuple[float, float, str | None]:
+    """Percentile interval over the resamples where the metric is defined (inf allowed), and a note."""
+    if resamples == 0:
+        return math.nan, math.nan, "no interval: no bootstrap resamples"
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return math.nan, math.nan, f"no interval: undefined in all {resamples} resamples"
+    low, high = _percentiles_with_inf(defined, (100 * alpha, 100 * (1 - alpha)))
+    notes = []
+    if defined.size < resamples:
+        reason = _RESAMPLE_REASON.get(name, "had it undefined")
+        notes.append(f"interval from {defined.size} of {resamples} resamples (the others {reason})")
+    if math.isinf(high):
+        infinite = int(np.isinf(defined).sum())
+        notes.append(f"upper bound infinite: {infinite} of {defined.size} resamples had no false positives "
+                     "or no false negatives")
+    return low, high, "; ".join(notes) or None
+
+
+def _percentiles_with_inf(values: np.ndarray, percents: tuple[float, ...]) -> list[float]:
+    """np.percentile (linear), but with +inf values handled: interpolating towards inf gives inf.
+
+    np.percentile computes a + (b - a) * t, which is nan for b = inf and t = 0; so inf is replaced by a
+    finite stand-in above every finite value, and any result above the largest finite value is inf."""
+    infinite = np.isposinf(values)
+    if not infinite.any():
+        return [float(v) for v in np.percentile(values, percents)]
+    if infinite.all():
+        return [math.inf for _ in percents]
+    largest = float(values[~infinite].max())
+    stand_in = np.where(infinite, min(2 * abs(largest) + 1, np.finfo(np.float64).max), values)
+    return [math.inf if v > largest else float(v) for v in np.percentile(stand_in, percents)]
+
+
+def _point_note(name: str, value: float, confusion: Confusion) -> str | None:
+    """Why a point estimate is nan, inf or zero (DOR), or None when it is an ordinary number."""
+    missing = _NO_POSITIVES if confusion.positives == 0 else _NO_NEGATIVES if confusion.negatives == 0 else None
+    if name == "dor":
+        corrected = "Haldane-Anscombe corrected estimate given as dor_corrected"
+        zero = [cell for cell in ("tp", "fp", "tn", "fn") if getattr(confusion, cell) == 0]
+        if math.isnan(value):
+            return f"undefined: tp*tn and fp*fn are both zero (zero cells: {', '.join(zero)}); {corrected}"
+        if math.isinf(value) or value == 0:
+            kind, cells = ("infinite", ("fp", "fn")) if math.isinf(value) else ("zero", ("tp", "tn"))
+            which = " and ".join(f"no {_CELL_NAMES[cell]}" for cell in cells if cell in zero)
+            return f"{kind}: {which} (cell zero); {corrected}"
+        return None
+    if not math.isnan(value):
+        return None
+    if name == "f1":
+        return "undefined: no COVID+ images and none predicted COVID+"
+    if name == "accuracy":
+        return "undefined: no images"
+    if name == "sensitivity":
+        return f"undefined: {_NO_POSITIVES}"
+    if name == "specificity":
+        return f"undefined: {_NO_NEGATIVES}"
+    return f"undefined: {missing}" if missing else "undefined"
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+
+def _validate_labels_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as an int array of 0/1 and scores as a float array in [0, 1], equal lengths, at least one."""
+    y, s = np.asarray(labels), np.asarray(scores)
+    if y.ndim != 1 or s.ndim != 1:
+        raise ValueError(f"labels and scores must be one-dimensional; got shapes {y.shape} and {s.shape}")
+    if len(y) != len(s):
+        raise ValueError(f"labels and scores differ in length: {len(y)} labels, {len(s)} scores")
+    if len(y) == 0:
+        raise ValueError("no images: labels and scores are empty")
+    if y.dtype == object or y.dtype.kind not in "biuf":
+        original = np.asarray(labels, dtype=object).tolist()
+        bad = sorted({repr(v) for v in original if not (isinstance(v, (int, float, np.number)) and v in (0, 1))})
+        if bad:
+            raise ValueError(f"labels must be 0 or 1; got {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        y = y.astype(np.float64)
+    bad_mask = ~np.isin(y, (0, 1))
+    if bad_mask.any():
+        bad = [repr(v) for v in np.unique(y[bad_mask]).tolist()]
+        raise ValueError(f"labels must be 0 or 1; got {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    try:
+        s = s.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("scores must be numbers") from None
+    if not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
+        bad = s[~np.isfinite(s) | (s < 0) | (s > 1)]
+        raise ValueError(f"scores must be finite and in [0, 1]; got {bad[:5].tolist()}")
+    return y.astype(np.int64), s
+
+
+def _patient_codes(patients: ArrayLike, n: int) -> np.ndarray:
+    """Patient ids as codes 0..P-1 (one per image)."""
+    ids = np.asarray(patients, dtype=object)
+    if ids.ndim != 1 or len(ids) != n:
+        raise ValueError(f"patients must give one id per image: {n} images, {ids.size} patient ids")
+    codes, _ = pd.factorize(ids)
+    if (codes < 0).any():
+        raise ValueError(f"{int((codes < 0).sum())} image(s) have a missing patient id")
+    return codes
+
+
+def _finite(value: float, what: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number; got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite; got {value}")
+    return value
+
+
+def _rate(value: float, what: str) -> float:
+    value = float(value)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{what} must lie in [0, 1]; got {value}")
+    return value

@@ -1,0 +1,346 @@
+"""Metrics, DOR conventions, Wilson and patient-bootstrap intervals, threshold rules, input validation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+
+from unveil.evaluation.metrics import (
+    METRICS,
+    PROPORTIONS,
+    Confusion,
+    _percentiles_with_inf,
+    _WeightedAUC,
+    choose_threshold,
+    dor_from_rates,
+    dor_haldane,
+    dor_range_from_rounded,
+    evaluate_scores,
+    point_metrics,
+    wilson_interval,
+)
+
+
+def cohort(n_patients: int, seed: int, images_per_patient: int = 1, separation: float = 0.25):
+    """Labels, scores and patient ids: one label per patient, noisy scores around 0.5 -/+ separation."""
+    rng = np.random.default_rng(seed)
+    patient_labels = rng.integers(0, 2, n_patients)
+    patients = np.repeat(np.arange(n_patients), images_per_patient)
+    labels = patient_labels[patients]
+    scores = np.clip(rng.normal(0.5 + separation * (2 * labels - 1), 0.2), 0, 1)
+    return labels, scores, patients
+
+
+def width(evaluation, metric: str) -> float:
+    return evaluation.metrics[metric].high - evaluation.metrics[metric].low
+
+
+# --- point metrics -------------------------------------------------------------------------------------------------
+
+
+def test_point_metrics_by_hand():
+    values = point_metrics(Confusion(tp=8, fp=2, tn=18, fn=2))
+    assert values == pytest.approx({"sensitivity": 0.8, "specificity": 0.9, "accuracy": 26 / 30, "f1": 16 / 20,
+                                    "balanced_accuracy": 0.85, "dor": 36.0})
+    values = point_metrics(Confusion(tp=5, fp=10, tn=30, fn=15))
+    assert values == pytest.approx({"sensitivity": 0.25, "specificity": 0.75, "accuracy": 35 / 60, "f1": 10 / 35,
+                                    "balanced_accuracy": 0.5, "dor": 1.0})
+    assert set(values) == set(METRICS) - {"roc_auc"}
+
+
+def test_confusion_from_scores_counts_the_threshold_as_positive():
+    confusion = Confusion.from_scores([1, 1, 0, 0, 1], [0.5, 0.49, 0.5, 0.1, 0.9], 0.5)
+    assert confusion == Confusion(tp=2, fp=1, tn=1, fn=1)
+    assert (confusion.positives, confusion.negatives, confusion.total) == (3, 2, 5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_scikit_learn(seed):
+    labels, scores, patients = cohort(60, seed, images_per_patient=2, separation=0.1)
+    predicted = (scores >= 0.5).astype(int)
+    evaluation = evaluate_scores(labels, scores, patients, resamples=0)
+    values = {name: metric.value for name, metric in evaluation.metrics.items()}
+    assert values["sensitivity"] == pytest.approx(recall_score(labels, predicted))
+    assert values["specificity"] == pytest.approx(recall_score(labels, predicted, pos_label=0))
+    assert values["f1"] == pytest.approx(f1_score(labels, predicted))
+    assert values["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert values["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert values["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert point_metrics(Confusion.from_scores(labels, scores, 0.5)) == pytest.approx(
+        {k: v for k, v in values.items() if k in METRICS and k != "roc_auc"})
+
+
+def test_weighted_auc_matches_scikit_learn_with_ties_and_zero_weights():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1), 1)  # many ties
+    weights = rng.integers(0, 4, size=(20, 300)).astype(float)
+    fast = _WeightedAUC(labels, scores)(weights)
+    expected = [roc_auc_score(labels, scores, sample_weight=w) for w in weights]
+    np.testing.assert_allclose(fast, expected, rtol=1e-12)
+    one_class = np.where(labels == 1, 0.0, 1.0)  # weighs negatives only
+    assert np.isnan(_WeightedAUC(labels, scores)(one_class[None, :])[0])
+
+
+# --- diagnostic odds ratio -----------------------------------------------------------------------------------------
+
+
+def test_dor_conventions_and_haldane():
+    assert point_metrics(Confusion(tp=8, fp=0, tn=18, fn=2))["dor"] == math.inf
+    assert point_metrics(Confusion(tp=8, fp=0, tn=18, fn=0))["dor"] == math.inf
+    assert point_metrics(Confusion(tp=0, fp=2, tn=18, fn=2))["dor"] == 0.0
+    assert math.isnan(point_metrics(Confusion(tp=0, fp=0, tn=18, fn=2))["dor"])
+    assert dor_haldane(Confusion(tp=8, fp=2, tn=18, fn=2)) == pytest.approx((8.5 * 18.5) / (2.5 * 2.5))
+    assert dor_haldane(Confusion(tp=8, fp=0, tn=18, fn=0)) == pytest.approx((8.5 * 18.5) / (0.5 * 0.5))
+
+
+def test_dor_never_raises_or_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cells in itertools.product(range(3), repeat=4):
+            confusion = Confusion(*cells)
+            point_metrics(confusion)
+            corrected = dor_haldane(confusion)
+            assert math.isfinite(corrected) and corrected > 0
+        for se, sp in itertools.product((0.0, 0.5, 1.0), repeat=2):
+            dor_from_rates(se, sp)
+
+
+def test_dor_from_rates():
+    assert dor_from_rates(0.8, 0.9) == pytest.approx(36.0)
+    assert dor_from_rates(1.0, 0.9) == math.inf
+    assert dor_from_rates(0.0, 0.9) == 0.0
+    assert math.isnan(dor_from_rates(1.0, 0.0))
+    with pytest.raises(ValueError, match="sensitivity"):
+        dor_from_rates(1.2, 0.9)
+
+
+def test_paper_table_a2_dor_is_consistent_with_rounded_rates():
+    # Table A2 prints se 0.88, sp 0.94 and DOR 122.67: not the DOR of the printed rates, but within the
+    # range their rounding allows (the paper computed it from unrounded rates).
+    assert dor_from_rates(0.88, 0.94) != pytest.approx(122.67, abs=0.01)
+    low, high = dor_range_from_rounded(0.88, 0.94)
+    assert low < dor_from_rates(0.88, 0.94) < high
+    assert low <= 122.67 <= high
+    assert not low <= 300 <= high
+    assert (low, high) == pytest.approx((dor_from_rates(0.875, 0.935), dor_from_rates(0.885, 0.945)))
+    assert dor_range_from_rounded(1.0, 0.9)[1] == math.inf
+
+
+# --- intervals ----------------------------------------------------------------------------------------------------
+
+
+def test_wilson_interval():
+    assert wilson_interval(8, 10) == pytest.approx((0.490, 0.943), abs=5e-4)
+    low, high = wilson_interval(0, 20)
+    assert low == pytest.approx(0.0, abs=1e-12) and 0 < high < 0.2
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_percentiles_with_infinity():
+    values = np.random.default_rng(0).exponential(size=101)
+    assert _percentiles_with_inf(values, (2.5, 97.5)) == pytest.approx(np.percentile(values, (2.5, 97.5)))
+    with_inf = np.concatenate([values[:90], np.full(11, np.inf)])
+    low, high = _percentiles_with_inf(with_inf, (2.5, 97.5))
+    assert low == pytest.approx(np.percentile(np.where(np.isinf(with_inf), 1e300, with_inf), 2.5))
+    assert math.isfinite(low) and high == math.inf
+    assert _percentiles_with_inf(np.full(5, np.inf), (2.5, 97.5)) == [math.inf, math.inf]
+
+
+def test_bootstrap_intervals_contain_the_point_estimate():
+    labels, scores, patients = cohort(200, 0, images_per_patient=2)
+    evaluation = evaluate_scores(labels, scores, patients, resamples=500, seed=1)
+    assert set(evaluation.metrics) == {*METRICS, "dor_corrected"}
+    for name, metric in evaluation.metrics.items():
+        assert metric.low <= metric.value <= metric.high, name
+        assert metric.note is None, name
+        if name in PROPORTIONS:
+            assert metric.wilson_low <= metric.value <= metric.wilson_high
+        else:
+            assert metric.wilson_low is None and metric.wilson_high is None
+    assert evaluation.bootstrap == {"resamples": 500, "unit": "patient", "confidence": 0.95, "seed": 1,
+                                    "method": "percentile"}
+
+
+def test_bootstrap_intervals_shrink_with_more_patients():
+    small = evaluate_scores(*cohort(40, 1, separation=0.1), resamples=1000)
+    large = evaluate_scores(*cohort(400, 1, separation=0.1), resamples=1000)
+    for name in ("sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1"):
+        assert width(large, name) / width(small, name) < 0.6, name
+
+
+def test_bootstrap_resamples_patients_not_images():
+    labels, scores, patients = cohort(100, 2)
+    base = evaluate_scores(labels, scores, patients, resamples=1000)
+    # Every image five times, same patients: no new information, so the interval keeps its width.
+    repeated = evaluate_scores(np.repeat(labels, 5), np.repeat(scores, 5), np.repeat(patients, 5), resamples=1000)
+    # The same copies taken as independent patients: the (wrong) interval narrows by about sqrt(5).
+    independent = evaluate_scores(np.repeat(labels, 5), np.repeat(scores, 5), np.arange(500), resamples=1000)
+    for name in ("sensitivity", "balanced_accuracy", "roc_auc", "accuracy"):
+        assert width(repeated, name) / width(base, name) == pytest.approx(1.0, abs=0.15), name
+        assert width(independent, name) / width(base, name) < 0.7, name
+    assert (repeated.images, repeated.patients, independent.patients) == (500, 100, 500)
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    labels, scores, patients = cohort(80, 4, images_per_patient=3)
+    first = evaluate_scores(labels, scores, patients.astype(str), resamples=300, seed=7).as_row()
+    again = evaluate_scores(labels, scores, patients.astype(str), resamples=300, seed=7).as_row()
+    other = evaluate_scores(labels, scores, patients.astype(str), resamples=300, seed=8).as_row()
+    np.testing.assert_equal(first, again)
+    assert first["roc_auc_low"] != other["roc_auc_low"]
+
+
+def test_single_class_test_set_gives_nan_with_notes():
+    scores = np.array([0.1, 0.7, 0.2, 0.3, 0.6, 0.4])
+    evaluation = evaluate_scores(np.zeros(6, dtype=int), scores, [1, 1, 2, 3, 4, 5], resamples=200)
+    metrics = evaluation.metrics
+    for name in ("roc_auc", "sensitivity", "balanced_accuracy"):
+        assert math.isnan(metrics[name].value) and math.isnan(metrics[name].low), name
+        assert "undefined: no COVID+ images" in metrics[name].note, name
+    assert metrics["specificity"].value == pytest.approx(4 / 6)
+    assert metrics["specificity"].note is None
+    assert math.isnan(metrics["dor"].value) and "undefined" in metrics["dor"].note
+    assert (evaluation.positive_images, evaluation.negative_images) == (0, 6)
+    assert (evaluation.positive_patients, evaluation.negative_patients) == (0, 5)
+
+
+def test_rare_class_interval_note_counts_resamples():
+    labels = np.array([1, 1] + [0] * 18)
+    scores = np.where(labels == 1, 0.8, 0.3)
+    scores[5] = 0.6
+    evaluation = evaluate_scores(labels, scores, np.arange(20), resamples=1000)
+    note = evaluation.metrics["sensitivity"].note
+    match = re.fullmatch(r"interval from (\d+) of 1000 resamples \(the others held no COVID\+ images\)", note)
+    assert match and 800 < int(match.group(1)) < 950  # P(no positive drawn) = 0.9**20 = 0.12
+    assert "held one class only" in evaluation.metrics["roc_auc"].note
+    assert evaluation.metrics["specificity"].note is None
+
+
+def test_dor_notes_in_evaluation():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    patients = np.arange(8)
+    no_false_positives = evaluate_scores(labels, [0.9, 0.8, 0.7, 0.2, 0.1, 0.2, 0.3, 0.4], patients, resamples=300)
+    dor = no_false_positives.metrics["dor"]
+    assert dor.value == math.inf and dor.high == math.inf
+    assert dor.note.startswith("infinite: no false positives (cell zero); Haldane-Anscombe corrected estimate "
+                               "given as dor_corrected")
+    assert "upper bound infinite" in dor.note
+    corrected = no_false_positives.metrics["dor_corrected"]
+    assert corrected.value == pytest.approx(3.5 * 4.5 / (0.5 * 1.5))
+    assert all(math.isfinite(v) for v in (corrected.low, corrected.high)) and corrected.note is None
+
+    perfect = evaluate_scores(labels, [0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.3, 0.4], patients, resamples=50)
+    assert "no false positives and no false negatives" in perfect.metrics["dor"].note
+
+    no_true_positives = evaluate_scores(labels, [0.1, 0.2, 0.3, 0.4, 0.9, 0.2, 0.3, 0.4], patients, resamples=50)
+    assert no_true_positives.metrics["dor"].value == 0.0
+    assert no_true_positives.metrics["dor"].note.startswith("zero: no true positives (cell zero)")
+
+    nothing_positive = evaluate_scores(labels, [0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3, 0.4], patients, resamples=50)
+    assert math.isnan(nothing_positive.metrics["dor"].value)
+    assert nothing_positive.metrics["dor"].note.startswith("undefined: tp*tn and fp*fn are both zero")
+    assert nothing_positive.metrics["f1"].value == 0.0  # COVID+ images exist, none found
+
+    nothing_at_all = evaluate_scores([0, 0], [0.1, 0.2], [1, 2], resamples=50)
+    assert math.isnan(nothing_at_all.metrics["f1"].value)
+    assert nothing_at_all.metrics["f1"].note == "undefined: no COVID+ images and none predicted COVID+"
+
+
+def test_as_row_is_flat():
+    evaluation = evaluate_scores(*cohort(30, 5), resamples=50, threshold=0.4, threshold_rule="fixed 0.4")
+    row = evaluation.as_row()
+    assert row["threshold"] == 0.4 and row["threshold_rule"] == "fixed 0.4"
+    assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == row["images"] == 30
+    for name in (*METRICS, "dor_corrected"):
+        assert {name, f"{name}_low", f"{name}_high", f"{name}_note"} <= set(row)
+        assert (f"{name}_wilson_low" in row) == (name in PROPORTIONS)
+    assert all(not isinstance(v, (dict, list)) for v in row.values())
+
+
+# --- threshold rules ----------------------------------------------------------------------------------------------
+
+
+def test_fixed_threshold():
+    assert choose_threshold([0, 1], [0.2, 0.8]) == (0.5, "fixed 0.5")
+    assert choose_threshold([0, 0], [0.2, 0.8], "fixed", value=0.35) == (0.35, "fixed 0.35")
+
+
+def test_youden_threshold():
+    labels = [0, 0, 0, 1, 1, 1]
+    threshold, rule = choose_threshold(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], "youden")
+    assert threshold == 0.6 and rule == "youden on validation (J=1.000)"
+    assert Confusion.from_scores(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], threshold) == Confusion(3, 0, 3, 0)
+    # Agrees with a brute-force search over the distinct scores.
+    labels, scores, _ = cohort(200, 8, separation=0.1)
+    threshold, rule = choose_threshold(labels, scores, "youden")
+    youden = {t: (lambda c: c.tp / c.positives + c.tn / c.negatives - 1)(Confusion.from_scores(labels, scores, t))
+              for t in np.unique(scores)}
+    assert youden[threshold] == pytest.approx(max(youden.values()))
+    assert rule == f"youden on validation (J={max(youden.values()):.3f})"
+    # A useless (reversed) classifier still gets a finite threshold in [0, 1].
+    threshold, _ = choose_threshold([1, 1, 0, 0], [0.0, 0.1, 0.9, 1.0], "youden")
+    assert 0 <= threshold <= 1
+
+
+def test_sensitivity_threshold_is_the_highest_reaching_the_target():
+    labels, scores, _ = cohort(300, 9, separation=0.1)
+    threshold, rule = choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9)
+    achieved = Confusion.from_scores(labels, scores, threshold)
+    assert achieved.tp / achieved.positives >= 0.9
+    higher = np.unique(scores[scores > threshold])
+    assert all((c := Confusion.from_scores(labels, scores, t)).tp / c.positives < 0.9 for t in higher)
+    assert rule.startswith("sensitivity >= 0.90 on validation (achieved ")
+    assert f"specificity {achieved.tn / achieved.negatives:.2f})" in rule
+    # Exactly 9 of 10 positives reaches a 0.9 target despite floating point (9/10 < 0.9 in binary).
+    labels = [1] * 10 + [0] * 5
+    scores = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45]
+    assert choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9)[0] == 0.5
+
+
+def test_threshold_rule_errors():
+    with pytest.raises(ValueError, match="unknown threshold rule 'otsu'"):
+        choose_threshold([0, 1], [0.1, 0.9], "otsu")
+    for rule in ("youden", "sensitivity"):
+        with pytest.raises(ValueError, match="both classes"):
+            choose_threshold([1, 1, 1], [0.1, 0.5, 0.9], rule)
+    with pytest.raises(ValueError, match="target sensitivity"):
+        choose_threshold([0, 1], [0.1, 0.9], "sensitivity", target_sensitivity=0.0)
+
+
+# --- input validation ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("labels", "scores", "patients", "message"), [
+    ([0, 2, 1, -1], [0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4], r"labels must be 0 or 1; got -1, 2"),
+    (["a", 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4], r"labels must be 0 or 1; got 'a'"),
+    ([0, 1, 0], [0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4], "differ in length"),
+    ([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [1, 2, 3], "one id per image"),
+    ([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.4], [1, 2, 3, 4], r"scores must be finite and in \[0, 1\]"),
+    ([0, 1, 0, 1], [0.1, 1.5, 0.3, 0.4], [1, 2, 3, 4], r"scores must be finite and in \[0, 1\]; got \[1.5\]"),
+    ([], [], [], "no images"),
+    ([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], ["a", None, "b", "c"], "missing patient id"),
+])
+def test_input_validation(labels, scores, patients, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_scores(labels, scores, patients, resamples=10)
+
+
+def test_bad_options():
+    labels, scores, patients = [0, 1], [0.2, 0.8], [1, 2]
+    with pytest.raises(ValueError, match="confidence"):
+        evaluate_scores(labels, scores, patients, confidence=95)
+    with pytest.raises(ValueError, match="resamples"):
+        evaluate_scores(labels, scores, patients, resamples=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        evaluate_scores(labels, scores, patients, threshold=math.nan)
+    assert evaluate_scores([True, False], scores, patients, resamples=0).metrics["roc_auc"].note == \
+        "no interval: no bootstrap resamples"
