@@ -16,9 +16,10 @@ $(BIN)/unveil: pyproject.toml
 
 install: $(BIN)/unveil
 
-# Main job on the embedded default data: the synthetic `paper` benchmark (outputs in runs/demo).
+# Main job on the embedded default data: the shipped `demo` experiment on the synthetic `paper`
+# benchmark, end to end (outputs and runs/demo/report.html; a rerun continues where it stopped).
 demo: install
-	$(BIN)/python scripts/demo.py --out runs/demo --seed $(SEED)
+	$(BIN)/unveil demo --out runs/demo --seed $(SEED)
 
 # Check and summarise the real samples in ../shared/data (or SHARED_DATA=...).
 data-summary: install

@@ -702,6 +702,155 @@ def tables_command(
 
 
 
+@app.command("audit")
+def audit_command(
+    model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
+    on: Annotated[list[str], typer.Option(
+        "--on", help="Record set (repeatable): a composition name (its test split) or SOURCE:PATH.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs, audit.json, audit.md, audit_images.csv.")],
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", help="Bind a role the model was not trained with: ROLE=SOURCE:PATH (repeatable).")] = None,
+    masks: Annotated[str, typer.Option(
+        help="Lung masks for occlusion and saliency: segment (shipped model) or truth (the dataset's).")] = "segment",
+    threshold: Annotated[list[str] | None, typer.Option(
+        "--threshold", help="Flag threshold KEY=VALUE (repeatable): source_probe, occlusion_auc, lung_saliency, "
+                            "min_images.")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the intervals.")] = 1000,
+    saliency_samples: Annotated[int, typer.Option(help="Grad-CAM overlays saved per class.")] = 4,
+    cache: Annotated[Path | None, typer.Option(
+        help="Pre-processing cache (default: the one the model was trained with).")] = None,
+    workers: WorkersOption = 2,
+    allow_overlap: Annotated[bool, typer.Option(help="Allow patients of the model's own training split.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Did the model learn the disease or the dataset? t-SNE, source probes, lung occlusion, Grad-CAM."""
+    from dataclasses import fields
+
+    from unveil.audit import AuditError, AuditThresholds, audit
+    from unveil.audit.run import audit_document
+    from unveil.data.compose import RecipeError, load_recipes
+    from unveil.data.sources import DatasetLayoutError
+    from unveil.evaluation import EvaluationError
+    from unveil.preprocess.cache import PreprocessError
+    from unveil.training import BundleError, DataSpec, TrainingDataError
+
+    known = {f.name: f.type for f in fields(AuditThresholds)}
+    chosen: dict[str, Any] = {}
+    for pair in threshold or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            _fail(f"--threshold expects KEY=VALUE with KEY one of {', '.join(known)}; got {pair!r}")
+        try:
+            chosen[key] = int(value) if key == "min_images" else None if value.lower() == "none" else float(value)
+        except ValueError:
+            _fail(f"--threshold {pair!r}: {value!r} is not a number")
+    try:
+        bindings = {role: DataSpec(source, path) for role, (source, path) in
+                    _parse_bindings(data or [], load_recipes(None)).items()}
+        result = audit(model, on, out, data=bindings, masks=masks, cache=cache, thresholds=AuditThresholds(**chosen),
+                       seed=seed, resamples=resamples, saliency_samples=saliency_samples, workers=workers,
+                       allow_overlap=allow_overlap, progress=not as_json)
+    except (AuditError, EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError,
+            PreprocessError) as error:
+        _fail(str(error))
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    if as_json:
+        typer.echo(json.dumps(audit_document(result), indent=2, default=str))
+    else:
+        for verdict in result.verdicts:
+            flag = "informative" if verdict.flagged is None else ("FLAGGED" if verdict.flagged else "ok")
+            typer.echo(f"{verdict.test:18s} {verdict.subject:38s} {verdict.value:6.3f} "
+                       f"[{verdict.low:.3f}, {verdict.high:.3f}]  {flag:11s} {verdict.suggests}")
+        typer.echo(f"{len(result.flagged)} flag(s); figures in {out}")
+
+
+
+def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
+               report: bool) -> None:
+    import time
+
+    from unveil.audit import AuditError
+    from unveil.data.compose import RecipeError
+    from unveil.data.sources import DatasetLayoutError
+    from unveil.evaluation import EvaluationError
+    from unveil.experiments import ExperimentError, load_experiment, reproduce
+    from unveil.models import ModelError
+    from unveil.preprocess.cache import PreprocessError
+    from unveil.training import BundleError, CheckpointError, TrainingDataError
+
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        typer.echo(f"[{time.perf_counter() - started:6.0f} s] {message}")
+
+    try:
+        experiment = load_experiment(experiment_file, seed=seed)
+        store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say)
+    except (ExperimentError, RecipeError, DatasetLayoutError, TrainingDataError, EvaluationError, AuditError,
+            BundleError, CheckpointError, ModelError, PreprocessError) as error:
+        _fail(str(error))
+    say(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
+
+
+@app.command("reproduce")
+def reproduce_command(
+    experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
+    out: Annotated[Path, typer.Option(help="Output folder (a rerun continues where it stopped).")],
+    jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
+    = None,
+    workers: WorkersOption = 2,
+    report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the experiment file's).")]
+    = None,
+) -> None:
+    """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report."""
+    _reproduce(experiment, out, jobs, workers, seed, report)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    workers: WorkersOption = 2,
+    seed: SeedOption = 0,
+) -> None:
+    """The main job on the embedded synthetic data: the shipped `demo` experiment, end to end."""
+    _reproduce("demo", out, None, workers, seed, True)
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[Path, typer.Argument(help="Output folder of `unveil reproduce` (holds results.sqlite).")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: RESULTS/report.html).")] = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Write the self-contained HTML report of an experiment."""
+    from unveil.reports import ReportError, write_report
+
+    try:
+        typer.echo(str(write_report(results, out)))
+    except ReportError as error:
+        _fail(str(error))
+
+
+@app.command("results")
+def results_command(
+    results: Annotated[Path, typer.Argument(help="Output folder of `unveil reproduce` (holds results.sqlite).")],
+    csv: Annotated[Path, typer.Option("--csv", help="Folder for one CSV per table of the results store.")],
+) -> None:
+    """Export the results store (SQLite) as CSV files."""
+    from unveil.experiments import ResultsStore
+
+    if not (results / "results.sqlite").is_file():
+        _fail(f"{results}: no results.sqlite (run `unveil reproduce` first)")
+    with ResultsStore(results / "results.sqlite") as store:
+        for path in store.export_csv(csv):
+            typer.echo(str(path))
+
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="unveil")

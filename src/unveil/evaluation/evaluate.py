@@ -22,7 +22,7 @@ from unveil.data.records import patient_keys
 from unveil.evaluation.metrics import choose_threshold, evaluate_scores
 from unveil.preprocess.cache import preprocess_records
 from unveil.training.bundle import ModelBundle, load_bundle
-from unveil.training.data import load_image_set
+from unveil.training.data import ImageSet, load_image_set
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,17 @@ def training_cache(bundle: ModelBundle) -> Path:
         return run / "cache"
 
 
+def cached_images(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Path, workers: int = 1,
+                  progress: bool = False, strict: bool = False) -> tuple[ImageSet, pd.DataFrame]:
+    """The records' images pre-processed with the bundle's settings (cached), COVID labels attached;
+    also the cache manifest (its ``mask_path`` holds the lung mask each image was processed with)."""
+    report = preprocess_records(records, cache, bundle.preprocess_settings, workers=workers, progress=progress,
+                                strict=strict)
+    labels = records["covid"].astype("int64").to_numpy()
+    images = load_image_set(records, report.manifest, labels, tuple(bundle.classes), size=bundle.image_size)
+    return images, report.manifest
+
+
 def score_records(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Path, workers: int = 1,
                   progress: bool = False, strict: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """COVID+ probability of every record (pre-processed with the bundle's own settings)."""
@@ -115,10 +126,7 @@ def score_records(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Pa
     if positive is None:
         raise EvaluationError(f"{bundle.path}: a pre-training model (classes {bundle.classes}); evaluate COVID "
                               "classifiers from `unveil train`")
-    report = preprocess_records(records, cache, bundle.preprocess_settings, workers=workers, progress=progress,
-                                strict=strict)
-    labels = records["covid"].astype("int64").to_numpy()
-    images = load_image_set(records, report.manifest, labels, tuple(bundle.classes), size=bundle.image_size)
+    images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress, strict=strict)
     probabilities = bundle.predict_probabilities(images.images)
     scored = images.records[["record_id", "source", "patient_id"]].assign(
         label=images.labels.numpy(), score=probabilities[:, positive])
@@ -147,6 +155,30 @@ def resolve_threshold(bundle: ModelBundle, rule: str, *, value: float = 0.5,
         raise EvaluationError(f"{path}: {error}") from None
 
 
+def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec] | None = None,
+                    recipes: str | Path | None = None, allow_overlap: bool = False,
+                    built: dict[tuple, TestSet] | None = None) -> tuple[TestSet, int]:
+    """Test set ``name`` as seen by ``bundle`` (its seed, fractions and data bindings, ``data`` added),
+    refused when it shares patients with the model's training/validation split (unless allowed).
+    Returns the test set and the number of shared patients. ``built`` memoises test sets."""
+    provenance = bundle.description.get("provenance", {})
+    described = provenance.get("data", {})
+    bindings = {**training_bindings(bundle), **(data or {})}
+    key = (name, int(provenance.get("seed", 0)), described.get("test_fraction", 0.3),
+           described.get("val_fraction", 0.2), tuple(sorted((r, s.source, s.root) for r, s in bindings.items())))
+    built = {} if built is None else built
+    if key not in built:
+        built[key] = build_test_set(name, bindings, seed=key[1], test_fraction=key[2], val_fraction=key[3],
+                                    recipes=recipes)
+    test_set = built[key]
+    overlap = sorted(set(patient_keys(test_set.records)) & training_patients(bundle))
+    if overlap and not allow_overlap:
+        raise EvaluationError(f"test set {name} shares {len(overlap)} patient(s) with the training/validation "
+                              f"split of {model_identity(bundle)['model']} (e.g. {overlap[0]}); a model is only "
+                              "tested on unseen patients")
+    return test_set, len(overlap)
+
+
 def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dict[str, DataSpec] | None = None,
                     cache: str | Path | None = None, threshold_rule: str = "bundle", threshold: float = 0.5,
                     target_sensitivity: float = 0.9, resamples: int = 2000, seed: int = 0, workers: int = 1,
@@ -161,26 +193,12 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
     for model_path in models:
         bundle = load_bundle(model_path)
         identity = model_identity(bundle)
-        provenance = bundle.description.get("provenance", {})
-        fractions = provenance.get("data", {})
-        model_seed = int(provenance.get("seed", 0))
-        bindings = {**training_bindings(bundle), **(data or {})}
         chosen, rule = resolve_threshold(bundle, threshold_rule, value=threshold,
                                          target_sensitivity=target_sensitivity)
-        fitted = training_patients(bundle)
         model_cache = cache or training_cache(bundle)
         for name in test_sets:
-            key = (name, model_seed, fractions.get("test_fraction", 0.3), fractions.get("val_fraction", 0.2),
-                   tuple(sorted((r, s.source, s.root) for r, s in bindings.items())))
-            if key not in built:
-                built[key] = build_test_set(name, bindings, seed=model_seed, test_fraction=key[2],
-                                            val_fraction=key[3], recipes=recipes)
-            test_set = built[key]
-            overlap = sorted(set(patient_keys(test_set.records)) & fitted)
-            if overlap and not allow_overlap:
-                raise EvaluationError(f"test set {name} shares {len(overlap)} patient(s) with the training/validation "
-                                      f"split of {identity['model']} (e.g. {overlap[0]}); a model is only tested on "
-                                      "unseen patients")
+            test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
+                                                built=built)
             scored, missed = score_records(bundle, test_set.records, cache=model_cache, workers=workers,
                                            progress=progress)
             skipped.extend(missed)
@@ -188,7 +206,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
                                      (scored["source"] + "::" + scored["patient_id"]).to_numpy(), threshold=chosen,
                                      threshold_rule=rule, resamples=resamples, seed=seed)
             rows.append({**identity, "test_set": name, "test_kind": test_set.origin["kind"],
-                         "skipped_images": len(missed), "overlap_patients": len(overlap), **result.as_row(),
+                         "skipped_images": len(missed), "overlap_patients": overlap, **result.as_row(),
                          "resamples": resamples, "seed": seed})
             predictions.append(scored.assign(model=identity["model"], test_set=name, threshold=chosen))
             log.info("%s on %s: balanced accuracy %.3f", identity["model"], name,

@@ -1,0 +1,163 @@
+"""The results store: one SQLite file per experiment (schema in docs/results.md).
+
+Tables
+- ``experiment(key, value)``: name, seed, resolved configuration (YAML), versions (JSON), times.
+- ``datasets(role, source, path, images, patients, covid_pos, covid_neg, by_finding)``.
+- ``cells(cell_id, architecture, encoder, training_set, run_dir, bundle, status, seconds, best_epoch,
+  val_auc, config)``: one training cell of the grid.
+- ``results(cell_id, test_set, metric, value, low, high, wilson_low, wilson_high, note, images, patients,
+  positive_images, negative_images, tp, fp, tn, fn, threshold, threshold_rule, resamples, seed,
+  provenance)``: one row per (cell, test set, metric). NaN is stored as NULL, infinity as a REAL inf.
+- ``audits(cell_id, test, subject, value, low, high, rule, flagged, suggests)``.
+- ``files(kind, cell_id, label, path)``: pictures the report embeds (ROC, t-SNE, saliency, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from unveil.evaluation.metrics import METRICS
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiment (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS datasets (role TEXT PRIMARY KEY, source TEXT, path TEXT, images INTEGER,
+    patients INTEGER, covid_pos INTEGER, covid_neg INTEGER, by_finding TEXT);
+CREATE TABLE IF NOT EXISTS cells (cell_id TEXT PRIMARY KEY, architecture TEXT, encoder TEXT, training_set TEXT,
+    run_dir TEXT, bundle TEXT, status TEXT, seconds REAL, best_epoch INTEGER, val_auc REAL, config TEXT);
+CREATE TABLE IF NOT EXISTS results (cell_id TEXT, test_set TEXT, metric TEXT, value REAL, low REAL, high REAL,
+    wilson_low REAL, wilson_high REAL, note TEXT, images INTEGER, patients INTEGER, positive_images INTEGER,
+    negative_images INTEGER, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, threshold REAL, threshold_rule TEXT,
+    resamples INTEGER, seed INTEGER, provenance TEXT, PRIMARY KEY (cell_id, test_set, metric));
+CREATE TABLE IF NOT EXISTS audits (cell_id TEXT, test TEXT, subject TEXT, value REAL, low REAL, high REAL,
+    rule TEXT, flagged INTEGER, suggests TEXT, PRIMARY KEY (cell_id, test, subject));
+CREATE TABLE IF NOT EXISTS files (kind TEXT, cell_id TEXT, label TEXT, path TEXT, PRIMARY KEY (kind, cell_id, label));
+"""
+REPORTED_METRICS = (*METRICS, "dor_corrected")
+COUNT_COLUMNS = ("images", "patients", "positive_images", "negative_images", "tp", "fp", "tn", "fn")
+
+
+def _real(value: Any) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ResultsStore:
+    """A thin wrapper over the SQLite file; every write is one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(self.path, timeout=60)
+        self.connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_experiment(self, values: dict[str, Any]) -> None:
+        with self.connection:
+            self.connection.executemany("INSERT OR REPLACE INTO experiment VALUES (?, ?)",
+                                        [(k, v if isinstance(v, str) else json.dumps(v, default=str))
+                                         for k, v in values.items()])
+
+    def put_dataset(self, role: str, source: str, path: str, records: pd.DataFrame) -> None:
+        findings = {str(k): int(v) for k, v in records["finding"].value_counts().items()}
+        patients = int((records["source"] + "::" + records["patient_id"]).nunique())
+        with self.connection:
+            self.connection.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+                role, source, str(path), len(records), patients, int((records["covid"] == 1).sum()),
+                int((records["covid"] == 0).sum()), json.dumps(findings)))
+
+    def put_cell(self, cell: dict[str, Any]) -> None:
+        columns = ("cell_id", "architecture", "encoder", "training_set", "run_dir", "bundle", "status", "seconds",
+                   "best_epoch", "val_auc", "config")
+        values = [json.dumps(cell[c], default=str) if c == "config" else cell.get(c) for c in columns]
+        with self.connection:
+            self.connection.execute(f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) VALUES "
+                                    f"({', '.join('?' * len(columns))})", values)
+
+    def done_cells(self) -> set[str]:
+        return {row[0] for row in self.connection.execute("SELECT cell_id FROM cells WHERE status = 'done'")}
+
+    def evaluated(self) -> set[tuple[str, str]]:
+        return set(self.connection.execute("SELECT DISTINCT cell_id, test_set FROM results"))
+
+    def put_results(self, cell_id: str, rows: pd.DataFrame, provenance: dict[str, Any]) -> None:
+        """Rows of `evaluate_models` (one per test set) -> one row per (cell, test set, metric)."""
+        records = []
+        for _, row in rows.iterrows():
+            for metric in REPORTED_METRICS:
+                records.append((
+                    cell_id, row["test_set"], metric, _real(row.get(metric)), _real(row.get(f"{metric}_low")),
+                    _real(row.get(f"{metric}_high")), _real(row.get(f"{metric}_wilson_low")),
+                    _real(row.get(f"{metric}_wilson_high")),
+                    None if pd.isna(row.get(f"{metric}_note")) else str(row.get(f"{metric}_note")),
+                    *(int(row[c]) for c in COUNT_COLUMNS), float(row["threshold"]), str(row["threshold_rule"]),
+                    int(row["resamples"]), int(row["seed"]), json.dumps(provenance, default=str)))
+        with self.connection:
+            self.connection.executemany(f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * 22)})", records)
+
+    def put_audit(self, cell_id: str, verdicts: Iterable[Any]) -> None:
+        with self.connection:
+            self.connection.executemany("INSERT OR REPLACE INTO audits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                (cell_id, v.test, v.subject, _real(v.value), _real(v.low), _real(v.high), v.threshold,
+                 None if v.flagged is None else int(v.flagged), v.suggests) for v in verdicts])
+
+    def put_file(self, kind: str, cell_id: str, label: str, path: str | Path) -> None:
+        with self.connection:
+            self.connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (kind, cell_id, label,
+                                                                                        str(path)))
+
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in ("experiment", "datasets", "cells", "results", "audits", "files"):
+            raise ValueError(f"no table {name!r} in the results store")
+        return pd.read_sql_query(f"SELECT * FROM {name}", self.connection)
+
+    def wide_results(self) -> pd.DataFrame:
+        """One row per (cell, test set) with ``metric``, ``metric_low``, ``metric_high``, ``metric_note`` and
+        the cell's identity: the layout the tables module expects."""
+        long = self.table("results")
+        if long.empty:
+            return pd.DataFrame()
+        cells = self.table("cells").set_index("cell_id")
+        rows = []
+        for (cell_id, test_set), group in long.groupby(["cell_id", "test_set"], sort=True):
+            first = group.iloc[0]
+            row: dict[str, Any] = {"model": cell_id, "test_set": test_set,
+                                   **{c: cells.loc[cell_id, c] for c in ("architecture", "encoder", "training_set")},
+                                   **{c: int(first[c]) for c in COUNT_COLUMNS},
+                                   "threshold": first["threshold"], "threshold_rule": first["threshold_rule"]}
+            for _, metric in group.iterrows():
+                name = metric["metric"]
+                for suffix, column in (("", "value"), ("_low", "low"), ("_high", "high"), ("_note", "note")):
+                    value = metric[column]
+                    row[name + suffix] = math.nan if value is None and suffix != "_note" else value
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def export_csv(self, folder: str | Path) -> list[Path]:
+        """Every table as CSV (``<table>.csv``) in ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("experiment", "datasets", "cells", "results", "audits", "files"):
+            path = folder / f"{name}.csv"
+            self.table(name).to_csv(path, index=False)
+            written.append(path)
+        return written

@@ -1,0 +1,437 @@
+"""The HTML report of an ``unveil reproduce`` run: one self-contained file, readable anywhere.
+
+Everything comes from the run's ``results.sqlite`` (through `ResultsStore`) and, when present, its
+``reproduce.meta.json``. Pictures are embedded as base64 data URIs and the CSS and the one tiny script
+are inline, so the page needs no network and can be mailed or archived as a single file. A picture
+recorded in the store but missing on disk becomes a short note, never an error: a report of a partly
+moved or pruned run is still worth reading.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+import unveil
+from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
+from unveil.experiments.store import ResultsStore
+from unveil.models import MODEL_NAMES
+from unveil.provenance import write_text_atomic
+
+MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+              ".svg": "image/svg+xml", ".webp": "image/webp"}
+HEATMAP_RANGE = (0.5, 1.0)  # balanced accuracy: chance .. perfect
+
+
+class ReportError(ValueError):
+    """The results folder cannot be reported on (the message names the folder and why)."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One embedded picture; ``src`` is None when the recorded file is missing."""
+
+    label: str
+    path: str
+    src: str | None
+
+
+# --- small helpers -----------------------------------------------------------------------------------------------
+
+
+def _loads(text: Any) -> Any:
+    """JSON-decode a value the store wrote with json.dumps; anything else comes back as it is."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _architecture(name: Any) -> str:
+    return ARCHITECTURE_NAMES.get(str(name), str(name))
+
+
+def _cell_label(architecture: Any, encoder: Any, training_set: Any) -> str:
+    return f"{_architecture(architecture)} / {encoder} / {training_set}"
+
+
+def _html_table(table: pd.DataFrame, *classes: str) -> Markup:
+    """A DataFrame of (already formatted) values as an escaped HTML table."""
+    return Markup(table.to_html(index=False, escape=True, na_rep="—", border=0, classes=["data", *classes]))
+
+
+def _resolve(recorded: str, results_dir: Path) -> Path | None:
+    """Where a recorded file is now. Paths were written absolute or relative to the writer's cwd, which may not
+    be ours: try it as recorded, under the results folder, and from the results folder's own name on."""
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, results_dir / path]
+    if results_dir.name and results_dir.name in path.parts:  # e.g. runs/x/evaluation/roc.png, run moved or cwd else
+        parts = path.parts
+        last = len(parts) - 1 - parts[::-1].index(results_dir.name)
+        candidates.append(results_dir.joinpath(*parts[last + 1:]))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _data_uri(path: Path) -> str:
+    mime = MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _picture(label: str, recorded: str, results_dir: Path) -> Picture:
+    found = _resolve(recorded, results_dir)
+    return Picture(label, recorded, _data_uri(found) if found is not None else None)
+
+
+# --- content -----------------------------------------------------------------------------------------------------
+
+
+def _ordered_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells in the tables' order: architecture (registry order), encoder, training set."""
+    rank = {name: i for i, name in enumerate(MODEL_NAMES)}
+    return cells.assign(_rank=cells["architecture"].map(lambda a: rank.get(a, len(rank)))).sort_values(
+        ["_rank", "encoder", "training_set", "cell_id"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
+    """Cross-dataset matrix of balanced accuracy as a PNG data URI; in-distribution cells outlined."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    from matplotlib.patches import Rectangle
+
+    if wide.empty or "balanced_accuracy" not in wide:
+        return None
+    order = [c for c in cells["cell_id"] if c in set(wide["model"])]
+    order += sorted(set(wide["model"]) - set(order))
+    tests = sorted(wide["test_set"].unique())
+    matrix = wide.pivot_table(index="model", columns="test_set", values="balanced_accuracy", aggfunc="first",
+                              dropna=False).reindex(index=order, columns=tests)
+    identity = wide.drop_duplicates("model").set_index("model")
+    labels = [_cell_label(*identity.loc[m, ["architecture", "encoder", "training_set"]]) for m in order]
+
+    cmap = colormaps["RdYlGn"].with_extremes(bad="#e4e4e4")
+    norm = Normalize(*HEATMAP_RANGE)
+    figure = Figure(figsize=(2.6 + 1.0 * len(tests), 1.2 + 0.42 * len(order)), dpi=110, layout="constrained")
+    axis = figure.add_subplot()
+    image = axis.imshow(matrix.to_numpy(dtype=float), cmap=cmap, norm=norm, aspect="auto")
+    figure.colorbar(image, ax=axis, label="balanced accuracy", fraction=0.08, pad=0.02)
+    for i, model in enumerate(order):
+        for j, test in enumerate(tests):
+            value = matrix.loc[model, test]
+            if _missing(value):
+                axis.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#666")
+                continue
+            red, green, blue, _ = cmap(norm(value))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            if str(identity.loc[model, "training_set"]) == str(test):  # tested on its own composition
+                # inset, so that neighbouring cells do not look outlined too
+                axis.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="black", linewidth=2))
+    axis.set_xticks(range(len(tests)), [f"Test {t}" for t in tests], fontsize=8)
+    axis.set_yticks(range(len(order)), labels, fontsize=8)
+    axis.set_xlabel("test set", fontsize=9)
+    axis.tick_params(length=0)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
+    text = format_value(None if _missing(value) else float(value), digits)
+    if _missing(low) and _missing(high):
+        return text
+    bounds = [format_value(None if _missing(b) else float(b), digits) for b in (low, high)]
+    return f"{text} [{bounds[0]}, {bounds[1]}]"
+
+
+def _recipes() -> Any:
+    """The shipped composition recipes, or None (descriptions are a courtesy, never a reason to fail)."""
+    try:
+        from unveil.data.compose import load_recipes
+
+        return load_recipes()
+    except Exception:  # any failure only drops the descriptions
+        return None
+
+
+def _datasets(store: ResultsStore, recipes: Any) -> list[dict[str, Any]]:
+    rows = []
+    for _, row in store.table("datasets").sort_values("role").iterrows():
+        findings = _loads(row["by_finding"]) or {}
+        role = recipes.roles.get(row["role"]) if recipes is not None else None
+        rows.append({"role": row["role"], "description": role.description if role else "", "source": row["source"],
+                     "path": row["path"], "images": row["images"], "patients": row["patients"],
+                     "covid_pos": row["covid_pos"], "covid_neg": row["covid_neg"],
+                     "findings": ", ".join(f"{k} {v}" for k, v in sorted(findings.items(),
+                                                                         key=lambda kv: (-kv[1], kv[0])))})
+    return rows
+
+
+def _cells(cells: pd.DataFrame, recipes: Any) -> list[dict[str, Any]]:
+    rows = []
+    for _, cell in cells.iterrows():
+        recipe = recipes.recipes.get(str(cell["training_set"])) if recipes is not None else None
+        rows.append({"cell_id": cell["cell_id"], "label": _cell_label(cell["architecture"], cell["encoder"],
+                                                                      cell["training_set"]),
+                     "training_set": cell["training_set"],
+                     "roles": " + ".join(recipe.roles) if recipe else "",
+                     "description": recipe.description if recipe else "",
+                     "status": cell["status"] or "—",
+                     "seconds": "—" if _missing(cell["seconds"]) else f"{float(cell['seconds']):.0f}",
+                     "best_epoch": "—" if _missing(cell["best_epoch"]) else int(cell["best_epoch"]),
+                     "val_auc": format_value(None if _missing(cell["val_auc"]) else float(cell["val_auc"]), 3)})
+    return rows
+
+
+def _pictures(files: pd.DataFrame, kind: str, cell_id: str, results_dir: Path,
+              caption: str | None = None) -> list[Picture]:
+    """The cell's recorded pictures of one kind, captioned ``caption`` or by their stored label."""
+    chosen = files[(files["kind"] == kind) & (files["cell_id"] == cell_id)].sort_values("label")
+    # saliency labels are "<index>:<stem>"; the stem is what a reader wants
+    return [_picture(caption or str(r["label"]).split(":", 1)[-1], str(r["path"]), results_dir)
+            for _, r in chosen.iterrows()]
+
+
+def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, results_dir: Path) -> list[dict[str, Any]]:
+    audits = store.table("audits")
+    audited = set(audits["cell_id"]) | set(files.loc[files["kind"] != "roc", "cell_id"])
+    order = [c for c in cells["cell_id"] if c in audited] + sorted(audited - set(cells["cell_id"]))
+    labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"])
+              for _, c in cells.iterrows()}
+    sections = []
+    for cell_id in order:
+        verdicts = []
+        for _, v in audits[audits["cell_id"] == cell_id].iterrows():
+            flagged = None if _missing(v["flagged"]) else bool(v["flagged"])
+            verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged),
+                             "value": _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
+                             "flag": "—" if flagged is None else "yes" if flagged else "no",
+                             "suggests": v["suggests"] or ""})
+        sections.append({"cell_id": cell_id, "label": labels.get(cell_id, cell_id), "verdicts": verdicts,
+                         "flags": sum(v["flagged"] for v in verdicts),
+                         "tsne": [p for kind in ("tsne_by_source", "tsne_by_label")
+                                  for p in _pictures(files, kind, cell_id, results_dir)],
+                         "saliency": _pictures(files, "saliency", cell_id, results_dir)})
+    return sections
+
+
+def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
+    """Everything the template shows, already formatted: the template only lays it out."""
+    experiment = dict(store.table("experiment")[["key", "value"]].itertuples(index=False))
+    meta_path = results_dir / "reproduce.meta.json"
+    meta = _loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    cells = _ordered_cells(store.table("cells"))
+    files = store.table("files")
+    wide = store.wide_results()
+    recipes = _recipes()
+
+    tables = []
+    if not wide.empty:
+        for index, (architecture, table) in enumerate(architecture_tables(wide).items(), 1):
+            tables.append({"title": f"Table A{index}: {_architecture(architecture)}",
+                           "html": _html_table(table, "metrics")})
+    roc = []
+    for _, cell in cells.iterrows():
+        label = _cell_label(cell["architecture"], cell["encoder"], cell["training_set"])
+        roc.append({"label": label, "pictures": _pictures(files, "roc", cell["cell_id"], results_dir, label)})
+    return {
+        "name": experiment.get("name", results_dir.name), "seed": _loads(experiment.get("seed", "—")),
+        "source": experiment.get("source", "—"), "version": unveil.__version__,
+        "run_date": meta.get("created_utc", "—") if isinstance(meta, dict) else "—",
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "results_dir": str(results_dir), "n_cells": len(cells),
+        "n_tests": int(wide["test_set"].nunique()) if not wide.empty else 0,
+        "summary": _html_table(summary_table(wide), "summary") if not wide.empty else None,
+        "heatmap": _heatmap(wide, cells), "tables": tables, "roc": roc,
+        "audits": _audits(store, cells, files, results_dir),
+        "datasets": _datasets(store, recipes), "cells": _cells(cells, recipes),
+        "meta": _pretty(meta) if meta is not None else None,
+        "versions": _pretty(_loads(experiment["versions"])) if "versions" in experiment else None,
+        "document": _pretty(_loads(experiment["document"])) if "document" in experiment else None,
+    }
+
+
+# --- page ----------------------------------------------------------------------------------------------------------
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="unveil {{ version }}">
+<title>unveil report: {{ name }}</title>
+<style>
+body { margin: 0; background: #f4f4f4; color: #1f1f1f; line-height: 1.45;
+       font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 1rem 2rem 3rem; background: #fff; }
+h1 { margin: .6rem 0 .2rem; } h2 { margin-top: 2.4rem; border-bottom: 2px solid #ddd; } h3 { margin-top: 1.6rem; }
+nav a { margin-right: .9rem; }
+.facts { color: #555; margin: 0; }
+table { border-collapse: collapse; margin: .5rem 0 1.2rem; font-size: .82rem; }
+th, td { border: 1px solid #bbb; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #eee; }
+.scroll { overflow-x: auto; } table.summary td, table.metrics td { white-space: nowrap; }
+tr.flagged td { background: #fde0dc; font-weight: 600; }
+.note { color: #777; font-style: italic; }
+.figures { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+figure { margin: 0; } figcaption { font-size: .78rem; color: #555; }
+img { max-width: 100%; height: auto; } img.roc { width: 360px; } img.thumb { width: 150px; }
+pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .78rem; }
+code { font-size: .85em; }
+</style>
+</head>
+<body>
+{% macro picture(p, cls) %}
+{% if p.src %}<figure><img class="{{ cls }}" src="{{ p.src }}" alt="{{ p.label }}">
+<figcaption>{{ p.label }}</figcaption></figure>
+{% else %}<p class="note missing">{{ p.label }}: file not found (<code>{{ p.path }}</code>)</p>
+{% endif %}
+{% endmacro %}
+<main>
+<header id="header">
+<h1>{{ name }}</h1>
+<p class="facts">seed {{ seed }} · run finished {{ run_date }} · report written {{ written }} · unveil {{ version }}
+· {{ n_cells }} cell(s) × {{ n_tests }} test set(s) · <code>{{ results_dir }}</code></p>
+<nav><a href="#summary">Summary</a><a href="#heatmap">Heat map</a><a href="#tables">Tables</a><a href="#roc">ROC</a>
+<a href="#audit">Audit</a><a href="#datasets">Datasets</a><a href="#provenance">Provenance</a></nav>
+</header>
+
+<section id="summary">
+<h2>Table 2: balanced accuracy</h2>
+<p>Every model on every test set; 95 % interval from a patient-level bootstrap.</p>
+{% if summary %}<div class="scroll">{{ summary }}</div>{% else %}<p class="note">No results yet.</p>{% endif %}
+</section>
+
+<section id="heatmap">
+<h2>Cross-dataset heat map</h2>
+{% if heatmap %}<img src="{{ heatmap }}" alt="balanced accuracy per cell and test set">
+<p class="note">Colour scale 0.5 (chance) to 1; outlined: tested on the training composition.</p>
+{% else %}<p class="note">No results yet.</p>{% endif %}
+</section>
+
+<section id="tables">
+<h2>All metrics</h2>
+{% for table in tables %}<h3>{{ table.title }}</h3><div class="scroll">{{ table.html }}</div>
+{% else %}<p class="note">No results yet.</p>{% endfor %}
+</section>
+
+<section id="roc">
+<h2>ROC curves</h2>
+<div class="figures">
+{% for cell in roc %}{% for p in cell.pictures %}{{ picture(p, "roc") }}
+{% else %}<p class="note">{{ cell.label }}: no ROC figure recorded.</p>{% endfor %}
+{% else %}<p class="note">No cells.</p>{% endfor %}
+</div>
+</section>
+
+<section id="audit">
+<h2>Audit</h2>
+{% for cell in audits %}
+<h3>{{ cell.label }} <small>({{ cell.flags }} flag{{ "" if cell.flags == 1 else "s" }})</small></h3>
+{% if cell.verdicts %}<table class="verdicts">
+<thead><tr><th>Test</th><th>Subject</th><th>Value [95 % CI]</th><th>Rule</th><th>Flagged</th><th>Suggests</th>
+</tr></thead>
+<tbody>
+{% for v in cell.verdicts %}<tr{% if v.flagged %} class="flagged"{% endif %}><td>{{ v.test }}</td>
+<td>{{ v.subject }}</td><td>{{ v.value }}</td><td>{{ v.rule }}</td><td>{{ v.flag }}</td><td>{{ v.suggests }}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% else %}<p class="note">No verdicts recorded.</p>{% endif %}
+{% if cell.tsne %}<div class="pair">{% for p in cell.tsne %}{{ picture(p, "tsne") }}{% endfor %}</div>{% endif %}
+{% if cell.saliency %}<h4>Saliency</h4>
+<div class="figures">{% for p in cell.saliency %}{{ picture(p, "thumb") }}{% endfor %}</div>{% endif %}
+{% else %}<p class="note">No cell was audited.</p>{% endfor %}
+</section>
+
+<section id="datasets">
+<h2>Datasets</h2>
+{% if datasets %}<table class="datasets">
+<thead><tr><th>Role</th><th>Source</th><th>Images</th><th>Patients</th><th>COVID+</th><th>COVID−</th><th>Findings</th>
+<th>Folder</th></tr></thead>
+<tbody>
+{% for d in datasets %}<tr><td title="{{ d.description }}">{{ d.role }}</td><td>{{ d.source }}</td>
+<td>{{ d.images }}</td><td>{{ d.patients }}</td><td>{{ d.covid_pos }}</td><td>{{ d.covid_neg }}</td>
+<td>{{ d.findings }}</td><td><code>{{ d.path }}</code></td></tr>
+{% endfor %}</tbody>
+</table>
+{% else %}<p class="note">No datasets recorded.</p>{% endif %}
+<h3>Training cells</h3>
+{% if cells %}<table class="cells">
+<thead><tr><th>Cell</th><th>Model</th><th>Training set</th><th>Roles</th><th>Composition</th><th>Status</th>
+<th>Seconds</th><th>Best epoch</th><th>Val AUC</th></tr></thead>
+<tbody>
+{% for c in cells %}<tr><td><code>{{ c.cell_id }}</code></td><td>{{ c.label }}</td><td>{{ c.training_set }}</td>
+<td>{{ c.roles }}</td><td>{{ c.description }}</td><td>{{ c.status }}</td><td>{{ c.seconds }}</td>
+<td>{{ c.best_epoch }}</td><td>{{ c.val_auc }}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% else %}<p class="note">No cells recorded.</p>{% endif %}
+</section>
+
+<section id="provenance">
+<h2>Provenance</h2>
+<p>Experiment file: <code>{{ source }}</code></p>
+{% if meta %}<details><summary>reproduce.meta.json</summary><pre>{{ meta }}</pre></details>
+{% else %}<p class="note">No reproduce.meta.json (the run has not finished its last step).</p>{% endif %}
+{% if versions %}<details><summary>Package versions</summary><pre>{{ versions }}</pre></details>{% endif %}
+{% if document %}<details><summary>Experiment document</summary><pre>{{ document }}</pre></details>{% endif %}
+</section>
+</main>
+<script>
+document.addEventListener("DOMContentLoaded", function () {
+  document.body.dataset.tables = String(document.querySelectorAll("table").length);
+  document.body.dataset.rendered = "yes";
+});
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  document.body.dataset.images = String(images.length);
+  document.body.dataset.brokenImages = String(images.filter(function (i) { return !i.naturalWidth; }).length);
+});
+</script>
+</body>
+</html>
+"""
+
+
+def render_report(results_dir: str | Path) -> str:
+    """The report of ``results_dir`` as an HTML string (see `write_report`)."""
+    results_dir = Path(results_dir).resolve()
+    database = results_dir / "results.sqlite"
+    if not database.is_file():  # checked first: ResultsStore would create an empty store
+        raise ReportError(f"{results_dir}: no results.sqlite here; is this the output folder of `unveil reproduce`?")
+    try:
+        with ResultsStore(database) as store:
+            context = _context(store, results_dir)
+    except sqlite3.DatabaseError as error:
+        raise ReportError(f"{database}: not a readable results store ({error})") from None
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                                     lstrip_blocks=True)
+    return environment.from_string(TEMPLATE).render(**context)
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the self-contained HTML report of an experiment run; default ``results_dir/report.html``."""
+    path = Path(out) if out is not None else Path(results_dir) / "report.html"
+    return write_text_atomic(path, render_report(results_dir))

@@ -1,0 +1,129 @@
+"""Bias audit: probes, occlusion, saliency, feature maps, and the acceptance on the synthetic benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unveil.audit import AuditThresholds, audit
+from unveil.audit.embedding import tsne_map
+from unveil.audit.occlusion import occlude, occlusion_masks
+from unveil.audit.probes import linear_probe
+from unveil.audit.run import patient_bootstrap_mean
+from unveil.audit.saliency import lung_saliency_fraction
+from unveil.cli import app
+from unveil.preprocess.cache import PreprocessSettings
+from unveil.training import DataSpec, TrainConfig, train
+
+
+def test_occlusion_hides_the_grown_lungs_only():
+    masks = np.zeros((1, 9, 9), dtype=bool)
+    masks[0, 4, 4] = True
+    grown = occlusion_masks(masks, dilation=1)
+    assert grown.sum() == 5 and grown[0, 3, 4] and not grown[0, 3, 3]
+    images = torch.full((1, 1, 9, 9), 200, dtype=torch.uint8)
+    hidden = occlude(images, grown, fill=90)
+    assert (hidden[0, 0][torch.from_numpy(grown[0])] == 90).all() and (hidden[0, 0][~torch.from_numpy(grown[0])]
+                                                                       == 200).all()
+    assert images.max() == 200  # the input is not modified
+
+
+def test_lung_saliency_fraction():
+    maps = np.zeros((2, 4, 4))
+    maps[0, :2] = 1.0  # top half salient
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[:, :1] = True  # top quarter is "lung"
+    fraction = lung_saliency_fraction(maps, masks)
+    assert fraction[0] == pytest.approx(0.5) and np.isnan(fraction[1])
+
+
+def test_patient_bootstrap_mean_resamples_patients():
+    values = np.array([1.0, 1.0, 1.0, 0.0, np.nan])
+    groups = np.array(["a", "a", "a", "b", "b"])
+    mean, low, high = patient_bootstrap_mean(values, groups, resamples=500, seed=0)
+    assert mean == pytest.approx(0.75) and low == 0.0 and high == 1.0  # a resample may hold only a or only b
+    assert patient_bootstrap_mean(values, groups, resamples=500, seed=0) == (mean, low, high)
+
+
+def test_linear_probe_reads_a_signal_and_not_noise():
+    rng = np.random.default_rng(0)
+    target = np.repeat([0, 1], 60)
+    groups = np.array([f"p{i // 2}" for i in range(120)])  # two images per patient
+    signal = rng.normal(size=(120, 16)) + target[:, None] * 1.5
+    strong = linear_probe(signal, target, groups, name="s", negative="A", positive="B", resamples=200)
+    assert strong.evaluation.metrics["balanced_accuracy"].value > 0.9
+    assert strong.evaluation.patients == 60
+    noise = linear_probe(rng.normal(size=(120, 16)), target, groups, name="n", negative="A", positive="B",
+                         resamples=200)
+    metric = noise.evaluation.metrics["balanced_accuracy"]
+    assert abs(metric.value - 0.5) < 0.15 and metric.low < 0.5 < metric.high
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        linear_probe(signal[:3], np.array([0, 0, 1]), np.array(["a", "b", "c"]), name="x", negative="A",
+                     positive="B")
+
+
+def test_tsne_map_is_seeded():
+    features = np.random.default_rng(0).normal(size=(40, 8))
+    first, again = tsne_map(features, seed=3), tsne_map(features, seed=3)
+    assert first.shape == (40, 2) and np.allclose(first, again)
+    with pytest.raises(ValueError, match="at least 5"):
+        tsne_map(features[:3])
+
+
+# --- acceptance: the paper preset's AB model is flagged, the clean one is not -----------------------
+
+ACCEPTANCE = TrainConfig(architecture="conv8", width=0.5, image_size=64, epochs=12, batch_size=32)
+
+
+def _audited(preset: str, root, seed: int = 0):
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import dataset_roots, generate
+
+    bench = root / preset
+    generate(replace(load_config(preset), image_size=128), bench, seed=seed, scale=0.6)
+    data = {name: DataSpec(source, path) for name, (source, path) in dataset_roots(bench).items()}
+    run = train("AB", {"A": data["A"], "B": data["B"]}, root / f"{preset}-AB", config=replace(ACCEPTANCE, seed=seed),
+                preprocess=PreprocessSettings(mask="none"), cache=root / "cache")
+    result = audit(run.bundle, ["AB"], root / f"{preset}-audit", cache=root / "cache", seed=seed, resamples=300,
+                   thresholds=AuditThresholds(min_images=5), saliency_samples=1)
+    return run, result
+
+
+def _verdict(result, test: str):
+    found = [v for v in result.verdicts if v.test == test]
+    assert found, f"no {test} verdict in {[v.test for v in result.verdicts]}"
+    return found[0]
+
+
+@pytest.mark.slow
+def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
+    _, paper = _audited("paper", tmp_path)
+    probe = next(p for p in paper.figures["probes"] if p["name"] == "source COVID-")
+    assert {probe["negative"], probe["positive"]} == {"chestxray", "hospital-csv"}
+    assert probe["accuracy"]["value"] >= 0.9
+    assert _verdict(paper, "source probe").flagged
+    assert _verdict(paper, "lung occlusion").flagged
+
+    _, clean = _audited("clean", tmp_path)
+    assert not _verdict(clean, "source probe").flagged
+    assert not _verdict(clean, "lung occlusion").flagged
+
+    out = tmp_path / "paper-audit"
+    document = json.loads((out / "audit.json").read_text())
+    assert document["flagged"] >= 2 and {"tsne_by_source", "tsne_by_label"} <= set(document["files"])
+    assert (out / "tsne_by_source.png").stat().st_size > 1000 and list((out / "saliency").glob("*.png"))
+    assert "| source probe |" in (out / "audit.md").read_text()
+
+
+def test_cli_audit_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not a model bundle" in result.output
+    result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o"),
+                                 "--threshold", "magic=3"])
+    assert result.exit_code == 2 and "source_probe" in result.output

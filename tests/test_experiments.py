@@ -1,0 +1,164 @@
+"""Experiment files, the results store, and `unveil reproduce` (resumable, parallel cells)."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from unveil.cli import app
+from unveil.evaluation.metrics import METRICS
+from unveil.experiments import ExperimentError, ResultsStore, load_experiment, reproduce
+from unveil.experiments.config import experiment_path
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"synthetic": {"preset": "paper", "scale": 0.1, "image_size": 48}},
+    "preprocess": {"size": 32, "mask": "none"},
+    "training": {"architecture": "conv8", "width": 0.25, "epochs": 2, "batch_size": 16},
+    "pretraining": {"B": {"data": ["B"], "training": {"epochs": 1}}},
+    "grid": {"encoders": ["none", "B"], "architectures": ["conv8"], "compositions": ["AB"], "tests": ["AB", "AC"]},
+    "evaluation": {"resamples": 50},
+    "audit": {"compositions": ["AB"], "on": ["AB"], "masks": "segment", "resamples": 50, "saliency_samples": 1,
+              "thresholds": {"min_images": 3}},
+}
+
+
+def write(tmp_path, document, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_shipped_experiments_load():
+    demo = load_experiment("demo")
+    assert demo.synthetic["preset"] == "paper" and ("conv8", "B", "AB") in demo.cells()
+    paper = load_experiment("paper", seed=3)
+    assert paper.seed == 3 and len(paper.cells()) == 4 * 3 * 5 and paper.tests == ["A", "AB", "AC", "AD", "D"]
+    assert paper.train_config("resnet18").image_size == 224
+    assert experiment_path("demo").name == "demo.yaml"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"architectures": ["conv8"], "compositions": ["AB"]}}, "grid needs tests"),
+    ({"colour": "red"}, "unknown key"),
+    ({"grid": {**TINY["grid"], "encoders": ["none", "Z"]}}, "no pretraining entry"),
+    ({"training": {"epocs": 2}}, "unknown training option"),
+    ({"data": {}}, "needs datasets"),
+    ({"data": {"A": {"source": "hospital-csv"}}}, "needs source and path"),
+])
+def test_experiment_errors_name_the_problem(tmp_path, change, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(write(tmp_path, {**TINY, **change}))
+    with pytest.raises(ExperimentError, match="not found"):
+        load_experiment(tmp_path / "nothing.yaml")
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path):
+    document = {**TINY, "data": {"A": {"source": "hospital-csv", "path": "corda"}}}
+    experiment = load_experiment(write(tmp_path, document))
+    assert experiment.data["A"].root == str(tmp_path / "corda")
+
+
+@dataclass
+class _Verdict:
+    test: str
+    subject: str
+    value: float
+    low: float
+    high: float
+    threshold: str
+    flagged: bool | None
+    suggests: str
+
+
+def _rows() -> pd.DataFrame:
+    row = {"test_set": "AB", "images": 10, "patients": 8, "positive_images": 5, "negative_images": 5, "tp": 4,
+           "fp": 0, "tn": 5, "fn": 1, "threshold": 0.5, "threshold_rule": "fixed 0.5", "resamples": 10, "seed": 0}
+    for metric in (*METRICS, "dor_corrected"):
+        row.update({metric: 0.9, f"{metric}_low": 0.8, f"{metric}_high": 1.0, f"{metric}_note": None})
+    row.update({"dor": math.inf, "dor_note": "infinite: no false positives", "roc_auc_low": math.nan})
+    return pd.DataFrame([row])
+
+
+def test_results_store_round_trip(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.put_cell({"cell_id": "c1", "architecture": "conv8", "encoder": "B", "training_set": "AB",
+                        "run_dir": "x", "bundle": "x/model", "status": "done", "seconds": 1.0, "best_epoch": 2,
+                        "val_auc": 0.9, "config": {"lr": 0.01}})
+        store.put_results("c1", _rows(), {"bundle": "x/model"})
+        store.put_audit("c1", [_Verdict("source probe", "A vs B", 0.95, 0.9, 1.0, "rule", True, "carries")])
+        assert store.done_cells() == {"c1"} and store.evaluated() == {("c1", "AB")}
+        wide = store.wide_results()
+        assert wide.loc[0, "model"] == "c1" and wide.loc[0, "encoder"] == "B" and np.isinf(wide.loc[0, "dor"])
+        assert np.isnan(wide.loc[0, "roc_auc_low"]) and wide.loc[0, "dor_note"].startswith("infinite")
+        assert len(store.table("results")) == len(METRICS) + 1  # one row per (cell, test set, metric)
+        exported = {p.name for p in store.export_csv(tmp_path / "csv")}
+    assert {"results.csv", "cells.csv", "audits.csv"} <= exported
+    with sqlite3.connect(tmp_path / "r.sqlite") as connection:
+        flagged = connection.execute("SELECT flagged FROM audits").fetchone()[0]
+    assert flagged == 1
+
+
+@pytest.mark.slow
+def test_reproduce_runs_resumes_and_skips_finished_work(tmp_path, monkeypatch):
+    import unveil.experiments.runner as runner
+
+    experiment = load_experiment(write(tmp_path, TINY))
+    calls = []
+    real_train = runner._train_job
+
+    def failing_second_cell(args):
+        calls.append(args[2].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_train(args)
+
+    monkeypatch.setattr(runner, "_train_job", failing_second_cell)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(experiment, tmp_path / "out", report=False)
+    monkeypatch.setattr(runner, "_train_job", lambda args: (calls.append(args[2].name), real_train(args))[1])
+    store_path = reproduce(experiment, tmp_path / "out", report=False)
+    assert calls == ["conv8-none-AB", "conv8-B-AB", "conv8-B-AB"]  # the finished cell was not retrained
+    with ResultsStore(store_path) as store:
+        assert store.done_cells() == {"conv8-none-AB", "conv8-B-AB"}
+        assert store.evaluated() == {(c, t) for c in ("conv8-none-AB", "conv8-B-AB") for t in ("AB", "AC")}
+        audits = store.table("audits")
+        assert set(audits["cell_id"]) == {"conv8-none-AB", "conv8-B-AB"} and "lung occlusion" in set(audits["test"])
+        assert not store.table("datasets").empty
+        wide = store.wide_results()
+    assert set(wide["encoder"]) == {"none", "B"}
+    out = tmp_path / "out"
+    assert (out / "tables" / "table2.md").is_file() and (out / "pretrain" / "B-conv8" / "done.json").is_file()
+    assert (out / "cells" / "conv8-B-AB" / "run.meta.json").is_file()
+
+    calls.clear()
+    reproduce(experiment, out, report=True)  # everything finished: nothing is redone
+    assert calls == []
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Table 2" in html and "conv8-B-AB" in html and 'src="http' not in html
+
+
+@pytest.mark.slow
+def test_reproduce_trains_cells_in_parallel_processes(tmp_path):
+    document = {**TINY, "grid": {**TINY["grid"], "encoders": ["none"], "compositions": ["AB", "AC"],
+                                 "tests": ["AB"]}, "audit": {}}
+    store_path = reproduce(load_experiment(write(tmp_path, document)), tmp_path / "out", jobs=2, report=False)
+    with ResultsStore(store_path) as store:
+        assert store.done_cells() == {"conv8-none-AB", "conv8-none-AC"}
+        assert len(store.wide_results()) == 2
+
+
+def test_cli_reproduce_and_results_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["reproduce", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "experiment file not found" in result.output
+    result = runner.invoke(app, ["results", str(tmp_path), "--csv", str(tmp_path / "csv")])
+    assert result.exit_code == 2 and "no results.sqlite" in result.output

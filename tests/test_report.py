@@ -1,0 +1,167 @@
+"""The HTML report: built from a hand-made results folder, checked as text and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from unveil.experiments.store import REPORTED_METRICS, ResultsStore
+from unveil.reports import ReportError, write_report
+
+SECTIONS = ("header", "summary", "heatmap", "tables", "roc", "audit", "datasets", "provenance")
+CELLS = {"conv8-none-AB": ("conv8", "none", "AB"), "conv8-B-AC": ("conv8", "B", "AC")}
+TESTS = ("AB", "AC")
+
+
+@dataclass
+class FakeVerdict:
+    """What `ResultsStore.put_audit` reads from an audit verdict."""
+
+    test: str
+    subject: str
+    value: float
+    low: float
+    high: float
+    threshold: str
+    flagged: bool | None
+    suggests: str
+
+
+def _records(source: str, patients: int) -> pd.DataFrame:
+    return pd.DataFrame([{"finding": "covid" if p % 2 else "normal", "source": source, "patient_id": f"p{p}",
+                          "covid": p % 2} for p in range(patients) for _ in range(2)])
+
+
+def _rows(cell_index: int) -> pd.DataFrame:
+    """One row per test set with every column `ResultsStore.put_results` reads; the first DOR is infinite."""
+    rows = []
+    for test_index, test_set in enumerate(TESTS):
+        row: dict[str, object] = {"test_set": test_set}
+        for metric_index, metric in enumerate(REPORTED_METRICS):
+            value = 0.55 + 0.1 * cell_index + 0.2 * test_index + 0.01 * metric_index
+            if metric in ("dor", "dor_corrected"):
+                value = math.inf if (metric == "dor" and cell_index == 0 and test_index == 0) else 12.5
+            row |= {metric: value, f"{metric}_low": value - 0.05, f"{metric}_high": value + 0.05,
+                    f"{metric}_wilson_low": value - 0.06, f"{metric}_wilson_high": value + 0.06,
+                    f"{metric}_note": "fn = 0" if math.isinf(value) else None}
+        row |= {"images": 40, "patients": 20, "positive_images": 20, "negative_images": 20, "tp": 18, "fp": 0,
+                "tn": 20, "fn": 2, "threshold": 0.5, "threshold_rule": "bundle", "resamples": 100, "seed": 7}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _png(path: Path, colour: tuple[int, int, int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 8), colour).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder as `unveil reproduce` leaves it (two cells, two test sets, one audit), and its report."""
+    results = tmp_path_factory.mktemp("run") / "demo-run"
+    with ResultsStore(results / "results.sqlite") as store:
+        store.set_experiment({"name": "demo <b>&</b>", "seed": 7, "source": "experiments/demo.yaml",
+                              "versions": {"python": "3.11", "torch": "x"},
+                              "document": {"name": "demo", "seed": 7, "architectures": ["conv8"]}})
+        store.put_dataset("A", "hospital-csv", "/data/a", _records("hospital", 6))
+        store.put_dataset("B", "chestxray", "/data/b", _records("chestxray", 4))
+        for index, (cell_id, (architecture, encoder, training_set)) in enumerate(CELLS.items()):
+            store.put_cell({"cell_id": cell_id, "architecture": architecture, "encoder": encoder,
+                            "training_set": training_set, "run_dir": f"/runs/{cell_id}", "bundle": "b",
+                            "status": "done", "seconds": 12.3, "best_epoch": 3, "val_auc": 0.91,
+                            "config": {"epochs": 5}})
+            store.put_results(cell_id, _rows(index), {"bundle": "b"})
+            store.put_file("roc", cell_id, "ROC", _png(results / "evaluation" / f"roc_{cell_id}.png", (0, 90, 200)))
+        store.put_audit("conv8-none-AB", [
+            FakeVerdict("source_probe", "covid=0", 0.97, 0.93, 0.99, "AUC > 0.8", True, "the model sees the source"),
+            FakeVerdict("occlusion", "lungs", 0.12, 0.05, 0.2, "drop > 0.1", False, "decides from the lungs"),
+            FakeVerdict("lung_saliency", "all", 1.01, math.nan, math.nan, "informative", None, "")])
+        _png(results / "audit" / "tsne_by_source.png", (200, 0, 0))
+        store.put_file("tsne_by_source", "conv8-none-AB", "tsne by source", results / "audit" / "tsne_by_source.png")
+        # recorded relative to another cwd: found again from the results folder's own name on
+        _png(results / "audit" / "tsne_by_label.png", (0, 200, 0))
+        store.put_file("tsne_by_label", "conv8-none-AB", "tsne by label",
+                       Path("elsewhere/demo-run/audit/tsne_by_label.png"))
+        store.put_file("saliency", "conv8-none-AB", "0:overlay_a", _png(results / "audit" / "sal0.png", (9, 9, 9)))
+        store.put_file("saliency", "conv8-none-AB", "1:gone", results / "audit" / "does-not-exist.png")
+    (results / "reproduce.meta.json").write_text(json.dumps(
+        {"command": "unveil reproduce", "config": {"jobs": 1}, "created_utc": "2025-01-02T03:04:05+00:00",
+         "seconds": 9.5, "versions": {"python": "3.11"}}), encoding="utf-8")
+    return write_report(results)
+
+
+def test_report_is_self_contained_and_complete(report: Path) -> None:
+    assert report == report.parent / "report.html" and report.is_file()
+    html = report.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.IGNORECASE)
+    sources = re.findall(r"""<img[^>]*\ssrc="([^"]*)\"""", html)
+    assert len(sources) == 1 + 2 + 2 + 1 and all(s.startswith("data:image/png;base64,") for s in sources)
+    for section in SECTIONS:
+        assert f'id="{section}"' in html, section
+    assert html.index('id="summary"') < html.index('id="heatmap"') < html.index('id="provenance"')
+    assert "demo &lt;b&gt;&amp;&lt;/b&gt;" in html and "<b>&</b>" not in html  # autoescaped
+    assert "Test AB" in html and "Test AC" in html and "Table A1: Conv8" in html
+    assert "∞" in html  # the infinite DOR
+    assert "Conv8 / none / AB" in html and "Conv8 / B / AC" in html
+    assert "the model sees the source" in html and "AUC &gt; 0.8" in html
+    assert "0.970 [0.930, 0.990]" in html
+    assert html.count('class="flagged"') == 1
+    assert re.search(r'<tr class="flagged"><td>source_probe</td>', html)
+    assert "does-not-exist.png" in html and "file not found" in html
+    assert "tsne by label" in html and "hospital-csv" in html and "covid 6, normal 6" in html
+    assert "2025-01-02T03:04:05+00:00" in html and "reproduce.meta.json" in html
+
+
+def test_report_out_path(report: Path, tmp_path: Path) -> None:
+    written = write_report(report.parent, tmp_path / "sub" / "r.html")
+    assert written == tmp_path / "sub" / "r.html" and written.stat().st_size > 1000
+
+
+def test_folder_without_results_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=re.escape(str(tmp_path.resolve()))):
+        write_report(tmp_path)
+    assert not (tmp_path / "results.sqlite").exists()  # nothing created on the way
+
+
+def render_in_chromium(page: Path, profile: Path) -> tuple[int, str, list[str]]:
+    """Load ``page`` in headless Chromium: (return code, DOM after scripts ran, console lines of its log).
+
+    Chromium logs every page console message, errors and uncaught exceptions included, at INFO as
+    ``...:INFO:CONSOLE:<line>] "<message>", source: <url> (<line>)``, without the message's level, so
+    any console line counts: the report's script writes none.
+    """
+    command = [str(shutil.which("chromium")), "--headless=new", "--no-sandbox", "--disable-gpu",
+               "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+               f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (CI installs it)")
+def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    code, dom, console = render_in_chromium(report, tmp_path / "profile")
+    assert code == 0
+    assert console == []
+    assert 'data-rendered="yes"' in dom
+    tables = int(re.search(r'data-tables="(\d+)"', dom).group(1))
+    assert tables >= 5 and dom.count("<table") == tables
+    assert 'data-broken-images="0"' in dom  # every embedded picture decoded
+
+    # The detection can fail: the same page with a broken script logs an uncaught error.
+    broken = tmp_path / "broken.html"
+    broken.write_text(report.read_text(encoding="utf-8").replace("</body>", "<script>notDefined();</script></body>"),
+                      encoding="utf-8")
+    code, dom, console = render_in_chromium(broken, tmp_path / "profile-broken")
+    assert code == 0 and 'data-rendered="yes"' in dom
+    assert any("Uncaught" in line and "notDefined" in line for line in console), console
