@@ -851,6 +851,57 @@ def results_command(
 
 
 
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM; recursive).")],
+    out: Annotated[Path, typer.Option(help="Folder for predictions.csv and evidence/*.png.")],
+    batch_size: Annotated[int, typer.Option(help="Images per batch (memory stays flat).")] = 32,
+    evidence: Annotated[bool, typer.Option(help="Write an overlay per image: lung contour and Grad-CAM.")] = True,
+    segmenter: Annotated[Path | None, typer.Option(help="Lung model (default: the bundle's, else shipped).")]
+    = None,
+    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file is unreadable.")] = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Score new images: probability, decision at the bundle's threshold, lung check, OOD warning."""
+    from unveil.inference import PredictionError, predict_files
+    from unveil.segmentation import SegmenterError
+    from unveil.training import BundleError
+
+    try:
+        summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
+                                strict=strict, progress=True)
+    except (BundleError, SegmenterError) as error:
+        _fail(str(error))
+    except PredictionError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary.as_dict(), indent=2))
+    for line in summary.unreadable:
+        typer.echo(f"skipped: {line}", err=True)
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="Output file (default: MODEL/model.onnx or model.pt).")] = None,
+    seed: SeedOption = 0,
+) -> None:
+    """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
+    from unveil.inference import ExportError, export_model
+    from unveil.training import BundleError
+
+    target = out or model / ("model.onnx" if format == "onnx" else "model.pt")
+    try:
+        description = export_model(model, format, target)
+    except (BundleError, ExportError) as error:
+        _fail(str(error))
+    typer.echo(json.dumps({"file": str(target), "format": format,
+                           "max_abs_difference_vs_pytorch": description["max_abs_difference_vs_pytorch"]}, indent=2))
+
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="unveil")

@@ -9,17 +9,14 @@ import pandas as pd
 import torch
 
 from unveil.training.bundle import ModelBundle
-from unveil.training.data import to_model_input
 
 
-@torch.inference_mode()
 def encoder_features(bundle: ModelBundle, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Features before the head (N x feature_dim) and nothing else: what transfer and probes see."""
+    """Features before the head (N x feature_dim): what transfer and probes see."""
+    from unveil.training.loop import encoder_features as features_of
+
     mean, std = bundle.normalization
-    model = bundle.model.eval()
-    chunks = [model.features(to_model_input(chunk, mean, std)).float().numpy()
-              for chunk in torch.split(images, batch_size)]
-    return np.concatenate(chunks).astype(np.float64)
+    return features_of(bundle.model, images, mean, std, batch_size=batch_size)
 
 
 def tsne_map(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:

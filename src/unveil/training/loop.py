@@ -146,6 +146,18 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, mean: fl
     return torch.cat(out).numpy().astype(np.float64)
 
 
+@torch.inference_mode()
+def encoder_features(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float, *,
+                     device: torch.device = torch.device("cpu"), batch_size: int = 64) -> np.ndarray:
+    """Encoder features (N x feature_dim, before the head) of uint8 images, in eval mode, fp32."""
+    was_training = model.training
+    model.eval()
+    chunks = [model.features(to_model_input(chunk.to(device), mean, std)).float().cpu().numpy()
+              for chunk in torch.split(images, batch_size)]
+    model.train(was_training)
+    return np.concatenate(chunks).astype(np.float64)
+
+
 def classification_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Validation AUC (binary, or macro one-vs-rest), accuracy and balanced accuracy.
     AUC is NaN when the validation split holds a single class."""

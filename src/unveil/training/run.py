@@ -156,6 +156,7 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
         save_bundle(out / "model", model, width=config.width, classes=list(classes),
                     positive_class=positive_class, image_size=config.image_size, preprocess=preprocess,
                     normalization=normalization, provenance=provenance, state=result.best_state)
+        _save_ood_reference(out / "model", model, sets, normalization)
         predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(
             label=sets["val"].labels.numpy())
         for index, name in enumerate(classes):
@@ -173,6 +174,18 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
         log.warning("skipped: %s", line)
     return RunResult(out, out / "model", result.best_epoch, result.best_metrics, counts, skipped,
                      time.perf_counter() - started)
+
+
+def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str, Any],
+                        normalization: tuple[float, float]) -> None:
+    """Fit the out-of-distribution reference (training features per source, threshold on validation)."""
+    from unveil.inference.ood import fit_ood_reference
+    from unveil.training.loop import encoder_features
+
+    device = next(model.parameters()).device
+    train_features = encoder_features(model, sets["train"].images, *normalization, device=device)
+    val_features = encoder_features(model, sets["val"].images, *normalization, device=device)
+    fit_ood_reference(train_features, sets["train"].records["source"].to_numpy(), val_features).save(directory)
 
 
 def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig = TrainConfig(),

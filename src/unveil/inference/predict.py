@@ -1,0 +1,239 @@
+"""`unveil predict`: score new images with a model bundle, with evidence and warnings per image.
+
+Each image is read (PNG, JPEG, DICOM), pre-processed exactly as the bundle says (resize, histogram
+equalization, lung segmentation with the shipped or given lung model, blurred mask, [0, 1]),
+scored, and checked: a lung mask whose area or shape is implausible, or encoder features far from
+every training source (out of distribution), is flagged — still scored, but marked. Files stream
+through in batches, so memory stays flat for folders of thousands; unreadable files are listed and
+skipped (or stop the run with ``strict``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from unveil.inference.ood import OodReference
+from unveil.io import ImageReadError, read_image
+from unveil.preprocess.transforms import paper_pipeline, resize_image
+from unveil.training.bundle import ModelBundle, load_bundle
+from unveil.training.loop import encoder_features
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("file", "status", "probability", "decision", "threshold", "lung_area", "lung_check", "ood_distance",
+           "ood_threshold", "nearest_source", "ood_flag", "warnings", "overlay", "error")
+
+
+class PredictionError(RuntimeError):
+    """Strict mode: some files could not be read (the message lists them)."""
+
+
+@dataclass(frozen=True)
+class LungCheck:
+    """Plausibility of a lung mask at the working resolution."""
+
+    min_area: float = 0.08
+    max_area: float = 0.60
+    min_component_share: float = 0.15  # the smaller lung holds at least this share of the mask
+
+    def problems(self, mask: np.ndarray) -> list[str]:
+        area = float(mask.mean())
+        found = []
+        if not self.min_area <= area <= self.max_area:
+            found.append(f"lung mask area {area:.2f} outside [{self.min_area}, {self.max_area}]")
+        labels, count = ndimage.label(mask)
+        if count != 2:
+            found.append(f"lung mask has {count} component(s), not 2")
+            return found
+        sizes = ndimage.sum(mask, labels, [1, 2])
+        if sizes.min() / sizes.sum() < self.min_component_share:
+            found.append(f"one lung holds only {sizes.min() / sizes.sum():.0%} of the mask")
+        columns = [c[1] for c in ndimage.center_of_mass(mask, labels, [1, 2])]
+        middle = mask.shape[1] / 2
+        if not (min(columns) < middle < max(columns)):
+            found.append("both lung components lie on one side of the image")
+        return found
+
+
+@dataclass
+class PredictionSummary:
+    scored: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    positives: int = 0
+    ood_flagged: int = 0
+    lung_flagged: int = 0
+    csv: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scored": self.scored, "unreadable": len(self.unreadable), "positives": self.positives,
+                "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged, "csv": str(self.csv)}
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image files (sorted)."""
+    from unveil.data.sources.base import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(item)
+    return files
+
+
+def _safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:60] or "image"
+
+
+class Predictor:
+    """A bundle, its lung segmenter and OOD reference, ready to score batches of files."""
+
+    def __init__(self, bundle: str | Path | ModelBundle, *, segmenter: str | Path | None = None,
+                 lung_check: LungCheck = LungCheck()) -> None:
+        from monai.transforms import Compose
+
+        from unveil.segmentation import LungSegmenter
+
+        self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+        if self.bundle.positive_index is None:
+            raise PredictionError(f"{self.bundle.path}: a pre-training model; predict with a COVID classifier")
+        settings = self.bundle.preprocess_settings
+        self.settings = settings
+        self.segmenter = LungSegmenter.load(segmenter or settings.model)
+        self.ood = OodReference.load(self.bundle.path) if self.bundle.path is not None else None
+        self.lung_check = lung_check
+        self.pipeline = Compose(paper_pipeline(self.bundle.image_size, blur_radius=settings.blur_radius,
+                                               equalize=settings.equalize, mask=settings.mask != "none"))
+        self.notes = []
+        if settings.mask == "truth":
+            self.notes.append("model trained with dataset masks; lungs segmented here")
+        if self.ood is None:
+            self.notes.append("bundle has no out-of-distribution reference")
+
+    def prepare(self, paths: Sequence[Path]) -> tuple[list[int], torch.Tensor, np.ndarray, list[str]]:
+        """Read and pre-process; returns the readable positions, uint8 images, lung masks, errors."""
+        images, kept, errors = [], [], []
+        for position, path in enumerate(paths):
+            try:
+                images.append(resize_image(read_image(path).pixels, self.bundle.image_size))
+                kept.append(position)
+            except ImageReadError as error:
+                errors.append(str(error))
+            except OSError as error:
+                errors.append(f"{path}: cannot read file ({error.strerror or error})")
+        if not images:
+            size = self.bundle.image_size
+            return kept, torch.zeros((0, 1, size, size), dtype=torch.uint8), np.zeros((0, size, size), bool), errors
+        masks = np.stack(self.segmenter.segment_batch(images))
+        processed = [self.pipeline({"image": image, "mask": mask})["image"] for image, mask in zip(images, masks)]
+        array = np.clip(np.rint(np.stack(processed) * 255.0), 0, 255).astype(np.uint8)
+        return kept, torch.from_numpy(array[:, None]), masks, errors
+
+    def score(self, paths: Sequence[Path], *, evidence_dir: Path | None = None,
+              start_index: int = 0) -> Iterator[dict[str, Any]]:
+        """One CSV row per path (unreadable files included, with their error)."""
+        kept, images, masks, errors = self.prepare(paths)
+        error_iter = iter(errors)
+        rows: dict[int, dict[str, Any]] = {}
+        if len(kept):
+            positive = self.bundle.positive_index
+            probabilities = self.bundle.predict_probabilities(images)[:, positive]
+            mean, std = self.bundle.normalization
+            features = encoder_features(self.bundle.model, images, mean, std)
+            distances, nearest = self.ood.distances(features) if self.ood else (np.full(len(kept), np.nan),
+                                                                                ["" for _ in kept])
+            maps = None
+            if evidence_dir is not None:
+                from unveil.audit.saliency import gradcam_maps
+
+                maps = gradcam_maps(self.bundle, images, positive)
+            threshold = self.bundle.threshold
+            for row_index, position in enumerate(kept):
+                path = paths[position]
+                problems = self.lung_check.problems(masks[row_index])
+                ood_flag = bool(self.ood is not None and distances[row_index] > self.ood.threshold)
+                warnings = list(self.notes) + problems
+                if ood_flag:
+                    warnings.append(f"out of distribution: feature distance {distances[row_index]:.1f} > "
+                                    f"{self.ood.threshold:.1f} (nearest training source {nearest[row_index]})")
+                probability = float(probabilities[row_index])
+                decision = self.bundle.classes[positive] if probability >= threshold else \
+                    self.bundle.classes[1 - positive]
+                overlay = ""
+                if maps is not None:
+                    from unveil.audit.saliency import save_overlay
+
+                    target = evidence_dir / f"{start_index + position:06d}_{_safe_stem(path)}.png"
+                    save_overlay(images[row_index, 0].numpy(), maps[row_index], masks[row_index],
+                                 f"{path.name[:40]}  p={probability:.2f}", target)
+                    overlay = str(target)
+                rows[position] = {
+                    "file": str(path), "status": "flagged" if warnings[len(self.notes):] else "ok",
+                    "probability": round(probability, 6), "decision": decision, "threshold": threshold,
+                    "lung_area": round(float(masks[row_index].mean()), 4),
+                    "lung_check": "ok" if not problems else "implausible",
+                    "ood_distance": None if np.isnan(distances[row_index]) else round(float(distances[row_index]), 3),
+                    "ood_threshold": None if self.ood is None else round(self.ood.threshold, 3),
+                    "nearest_source": nearest[row_index], "ood_flag": ood_flag, "warnings": "; ".join(warnings),
+                    "overlay": overlay, "error": ""}
+        for position, path in enumerate(paths):
+            if position in rows:
+                yield rows[position]
+            else:
+                yield {**{c: "" for c in COLUMNS}, "file": str(path), "status": "unreadable",
+                       "error": next(error_iter, "")}
+
+
+def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 32,
+                  evidence: bool = True, segmenter: str | Path | None = None, strict: bool = False,
+                  progress: bool = False) -> PredictionSummary:
+    """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``)."""
+    from tqdm import tqdm
+
+    from unveil.provenance import write_text_atomic
+
+    files = expand_inputs(inputs)
+    if not files:
+        raise PredictionError("no image files found in " + ", ".join(map(str, inputs)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    evidence_dir = out / "evidence" if evidence else None
+    if evidence_dir is not None:
+        evidence_dir.mkdir(exist_ok=True)
+    predictor = Predictor(model, segmenter=segmenter)
+    summary = PredictionSummary(csv=out / "predictions.csv")
+    with open(summary.csv, "w", newline="", encoding="utf-8") as stream, \
+            tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            for row in predictor.score(batch, evidence_dir=evidence_dir, start_index=start):
+                writer.writerow(row)
+                if row["status"] == "unreadable":
+                    summary.unreadable.append(row["error"])
+                    continue
+                summary.scored += 1
+                summary.positives += int(row["decision"] == predictor.bundle.description.get("positive_class"))
+                summary.ood_flagged += int(bool(row["ood_flag"]))
+                summary.lung_flagged += int(row["lung_check"] != "ok")
+            stream.flush()
+            bar.update(len(batch))
+    write_text_atomic(out / "unreadable.txt", "".join(f"{line}\n" for line in summary.unreadable))
+    for line in summary.unreadable:
+        log.warning("skipped: %s", line)
+    if strict and summary.unreadable:
+        raise PredictionError(f"{len(summary.unreadable)} file(s) could not be read:\n  "
+                              + "\n  ".join(summary.unreadable))
+    return summary

@@ -1,0 +1,153 @@
+"""Prediction on new files (evidence, lung check, OOD warning, unreadable files) and export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from unveil.cli import app
+from unveil.inference import ExportError, LungCheck, OodReference, PredictionError, export_model, predict_files
+from unveil.inference.ood import fit_ood_reference
+from unveil.preprocess.cache import PreprocessSettings
+from unveil.training import DataSpec, TrainConfig, load_bundle, train
+
+
+def _two_lungs(size: int = 64) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[12:52, 8:28] = True
+    mask[12:52, 36:56] = True
+    return mask
+
+
+def test_lung_check():
+    check = LungCheck()
+    assert check.problems(_two_lungs()) == []
+    one = _two_lungs()
+    one[:, 32:] = False
+    assert any("1 component" in p for p in check.problems(one))
+    tiny = np.zeros((64, 64), dtype=bool)
+    tiny[10:14, 10:14] = tiny[10:14, 40:44] = True
+    assert any("area" in p for p in check.problems(tiny))
+    lopsided = np.zeros((64, 64), dtype=bool)
+    lopsided[10:50, 2:14] = lopsided[10:50, 16:28] = True
+    assert any("one side" in p for p in check.problems(lopsided))
+
+
+def test_ood_reference_flags_far_features_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.normal(0, 1, (100, 20)), rng.normal(4, 1, (100, 20))])
+    sources = np.repeat(["a", "b"], 100)
+    val = np.concatenate([rng.normal(0, 1, (50, 20)), rng.normal(4, 1, (50, 20))])
+    reference = fit_ood_reference(train, sources, val, dimensions=8)
+    inside, nearest = reference.distances(rng.normal(4, 1, (20, 20)))
+    outside, _ = reference.distances(rng.normal(-15, 1, (5, 20)))
+    assert (inside <= reference.threshold).mean() >= 0.9 and set(nearest) == {"b"}
+    assert (outside > reference.threshold).all()
+    reference.save(tmp_path)
+    loaded = OodReference.load(tmp_path)
+    assert np.allclose(loaded.distances(train[:5])[0], reference.distances(train[:5])[0])
+    assert OodReference.load(tmp_path / "nothing") is None
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import dataset_roots, generate
+
+    root = tmp_path_factory.mktemp("inference")
+    generate(replace(load_config("paper"), image_size=64), root / "bench", seed=0, scale=0.1)
+    data = {name: DataSpec(source, path) for name, (source, path) in dataset_roots(root / "bench").items()}
+    config = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=2, batch_size=16)
+    run = train("AB", {"A": data["A"], "B": data["B"]}, root / "AB", config=config,
+                preprocess=PreprocessSettings(mask="segment"), cache=root / "cache")
+    return {"bundle": run.bundle, "data": data, "root": root}
+
+
+def test_predict_scores_files_like_training_and_lists_unreadable(model, tmp_path):
+    a_records = model["data"]["A"].load().head(12)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    rsna = sorted(Path(model["data"]["C"].root).rglob("*.dcm"))[:2]  # DICOM files
+    summary = predict_files(model["bundle"], [*a_records["path"], *rsna, folder], tmp_path / "out", batch_size=5)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 12 + 2 + 1 and summary.scored == 14 and len(summary.unreadable) == 1
+    broken = table[table["status"] == "unreadable"].iloc[0]
+    assert broken["file"].endswith("broken.png") and "broken.png" in broken["error"]
+    scored = table[table["status"] != "unreadable"]
+    assert scored["probability"].astype(float).between(0, 1).all()
+    assert set(scored["decision"]) <= {"covid+", "covid-"}
+    assert all((tmp_path / "out" / "evidence").joinpath(p.split("/")[-1]).is_file() for p in scored["overlay"])
+    assert (tmp_path / "out" / "unreadable.txt").read_text().count("broken.png") == 1
+
+    # The prediction path pre-processes exactly as training did (the cache): same probabilities.
+    from unveil.evaluation.evaluate import score_records
+
+    bundle = load_bundle(model["bundle"])
+    cached, _ = score_records(bundle, a_records, cache=model["root"] / "cache")
+    by_file = dict(zip(scored["file"], scored["probability"].astype(float)))
+    predicted = np.array([by_file[p] for p in a_records["path"]])
+    assert np.abs(predicted - cached["score"].to_numpy()).max() < 0.01
+
+    with pytest.raises(PredictionError, match="broken.png"):
+        predict_files(model["bundle"], [folder], tmp_path / "strict", strict=True, evidence=False)
+
+
+def test_out_of_distribution_images_are_flagged(model, tmp_path):
+    noise = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    Image.fromarray(np.full((96, 96), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    predict_files(model["bundle"], [tmp_path / "noise.png", tmp_path / "white.png"], tmp_path / "out",
+                  evidence=False)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert (table["status"] == "flagged").all()
+    assert table["warnings"].str.contains("out of distribution|lung mask").all()
+    assert (table["lung_check"] == "implausible").any() or (table["ood_flag"] == "True").any()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
+    from unveil.evaluation.evaluate import cached_images
+
+    bundle = load_bundle(model["bundle"])
+    records = model["data"]["A"].load().head(6)
+    images, _ = cached_images(bundle, records, cache=model["root"] / "cache")
+    inputs = images.images.numpy().astype(np.float32) / 255.0
+    target = tmp_path / f"model.{fmt}"
+    description = export_model(bundle, fmt, target, check_images=inputs)
+    assert target.is_file() and json.loads((tmp_path / f"model.{fmt}.json").read_text())["format"] == fmt
+    assert description["max_abs_difference_vs_pytorch"] <= 1e-4
+    expected = bundle.predict_probabilities(images.images)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": inputs})[0]
+    else:
+        import torch
+
+        got = torch.jit.load(str(target))(torch.from_numpy(inputs)).detach().numpy()
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_export_and_predict_cli(model, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(model["bundle"]), "--format", "onnx", "--out",
+                                 str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_abs_difference_vs_pytorch"] <= 1e-4
+    bad = runner.invoke(app, ["export", str(model["bundle"]), "--format", "tflite"])
+    assert bad.exit_code == 2 and "onnx, torchscript" in bad.output
+    with pytest.raises(ExportError, match="format"):
+        export_model(model["bundle"], "keras", tmp_path / "x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["predict", str(model["bundle"]), str(empty), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1 and "no image files" in result.output
