@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from unveil.audit import Verdict
 from unveil.cli import app
 from unveil.evaluation.metrics import METRICS
 from unveil.experiments import ExperimentError, ResultsStore, load_experiment, reproduce
@@ -67,18 +67,6 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
     assert experiment.data["A"].root == str(tmp_path / "corda")
 
 
-@dataclass
-class _Verdict:
-    test: str
-    subject: str
-    value: float
-    low: float
-    high: float
-    threshold: str
-    flagged: bool | None
-    suggests: str
-
-
 def _rows() -> pd.DataFrame:
     row = {"test_set": "AB", "images": 10, "patients": 8, "positive_images": 5, "negative_images": 5, "tp": 4,
            "fp": 0, "tn": 5, "fn": 1, "threshold": 0.5, "threshold_rule": "fixed 0.5", "resamples": 10, "seed": 0}
@@ -94,7 +82,7 @@ def test_results_store_round_trip(tmp_path):
                         "run_dir": "x", "bundle": "x/model", "status": "done", "seconds": 1.0, "best_epoch": 2,
                         "val_auc": 0.9, "config": {"lr": 0.01}})
         store.put_results("c1", _rows(), {"bundle": "x/model"})
-        store.put_audit("c1", [_Verdict("source probe", "A vs B", 0.95, 0.9, 1.0, "rule", True, "carries")])
+        store.put_audit("c1", [Verdict("source probe", "A vs B", 0.95, 0.9, 1.0, "rule", True, "carries")])
         assert store.done_cells() == {"c1"} and store.evaluated() == {("c1", "AB")}
         wide = store.wide_results()
         assert wide.loc[0, "model"] == "c1" and wide.loc[0, "encoder"] == "B" and np.isinf(wide.loc[0, "dor"])

@@ -7,33 +7,19 @@ import math
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from unveil.audit import Verdict
 from unveil.experiments.store import REPORTED_METRICS, ResultsStore
 from unveil.reports import ReportError, write_report
 
 SECTIONS = ("header", "summary", "heatmap", "tables", "roc", "audit", "datasets", "provenance")
 CELLS = {"conv8-none-AB": ("conv8", "none", "AB"), "conv8-B-AC": ("conv8", "B", "AC")}
 TESTS = ("AB", "AC")
-
-
-@dataclass
-class FakeVerdict:
-    """What `ResultsStore.put_audit` reads from an audit verdict."""
-
-    test: str
-    subject: str
-    value: float
-    low: float
-    high: float
-    threshold: str
-    flagged: bool | None
-    suggests: str
 
 
 def _records(source: str, patients: int) -> pd.DataFrame:
@@ -83,9 +69,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
             store.put_results(cell_id, _rows(index), {"bundle": "b"})
             store.put_file("roc", cell_id, "ROC", _png(results / "evaluation" / f"roc_{cell_id}.png", (0, 90, 200)))
         store.put_audit("conv8-none-AB", [
-            FakeVerdict("source_probe", "covid=0", 0.97, 0.93, 0.99, "AUC > 0.8", True, "the model sees the source"),
-            FakeVerdict("occlusion", "lungs", 0.12, 0.05, 0.2, "drop > 0.1", False, "decides from the lungs"),
-            FakeVerdict("lung_saliency", "all", 1.01, math.nan, math.nan, "informative", None, "")])
+            Verdict("source_probe", "covid=0", 0.97, 0.93, 0.99, "AUC > 0.8", True, "the model sees the source"),
+            Verdict("occlusion", "lungs", 0.12, 0.05, 0.2, "drop > 0.1", False, "decides from the lungs"),
+            Verdict("lung_saliency", "all", 1.01, math.nan, math.nan, "informative", None, "")])
         _png(results / "audit" / "tsne_by_source.png", (200, 0, 0))
         store.put_file("tsne_by_source", "conv8-none-AB", "tsne by source", results / "audit" / "tsne_by_source.png")
         # recorded relative to another cwd: found again from the results folder's own name on
