@@ -148,9 +148,11 @@ class Predictor:
         rows: dict[int, dict[str, Any]] = {}
         if len(kept):
             positive = self.bundle.positive_index
-            probabilities = self.bundle.predict_probabilities(images)[:, positive]
             mean, std = self.bundle.normalization
             features = encoder_features(self.bundle.model, images, mean, std)
+            with torch.inference_mode():  # the head on the features: one pass through the encoder, not two
+                logits = self.bundle.model.head(torch.from_numpy(features).float())
+            probabilities = torch.softmax(logits, dim=1)[:, positive].numpy()
             distances, nearest = self.ood.distances(features) if self.ood else (np.full(len(kept), np.nan),
                                                                                 ["" for _ in kept])
             maps = None
