@@ -144,6 +144,12 @@ def test_reproduce_trains_cells_in_parallel_processes(tmp_path):
         assert len(store.wide_results()) == 2
 
 
+def test_unbound_roles_are_named_before_anything_runs(tmp_path):
+    document = {**TINY, "data": {"A": {"source": "hospital-csv", "path": "corda"}}}
+    with pytest.raises(ExperimentError, match=r"role\(s\) B, C"):
+        reproduce(load_experiment(write(tmp_path, document)), tmp_path / "out", report=False)
+
+
 def test_cli_reproduce_and_results_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["reproduce", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])

@@ -685,6 +685,7 @@ def evaluate_command(
 def tables_command(
     results: Annotated[list[Path], typer.Argument(help="results.csv files of `unveil evaluate --out`.")],
     out: Annotated[Path, typer.Option(help="Folder for Table 2 and Tables A1..An (CSV, Markdown, LaTeX).")],
+    seed: SeedOption = 0,
 ) -> None:
     """Rebuild the paper's tables from one or several evaluation result files."""
     import pandas as pd
@@ -839,6 +840,7 @@ def report_command(
 def results_command(
     results: Annotated[Path, typer.Argument(help="Output folder of `unveil reproduce` (holds results.sqlite).")],
     csv: Annotated[Path, typer.Option("--csv", help="Folder for one CSV per table of the results store.")],
+    seed: SeedOption = 0,
 ) -> None:
     """Export the results store (SQLite) as CSV files."""
     from unveil.experiments import ResultsStore

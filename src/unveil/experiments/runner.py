@@ -145,7 +145,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     _say(progress, "[1/6] data")
     data = resolve_data(experiment, out, workers, progress)
     recipes = load_recipes()
-    needed = sorted({r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles})
+    needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
+    needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining[e]["data"]})
     missing = [role for role in needed if role not in data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
