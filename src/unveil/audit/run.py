@@ -33,6 +33,7 @@ from unveil.evaluation.metrics import evaluate_scores
 from unveil.preprocess.cache import preprocess_records
 from unveil.provenance import write_run_metadata, write_text_atomic
 from unveil.training.bundle import load_bundle
+from unveil.training.loop import probabilities_from_features
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     # 3. Lung occlusion: hide the (slightly grown) lung fields behind the training mean.
     fill = int(round(bundle.normalization[0] * 255))
     hidden = occlusion_masks(lungs, dilation=max(1, bundle.image_size // 64))
-    original = bundle.predict_probabilities(images.images)[:, positive]
+    original = probabilities_from_features(bundle.model, features)[:, positive]  # no second encoder pass
     occluded = bundle.predict_probabilities(occlude(images.images, hidden, fill))[:, positive]
     if len(np.unique(is_positive)) == 2:
         before = evaluate_scores(is_positive, original, groups, resamples=resamples, seed=seed)

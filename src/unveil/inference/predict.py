@@ -26,7 +26,7 @@ from unveil.inference.ood import OodReference
 from unveil.io import ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image
 from unveil.training.bundle import ModelBundle, load_bundle
-from unveil.training.loop import encoder_features
+from unveil.training.loop import encoder_features, probabilities_from_features
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ class Predictor:
             positive = self.bundle.positive_index
             mean, std = self.bundle.normalization
             features = encoder_features(self.bundle.model, images, mean, std)
-            with torch.inference_mode():  # the head on the features: one pass through the encoder, not two
-                logits = self.bundle.model.head(torch.from_numpy(features).float())
-            probabilities = torch.softmax(logits, dim=1)[:, positive].numpy()
+            probabilities = probabilities_from_features(self.bundle.model, features)[:, positive]
             distances, nearest = self.ood.distances(features) if self.ood else (np.full(len(kept), np.nan),
                                                                                 ["" for _ in kept])
             maps = None

@@ -158,6 +158,13 @@ def encoder_features(model: torch.nn.Module, images: torch.Tensor, mean: float, 
     return np.concatenate(chunks).astype(np.float64)
 
 
+@torch.inference_mode()
+def probabilities_from_features(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    """Softmax of the head applied to encoder features: scores without a second encoder pass."""
+    logits = model.head(torch.as_tensor(features, dtype=torch.float32))
+    return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+
+
 def classification_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Validation AUC (binary, or macro one-vs-rest), accuracy and balanced accuracy.
     AUC is NaN when the validation split holds a single class."""
