@@ -22,11 +22,11 @@ TINY = {
     "seed": 0,
     "data": {"synthetic": {"preset": "paper", "scale": 0.1, "image_size": 48}},
     "preprocess": {"size": 32, "mask": "none"},
-    "training": {"architecture": "conv8", "width": 0.25, "epochs": 2, "batch_size": 16},
+    "training": {"width": 0.25, "epochs": 2, "batch_size": 16},
     "pretraining": {"B": {"data": ["B"], "training": {"epochs": 1}}},
     "grid": {"encoders": ["none", "B"], "architectures": ["conv8"], "compositions": ["AB"], "tests": ["AB", "AC"]},
     "evaluation": {"resamples": 50},
-    "audit": {"compositions": ["AB"], "on": ["AB"], "masks": "segment", "resamples": 50, "saliency_samples": 1,
+    "audit": {"compositions": ["AB"], "test_sets": ["AB"], "masks": "segment", "resamples": 50, "saliency_samples": 1,
               "thresholds": {"min_images": 3}},
 }
 
@@ -39,7 +39,9 @@ def write(tmp_path, document, name="exp.yaml"):
 
 def test_shipped_experiments_load():
     demo = load_experiment("demo")
-    assert demo.synthetic["preset"] == "paper" and ("conv8", "B", "AB") in demo.cells()
+    assert demo.synthetic.preset == "paper" and ("conv8", "B", "AB") in demo.cells()
+    assert demo.audit.test_sets == ["AB", "AC"] and demo.audit.compositions == ["AB", "AC"]  # not lost to `on:`
+    assert demo.evaluation.resamples == 1000 and demo.pretraining["B"].training == {"epochs": 6}
     paper = load_experiment("paper", seed=3)
     assert paper.seed == 3 and len(paper.cells()) == 4 * 3 * 5 and paper.tests == ["A", "AB", "AC", "AD", "D"]
     assert paper.train_config("resnet18").image_size == 224
@@ -47,24 +49,113 @@ def test_shipped_experiments_load():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"grid": {"architectures": ["conv8"], "compositions": ["AB"]}}, "grid needs tests"),
-    ({"colour": "red"}, "unknown key"),
-    ({"grid": {**TINY["grid"], "encoders": ["none", "Z"]}}, "no pretraining entry"),
-    ({"training": {"epocs": 2}}, "unknown training option"),
-    ({"data": {}}, "needs datasets"),
-    ({"data": {"A": {"source": "hospital-csv"}}}, "needs source and path"),
+    ({"grid": {"architectures": ["conv8"], "compositions": ["AB"]}}, r":\d+: grid: missing key\(s\) tests"),
+    ({"colour": "red"}, r":\d+: colour: unknown key; known: data, grid"),
+    ({"grid": {**TINY["grid"], "encoders": ["none", "Z"]}}, r"grid.encoders\[1\]: encoder Z has no pretraining entry"),
+    ({"training": {"epocs": 2}}, "training.epocs: unknown training option; known: width, epochs"),
+    ({"training": {"epochs": "2"}}, r"training.epochs: should be a valid integer; got '2'"),
+    ({"training": {"epochs": True}}, r"training.epochs: should be a valid integer; got True"),
+    ({"training": {"epochs": 0}}, "training: epochs must be at least 1"),
+    ({"training": {"architecture": "conv8"}}, "training.architecture: not set here: it comes from grid.architectures"),
+    ({"data": {}}, "data: needs datasets"),
+    ({"data": {"A": {"source": "hospital-csv"}}}, r"data.A: missing key\(s\) path"),
+    ({"data": {"synthetic": {"preset": "paper", "size": 3}}}, "data.synthetic.size: unknown key; known: preset"),
+    ({"data": {"synthetic": {"scale": "big"}}}, "data.synthetic.scale: should be a valid number; got 'big'"),
+    ({"preprocess": {"size": 32, "mask": "lungs"}}, "preprocess.mask: should be one of segment, truth, none"),
+    ({"preprocess": {"model_sha256": "x"}}, "preprocess.model_sha256: not set here"),
+    ({"grid": {**TINY["grid"], "tests": ["AB", "XY"]}}, r"grid.tests\[1\]: unknown composition 'XY'"),
+    ({"grid": {**TINY["grid"], "tests": "AB"}}, r"grid.tests: should be a valid list; got 'AB'"),
+    ({"grid": {**TINY["grid"], "architectures": ["conv8", 5]}}, r"grid.architectures\[1\]: should be a valid string"),
+    ({"evaluation": {"resamples": 10, "threshold_rule": "otsu"}}, "evaluation.threshold_rule: should be one of bundle"),
+    ({"evaluation": {"resample": 10}}, "evaluation.resample: unknown key; known: resamples, threshold_rule"),
+    ({"audit": {"compositions": ["AB"], "thresholds": {"occlusion": 0.6}}},
+     "audit.thresholds.occlusion: unknown key; known: source_probe, occlusion_auc, lung_saliency, min_images"),
+    ({"audit": {"compositions": ["AB"], "thresholds": {"min_images": 2.5}}}, "audit.thresholds.min_images: should be"),
+    ({"audit": {"compositions": ["AC"]}}, r"audit.compositions\[0\]: AC is not a training composition of the grid"),
+    ({"audit": {"compositions": "some"}}, "audit.compositions: should be a valid list or 'all'"),
+    ({"audit": {"masks": "none"}}, "audit.masks: should be one of segment, truth"),
+    ({"pretraining": {"B": {"data": ["B"], "training": {"lr": "fast"}}}}, "pretraining.B.training.lr: should be"),
+    ({"pretraining": {"B": {"data": ["B"], "epochs": 3}}}, "pretraining.B.epochs: unknown key; known: data, training"),
+    ({"jobs": 1.5}, "jobs: should be a valid integer"),
+    ({"recipes": "nowhere.yaml"}, r"recipes: \S*nowhere.yaml: cannot read recipe file"),
 ])
-def test_experiment_errors_name_the_problem(tmp_path, change, message):
-    with pytest.raises(ExperimentError, match=message):
-        load_experiment(write(tmp_path, {**TINY, **change}))
+def test_experiment_errors_name_the_file_line_and_key(tmp_path, change, message):
+    path = write(tmp_path, {**TINY, **change})
+    with pytest.raises(ExperimentError, match=message) as caught:
+        load_experiment(path)
+    assert str(caught.value).startswith(f"{path}:")
     with pytest.raises(ExperimentError, match="not found"):
         load_experiment(tmp_path / "nothing.yaml")
 
 
-def test_relative_paths_resolve_against_the_file(tmp_path):
-    document = {**TINY, "data": {"A": {"source": "hospital-csv", "path": "corda"}}}
+EXPERIMENT_TEXT = """\
+name: lines
+data:
+  A: {source: hospital-csv, path: corda}
+  B: {source: chestxray, path: chest_xray}
+grid:
+  architectures: [conv8]
+  compositions: [A, AB, AC]
+  tests: [A]
+audit:
+  compositions: [A]
+  test_sets: [A]
+  thresholds: {occlusion_auc: 0.6, source_probe: 0.8}
+"""
+
+
+def test_errors_give_the_line_of_the_bad_key(tmp_path):
+    path = tmp_path / "lines.yaml"
+    path.write_text(EXPERIMENT_TEXT)
+    # AC needs role C, which data does not bind: line 7, the third composition
+    with pytest.raises(ExperimentError, match=rf"^{path}:7: grid.compositions\[2\]: composition AC needs data for "
+                                              r"role\(s\) C, which data does not bind \(bound: A, B\)"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]").replace("source_probe", "sourceprobe"))
+    with pytest.raises(ExperimentError, match=rf"^{path}:12: audit.thresholds.sourceprobe: unknown key"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]") + "pretraining:\n  C: {data: [C]}\n")
+    with pytest.raises(ExperimentError, match=rf"^{path}:14: pretraining.C.data\[0\]: pre-training on role C"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]") + "name: again\n")
+    with pytest.raises(ExperimentError, match=rf"^{path}:13: name: this key appears twice"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]"))
+    experiment = load_experiment(path)
+    assert experiment.audit.thresholds.occlusion_auc == 0.6 and experiment.audit.test_sets == ["A"]
+
+
+@pytest.mark.parametrize("key", ["on", "yes", "Off", "NO", "true"])
+def test_yaml_boolean_keys_are_refused_with_the_pitfall_explained(tmp_path, key):
+    path = tmp_path / "exp.yaml"
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]").replace("test_sets:", f"{key}:"))
+    with pytest.raises(ExperimentError, match=rf"^{path}:11: audit: the key '{key}' is read by YAML as the boolean "
+                                              r"(True|False), not as a name.*test_sets"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]").replace("name: lines", "1: lines"))
+    with pytest.raises(ExperimentError, match=rf"^{path}:1: top level: the key '1' is read by YAML as the int 1"):
+        load_experiment(path)
+
+
+def test_custom_recipes_from_the_experiment_file(tmp_path):
+    (tmp_path / "recipes.yaml").write_text(yaml.safe_dump({
+        "roles": {"A": {"description": "hospital"}, "B": {"description": "pneumonia"}},
+        "recipes": {"AB2": {"bases": ["A"], "negatives_from": ["B"], "balance": "add_negatives"}}}))
+    document = {**TINY, "recipes": "recipes.yaml",
+                "grid": {**TINY["grid"], "compositions": ["AB2"], "tests": ["AB2"]}, "audit": {}}
     experiment = load_experiment(write(tmp_path, document))
-    assert experiment.data["A"].root == str(tmp_path / "corda")
+    assert experiment.recipes == tmp_path / "recipes.yaml"
+    assert experiment.recipe_book().recipe("AB2").roles == ("A", "B")
+    with pytest.raises(ExperimentError, match=r"grid.tests\[0\]: unknown composition 'AB'"):
+        load_experiment(write(tmp_path, {**document, "grid": {**document["grid"], "tests": ["AB"]}}))
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path):
+    document = {**TINY, "data": {"A": {"source": "hospital-csv", "path": "corda"},
+                                 "B": {"source": "chestxray", "path": "/data/chest_xray"},
+                                 "C": {"source": "rsna", "path": "rsna"}}}
+    experiment = load_experiment(write(tmp_path, document))
+    assert experiment.data["A"].root == str(tmp_path / "corda") and experiment.data["B"].root == "/data/chest_xray"
 
 
 def _rows() -> pd.DataFrame:
@@ -146,8 +237,8 @@ def test_reproduce_trains_cells_in_parallel_processes(tmp_path):
 
 def test_unbound_roles_are_named_before_anything_runs(tmp_path):
     document = {**TINY, "data": {"A": {"source": "hospital-csv", "path": "corda"}}}
-    with pytest.raises(ExperimentError, match=r"role\(s\) B, C"):
-        reproduce(load_experiment(write(tmp_path, document)), tmp_path / "out", report=False)
+    with pytest.raises(ExperimentError, match=r"grid.compositions\[0\]: composition AB needs data for role\(s\) B"):
+        load_experiment(write(tmp_path, document))
 
 
 def test_cli_reproduce_and_results_errors(tmp_path):

@@ -7,8 +7,9 @@ data:                       # roles A B C D: real datasets ...
   A: {source: hospital-csv, path: /data/corda, options: {label_column: covid}}
   # ... or a synthetic benchmark generated into OUT/data (roles A, B, C, D)
   synthetic: {preset: paper, scale: 1.0, image_size: 256}
+recipes: my_recipes.yaml    # optional: custom compositions (default: the paper's Table 1)
 preprocess: {size: 128, mask: segment, equalize: global, blur_radius: 3}
-training: {architecture: conv8, epochs: 15, batch_size: 32}     # TrainConfig defaults for every run
+training: {epochs: 15, batch_size: 32}   # TrainConfig options for every run
 pretraining:                # encoder label -> the roles it is pre-trained on (+ optional overrides)
   B: {data: [B], training: {epochs: 5}}
 grid:
@@ -17,31 +18,123 @@ grid:
   compositions: [AB, AC]    # training compositions (Table 1)
   tests: [A, AB, AC]        # every cell is tested on all of these
 evaluation: {resamples: 1000, threshold_rule: bundle}
-audit: {compositions: [AB, AC], on: [AB, AC], masks: segment, thresholds: {occlusion_auc: 0.7}}
+audit: {compositions: [AB, AC], test_sets: [AB, AC], masks: segment, thresholds: {occlusion_auc: 0.7}}
 jobs: 1                     # cells trained in parallel processes
 ```
 Relative paths are resolved against the experiment file's folder.
+
+Every section is a typed dataclass below (``training`` takes the fields of
+:class:`~unveil.training.config.TrainConfig`, ``audit.thresholds`` those of
+:class:`~unveil.audit.run.AuditThresholds`). A file with an unknown key, a value of the wrong type or
+a composition whose roles have no data is refused with one error naming the file, the line and the
+key path. Keys must be plain names: YAML 1.1 reads ``on``, ``off``, ``yes``, ``no`` as booleans, so
+such keys are refused with an explanation (the audit's test sets are ``test_sets``, not ``on``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from unveil.preprocess.cache import PreprocessSettings
+from unveil.audit.run import MASK_SOURCES, AuditThresholds
+from unveil.data.compose import RecipeBook, RecipeError, load_recipes
+from unveil.evaluation.evaluate import THRESHOLD_CHOICES
+from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.run import DataSpec
 
-ROLES = ("A", "B", "C", "D")
-TOP_LEVEL = ("name", "seed", "data", "preprocess", "training", "pretraining", "grid", "evaluation", "audit", "jobs",
-             "description")
+#: the roles a synthetic benchmark binds
+SYNTHETIC_ROLES = ("A", "B", "C", "D")
+#: TrainConfig fields an experiment sets itself (from grid.architectures, seed, preprocess.size)
+SET_BY_EXPERIMENT = {"architecture": "grid.architectures", "seed": "seed", "image_size": "preprocess.size"}
+#: PreprocessSettings fields that are computed, never written by hand
+COMPUTED_PREPROCESS = ("model_sha256",)
+STRING_TAG = "tag:yaml.org,2002:str"
 
 
 class ExperimentError(ValueError):
-    """An invalid experiment file (the message names the file and the key)."""
+    """An invalid experiment file (the message names the file, the line and the key)."""
+
+
+@dataclass(frozen=True)
+class DataRole:
+    """One role's dataset: a loader (``unveil data check`` names them), its root and loader options."""
+
+    source: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """A synthetic benchmark generated into OUT/data, binding roles A, B, C and D."""
+
+    preset: str = "paper"
+    scale: float = 1.0
+    image_size: int | None = None  # None: the preset's
+
+
+@dataclass(frozen=True)
+class PretrainingRun:
+    """One pre-trained encoder: the roles it learns from (default: its label) and TrainConfig overrides."""
+
+    data: list[str] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None  # None: the source's default classes
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The training cells (architecture x encoder x composition) and the test sets every cell meets."""
+
+    architectures: list[str]
+    compositions: list[str]
+    tests: list[str]
+    encoders: list[str] = field(default_factory=lambda: ["none"])
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How every cell is scored on every test set (``unveil evaluate``'s options)."""
+
+    resamples: int = 2000
+    threshold_rule: str = "bundle"
+    threshold: float = 0.5
+    target_sensitivity: float = 0.9
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Which cells are audited (by training composition, or ``all``) and on which test sets."""
+
+    compositions: list[str] | Literal["all"] = field(default_factory=list)
+    test_sets: list[str] | None = None  # None: each cell's own training composition
+    masks: str = "segment"
+    resamples: int = 1000
+    saliency_samples: int = 2
+    thresholds: AuditThresholds = field(default_factory=AuditThresholds)
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """The top level of an experiment file."""
+
+    data: dict[str, Any]
+    grid: Grid
+    name: str | None = None
+    description: str = ""
+    seed: int = 0
+    recipes: str | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    pretraining: dict[str, PretrainingRun] = field(default_factory=dict)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    jobs: int = 1
 
 
 @dataclass
@@ -49,17 +142,18 @@ class Experiment:
     name: str
     seed: int
     data: dict[str, DataSpec]
-    synthetic: dict[str, Any] | None
+    synthetic: SyntheticData | None
     preprocess: PreprocessSettings
     training: dict[str, Any]
-    pretraining: dict[str, dict[str, Any]]
+    pretraining: dict[str, PretrainingRun]
     encoders: list[str]
     architectures: list[str]
     compositions: list[str]
     tests: list[str]
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    audit: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     jobs: int = 1
+    recipes: Path | None = None  # custom recipe file; None: the paper's Table 1
     source: Path | None = None
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -75,13 +169,11 @@ class Experiment:
         """(architecture, encoder, composition) of every training cell."""
         return [(a, e, c) for a in self.architectures for e in self.encoders for c in self.compositions]
 
+    def recipe_book(self) -> RecipeBook:
+        return load_recipes(self.recipes)
 
-def _list(value: Any, key: str, origin: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int)) for v in value):
-        raise ExperimentError(f"{origin}: {key} must be a non-empty list of names")
-    return [str(v) for v in value]
+    def pretraining_roles(self, label: str) -> list[str]:
+        return list(self.pretraining[label].data or [label])
 
 
 SHIPPED = ("demo", "paper")
@@ -95,60 +187,240 @@ def experiment_path(name: str | Path) -> Path:
     return path
 
 
+class _Where:
+    """Turns a key path into ``FILE:LINE: key.path: problem`` using the YAML node tree's marks."""
+
+    def __init__(self, origin: str, root: yaml.Node) -> None:
+        self.origin, self.root = origin, root
+
+    def line(self, path: tuple[Any, ...]) -> int:
+        node = self.root
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                match = next((value for key, value in node.value if key.value == str(part)), None)
+                if match is None:
+                    break
+                node = match
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                break
+        return node.start_mark.line + 1
+
+    def error(self, path: tuple[Any, ...], problem: str) -> ExperimentError:
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        return ExperimentError(f"{self.origin}:{self.line(path)}: {key + ': ' if key else ''}{problem}")
+
+
+def _check_keys(node: yaml.Node, path: tuple[Any, ...], where: _Where) -> None:
+    """Every mapping key is a plain string, and appears once (PyYAML silently keeps the last)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key.tag != STRING_TAG:
+                read = yaml.safe_load(key.value) if isinstance(key, yaml.ScalarNode) else key.value
+                kind = "boolean" if isinstance(read, bool) else type(read).__name__
+                raise ExperimentError(
+                    f"{where.origin}:{key.start_mark.line + 1}: {'.'.join(map(str, path)) or 'top level'}: the key "
+                    f"{key.value!r} is read by YAML as the {kind} {read!r}, not as a name (YAML 1.1 reads on, off, "
+                    "yes, no, true, false as booleans and digits as numbers). Use a plain name (the audit's test "
+                    f"sets are `test_sets:`) or quote it ('{key.value}':).")
+            if key.value in seen:
+                place = ".".join(map(str, (*path, key.value)))
+                raise ExperimentError(f"{where.origin}:{key.start_mark.line + 1}: {place}: this key appears twice "
+                                      "in the same mapping (YAML would silently keep the last)")
+            seen.add(key.value)
+            _check_keys(value, (*path, key.value), where)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_keys(item, (*path, index), where)
+
+
+def _typed(kind: Any, value: Any, path: tuple[Any, ...], where: _Where) -> Any:
+    """``value`` checked against the type annotation ``kind`` (strict: no string-to-number, no bool-as-int)."""
+    if kind is Any:
+        return value
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(kind).validate_python(value, strict=True)
+    except ValidationError as error:
+        problems = error.errors()
+        inner = tuple(p for p in problems[0]["loc"] if isinstance(p, int))
+        expected = " or ".join(dict.fromkeys(p["msg"].removeprefix("Input should be ") for p in problems))
+        raise where.error((*path, *inner), f"should be {expected}; got {value!r}") from None
+
+
+def _section(cls: type, value: Any, path: tuple[Any, ...], where: _Where, *,
+             exclude: dict[str, str] | None = None) -> Any:
+    """A mapping checked against dataclass ``cls``: known keys, required keys, typed values (nested)."""
+    exclude = exclude or {}
+    names = [f.name for f in fields(cls) if f.init and f.name not in exclude]
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise where.error(path, f"should be a mapping of {', '.join(names)}; got {value!r}")
+    for key in value:
+        if key in exclude:
+            raise where.error((*path, key), f"not set here: {exclude[key]}")
+        if key not in names:
+            raise where.error((*path, key), f"unknown key; known: {', '.join(names)}")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise where.error(path, f"missing key(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, item in value.items():
+        kind = hints[key]
+        if is_dataclass(kind):
+            values[key] = _section(kind, item, (*path, key), where)
+        elif typing.get_origin(kind) is dict and is_dataclass(typing.get_args(kind)[1]):
+            entries = _typed(dict[str, Any], item if item is not None else {}, (*path, key), where)
+            values[key] = {name: _section(typing.get_args(kind)[1], entry, (*path, key, name), where)
+                           for name, entry in entries.items()}
+        else:
+            values[key] = _typed(kind, item, (*path, key), where)
+    try:
+        return cls(**values)
+    except (ConfigError, ValueError, TypeError) as error:
+        raise where.error(path, str(error)) from None
+
+
+def _choice(value: Any, allowed: tuple[str, ...], path: tuple[Any, ...], where: _Where) -> None:
+    if value not in allowed:
+        raise where.error(path, f"should be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _training(values: dict[str, Any], path: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+    """TrainConfig options: the keys are TrainConfig's fields (less those the experiment sets), typed."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_EXPERIMENT]
+    checked = {}
+    for key, value in values.items():
+        if key in SET_BY_EXPERIMENT:
+            raise where.error((*path, key), f"not set here: it comes from {SET_BY_EXPERIMENT[key]}")
+        if key not in known:
+            raise where.error((*path, key), f"unknown training option; known: {', '.join(known)}")
+        checked[key] = _typed(hints[key], value, (*path, key), where)
+    return checked
+
+
+def _read(path: Path) -> tuple[dict[str, Any], _Where]:
+    """The document and its node tree (for line numbers); keys checked before anything is built."""
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExperimentError(f"{origin}: experiment file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ExperimentError(f"{origin}: unreadable experiment file ({error})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None or not isinstance(root, yaml.MappingNode):
+            raise ExperimentError(f"{origin}: an experiment file is a mapping (name, data, grid, ...)")
+        where = _Where(origin, root)
+        _check_keys(root, (), where)
+        document = loader.construct_document(root)
+    except yaml.YAMLError as error:
+        raise ExperimentError(f"{origin}: not valid YAML ({error})") from None
+    finally:
+        loader.dispose()
+    return document, where
+
+
+def _roles_bound(names: list[str], book: RecipeBook, bound: set[str], path: tuple[Any, ...], where: _Where,
+                 what: str) -> None:
+    for index, name in enumerate(names):
+        if name not in book.recipes:
+            raise where.error((*path, index), f"unknown composition {name!r}; known: {', '.join(book.recipes)}")
+        missing = [role for role in book.recipe(name).roles if role not in bound]
+        if missing:
+            raise where.error((*path, index), f"{what} {name} needs data for role(s) {', '.join(missing)}, which "
+                                              f"data does not bind (bound: {', '.join(sorted(bound)) or 'none'})")
+
+
 def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
     """Read and check an experiment file (or a shipped one by name); ``seed`` overrides the file's."""
     path = experiment_path(path)
-    origin = str(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExperimentError(f"{origin}: experiment file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ExperimentError(f"{origin}: unreadable experiment file ({error})") from None
-    if not isinstance(document, dict):
-        raise ExperimentError(f"{origin}: an experiment file is a mapping (name, data, grid, ...)")
-    unknown = sorted(set(document) - set(TOP_LEVEL))
-    if unknown:
-        raise ExperimentError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TOP_LEVEL)}")
+    document, where = _read(path)
+    top = _section(ExperimentFile, document, (), where)
     base = path.parent
-    data_section = dict(document.get("data") or {})
-    synthetic = data_section.pop("synthetic", None)
+
+    def resolve(text: str) -> str:
+        root = Path(text).expanduser()
+        return str(root if root.is_absolute() else base / root)
+
     data: dict[str, DataSpec] = {}
-    for role, spec in data_section.items():
-        if not isinstance(spec, dict) or "source" not in spec or "path" not in spec:
-            raise ExperimentError(f"{origin}: data.{role} needs source and path")
-        root = Path(str(spec["path"])).expanduser()
-        data[str(role)] = DataSpec(str(spec["source"]), str(root if root.is_absolute() else base / root),
-                                   dict(spec.get("options") or {}))
+    synthetic = None
+    for role, spec in top.data.items():
+        if role == "synthetic":
+            synthetic = _section(SyntheticData, spec, ("data", role), where)
+        else:
+            entry = _section(DataRole, spec, ("data", role), where)
+            data[role] = DataSpec(entry.source, resolve(entry.path), dict(entry.options))
     if synthetic is None and not data:
-        raise ExperimentError(f"{origin}: data needs datasets (A, B, C, D) or a synthetic benchmark")
-    if synthetic is not None and not isinstance(synthetic, dict):
-        raise ExperimentError(f"{origin}: data.synthetic must be a mapping (preset, scale, image_size)")
+        raise where.error(("data",), "needs datasets (A, B, C, D) or a synthetic benchmark")
+    bound = set(data) | (set(SYNTHETIC_ROLES) if synthetic is not None else set())
+
+    preprocess = _section(PreprocessSettings, top.preprocess, ("preprocess",), where,
+                          exclude={name: "computed from the model" for name in COMPUTED_PREPROCESS})
+    _choice(preprocess.equalize, EQUALIZATIONS, ("preprocess", "equalize"), where)
+    _choice(preprocess.mask, MASK_MODES, ("preprocess", "mask"), where)
+    if preprocess.model is not None:
+        preprocess = replace(preprocess, model=resolve(preprocess.model))
+
+    recipes = Path(resolve(top.recipes)) if top.recipes is not None else None
     try:
-        preprocess = PreprocessSettings(**(document.get("preprocess") or {}))
-    except TypeError as error:
-        raise ExperimentError(f"{origin}: preprocess: {error}") from None
-    grid = document.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ExperimentError(f"{origin}: grid must be a mapping")
-    missing = [k for k in ("architectures", "compositions", "tests") if k not in grid]
-    if missing:
-        raise ExperimentError(f"{origin}: grid needs {', '.join(missing)}")
-    encoders = _list(grid.get("encoders", ["none"]), "grid.encoders", origin)
-    pretraining = {str(k): dict(v or {}) for k, v in (document.get("pretraining") or {}).items()}
-    undefined = [e for e in encoders if e != "none" and e not in pretraining]
-    if undefined:
-        raise ExperimentError(f"{origin}: encoder(s) {', '.join(undefined)} have no pretraining entry")
-    for label, spec in pretraining.items():
-        spec["data"] = _list(spec.get("data", [label]), f"pretraining.{label}.data", origin)
+        book = load_recipes(recipes)
+    except RecipeError as error:
+        raise where.error(("recipes",), str(error)) from None
+
+    grid = top.grid
+    for index, encoder in enumerate(grid.encoders):
+        if encoder != "none" and encoder not in top.pretraining:
+            raise where.error(("grid", "encoders", index), f"encoder {encoder} has no pretraining entry "
+                                                           f"(pretraining defines: {', '.join(top.pretraining)})")
+    _roles_bound(grid.compositions, book, bound, ("grid", "compositions"), where, "composition")
+    _roles_bound(grid.tests, book, bound, ("grid", "tests"), where, "test set")
+    training = _training(top.training, ("training",), where)
+    for label, run in top.pretraining.items():
+        roles = run.data or [label]
+        for index, role in enumerate(roles):
+            if role not in bound:
+                key = ("pretraining", label, "data", index) if run.data else ("pretraining", label)
+                raise where.error(key, f"pre-training on role {role}, which data does not bind "
+                                       f"(bound: {', '.join(sorted(bound))})")
+        _training(run.training, ("pretraining", label, "training"), where)
+
+    _choice(top.evaluation.threshold_rule, THRESHOLD_CHOICES, ("evaluation", "threshold_rule"), where)
+    audit = top.audit
+    _choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
+    if audit.compositions != "all":
+        for index, name in enumerate(audit.compositions):
+            if name not in grid.compositions:
+                raise where.error(("audit", "compositions", index), f"{name} is not a training composition of the "
+                                                                    f"grid ({', '.join(grid.compositions)})")
+    _roles_bound(list(audit.test_sets or []), book, bound, ("audit", "test_sets"), where, "audit test set")
+
     experiment = Experiment(
-        name=str(document.get("name", path.stem)), seed=int(seed if seed is not None else document.get("seed", 0)),
-        data=data, synthetic=synthetic, preprocess=preprocess, training=dict(document.get("training") or {}),
-        pretraining=pretraining, encoders=encoders,
-        architectures=_list(grid["architectures"], "grid.architectures", origin),
-        compositions=_list(grid["compositions"], "grid.compositions", origin),
-        tests=_list(grid["tests"], "grid.tests", origin), evaluation=dict(document.get("evaluation") or {}),
-        audit=dict(document.get("audit") or {}), jobs=int(document.get("jobs", 1)), source=path, document=document)
-    for architecture in experiment.architectures:
-        experiment.train_config(architecture)  # fails early on bad training options
+        name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=data, synthetic=synthetic,
+        preprocess=preprocess, training=training, pretraining=dict(top.pretraining), encoders=list(grid.encoders),
+        architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
+        evaluation=top.evaluation, audit=audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
+    for architecture in experiment.architectures:  # fails early on options TrainConfig refuses together
+        try:
+            TrainConfig.from_dict({**training, "architecture": architecture, "seed": experiment.seed,
+                                   "image_size": preprocess.size})
+        except (ConfigError, TypeError) as error:
+            raise where.error(("training",), str(error)) from None
+        for label, run in top.pretraining.items():
+            try:
+                TrainConfig.from_dict({**training, **run.training, "architecture": architecture,
+                                       "seed": experiment.seed, "image_size": preprocess.size})
+            except (ConfigError, TypeError) as error:
+                raise where.error(("pretraining", label, "training"), str(error)) from None
     return experiment

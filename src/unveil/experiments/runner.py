@@ -29,15 +29,12 @@ from typing import Any
 
 import pandas as pd
 
-from unveil.experiments.config import Experiment, ExperimentError
+from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
 from unveil.experiments.store import ResultsStore
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
-
-SYNTHETIC_ROLES = ("A", "B", "C", "D")
-
 
 def _say(progress: Callable[[str], None] | None, message: str) -> None:
     log.info("%s", message)
@@ -54,14 +51,11 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
     from unveil.synth.config import load_config
     from unveil.synth.generate import dataset_roots, generate
 
-    spec = dict(experiment.synthetic)
-    preset, scale = str(spec.pop("preset", "paper")), float(spec.pop("scale", 1.0))
-    size = spec.pop("image_size", None)
-    if spec:
-        raise ExperimentError(f"{experiment.source}: data.synthetic has unknown key(s) {', '.join(sorted(spec))}")
+    synthetic = experiment.synthetic
+    preset, scale = synthetic.preset, synthetic.scale
     config = load_config(preset)
-    if size is not None:
-        config = replace(config, image_size=int(size))
+    if synthetic.image_size is not None:
+        config = replace(config, image_size=synthetic.image_size)
     folder = out / "data"
     meta = folder / "synth.meta.json"
     wanted = {"seed": experiment.seed, "scale": scale, "image_size": config.image_size}
@@ -98,9 +92,9 @@ def _pretrain_job(args: tuple) -> dict[str, Any]:
 def _train_job(args: tuple) -> dict[str, Any]:
     from unveil.training import train
 
-    composition, bindings, run_dir, config, preprocess, cache, encoder, workers = args
+    composition, bindings, run_dir, config, preprocess, cache, encoder, workers, recipes = args
     result = train(composition, bindings, run_dir, config=config, preprocess=preprocess, encoder=encoder,
-                   cache=cache, workers=workers)
+                   cache=cache, workers=workers, recipes=recipes)
     return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
             "val_auc": result.best_metrics.get("val_auc")}
 
@@ -126,8 +120,7 @@ def _run_jobs(function: Callable[[tuple], dict[str, Any]], jobs: list[tuple[str,
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
               report: bool = True, progress: Callable[[str], None] | None = None) -> Path:
     """Run (or continue) every step of ``experiment`` into ``out``; return the results store path."""
-    from unveil.audit import AuditThresholds, audit
-    from unveil.data.compose import load_recipes
+    from unveil.audit import audit
     from unveil.evaluation.evaluate import evaluate_models
     from unveil.evaluation.tables import plot_roc_curves, write_tables
 
@@ -144,9 +137,9 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     # 1. Data.
     _say(progress, "[1/6] data")
     data = resolve_data(experiment, out, workers, progress)
-    recipes = load_recipes()
+    recipes = experiment.recipe_book()
     needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
-    needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining[e]["data"]})
+    needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
     missing = [role for role in needed if role not in data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
@@ -166,9 +159,9 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
             encoders[(label, architecture)] = str(run_dir / "model")
             if (run_dir / "done.json").is_file():
                 continue
-            config = experiment.train_config(architecture, {**spec.get("training", {})})
-            specs = [data[role] for role in spec["data"]]
-            classes = tuple(spec["classes"]) if spec.get("classes") else None
+            config = experiment.train_config(architecture, spec.training)
+            specs = [data[role] for role in experiment.pretraining_roles(label)]
+            classes = tuple(spec.classes) if spec.classes else None
             pending.append((f"pretrain {label}-{architecture}",
                             (specs, run_dir, config, experiment.preprocess, cache, classes, workers)))
     _run_jobs(_pretrain_job, pending, parallel, progress, lambda name, result: write_text_atomic(
@@ -187,7 +180,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
             continue
         bindings = {role: data[role] for role in recipes.recipe(composition).roles}
         pending.append((identifier, (composition, bindings, run_dir, experiment.train_config(architecture),
-                                     experiment.preprocess, cache, encoders.get((encoder, architecture)), workers)))
+                                     experiment.preprocess, cache, encoders.get((encoder, architecture)), workers,
+                                     experiment.recipes)))
     def record_cell(identifier: str, result: dict[str, Any]) -> None:
         architecture, encoder, composition, run_dir = cells[identifier]
         store.put_cell({"cell_id": identifier, "architecture": architecture, "encoder": encoder,
@@ -207,10 +201,9 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         if not tests:
             continue
         run = evaluate_models([run_dir / "model"], tests, data=data, cache=cache,
-                              threshold_rule=str(options.get("threshold_rule", "bundle")),
-                              threshold=float(options.get("threshold", 0.5)),
-                              target_sensitivity=float(options.get("target_sensitivity", 0.9)),
-                              resamples=int(options.get("resamples", 2000)), seed=experiment.seed, workers=workers)
+                              threshold_rule=options.threshold_rule, threshold=options.threshold,
+                              target_sensitivity=options.target_sensitivity, resamples=options.resamples,
+                              seed=experiment.seed, workers=workers, recipes=experiment.recipes)
         rows = run.rows.assign(model=identifier)
         store.put_results(identifier, rows, {"bundle": str(run_dir / "model"), "skipped": run.skipped})
         folder = out / "evaluation"
@@ -229,18 +222,18 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     # 5. Audit.
     _say(progress, "[5/6] auditing")
     audit_options = experiment.audit
-    audited_compositions = audit_options.get("compositions", [])
+    audited_compositions = audit_options.compositions
     if audited_compositions == "all":
         audited_compositions = experiment.compositions
-    thresholds = AuditThresholds(**(audit_options.get("thresholds") or {}))
     for identifier, (_, _, composition, run_dir) in cells.items():
         folder = out / "audit" / identifier
         if composition not in audited_compositions or (folder / "audit.json").is_file():
             continue
-        result = audit(run_dir / "model", list(audit_options.get("on", [composition])), folder, data=data,
-                       masks=str(audit_options.get("masks", "segment")), cache=cache, thresholds=thresholds,
-                       seed=experiment.seed, resamples=int(audit_options.get("resamples", 1000)),
-                       saliency_samples=int(audit_options.get("saliency_samples", 2)), workers=workers)
+        result = audit(run_dir / "model", list(audit_options.test_sets or [composition]), folder, data=data,
+                       masks=audit_options.masks, cache=cache, thresholds=audit_options.thresholds,
+                       seed=experiment.seed, resamples=audit_options.resamples,
+                       saliency_samples=audit_options.saliency_samples, workers=workers,
+                       recipes=experiment.recipes)
         store.put_audit(identifier, result.verdicts)
         for kind in ("tsne_by_source", "tsne_by_label"):
             if kind in result.files:
