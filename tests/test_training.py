@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -188,6 +189,40 @@ def test_checkpoint_from_another_configuration_or_corrupt_is_refused(tmp_path):
         _fit(tmp_path / "run", replace(TINY, epochs=1))
     result, _ = _fit(tmp_path / "run", replace(TINY, epochs=1), resume=False)
     assert result.resumed_from_epoch == 0
+
+
+def test_a_finished_run_extends_to_more_epochs_as_if_trained_that_long(tmp_path):
+    reference, _ = _fit(tmp_path / "four", replace(TINY, epochs=4))
+    _fit(tmp_path / "run", replace(TINY, epochs=2))
+    extended, _ = _fit(tmp_path / "run", replace(TINY, epochs=4))  # the plateau schedule continues
+    assert extended.resumed_from_epoch == 2 and [h["epoch"] for h in extended.history] == [1, 2, 3, 4]
+    assert extended.best_epoch == reference.best_epoch  # chosen over all four epochs
+    for name, tensor in reference.best_state.items():
+        assert torch.equal(tensor, extended.best_state[name]), name
+    lines = (tmp_path / "run" / METRICS_LOG).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match=r"4 epoch\(s\) already trained, more than the 3 asked for"):
+        _fit(tmp_path / "run", replace(TINY, epochs=3))
+    again, _ = _fit(tmp_path / "run", replace(TINY, epochs=4))  # same epochs: nothing to train
+    assert again.resumed_from_epoch == 4 and again.best_epoch == reference.best_epoch
+    _fit(tmp_path / "cosine", replace(TINY, epochs=1, scheduler="cosine"))
+    with pytest.raises(CheckpointError, match="cosine schedule spans the 1 planned epoch"):
+        _fit(tmp_path / "cosine", replace(TINY, epochs=2, scheduler="cosine"))
+    with pytest.raises(CheckpointError, match=r"different configuration \(lr 0.01 -> 0.5\)"):
+        _fit(tmp_path / "run", replace(TINY, epochs=5, lr=0.5))
+
+
+def test_every_epoch_logs_one_line_with_validation_figures(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="unveil.progress")
+    result, _ = _fit(tmp_path / "run", replace(TINY, epochs=2))
+    lines = [r.getMessage() for r in caplog.records if r.name == "unveil.progress"]
+    assert len(lines) == 2 and lines[0].startswith("run epoch 1/2: train loss ")
+    assert f"val AUC {result.history[1]['val_auc']:.3f}" in lines[1] and "val BA " in lines[1]
+    caplog.clear()
+    _fit(tmp_path / "run", replace(TINY, epochs=3))
+    lines = [r.getMessage() for r in caplog.records if r.name == "unveil.progress"]
+    assert lines[0] == "run: resuming after epoch 2 of 3 (extended from 2 to 3 epochs)"
+    assert lines[1].startswith("run epoch 3/3: ")
 
 
 # --- bundles -----------------------------------------------------------------------------------

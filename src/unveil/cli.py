@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,8 +45,9 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 def main_callback(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from unveil.progress import configure_logging
+
+    configure_logging(verbose)
 
 
 @app.command()

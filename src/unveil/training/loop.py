@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from unveil.progress import bar as progress_bar
+from unveil.progress import duration, progress_log
 from unveil.training.config import TrainConfig
 from unveil.training.data import ImageSet, apply_affine, random_rigid_affine, to_model_input
 
@@ -194,6 +196,15 @@ def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selec
     return candidate["val_loss"] < best["val_loss"]
 
 
+def epoch_line(run: str, record: dict[str, Any], epochs: int) -> str:
+    """One finished epoch in one line: ``run epoch 3/15: train loss .., val loss .., AUC .., BA .., lr .., 12 s``."""
+    best = " (best so far)" if record["best_epoch"] == record["epoch"] else ""
+    return (f"{run} epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, "
+            f"val loss {record['val_loss']:.4f}, val AUC {record['val_auc']:.3f}, "
+            f"val BA {record['val_balanced_accuracy']:.3f}, lr {record['lr']:.2g}, "
+            f"{duration(record['train_seconds'])}{best}")
+
+
 def _save_checkpoint(path: Path, document: dict[str, Any]) -> None:
     """Atomic: a kill during the write leaves the previous checkpoint intact."""
     temporary = path.with_name(path.name + ".tmp")
@@ -208,6 +219,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable unveil checkpoint ({type(error).__name__}: {error})") from None
 
 
+def check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A checkpoint continues only the same configuration, except ``epochs``: more extends the run
+    (the optimizer and LR schedule continue where they stopped, and the best epoch is chosen over
+    all epochs), fewer than already trained is refused. A cosine schedule spans the planned epochs,
+    so with it ``epochs`` cannot change."""
+    saved = dict(state.get("config") or {})
+    wanted = config.to_dict()
+    keys = dict.fromkeys([*saved, *wanted])
+    differing = [key for key in keys if key != "epochs" and saved.get(key) != wanted.get(key)]
+    if differing:
+        changes = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing)
+        raise CheckpointError(f"{path}: written by a run with a different configuration ({changes}); "
+                              "use a new run directory (or --no-resume to start over)")
+    done, planned = int(state["epoch"]), int(saved.get("epochs", config.epochs))
+    if config.epochs < done:
+        raise CheckpointError(f"{path}: {done} epoch(s) already trained, more than the {config.epochs} asked for; "
+                              f"ask for at least {done} (more extends the run), or use a new run directory "
+                              "(or --no-resume to start over)")
+    if config.epochs != planned and config.scheduler == "cosine":
+        raise CheckpointError(f"{path}: the cosine schedule spans the {planned} planned epoch(s), so epochs cannot "
+                              f"change to {config.epochs}; use a new run directory (or --no-resume)")
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -219,8 +253,6 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
 
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt a run).
     """
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
     rank, world_size = world()
     device = resolve_device(config.device)
@@ -242,16 +274,18 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     checkpoint_path = run_dir / CHECKPOINT
     if resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        if state.get("config") != config.to_dict():
-            raise CheckpointError(f"{checkpoint_path}: written by a run with a different configuration; "
-                                  "use a new run directory (or --no-resume to start over)")
+        check_resumable(state, config, checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         history, best, best_state = list(state["history"]), state["best"], state["best_state"]
         start_epoch = int(state["epoch"])
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
+        if rank == 0:
+            planned = int(state["config"]["epochs"])
+            extended = f" (extended from {planned} to {config.epochs} epochs)" if planned != config.epochs else ""
+            progress_log.info("%s: resuming after epoch %d of %d%s", run_dir.name, start_epoch, config.epochs,
+                              extended)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
@@ -273,8 +307,8 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
             batches = batches[:-1]  # a last batch too small to share (or for batch norm) is dropped
         network.train()
         total_loss, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=not progress or rank != 0)
+        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                           enabled=progress and rank == 0)
         for step, batch_indices in enumerate(bar):
             theta = random_rigid_affine(len(batch_indices), generator, config.rotation_degrees, config.translate,
                                         config.hflip)
@@ -327,8 +361,7 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
                 "history": history, "best": best, "best_state": best_state})
             with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as stream:
                 stream.write(json.dumps(record) + "\n")
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f", epoch + 1, record["train_loss"],
-                     val_loss, record["val_auc"])
+            progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
         if world_size > 1:
             dist.barrier()
 
