@@ -780,12 +780,13 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
     from unveil.experiments import ExperimentError, load_experiment, reproduce
     from unveil.models import ModelError
     from unveil.preprocess.cache import PreprocessError
+    from unveil.progress import progress_log
     from unveil.training import BundleError, CheckpointError, TrainingDataError
 
     started = time.perf_counter()
 
-    def say(message: str) -> None:
-        typer.echo(f"[{time.perf_counter() - started:6.0f} s] {message}")
+    def say(message: str) -> None:  # stage and cell lines: stderr, always
+        progress_log.info("[%6.0f s] %s", time.perf_counter() - started, message)
 
     try:
         experiment = load_experiment(experiment_file, seed=seed)
@@ -793,7 +794,8 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
     except (ExperimentError, RecipeError, DatasetLayoutError, TrainingDataError, EvaluationError, AuditError,
             BundleError, CheckpointError, ModelError, PreprocessError) as error:
         _fail(str(error))
-    say(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
+    say("done")
+    typer.echo(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
 
 
 @app.command("reproduce")

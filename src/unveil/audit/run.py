@@ -31,6 +31,7 @@ from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction, save_ove
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
 from unveil.preprocess.cache import preprocess_records
+from unveil.progress import bar as progress_bar
 from unveil.provenance import write_run_metadata, write_text_atomic
 from unveil.training.bundle import load_bundle
 from unveil.training.loop import probabilities_from_features
@@ -164,6 +165,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     verdicts: list[Verdict] = []
 
     # 1. Feature map.
+    stages = progress_bar(total=4, desc="audit", unit="test", enabled=progress)
+    stages.set_postfix_str("t-SNE")
     features = encoder_features(bundle, images.images)
     try:
         points = tsne_map(features, seed=seed)
@@ -176,6 +179,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         figures["tsne_note"] = str(error)
 
     # 2. Probes: the label (reference), then source pairs within each class.
+    stages.update()
+    stages.set_postfix_str("probes")
     probes = []
     try:
         label_probe = linear_probe(features, is_positive, groups, name="label", negative="COVID-",
@@ -205,6 +210,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     figures["probes"] = probes
 
     # 3. Lung occlusion: hide the (slightly grown) lung fields behind the training mean.
+    stages.update()
+    stages.set_postfix_str("lung occlusion")
     fill = int(round(bundle.normalization[0] * 255))
     hidden = occlusion_masks(lungs, dilation=max(1, bundle.image_size // 64))
     original = probabilities_from_features(bundle.model, features)[:, positive]  # no second encoder pass
@@ -228,6 +235,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         figures["occlusion_note"] = "one class only among the audited images: no AUC"
 
     # 4. Saliency.
+    stages.update()
+    stages.set_postfix_str("Grad-CAM")
     maps = gradcam_maps(bundle, images.images, positive)
     inside = lung_saliency_fraction(maps, lungs)
     area = lungs.reshape(len(lungs), -1).mean(1)
@@ -258,6 +267,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
             overlays.append(str(save_overlay(images.images[index, 0].numpy(), maps[index], lungs[index], title,
                                              overlay_dir / name)))
     files["saliency_overlays"] = overlays  # type: ignore[assignment]
+    stages.update()
+    stages.close()
 
     per_image = kept[["record_id", "source", "patient_id", "test_set"]].assign(
         label=labels, score=original, score_lungs_hidden=occluded, lung_saliency=inside,

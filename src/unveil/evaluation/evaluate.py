@@ -21,6 +21,7 @@ from unveil.data.compose import compose, load_recipes
 from unveil.data.records import patient_keys
 from unveil.evaluation.metrics import choose_threshold, evaluate_scores
 from unveil.preprocess.cache import preprocess_records
+from unveil.progress import bar as progress_bar
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.data import ImageSet, load_image_set
 from unveil.training.run import DataSpec
@@ -190,6 +191,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
         raise EvaluationError("give at least one model and one test set")
     rows, predictions, skipped = [], [], []
     built: dict[tuple, TestSet] = {}
+    steps = progress_bar(total=len(models) * len(test_sets), desc="evaluate", unit="test", enabled=progress)
     for model_path in models:
         bundle = load_bundle(model_path)
         identity = model_identity(bundle)
@@ -211,4 +213,6 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
             predictions.append(scored.assign(model=identity["model"], test_set=name, threshold=chosen))
             log.info("%s on %s: balanced accuracy %.3f", identity["model"], name,
                      result.metrics["balanced_accuracy"].value)
+            steps.update()
+    steps.close()
     return EvaluationRun(pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), skipped)

@@ -31,15 +31,18 @@ import pandas as pd
 
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
 from unveil.experiments.store import ResultsStore
+from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
 
 def _say(progress: Callable[[str], None] | None, message: str) -> None:
-    log.info("%s", message)
+    """A step line: through ``progress`` when given (the CLI adds the elapsed time), else ``unveil.progress``."""
     if progress is not None:
         progress(message)
+    else:
+        progress_log.info("%s", message)
 
 
 def resolve_data(experiment: Experiment, out: Path, workers: int,
@@ -83,38 +86,52 @@ def _set_threads(threads: int) -> None:
 def _pretrain_job(args: tuple) -> dict[str, Any]:
     from unveil.training import pretrain
 
-    specs, run_dir, config, preprocess, cache, classes, workers = args
+    specs, run_dir, config, preprocess, cache, classes, workers, bars = args
     result = pretrain(specs, run_dir, config=config, preprocess=preprocess, cache=cache, classes=classes,
-                      workers=workers)
+                      workers=workers, progress=bars)
     return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch}
 
 
 def _train_job(args: tuple) -> dict[str, Any]:
     from unveil.training import train
 
-    composition, bindings, run_dir, config, preprocess, cache, encoder, workers, recipes = args
+    composition, bindings, run_dir, config, preprocess, cache, encoder, workers, recipes, bars = args
     result = train(composition, bindings, run_dir, config=config, preprocess=preprocess, encoder=encoder,
-                   cache=cache, workers=workers, recipes=recipes)
+                   cache=cache, workers=workers, recipes=recipes, progress=bars)
     return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
             "val_auc": result.best_metrics.get("val_auc")}
 
 
 def _run_jobs(function: Callable[[tuple], dict[str, Any]], jobs: list[tuple[str, tuple]], parallel: int,
               progress: Callable[[str], None] | None,
-              on_done: Callable[[str, dict[str, Any]], None]) -> None:
+              on_done: Callable[[str, dict[str, Any]], None], what: str = "cell") -> None:
     """Run ``function`` on every job (name, args), in ``parallel`` processes when > 1; ``on_done`` records
-    each result as soon as it exists, so a run killed later keeps what is finished."""
+    each result as soon as it exists, so a run killed later keeps what is finished. One line per job
+    (``cell 3/8 conv8-B-AB``) with the time it took and an ETA for the rest (mean time per finished job)."""
+    started, total = time.perf_counter(), len(jobs)
+
+    def eta(finished: int) -> str:
+        if not finished or finished == total:
+            return ""
+        left = (time.perf_counter() - started) / finished * (total - finished)
+        return f"; ETA {duration(left)} for the {total - finished} left"
+
     if parallel <= 1 or len(jobs) <= 1:
-        for name, args in jobs:
-            _say(progress, f"  {name} ...")
+        for index, (name, args) in enumerate(jobs):
+            _say(progress, f"  {what} {index + 1}/{total} {name} ...")
+            job_started = time.perf_counter()
             on_done(name, function(args))
+            _say(progress, f"  {what} {index + 1}/{total} {name} done in "
+                           f"{duration(time.perf_counter() - job_started)}{eta(index + 1)}")
         return
     threads = max(1, (os.cpu_count() or 2) // parallel)
+    _say(progress, f"  {total} {what}s, {parallel} at a time: {', '.join(name for name, _ in jobs)}")
     with ProcessPoolExecutor(max_workers=parallel, initializer=_set_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(function, args): name for name, args in jobs}
-        for future in as_completed(futures):
+        for finished, future in enumerate(as_completed(futures), start=1):
             on_done(futures[future], future.result())
-            _say(progress, f"  {futures[future]} done")
+            _say(progress, f"  {what} {finished}/{total} {futures[future]} done after "
+                           f"{duration(time.perf_counter() - started)}{eta(finished)}")
 
 
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
@@ -128,6 +145,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parallel = jobs if jobs is not None else experiment.jobs
+    bars = parallel <= 1  # progress bars (on a terminal) unless processes would draw over each other
     cache = out / "cache"
     write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
     store = ResultsStore(out / "results.sqlite")
@@ -162,10 +180,10 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
             config = experiment.train_config(architecture, spec.training)
             specs = [data[role] for role in experiment.pretraining_roles(label)]
             classes = tuple(spec.classes) if spec.classes else None
-            pending.append((f"pretrain {label}-{architecture}",
-                            (specs, run_dir, config, experiment.preprocess, cache, classes, workers)))
+            pending.append((f"{label}-{architecture}",
+                            (specs, run_dir, config, experiment.preprocess, cache, classes, workers, bars)))
     _run_jobs(_pretrain_job, pending, parallel, progress, lambda name, result: write_text_atomic(
-        Path(result["bundle"]).parent / "done.json", json.dumps(result) + "\n"))
+        Path(result["bundle"]).parent / "done.json", json.dumps(result) + "\n"), what="encoder")
 
     # 3. Training cells.
     _say(progress, "[3/6] training cells")
@@ -181,7 +199,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         bindings = {role: data[role] for role in recipes.recipe(composition).roles}
         pending.append((identifier, (composition, bindings, run_dir, experiment.train_config(architecture),
                                      experiment.preprocess, cache, encoders.get((encoder, architecture)), workers,
-                                     experiment.recipes)))
+                                     experiment.recipes, bars)))
     def record_cell(identifier: str, result: dict[str, Any]) -> None:
         architecture, encoder, composition, run_dir = cells[identifier]
         store.put_cell({"cell_id": identifier, "architecture": architecture, "encoder": encoder,
@@ -196,14 +214,14 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     _say(progress, "[4/6] evaluating every cell on every test set")
     evaluated = store.evaluated()
     options = experiment.evaluation
-    for identifier, (_, _, _, run_dir) in cells.items():
+    for number, (identifier, (_, _, _, run_dir)) in enumerate(cells.items(), start=1):
         tests = [t for t in experiment.tests if (identifier, t) not in evaluated]
         if not tests:
             continue
         run = evaluate_models([run_dir / "model"], tests, data=data, cache=cache,
                               threshold_rule=options.threshold_rule, threshold=options.threshold,
                               target_sensitivity=options.target_sensitivity, resamples=options.resamples,
-                              seed=experiment.seed, workers=workers, recipes=experiment.recipes)
+                              seed=experiment.seed, workers=workers, recipes=experiment.recipes, progress=True)
         rows = run.rows.assign(model=identifier)
         store.put_results(identifier, rows, {"bundle": str(run_dir / "model"), "skipped": run.skipped})
         folder = out / "evaluation"
@@ -217,7 +235,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         for figure in plot_roc_curves(predictions, folder, formats=("png",)):
             store.put_file("roc", identifier, "ROC", figure)
         summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"]))
-        _say(progress, f"  {identifier}: balanced accuracy {summary}")
+        _say(progress, f"  cell {number}/{len(cells)} {identifier}: balanced accuracy {summary}")
 
     # 5. Audit.
     _say(progress, "[5/6] auditing")
@@ -225,15 +243,19 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     audited_compositions = audit_options.compositions
     if audited_compositions == "all":
         audited_compositions = experiment.compositions
-    for identifier, (_, _, composition, run_dir) in cells.items():
+    audit_sets = audit_options.test_sets
+    audited = [i for i, (_, _, composition, _) in cells.items() if composition in audited_compositions]
+    for number, identifier in enumerate(audited, start=1):
+        _, _, composition, run_dir = cells[identifier]
         folder = out / "audit" / identifier
-        if composition not in audited_compositions or (folder / "audit.json").is_file():
+        if (folder / "audit.json").is_file():
             continue
-        result = audit(run_dir / "model", list(audit_options.test_sets or [composition]), folder, data=data,
+        _say(progress, f"  audit {number}/{len(audited)} {identifier} on {', '.join(audit_sets or [composition])} ...")
+        result = audit(run_dir / "model", list(audit_sets or [composition]), folder, data=data,
                        masks=audit_options.masks, cache=cache, thresholds=audit_options.thresholds,
                        seed=experiment.seed, resamples=audit_options.resamples,
                        saliency_samples=audit_options.saliency_samples, workers=workers,
-                       recipes=experiment.recipes)
+                       recipes=experiment.recipes, progress=True)
         store.put_audit(identifier, result.verdicts)
         for kind in ("tsne_by_source", "tsne_by_label"):
             if kind in result.files:
@@ -241,7 +263,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         for index, overlay in enumerate(result.files.get("saliency_overlays", [])):
             store.put_file("saliency", identifier, f"{index}:{Path(overlay).stem}", overlay)
         flags = ", ".join(f"{v.test} ({v.subject})" for v in result.flagged) or "none"
-        _say(progress, f"  {identifier}: flags: {flags}")
+        _say(progress, f"  audit {number}/{len(audited)} {identifier}: flags: {flags}")
 
     # 6. Tables and report.
     _say(progress, "[6/6] tables and report")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
@@ -33,7 +35,9 @@ def hausdorff95(prediction: np.ndarray, truth: np.ndarray, *, size: int = 256) -
     shape = (max(1, round(size * height / width)), size)
     p = torch.from_numpy(resize_mask(prediction, shape))[None, None]
     t = torch.from_numpy(resize_mask(truth, shape))[None, None]
-    return float(compute_hausdorff_distance(p, t, percentile=95.0).item())
+    with warnings.catch_warnings():  # MONAI 1.5 calls its own deprecated get_mask_edges(always_return_as_numpy=)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        return float(compute_hausdorff_distance(p, t, percentile=95.0).item())
 
 
 def mask_figures(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -29,6 +29,8 @@ from unveil.data.records import concat_records
 from unveil.data.sources import load_source
 from unveil.data.splits import patient_exclusive_split
 from unveil.io import ImageReadError, read_image
+from unveil.progress import bar as progress_bar
+from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions
 from unveil.segmentation.infer import LungSegmenter, prepare_input, to_tensor
 from unveil.segmentation.metrics import mask_figures
@@ -84,7 +86,7 @@ def assign_parts(records: pd.DataFrame, *, seed: int, test_fraction: float, val_
 def load_arrays(records: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Prepared images and masks at ``size``, the source of each, and the skipped pairs (named)."""
     images, masks, problems, sources = [], [], [], []
-    for row in records.itertuples():
+    for row in progress_bar(records.itertuples(), total=len(records), desc="load", unit="img", leave=False):
         try:
             image = read_image(row.path).pixels
             mask = read_mask(row.mask_path)
@@ -175,7 +177,7 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
     if train_groups is not None and config.balance_sources and len(set(train_groups)) > 1:
         groups = pd.Series(list(train_groups))
         weights = torch.tensor((1.0 / groups.map(groups.value_counts())).to_numpy(), dtype=torch.float64)
-    for epoch in range(1, config.epochs + 1):
+    for epoch in progress_bar(range(1, config.epochs + 1), desc="lungs train", unit="epoch"):
         network.train()
         if weights is None:
             order = torch.randperm(len(images), generator=generator)[:draws]
@@ -203,7 +205,9 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
                 best, best_state = score, {k: v.detach().clone() for k, v in network.state_dict().items()}
         if history is not None:
             history(row)
-        log.info("epoch %s", row)
+        validation = f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else ""
+        progress_log.info("lungs epoch %d/%d: loss %.4f%s, %s%s", epoch, config.epochs, row["loss"], validation,
+                          duration(row["seconds"]), " (best so far)" if row.get("val_dice") == round(best, 5) else "")
     if best_state is not None:
         network.load_state_dict(best_state)
     return network.eval()
@@ -213,7 +217,7 @@ def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
     """Per-image Dice, IoU and HD95 at each image's own resolution, after post-processing, each
     against the model output in its source's annotation convention."""
     rows = []
-    for row in records.itertuples():
+    for row in progress_bar(records.itertuples(), total=len(records), desc="lungs evaluate", unit="img", leave=False):
         image = read_image(row.path).pixels
         truth = read_mask(row.mask_path)
         predicted = segmenter.segment(image, convention=convention_of(row.source))
