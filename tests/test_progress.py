@@ -1,0 +1,64 @@
+"""Feedback on long work: step lines on stderr, per-cell ETA, quiet bars off a terminal, no dependency warnings."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from unveil.experiments.runner import _run_jobs
+from unveil.progress import bar, configure_logging, duration, progress_log
+
+
+@pytest.fixture
+def cli_logging():
+    """The CLI's logging set-up, undone afterwards (handlers are process-wide)."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, list(progress_log.handlers), progress_log.level)
+    configure_logging(verbose=False)
+    yield
+    root.handlers[:], _, progress_log.handlers[:], _ = saved
+    root.setLevel(saved[1])
+    progress_log.setLevel(saved[3])
+
+
+def test_step_lines_reach_stderr_bare_and_once(cli_logging, capsys):
+    progress_log.info("cell %d/%d %s", 1, 2, "conv8-B-AB")
+    logging.getLogger("unveil.training.loop").info("an info line, hidden without --verbose")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "cell 1/2 conv8-B-AB\n"
+
+
+def test_bars_stay_quiet_off_a_terminal(capsys):
+    for _ in bar(range(3), desc="work"):
+        pass
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+
+
+def test_run_jobs_numbers_every_cell_and_gives_an_eta():
+    messages: list[str] = []
+    done: list[str] = []
+    _run_jobs(lambda args: {"value": args[0]}, [("conv8-none-AB", (1,)), ("conv8-B-AB", (2,)), ("conv8-B-AC", (3,))],
+              1, messages.append, lambda name, result: done.append(name))
+    assert done == ["conv8-none-AB", "conv8-B-AB", "conv8-B-AC"]
+    assert messages[0] == "  cell 1/3 conv8-none-AB ..."
+    assert re.fullmatch(r"  cell 1/3 conv8-none-AB done in \d+ s; ETA \d+ s for the 2 left", messages[1])
+    assert re.fullmatch(r"  cell 3/3 conv8-B-AC done in \d+ s", messages[-1])
+
+
+@pytest.mark.parametrize("seconds, text", [(42.4, "42 s"), (210, "3.5 min"), (4 * 3600, "4.0 h")])
+def test_durations_read_like_a_person_would_say_them(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_hd95_raises_no_monai_deprecation_warning():
+    from unveil.segmentation.metrics import hausdorff95
+
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hausdorff95(mask, np.roll(mask, 2, axis=1)) == pytest.approx(16.0, abs=1.0)
