@@ -77,6 +77,7 @@ def test_shipped_experiments_load():
     ({"pretraining": {"B": {"data": ["B"], "training": {"lr": "fast"}}}}, "pretraining.B.training.lr: should be"),
     ({"pretraining": {"B": {"data": ["B"], "epochs": 3}}}, "pretraining.B.epochs: unknown key; known: data, training"),
     ({"jobs": 1.5}, "jobs: should be a valid integer"),
+    ({"jobs": 0}, "jobs: should be at least 1; got 0"),
     ({"recipes": "nowhere.yaml"}, r"recipes: \S*nowhere.yaml: cannot read recipe file"),
 ])
 def test_experiment_errors_name_the_file_line_and_key(tmp_path, change, message):

@@ -396,6 +396,8 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
                                        f"(bound: {', '.join(sorted(bound))})")
         _training(run.training, ("pretraining", label, "training"), where)
 
+    if top.jobs < 1:
+        raise where.error(("jobs",), f"should be at least 1; got {top.jobs}")
     _choice(top.evaluation.threshold_rule, THRESHOLD_CHOICES, ("evaluation", "threshold_rule"), where)
     audit = top.audit
     _choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
