@@ -246,5 +246,10 @@ def test_cli_reproduce_and_results_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["reproduce", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "experiment file not found" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXPERIMENT_TEXT.replace("[A, AB, AC]", "[A, AB]").replace("test_sets:", "on:"))
+    result = runner.invoke(app, ["reproduce", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and f"error: {bad}:11: audit: the key 'on' is read by YAML as the boolean" in \
+        result.output and not (tmp_path / "o").exists()
     result = runner.invoke(app, ["results", str(tmp_path), "--csv", str(tmp_path / "csv")])
     assert result.exit_code == 2 and "no results.sqlite" in result.output

@@ -43,7 +43,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 @app.callback()
 def main_callback(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log details (INFO) to stderr.")] = False,
 ) -> None:
     from unveil.progress import configure_logging
 
