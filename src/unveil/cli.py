@@ -12,13 +12,16 @@ import typer
 
 from unveil import __version__
 
+# Help is Click's plain formatter (rich_markup_mode=None): it wraps help text to the terminal and never
+# cuts an option name, where rich's tables ellipsize long names at 80 columns.
+HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
 app = typer.Typer(help="unveil: chest X-ray classifiers that are honest about small, biased data.",
-                  no_args_is_help=True, add_completion=False)
-data_app = typer.Typer(help="Load, check, split and compose datasets.", no_args_is_help=True)
+                  add_completion=False, **HELP_STYLE)
+data_app = typer.Typer(help="Load, check, split and compose datasets.", **HELP_STYLE)
 app.add_typer(data_app, name="data")
-lungs_app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", no_args_is_help=True)
+lungs_app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", **HELP_STYLE)
 app.add_typer(lungs_app, name="lungs")
-synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", no_args_is_help=True)
+synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", **HELP_STYLE)
 app.add_typer(synth_app, name="synth")
 
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
