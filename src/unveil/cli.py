@@ -802,15 +802,27 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 @app.command("reproduce")
 def reproduce_command(
     experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
-    out: Annotated[Path, typer.Option(help="Output folder (a rerun continues where it stopped).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
     jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
     = None,
     workers: WorkersOption = 2,
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the experiment file's).")]
     = None,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
 ) -> None:
     """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report."""
+    if show:
+        from unveil.experiments import experiment_path
+
+        path = experiment_path(experiment)
+        if not path.is_file():
+            _fail(f"{experiment}: no such experiment file (shipped: demo, paper)")
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    if out is None:
+        _fail("reproduce needs --out FOLDER (or --show to print the experiment file)")
     _reproduce(experiment, out, jobs, workers, seed, report)
 
 
