@@ -53,11 +53,11 @@ SHELL = {"bash", "sh", "shell", "console"}
 # (pattern, replacement, why): the tiny stand-ins. {data} is the synthetic benchmark generated once
 # per session (`unveil synth generate --preset paper --scale 0.1 --size 64`: A-D in the real layouts).
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
-    (r"/data/corda\b", "{data}/A", "CORDA (role A): the synthetic hospital set, hospital-csv layout"),
-    (r"/data/chest_xray\b", "{data}/B", "ChestXRay (role B): synthetic, Kermany folders"),
-    (r"/data/rsna\b", "{data}/C", "RSNA (role C): synthetic, RSNA CSV + DICOM"),
-    (r"/data/cohen\b", "{data}/D", "COVID-ChestXRay (role D): synthetic, metadata.csv layout"),
-    (r"/data/new_xrays\b", "{data}/D/images", "new radiographs to score"),
+    (r"(?<![\w.-])/data/corda\b", "{data}/A", "CORDA (role A): the synthetic hospital set, hospital-csv layout"),
+    (r"(?<![\w.-])/data/chest_xray\b", "{data}/B", "ChestXRay (role B): synthetic, Kermany folders"),
+    (r"(?<![\w.-])/data/rsna\b", "{data}/C", "RSNA (role C): synthetic, RSNA CSV + DICOM"),
+    (r"(?<![\w.-])/data/cohen\b", "{data}/D", "COVID-ChestXRay (role D): synthetic, metadata.csv layout"),
+    (r"(?<![\w.-])/data/new_xrays\b", "{data}/D/images", "new radiographs to score"),
     (r"--arch resnet18\b", "--arch conv8 --width 0.25 --image-size 32 --epochs 1",
      "a tiny model, one epoch, instead of a ResNet-18 at 224 px for 30 epochs"),
     (r"--scale 1(?=\s|$)", "--scale 0.1 --size 64", "a tenth of the synthetic benchmark at 64 px"),
@@ -273,6 +273,19 @@ def test_static_check_catches_a_mistyped_option_and_a_missing_target(tmp_path):
     problems = check_statically(skipped)
     assert any("--epoch" in p for p in problems) and any("no-such-target" in p for p in problems)
     assert parse_cli(["train", "AB", "--data", "A=x:y", "--out", "o", "--epochs", "3"]) is None
+
+
+def test_a_failing_or_forbidden_line_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = environment(tmp_path)
+    assert "exited 2" in run_line("unveil data split no-such-source /nowhere --out x.csv", env)
+    assert "exited 1" in run_line("test -e no-such-file", env)
+    assert "mark the block" in run_line("make demo", env)
+    assert run_line("unveil reproduce --show demo > demo.yaml", env) is None
+    assert yaml.safe_load((tmp_path / "demo.yaml").read_text())["name"] == "demo"
+    assert run_line("unveil --help | grep -q Usage", env) is None  # through bash: the wrapper on PATH
+    assert substitute("--data B=chestxray:/data/chest_xray ../shared/data/chest_xray", Path("/x")) == \
+        "--data B=chestxray:/x/B ../shared/data/chest_xray"
 
 
 @pytest.mark.slow
