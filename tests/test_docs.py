@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,6 +309,7 @@ def test_markdown_blocks_run(path, tmp_path, monkeypatch, synthetic_data, real_d
         if "../shared/data" in code + "\n".join(setup) and real_data is None:
             needs_real.append(block.where)
             continue
+        started = time.perf_counter()
         try:
             for line in setup:
                 if error := run_line(line, env):
@@ -322,6 +324,7 @@ def test_markdown_blocks_run(path, tmp_path, monkeypatch, synthetic_data, real_d
                 yaml.safe_load(code)
         except Exception as error:  # noqa: BLE001 - every failure is reported with the block it came from
             failures.append(f"{block.where}: {type(error).__name__}: {error}")
+        print(f"{block.where}: {time.perf_counter() - started:.1f} s")  # shown with -s or on failure
     assert not failures, "\n\n".join(failures)
     if needs_real:
         pytest.skip(f"real data {SHARED_DATA} absent; not run: {', '.join(needs_real)}")
