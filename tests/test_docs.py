@@ -274,6 +274,9 @@ def test_static_check_catches_a_mistyped_option_and_a_missing_target(tmp_path):
     problems = check_statically(skipped)
     assert any("--epoch" in p for p in problems) and any("no-such-target" in p for p in problems)
     assert parse_cli(["train", "AB", "--data", "A=x:y", "--out", "o", "--epochs", "3"]) is None
+    assert "--outt" in parse_cli(["data", "split", "chestxray", "x", "--outt", "y"])  # sub-commands too
+    assert "No such command" in parse_cli(["data", "splitt"])
+    assert "integer" in parse_cli(["train", "AB", "--data", "A=x:y", "--out", "o", "--epochs", "three"])
 
 
 def test_a_failing_or_forbidden_line_is_reported(tmp_path, monkeypatch):
