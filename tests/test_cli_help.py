@@ -42,3 +42,14 @@ def test_help_at_80_columns_names_every_option_whole(path, command):
         for name in [*param.opts, *param.secondary_opts]:
             if name.startswith("-"):
                 assert name in words, f"{' '.join(path)} --help: option {name} missing or cut\n{result.output}"
+
+
+def test_reproduce_show_prints_a_shipped_experiment_to_copy(tmp_path):
+    from unveil.experiments import experiment_path
+
+    shown = CliRunner().invoke(app, ["reproduce", "--show", "paper"])
+    assert shown.exit_code == 0 and shown.stdout == experiment_path("paper").read_text(encoding="utf-8")
+    missing = CliRunner().invoke(app, ["reproduce", "--show", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output and "shipped: demo, paper" in missing.output
+    no_out = CliRunner().invoke(app, ["reproduce", "demo"])
+    assert no_out.exit_code == 2 and "--out" in no_out.output
