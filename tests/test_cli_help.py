@@ -1,4 +1,4 @@
-"""`--help` of every command is readable at 80 columns: no option name cut, no line past the edge."""
+"""`--help` of every command is readable at 80 columns (no option name cut); `reproduce --show`."""
 
 from __future__ import annotations
 

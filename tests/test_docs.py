@@ -239,7 +239,7 @@ def working_copy(root: Path, real: Path | None) -> Path:
     repo = root / "repo"
     shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
         ".git", ".venv", "runs", "outputs", "__pycache__", ".pytest_cache", "*.egg-info", "build", "dist", ".whl",
-        ".gl", "shared"))
+        ".gl", ".ruff_cache", "shared"))
     if real is not None:
         (root / "shared").symlink_to(real)
     return repo
