@@ -72,10 +72,10 @@ def test_normalize_and_resize():
 def test_paper_pipeline_composes_on_image_and_mask():
     image, mask = ramp(64), np.zeros((64, 64), bool)
     mask[16:48, 16:48] = True
-    out = Compose(paper_pipeline(32, blur_radius=1))({"image": image, "mask": mask})
+    out = paper_pipeline(32, blur_radius=1)({"image": image, "mask": mask})  # a callable Compose
     assert out["image"].shape == (32, 32) and out["mask"].shape == (32, 32)
     assert out["image"][0, 0] == 0.0 and out["image"].max() == pytest.approx(1.0)
-    no_mask = Compose(paper_pipeline(32, mask=False, equalize="none"))({"image": image})
+    no_mask = paper_pipeline(32, mask=False, equalize="none")({"image": image})
     assert no_mask["image"].shape == (32, 32)
     with pytest.raises(ValueError, match="needs a 'mask'"):
         ApplyLungMask()({"image": image})

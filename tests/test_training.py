@@ -23,6 +23,7 @@ from unveil.models import build_model
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import (
     BundleError,
+    BundleInputError,
     CheckpointError,
     ConfigError,
     DataSpec,
@@ -256,6 +257,31 @@ def test_bundle_round_trip_and_errors(tmp_path):
         load_bundle(tmp_path / "b")
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_bundle_takes_uint8_or_unit_floats_at_its_own_size_only(tmp_path, kind):
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "b", build_model("conv8", num_classes=2, width=0.25), width=0.25,
+                classes=["covid-", "covid+"], positive_class="covid+", image_size=32,
+                preprocess=PreprocessSettings(size=32, mask="none"), normalization=(0.4, 0.2))
+    bundle = load_bundle(tmp_path / "b")
+    images = toy_set(4, 5).images  # uint8 N x 1 x 32 x 32
+    expected = bundle.predict_probabilities(images)
+    as_kind = (lambda x: x.numpy()) if kind == "numpy" else (lambda x: x)
+    assert np.allclose(bundle.predict_probabilities(as_kind(images)), expected, atol=1e-6)
+    assert np.allclose(bundle.predict_probabilities(as_kind(images[:, 0])), expected, atol=1e-6)  # N x S x S
+    assert np.allclose(bundle.predict_probabilities(as_kind(images[0, 0])), expected[:1], atol=1e-6)  # S x S
+    unit = images.float() / 255.0  # the transforms' [0, 1] floats score like the cache's uint8
+    assert np.allclose(bundle.predict_probabilities(as_kind(unit)), expected, atol=1e-5)
+    with pytest.raises(BundleInputError, match="64x64 pixels; this model takes 32x32"):
+        bundle.predict_probabilities(as_kind(torch.rand(2, 1, 64, 64)))
+    with pytest.raises(BundleInputError, match=r"in \[0, 1\]"):
+        bundle.predict_probabilities(as_kind(unit * 255.0))
+    with pytest.raises(BundleInputError, match="dtype"):
+        bundle.predict_probabilities(as_kind(images.to(torch.int32)))
+    with pytest.raises(BundleInputError, match="shape"):
+        bundle.predict_probabilities(as_kind(images.expand(-1, 3, -1, -1).contiguous()))
 
 
 # --- pretrain -> train on the synthetic benchmark ----------------------------------------------

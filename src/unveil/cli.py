@@ -11,13 +11,16 @@ import typer
 
 from unveil import __version__
 
+# Help is Click's plain formatter (rich_markup_mode=None): it wraps help text to the terminal and never
+# cuts an option name, where rich's tables ellipsize long names at 80 columns.
+HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
 app = typer.Typer(help="unveil: chest X-ray classifiers that are honest about small, biased data.",
-                  no_args_is_help=True, add_completion=False)
-data_app = typer.Typer(help="Load, check, split and compose datasets.", no_args_is_help=True)
+                  add_completion=False, **HELP_STYLE)
+data_app = typer.Typer(help="Load, check, split and compose datasets.", **HELP_STYLE)
 app.add_typer(data_app, name="data")
-lungs_app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", no_args_is_help=True)
+lungs_app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", **HELP_STYLE)
 app.add_typer(lungs_app, name="lungs")
-synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", no_args_is_help=True)
+synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", **HELP_STYLE)
 app.add_typer(synth_app, name="synth")
 
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
@@ -801,15 +804,27 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 @app.command("reproduce")
 def reproduce_command(
     experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
-    out: Annotated[Path, typer.Option(help="Output folder (a rerun continues where it stopped).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
     jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
     = None,
     workers: WorkersOption = 2,
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the experiment file's).")]
     = None,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
 ) -> None:
     """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report."""
+    if show:
+        from unveil.experiments import experiment_path
+
+        path = experiment_path(experiment)
+        if not path.is_file():
+            _fail(f"{experiment}: no such experiment file (shipped: demo, paper)")
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    if out is None:
+        _fail("reproduce needs --out FOLDER (or --show to print the experiment file)")
     _reproduce(experiment, out, jobs, workers, seed, report)
 
 

@@ -150,7 +150,7 @@ def image_to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Read one image file as gray float32 in [0, 1].
+    """Read one image file: ``.pixels`` (gray float32 H x W in [0, 1]) and ``.info`` (what the file said).
 
     The format is detected from the content, not the extension. ``max_pixels`` bounds
     width * height, checked from the header before any pixel is decoded; ``None`` disables it.

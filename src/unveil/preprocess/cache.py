@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from monai.transforms import Compose
 from PIL import Image
 
 from unveil.io import ImageReadError, read_image
@@ -143,8 +142,8 @@ def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[s
                 mask = resize_mask(np.asarray(stored.convert("L")) > 127, settings.size)
         else:
             mask = np.ones_like(image, dtype=bool)
-        pipeline = Compose(paper_pipeline(settings.size, blur_radius=settings.blur_radius,
-                                          equalize=settings.equalize, mask=settings.mask != "none"))
+        pipeline = paper_pipeline(settings.size, blur_radius=settings.blur_radius, equalize=settings.equalize,
+                                  mask=settings.mask != "none")
         processed = pipeline({"image": image, "mask": mask})["image"]
     except ImageReadError as error:
         row["error"] = str(error)

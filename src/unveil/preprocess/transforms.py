@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from monai.transforms import HistogramNormalize
+from monai.transforms import Compose, HistogramNormalize
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.exposure import equalize_adapthist
@@ -128,11 +128,15 @@ class NormalizeIntensity:
 
 
 def paper_pipeline(size: int = 256, *, blur_radius: float = 3.0, equalize: str = "global",
-                   mask: bool = True) -> list:
-    """The paper's pre-processing as a list of transforms (wrap in ``monai.transforms.Compose``).
+                   mask: bool = True) -> Compose:
+    """The paper's pre-processing as one callable ``monai.transforms.Compose`` of the transforms above.
 
     ``equalize``: "global", "lungs" (histogram of the lungs only), "clahe" or "none";
-    ``mask``: apply the blurred lung mask (needs ``sample["mask"]``).
+    ``mask``: apply the blurred lung mask (needs ``sample["mask"]``). Example::
+
+        image = resize_image(read_image(path).pixels, 128)
+        out = paper_pipeline(128)({"image": image, "mask": LungSegmenter.load().segment(image)})
+        out["image"]  # float32 128 x 128 in [0, 1]
     """
     steps: list = [Resize(size)]
     if equalize != "none":
@@ -142,4 +146,4 @@ def paper_pipeline(size: int = 256, *, blur_radius: float = 3.0, equalize: str =
     if mask:
         steps.append(ApplyLungMask(blur_radius=blur_radius))
     steps.append(NormalizeIntensity())
-    return steps
+    return Compose(steps)

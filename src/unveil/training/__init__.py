@@ -1,11 +1,11 @@
 """Training: pneumonia pre-training, COVID fine-tuning, checkpoints and model bundles."""
 
-from unveil.training.bundle import BundleError, ModelBundle, load_bundle, save_bundle
+from unveil.training.bundle import BundleError, BundleInputError, ModelBundle, load_bundle, save_bundle
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, TrainingDataError, fit_normalization, load_image_set
 from unveil.training.loop import CheckpointError, FitResult, fit, predict_probabilities
 from unveil.training.run import DataSpec, RunResult, pretrain, train
 
-__all__ = ["BundleError", "CheckpointError", "ConfigError", "DataSpec", "FitResult", "ImageSet", "ModelBundle",
-           "RunResult", "TrainConfig", "TrainingDataError", "fit", "fit_normalization", "load_bundle",
+__all__ = ["BundleError", "BundleInputError", "CheckpointError", "ConfigError", "DataSpec", "FitResult", "ImageSet",
+           "ModelBundle", "RunResult", "TrainConfig", "TrainingDataError", "fit", "fit_normalization", "load_bundle",
            "load_image_set", "predict_probabilities", "pretrain", "save_bundle", "train"]

@@ -30,6 +30,44 @@ class BundleError(RuntimeError):
     """A model bundle is missing, unreadable or inconsistent (the message names the file)."""
 
 
+class BundleInputError(BundleError, ValueError):
+    """Images given to a bundle do not match what it was trained on (size, shape, range)."""
+
+
+def model_images(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Pre-processed images as the model's input scale (N x 1 x S x S, values 0..255).
+
+    ``images`` is one image (S x S), a stack (N x S x S) or a batch (N x 1 x S x S), numpy or torch,
+    either uint8 (0..255, as the cache stores them) or float in [0, 1] (as the transforms return them;
+    kept unquantized). Anything else, and any size other than the bundle's, is refused: a model
+    silently scoring a 64-px image with a 128-px model's weights, or a [0, 1] image read as 0..255,
+    gives plausible but meaningless probabilities.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if not isinstance(tensor, torch.Tensor):
+        raise BundleInputError(f"images must be a numpy array or a torch tensor, got {type(images).__name__}")
+    shape = tuple(tensor.shape)
+    if tensor.ndim == 2:
+        tensor = tensor[None, None]
+    elif tensor.ndim == 3:
+        tensor = tensor[:, None]
+    elif tensor.ndim != 4 or tensor.shape[1] != 1:
+        raise BundleInputError(f"images of shape {shape}: expected S x S, N x S x S or N x 1 x S x S (gray)")
+    if tuple(tensor.shape[-2:]) != (size, size):
+        raise BundleInputError(
+            f"images are {tensor.shape[-2]}x{tensor.shape[-1]} pixels; this model takes {size}x{size} pre-processed "
+            f"images (pre-process them with the bundle's settings, e.g. unveil.preprocess.paper_pipeline({size}), "
+            "or score files with unveil.inference.predict_files)")
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if not tensor.is_floating_point():
+        raise BundleInputError(f"images of dtype {tensor.dtype}: expected uint8 (0..255) or float in [0, 1]")
+    if len(tensor) and (float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0):
+        raise BundleInputError(f"float images must lie in [0, 1]; got values in [{float(tensor.min()):.3g}, "
+                               f"{float(tensor.max()):.3g}] (uint8 images are taken as 0..255)")
+    return tensor.float() * 255.0
+
+
 @dataclass
 class ModelBundle:
     """A loaded classifier with its description."""
@@ -64,16 +102,19 @@ class ModelBundle:
     def preprocess_settings(self) -> PreprocessSettings:
         return PreprocessSettings(**self.description["preprocess"])
 
-    def predict_probabilities(self, images: torch.Tensor, *, device: str | torch.device = "cpu",
+    def predict_probabilities(self, images: np.ndarray | torch.Tensor, *, device: str | torch.device = "cpu",
                               batch_size: int = 64, amp: bool = False) -> np.ndarray:
-        """Class probabilities of pre-processed uint8 images (N x 1 x S x S) at the bundle's size
-        (fp32 by default, so results match exported models; ``amp``: bf16 autocast)."""
+        """Class probabilities (N x classes, columns in ``classes`` order) of pre-processed images at the
+        bundle's size: uint8 0..255 or float [0, 1], S x S, N x S x S or N x 1 x S x S, numpy or torch
+        (see :func:`model_images`; a wrong size raises :class:`BundleInputError`). fp32 by default, so
+        results match exported models; ``amp``: bf16 autocast."""
         from unveil.training.loop import predict_probabilities
 
         mean, std = self.normalization
         device = torch.device(device)
         self.model.to(device)
-        return predict_probabilities(self.model, images, mean, std, device=device, batch_size=batch_size, amp=amp)
+        return predict_probabilities(self.model, model_images(images, self.image_size), mean, std, device=device,
+                                     batch_size=batch_size, amp=amp)
 
 
 def model_spec(model: CxrClassifier, width: float) -> dict[str, Any]:
