@@ -8,7 +8,7 @@ data:                       # roles A B C D: real datasets ...
   # ... or a synthetic benchmark generated into OUT/data (roles A, B, C, D)
   synthetic: {preset: paper, scale: 1.0, image_size: 256}
 preprocess: {size: 128, mask: segment, equalize: global, blur_radius: 3}
-training: {architecture: conv8, epochs: 15, batch_size: 32}     # TrainConfig defaults for every run
+training: {architecture: conv8, epochs: 15, threshold_rule: youden}  # TrainConfig defaults for every run
 pretraining:                # encoder label -> the roles it is pre-trained on (+ optional overrides)
   B: {data: [B], training: {epochs: 5}}
 grid:
