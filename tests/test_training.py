@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from unveil.cli import app
 from unveil.models import build_model
 from unveil.preprocess.cache import PreprocessSettings
+from unveil.thresholds import ThresholdRule, choose_threshold, fixed_threshold
 from unveil.training import (
     BundleError,
     CheckpointError,
@@ -36,7 +37,6 @@ from unveil.training import (
     save_bundle,
     train,
 )
-from unveil.thresholds import ThresholdRule, choose_threshold, fixed_threshold
 from unveil.training.data import apply_affine, random_rigid_affine
 from unveil.training.loop import CHECKPOINT, METRICS_LOG, classification_scores, epoch_order
 

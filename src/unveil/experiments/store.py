@@ -120,7 +120,7 @@ class ResultsStore:
         """Rows of `evaluate_models` (one per test set) -> one row per (cell, test set, metric)."""
         records = []
         for _, row in rows.iterrows():
-            for metric in REPORTED_METRICS:
+            for metric in (m for m in REPORTED_METRICS if m in row):
                 records.append((
                     cell_id, row["test_set"], metric, _real(row.get(metric)), _real(row.get(f"{metric}_low")),
                     _real(row.get(f"{metric}_high")), _real(row.get(f"{metric}_wilson_low")),
