@@ -163,6 +163,13 @@ def test_cli_evaluate(trained, tmp_path):
     assert again.exit_code == 0 and (tmp_path / "again" / "table2.tex").is_file()
     missing = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AC"])
     assert missing.exit_code == 2 and "role(s) C" in missing.output
+    fixed = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AB", "--threshold", "0.3", "--resamples",
+                                "20", "--json"])
+    assert fixed.exit_code == 0 and [(r["threshold_rule"], r["threshold"]) for r in json.loads(fixed.stdout)] == [
+        ("fixed", 0.3)]
+    both = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AB", "--threshold", "0.3",
+                               "--threshold-rule", "youden"])
+    assert both.exit_code == 2 and "does not go with --threshold-rule youden" in both.output
     not_a_model = runner.invoke(app, ["evaluate", str(tmp_path), "--on", "AB"])
     assert not_a_model.exit_code == 2 and "not a model bundle" in not_a_model.output
 

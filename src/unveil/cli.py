@@ -524,6 +524,17 @@ ThresholdRuleOption = Annotated[ThresholdRule, typer.Option(
                              "(--threshold), youden or sensitivity (chosen a priori on the model's validation "
                              "predictions).")]
 TargetSensitivityOption = Annotated[float, typer.Option(help="Target for --threshold-rule sensitivity.")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    "--threshold", help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
+
+
+def _threshold_options(threshold: float | None, rule: ThresholdRule) -> tuple[ThresholdRule, float]:
+    """--threshold / --threshold-rule as (rule, fixed value): a --threshold alone means the fixed rule."""
+    if threshold is None:
+        return rule, 0.5
+    if rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
+        _fail(f"--threshold is a fixed threshold; it does not go with --threshold-rule {rule.value}")
+    return ThresholdRule.FIXED, threshold
 InitOption = Annotated[Path | None, typer.Option(
     "--init-weights", help="Local torchvision state-dict file for the initial weights (never downloaded).")]
 
@@ -636,7 +647,7 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option(
         help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX) and ROC curves.")] = None,
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
-    threshold: Annotated[float, typer.Option(help="Threshold for --threshold-rule fixed.")] = 0.5,
+    threshold: ThresholdOption = None,
     target_sensitivity: TargetSensitivityOption = 0.9,
     rebind: Annotated[bool, typer.Option(
         help="Let --data replace a role the model was trained with (default: each model keeps its own bindings "
@@ -660,11 +671,12 @@ def evaluate_command(
     from unveil.provenance import write_run_metadata, write_text_atomic
     from unveil.training import BundleError, DataSpec, TrainingDataError
 
+    threshold_rule, threshold_value = _threshold_options(threshold, threshold_rule)
     try:
         bindings = {role: DataSpec(source, path) for role, (source, path) in
                     _parse_bindings(data or [], load_recipes(recipes)).items()}
         run = evaluate_models([str(m) for m in models], on, data=bindings, cache=cache,
-                              threshold_rule=threshold_rule, threshold=threshold,
+                              threshold_rule=threshold_rule, threshold=threshold_value,
                               target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
                               workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
                               progress=not as_json)
@@ -679,8 +691,9 @@ def evaluate_command(
         plot_roc_curves(run.predictions, out)
         write_run_metadata(out / "evaluation.meta.json", "unveil evaluate", {
             "models": [str(m) for m in models], "on": on, "data": data or [],
-            "threshold_rule": threshold_rule.value, "threshold": threshold, "target_sensitivity": target_sensitivity,
-            "resamples": resamples, "seed": seed, "allow_overlap": allow_overlap, "rebind": rebind},
+            "threshold_rule": threshold_rule.value, "threshold": threshold_value,
+            "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
+            "allow_overlap": allow_overlap, "rebind": rebind},
             extra={"skipped": run.skipped})
     if as_json:
         typer.echo(json.dumps(json_rows(run.rows), indent=2))
@@ -886,8 +899,7 @@ def predict_command(
     segmenter: Annotated[Path | None, typer.Option(help="Lung model (default: the bundle's, else shipped).")]
     = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file is unreadable.")] = False,
-    threshold: Annotated[float | None, typer.Option(
-        help="Decide at this fixed threshold instead of the bundle's (the fixed rule).")] = None,
+    threshold: ThresholdOption = None,
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
     target_sensitivity: TargetSensitivityOption = 0.9,
     seed: SeedOption = 0,
@@ -899,12 +911,9 @@ def predict_command(
     from unveil.training import BundleError
 
     try:
-        if threshold is not None and threshold_rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
-            _fail(f"--threshold is a fixed threshold; it does not go with --threshold-rule {threshold_rule.value}")
-        rule = ThresholdRule.FIXED if threshold is not None else threshold_rule
+        rule, value = _threshold_options(threshold, threshold_rule)
         summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
-                                strict=strict, progress=True, threshold_rule=rule,
-                                threshold=0.5 if threshold is None else threshold,
+                                strict=strict, progress=True, threshold_rule=rule, threshold=value,
                                 target_sensitivity=target_sensitivity)
     except (BundleError, SegmenterError) as error:
         _fail(str(error))

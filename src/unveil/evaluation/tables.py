@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from unveil.evaluation.evaluate import distinct_names
-from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, ThresholdRule
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 
@@ -79,7 +79,7 @@ def threshold_label(row: pd.Series) -> str:
     threshold = row.get("threshold")
     if threshold is None or pd.isna(threshold):
         return rule
-    if rule == "fixed":
+    if rule == ThresholdRule.FIXED.value:
         return f"fixed {float(threshold):g}"
     spread = row.get("threshold_sd")
     if spread is not None and not pd.isna(spread) and spread > 0:

@@ -129,6 +129,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     from unveil.audit import AuditThresholds, audit
     from unveil.data.compose import load_recipes
     from unveil.evaluation.evaluate import evaluate_models
+    from unveil.evaluation.metrics import ThresholdRule
     from unveil.evaluation.tables import plot_roc_curves, write_tables
 
     started = time.perf_counter()
@@ -207,7 +208,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         if not tests:
             continue
         run = evaluate_models([run_dir / "model"], tests, data=data, cache=cache,
-                              threshold_rule=str(options.get("threshold_rule", "bundle")),
+                              threshold_rule=options.get("threshold_rule", ThresholdRule.BUNDLE),
                               threshold=float(options.get("threshold", 0.5)),
                               target_sensitivity=float(options.get("target_sensitivity", 0.9)),
                               resamples=int(options.get("resamples", 2000)), seed=experiment.seed, workers=workers)
