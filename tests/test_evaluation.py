@@ -62,7 +62,9 @@ def test_every_model_on_every_test_set(trained):
     assert row["patients"] > 0 and row["tp"] + row["fn"] == row["positive_images"]
     # The AB and AC test sets share A's test part; AC's negatives come from C.
     predictions = run.predictions
-    assert {"probability", "label", "threshold", "threshold_rule"} <= set(predictions.columns)
+    assert {"probability", "label", "decision", "threshold", "threshold_rule"} <= set(predictions.columns)
+    assert ((predictions["probability"] >= predictions["threshold"]) == (predictions["decision"] == "covid+")).all()
+    assert set(predictions["decision"]) <= {"covid+", "covid-"}
     ab, ac = (predictions[predictions["test_set"] == name] for name in ("AB", "AC"))
     assert set(ab["source"]) == {"hospital-csv", "chestxray"} and set(ac["source"]) == {"hospital-csv", "rsna"}
     positives_ab = set(ab.loc[ab["label"] == 1, "record_id"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from unveil.data.compose import compose, load_recipes
@@ -288,8 +289,10 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
                          "rebound": ",".join(test_set.origin.get("rebound", [])),
                          "skipped_images": len(missed), "overlap_patients": overlap, **result.as_row(),
                          **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed})
-            predictions.append(scored.assign(model=identity["model"], test_set=name, threshold=chosen.value,
-                                             threshold_rule=chosen.rule.value))
+            decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
+                                bundle.classes[1 - bundle.positive_index])
+            predictions.append(scored.assign(decision=decision, model=identity["model"], test_set=name,
+                                             threshold=chosen.value, threshold_rule=chosen.rule.value))
             log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], name,
                      result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
     return EvaluationRun(pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), skipped)
