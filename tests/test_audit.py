@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -118,6 +119,29 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
     assert document["flagged"] >= 2 and {"tsne_by_source", "tsne_by_label"} <= set(document["files"])
     assert (out / "tsne_by_source.png").stat().st_size > 1000 and list((out / "saliency").glob("*.png"))
     assert "| source probe |" in (out / "audit.md").read_text()
+    measures = {v["test"]: v["measure"] for v in document["verdicts"]}
+    assert measures["lung occlusion"].startswith("ROC AUC") and measures["source probe"].startswith("balanced")
+    assert measures["saliency in lungs"].startswith("ratio") and "{" not in (out / "audit.md").read_text()
+    images = pd.read_csv(out / "audit_images.csv")
+    assert {"probability", "probability_lungs_hidden", "label"} <= set(images.columns)
+    assert set(images["label"]) <= {0, 1}
+
+
+def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
+    from unveil.audit.run import AuditResult, _probe_verdict, audit_markdown
+
+    rng = np.random.default_rng(0)
+    target = np.arange(40) % 2
+    features = rng.normal(size=(40, 4)) + target[:, None]
+    probe = linear_probe(features, target, np.arange(40).astype(str), name="source COVID-", negative="hospital-csv",
+                         positive="chestxray", resamples=20)
+    verdict = _probe_verdict(probe, AuditThresholds(), "COVID-")
+    assert verdict.measure.startswith("balanced accuracy")
+    assert "{" not in verdict.suggests and "hospital-csv: 20 images, chestxray: 20 images" in verdict.suggests
+    result = AuditResult([verdict], {"images": 40, "patients": 40, "by_source": {"hospital-csv": 20, "chestxray": 20}})
+    text = audit_markdown(result, tmp_path)
+    assert "| test | subject | measure | value [95 % CI] |" in text and "| balanced accuracy (linear probe" in text
+    assert "{" not in text
 
 
 def test_cli_audit_errors(tmp_path):

@@ -13,8 +13,16 @@ from typer.testing import CliRunner
 
 from unveil.cli import app
 from unveil.evaluation.evaluate import EvaluationError, build_test_set, evaluate_models, resolve_threshold
-from unveil.evaluation.metrics import METRICS
-from unveil.evaluation.tables import architecture_tables, json_rows, plot_roc_curves, summary_table, write_tables
+from unveil.evaluation.metrics import METRICS, ThresholdRule, choose_threshold
+from unveil.evaluation.tables import (
+    TableError,
+    architecture_tables,
+    json_rows,
+    plot_roc_curves,
+    pool_seeds,
+    summary_table,
+    write_tables,
+)
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import DataSpec, TrainConfig, load_bundle, train
 
@@ -43,11 +51,20 @@ def test_every_model_on_every_test_set(trained):
     assert (row["model"], row["architecture"], row["encoder"], row["training_set"]) == ("AB", "conv8", "none", "AB")
     for metric in METRICS:
         assert metric in row and f"{metric}_low" in row and f"{metric}_high" in row
-    assert row["threshold"] == 0.5 and row["threshold_rule"] == "fixed 0.5"
+    bundle = load_bundle(trained["bundle"])
+    assert row["threshold"] == bundle.threshold and row["threshold_rule"] == "youden"  # the training default
+    assert row["threshold_description"].startswith("youden on validation")
+    for metric in ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy"):
+        assert f"{metric}_at_0.5" in row  # the paper's fixed 0.5 beside the chosen threshold
+    assert row["bindings"].startswith(f"A=hospital-csv:{trained['data']['A'].root} (model's own)")
+    assert row["rebound"] == "" and run.rows.iloc[1]["bindings"].endswith("(--data)")
     assert row["images"] == row["positive_images"] + row["negative_images"]
     assert row["patients"] > 0 and row["tp"] + row["fn"] == row["positive_images"]
     # The AB and AC test sets share A's test part; AC's negatives come from C.
     predictions = run.predictions
+    assert {"probability", "label", "decision", "threshold", "threshold_rule"} <= set(predictions.columns)
+    assert ((predictions["probability"] >= predictions["threshold"]) == (predictions["decision"] == "covid+")).all()
+    assert set(predictions["decision"]) <= {"covid+", "covid-"}
     ab, ac = (predictions[predictions["test_set"] == name] for name in ("AB", "AC"))
     assert set(ab["source"]) == {"hospital-csv", "chestxray"} and set(ac["source"]) == {"hospital-csv", "rsna"}
     positives_ab = set(ab.loc[ab["label"] == 1, "record_id"])
@@ -74,23 +91,26 @@ def test_missing_role_is_named(trained):
 
 def test_threshold_rules_are_chosen_on_validation(trained):
     bundle = load_bundle(trained["bundle"])
-    assert resolve_threshold(bundle, "bundle") == (0.5, "fixed 0.5")
-    assert resolve_threshold(bundle, "fixed", value=0.3)[0] == 0.3
-    value, rule = resolve_threshold(bundle, "youden")
-    assert 0 <= value <= 1 and "youden" in rule
-    value, rule = resolve_threshold(bundle, "sensitivity", target_sensitivity=0.8)
+    assert resolve_threshold(bundle, "bundle") == bundle.threshold_choice
+    assert resolve_threshold(bundle, ThresholdRule.FIXED, value=0.3).value == 0.3
     validation = pd.read_csv(trained["root"] / "AB" / "val_predictions.csv")
+    youden = resolve_threshold(bundle, "youden")
+    assert youden == choose_threshold(validation["label"], validation["p_covid+"], "youden")
+    assert youden == bundle.threshold_choice  # the training default chose the same on the same predictions
+    chosen = resolve_threshold(bundle, "sensitivity", target_sensitivity=0.8)
     positives = validation.loc[validation["label"] == 1, "p_covid+"]
-    assert (positives >= value).mean() >= 0.8 and "sensitivity" in rule
+    assert (positives >= chosen.value).mean() >= 0.8 and chosen.rule is ThresholdRule.SENSITIVITY
     with pytest.raises(EvaluationError, match="threshold rule"):
         resolve_threshold(bundle, "median")
-    run = evaluate_models([trained["bundle"]], ["AB"], threshold_rule="youden", resamples=50)
-    assert "youden" in run.rows.iloc[0]["threshold_rule"]
+    run = evaluate_models([trained["bundle"]], ["AB"], threshold_rule="fixed", threshold=0.5, resamples=50)
+    row = run.rows.iloc[0]
+    assert row["threshold_rule"] == "fixed" and row["threshold"] == 0.5
+    assert row["balanced_accuracy_at_0.5"] == row["balanced_accuracy"]
 
 
 def _rows() -> pd.DataFrame:
     base = {"model": "m", "architecture": "resnet18", "encoder": "B", "training_set": "AB", "patients": 10,
-            "images": 12}
+            "images": 12, "threshold": 0.5, "threshold_rule": "fixed"}
     rows = []
     for test_set, dor in (("AB", math.inf), ("AC", 4.0)):
         row = {**base, "test_set": test_set}
@@ -98,15 +118,17 @@ def _rows() -> pd.DataFrame:
             row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = 0.8, 0.7, 0.9
         row["dor"], row["dor_low"], row["dor_high"] = dor, 2.0, math.inf
         rows.append(row)
-    rows.append({**rows[1], "architecture": "conv8", "encoder": "none", "roc_auc": math.nan})
+    rows.append({**rows[1], "model": "c", "architecture": "conv8", "encoder": "none", "roc_auc": math.nan})
     return pd.DataFrame(rows)
 
 
 def test_tables_in_the_papers_layout(tmp_path):
     rows = _rows()
     summary = summary_table(rows)
-    assert list(summary.columns) == ["Architecture", "Pre-trained", "Trained on", "Test AB", "Test AC"]
+    assert list(summary.columns) == ["Model", "Architecture", "Pre-trained", "Trained on", "Threshold rule", "Test AB",
+                                     "Test AC"]
     assert summary.iloc[0]["Architecture"] == "ResNet-18" and summary.iloc[0]["Test AB"] == "0.80 [0.70, 0.90]"
+    assert summary.iloc[0]["Threshold rule"] == "fixed"
     tables = architecture_tables(rows)
     assert list(tables) == ["resnet18", "conv8"]  # registry order
     assert tables["resnet18"].iloc[0]["DOR"] == "∞ [2.00, ∞]" and tables["conv8"].iloc[0]["AUC"] == "n/a"
@@ -123,7 +145,7 @@ def test_roc_curves_are_written(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 60)
     predictions = pd.DataFrame({"model": "m", "test_set": np.repeat(["AB", "AC"], 30), "label": labels,
-                                "score": np.clip(labels * 0.4 + rng.random(60) * 0.6, 0, 1), "threshold": 0.5})
+                                "probability": np.clip(labels * 0.4 + rng.random(60) * 0.6, 0, 1), "threshold": 0.5})
     written = plot_roc_curves(predictions, tmp_path)
     assert sorted(p.name for p in written) == ["roc_m.png", "roc_m.svg"]
     assert (tmp_path / "roc_m.svg").read_text().count("<svg") == 1
@@ -143,5 +165,113 @@ def test_cli_evaluate(trained, tmp_path):
     assert again.exit_code == 0 and (tmp_path / "again" / "table2.tex").is_file()
     missing = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AC"])
     assert missing.exit_code == 2 and "role(s) C" in missing.output
+    fixed = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AB", "--threshold", "0.3", "--resamples",
+                                "20", "--json"])
+    assert fixed.exit_code == 0 and [(r["threshold_rule"], r["threshold"]) for r in json.loads(fixed.stdout)] == [
+        ("fixed", 0.3)]
+    both = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", "AB", "--threshold", "0.3",
+                               "--threshold-rule", "youden"])
+    assert both.exit_code == 2 and "does not go with --threshold-rule youden" in both.output
     not_a_model = runner.invoke(app, ["evaluate", str(tmp_path), "--on", "AB"])
     assert not_a_model.exit_code == 2 and "not a model bundle" in not_a_model.output
+
+
+def test_rows_show_the_rule_and_the_figures_at_0_5_where_the_threshold_differs(tmp_path):
+    rows = _rows()
+    columns = ["threshold", "threshold_rule", "balanced_accuracy_at_0.5", "sensitivity_at_0.5", "specificity_at_0.5"]
+    rows.loc[0, columns] = [0.431, "youden", 0.52, 1.0, 0.04]
+    rows.loc[1, columns] = [0.431, "youden", 0.55, 1.0, 0.10]
+    rows.loc[2, columns] = [0.5, "fixed", 0.8, 0.8, 0.8]
+    summary = summary_table(rows)
+    assert list(summary["Threshold rule"]) == ["youden", "fixed"]
+    assert summary.iloc[0]["Test AB"] == "0.80 [0.70, 0.90] (at 0.5: 0.52)"
+    assert summary.iloc[1]["Test AC"] == "0.80 [0.70, 0.90]"  # the conv8 model's threshold is 0.5
+    table = architecture_tables(rows)["resnet18"]
+    assert list(table["Threshold"]) == ["youden 0.431", "youden 0.431"]
+    assert list(table["BA at 0.5"]) == ["0.52", "0.55"] and table.iloc[0]["Specificity at 0.5"] == "0.04"
+    assert "BA at 0.5" not in architecture_tables(rows)["conv8"]  # every conv8 row is at 0.5
+    write_tables(rows, tmp_path)
+    assert "chosen a priori on each model's validation split" in (tmp_path / "table2.md").read_text()
+
+
+def _two_runs_of_one_cell() -> pd.DataFrame:
+    rows = _rows().iloc[:2]
+    first = rows.assign(model="AB-conv8", bundle="/runs/seed0/AB-conv8/model", model_seed=0, recipe_key="k")
+    second = rows.assign(model="AB-conv8", bundle="/runs/seed1/AB-conv8/model", model_seed=1, recipe_key="k",
+                         balanced_accuracy=0.6)
+    return pd.concat([first, second], ignore_index=True)
+
+
+def test_two_models_of_one_cell_are_never_merged(tmp_path):
+    rows = _two_runs_of_one_cell()
+    summary = summary_table(rows)
+    assert len(summary) == 2 and list(summary["Model"]) == ["seed0/AB-conv8", "seed1/AB-conv8"]
+    assert list(summary["Test AB"]) == ["0.80 [0.70, 0.90]", "0.60 [0.70, 0.90]"]
+    table = architecture_tables(rows)["resnet18"]
+    assert list(table["Model"]) == ["seed0/AB-conv8"] * 2 + ["seed1/AB-conv8"] * 2
+    # Two rows naming one model with different values are refused, not silently merged.
+    clash = rows.drop(columns="bundle")
+    with pytest.raises(TableError, match="different results"):
+        summary_table(clash)
+
+
+def test_seeds_are_pooled_only_on_request(tmp_path):
+    rows = _two_runs_of_one_cell()
+    pooled = pool_seeds(rows)
+    assert len(pooled) == 2 and set(pooled["n_seeds"]) == {2}
+    ab = pooled[pooled["test_set"] == "AB"].iloc[0]
+    assert ab["balanced_accuracy"] == pytest.approx(0.7) and ab["seeds"] == "0, 1"
+    assert ab["balanced_accuracy_half_width"] == pytest.approx(12.706 * 0.1414214 / math.sqrt(2), rel=1e-3)
+    assert ab["model"] == "seed0/AB-conv8 + seed1/AB-conv8" and "Student-t" in ab["interval"]
+    summary = summary_table(pooled)
+    assert len(summary) == 1 and summary.iloc[0]["Test AB"] == f"0.70 ± {ab['balanced_accuracy_half_width']:.2f}"
+    written = {p.name for p in write_tables(rows, tmp_path, aggregate_seeds=True)}
+    assert "results_by_cell.csv" in written and "Student-t 95 %" in (tmp_path / "table2.md").read_text()
+    same_seed = rows.assign(model_seed=0)
+    with pytest.raises(TableError, match="share the cell .* and a seed"):
+        pool_seeds(same_seed)
+    runner = CliRunner()
+    rows.to_csv(tmp_path / "results_in.csv", index=False)
+    result = runner.invoke(app, ["tables", str(tmp_path / "results_in.csv"), "--out", str(tmp_path / "t"),
+                                 "--aggregate-seeds"])
+    assert result.exit_code == 0, result.output
+    assert "± " in (tmp_path / "t" / "table2.md").read_text()
+    same_seed.to_csv(tmp_path / "same.csv", index=False)
+    result = runner.invoke(app, ["tables", str(tmp_path / "same.csv"), "--out", str(tmp_path / "u"),
+                                 "--aggregate-seeds"])
+    assert result.exit_code == 2 and "not seeds of one cell" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_models(trained):
+    """A second model, trained on composition A only: it has no role B of its own."""
+    data = trained["data"]
+    run = train("A", {"A": data["A"]}, trained["root"] / "A-only", config=CONFIG,
+                preprocess=PreprocessSettings(mask="none"))
+    return [trained["bundle"], run.bundle]
+
+
+def test_evaluate_data_adds_roles_and_never_replaces_a_models_own(trained, two_models, tmp_path):
+    import shutil
+
+    data = trained["data"]
+    other_b = shutil.copytree(data["B"].root, tmp_path / "another-B")  # same images, another binding
+    run = evaluate_models(two_models, ["AB"], data={"B": DataSpec("chestxray", str(other_b))}, resamples=20)
+    ab_model, a_model = run.rows.iloc[0], run.rows.iloc[1]
+    # The AB model keeps its own B; the A model gets B from --data.
+    assert f"B=chestxray:{data['B'].root} (model's own; --data not used)" in ab_model["bindings"]
+    assert f"B=chestxray:{other_b} (--data)" in a_model["bindings"] and a_model["rebound"] == ""
+    assert ab_model["rebound"] == ""
+    # Replacing the model's own binding is a deliberate choice, and the row says so.
+    rebound = evaluate_models(two_models[:1], ["AB"], data={"B": DataSpec("chestxray", str(other_b))},
+                              resamples=20, rebind=True).rows.iloc[0]
+    assert rebound["rebound"] == "B" and f"B=chestxray:{other_b} (rebound by --data)" in rebound["bindings"]
+    runner = CliRunner()
+    args = ["evaluate", *map(str, two_models), "--on", "AB", "--data", f"B=chestxray:{other_b}", "--resamples", "20",
+            "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "keeps its own bindings" in result.stderr and "--rebind replaces them" in result.stderr
+    result = runner.invoke(app, [*args, "--rebind"])
+    assert result.exit_code == 0 and "role(s) B rebound by --data" in result.stderr
+    assert [r["rebound"] for r in json.loads(result.stdout)] == ["B", ""]

@@ -174,17 +174,34 @@ def test_results_store_round_trip(tmp_path):
                         "run_dir": "x", "bundle": "x/model", "status": "done", "seconds": 1.0, "best_epoch": 2,
                         "val_auc": 0.9, "config": {"lr": 0.01}})
         store.put_results("c1", _rows(), {"bundle": "x/model"})
-        store.put_audit("c1", [Verdict("source probe", "A vs B", 0.95, 0.9, 1.0, "rule", True, "carries")])
+        store.put_audit("c1", [Verdict("source probe", "A vs B", 0.95, 0.9, 1.0, "rule", True, "carries",
+                                       measure="balanced accuracy")])
         assert store.done_cells() == {"c1"} and store.evaluated() == {("c1", "AB")}
         wide = store.wide_results()
         assert wide.loc[0, "model"] == "c1" and wide.loc[0, "encoder"] == "B" and np.isinf(wide.loc[0, "dor"])
         assert np.isnan(wide.loc[0, "roc_auc_low"]) and wide.loc[0, "dor_note"].startswith("infinite")
         assert len(store.table("results")) == len(METRICS) + 1  # one row per (cell, test set, metric)
         exported = {p.name for p in store.export_csv(tmp_path / "csv")}
+        # The figures at the paper's 0.5 are stored beside those at the cell's own threshold.
+        store.put_results("c1", _rows().assign(test_set="AC", threshold=0.42, threshold_rule="youden",
+                                               **{"balanced_accuracy_at_0.5": 0.5}), {"bundle": "x/model"})
+        ac = store.wide_results().set_index("test_set").loc["AC"]
+        assert ac["balanced_accuracy_at_0.5"] == 0.5 and ac["threshold_rule"] == "youden"
+        assert ac["model_seed"] is None and ac["bundle"] == "x/model"
     assert {"results.csv", "cells.csv", "audits.csv"} <= exported
     with sqlite3.connect(tmp_path / "r.sqlite") as connection:
-        flagged = connection.execute("SELECT flagged FROM audits").fetchone()[0]
-    assert flagged == 1
+        flagged, measure = connection.execute("SELECT flagged, measure FROM audits").fetchone()
+    assert flagged == 1 and measure == "balanced accuracy"
+
+
+def test_results_store_adds_the_measure_column_to_an_older_store(tmp_path):
+    with sqlite3.connect(tmp_path / "old.sqlite") as connection:
+        connection.execute("CREATE TABLE audits (cell_id TEXT, test TEXT, subject TEXT, value REAL, low REAL, "
+                           "high REAL, rule TEXT, flagged INTEGER, suggests TEXT, "
+                           "PRIMARY KEY (cell_id, test, subject))")
+    with ResultsStore(tmp_path / "old.sqlite") as store:
+        store.put_audit("c1", [Verdict("lung occlusion", "x", 0.8, 0.7, 0.9, "rule", True, "s", measure="ROC AUC")])
+        assert store.table("audits").loc[0, "measure"] == "ROC AUC"
 
 
 @pytest.mark.slow

@@ -94,10 +94,41 @@ def test_predict_scores_files_like_training_and_lists_unreadable(model, tmp_path
     cached, _ = score_records(bundle, a_records, cache=model["root"] / "cache")
     by_file = dict(zip(scored["file"], scored["probability"].astype(float)))
     predicted = np.array([by_file[p] for p in a_records["path"]])
-    assert np.abs(predicted - cached["score"].to_numpy()).max() < 0.01
+    assert np.abs(predicted - cached["probability"].to_numpy()).max() < 0.01
+    assert (scored["threshold"].astype(float) == bundle.threshold).all()
+    assert (scored["threshold_rule"] == bundle.threshold_choice.rule.value).all()
 
     with pytest.raises(PredictionError, match="broken.png"):
         predict_files(model["bundle"], [folder], tmp_path / "strict", strict=True, evidence=False)
+
+
+def test_predict_threshold_options(model, tmp_path):
+    files = [str(p) for p in model["data"]["A"].load().head(4)["path"]]
+    bundle = load_bundle(model["bundle"])
+    runner = CliRunner()
+
+    def predict(*options: str) -> pd.DataFrame:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        result = runner.invoke(app, ["predict", str(model["bundle"]), *files, "--out", str(out), "--no-evidence",
+                                     *options])
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out / "predictions.csv")
+        assert json.loads(result.stdout[result.stdout.index("{"):])["threshold"]["value"] == table["threshold"][0]
+        return table
+
+    table = predict("--threshold", "0.3")
+    assert (table["threshold"] == 0.3).all() and (table["threshold_rule"] == "fixed").all()
+    assert ((table["probability"] >= 0.3) == (table["decision"] == "covid+")).all()
+    table = predict("--threshold-rule", "sensitivity", "--target-sensitivity", "1.0")
+    validation = pd.read_csv(model["bundle"].parent / "val_predictions.csv")
+    expected = bundle.resolve_threshold("sensitivity", target_sensitivity=1.0)
+    assert expected.value == validation.loc[validation["label"] == 1, "p_covid+"].min()
+    assert (table["threshold"] == expected.value).all() and (table["threshold_rule"] == "sensitivity").all()
+    table = predict()
+    assert (table["threshold"] == bundle.threshold).all() and (table["threshold_rule"] == "youden").all()
+    result = runner.invoke(app, ["predict", str(model["bundle"]), *files, "--out", str(tmp_path / "x"),
+                                 "--threshold", "0.3", "--threshold-rule", "youden"])
+    assert result.exit_code == 2 and "does not go with --threshold-rule youden" in result.output
 
 
 def test_out_of_distribution_images_are_flagged(model, tmp_path):

@@ -15,6 +15,8 @@ from unveil.evaluation.metrics import (
     METRICS,
     PROPORTIONS,
     Confusion,
+    ThresholdChoice,
+    ThresholdRule,
     _percentiles_with_inf,
     _WeightedAUC,
     choose_threshold,
@@ -22,6 +24,8 @@ from unveil.evaluation.metrics import (
     dor_haldane,
     dor_range_from_rounded,
     evaluate_scores,
+    fixed_threshold,
+    metrics_at_paper_threshold,
     point_metrics,
     wilson_interval,
 )
@@ -256,9 +260,9 @@ def test_dor_notes_in_evaluation():
 
 
 def test_as_row_is_flat():
-    evaluation = evaluate_scores(*cohort(30, 5), resamples=50, threshold=0.4, threshold_rule="fixed 0.4")
+    evaluation = evaluate_scores(*cohort(30, 5), resamples=50, threshold=0.4)
     row = evaluation.as_row()
-    assert row["threshold"] == 0.4 and row["threshold_rule"] == "fixed 0.4"
+    assert row["threshold"] == 0.4 and row["threshold_rule"] == "fixed" and row["threshold_description"] == "fixed 0.4"
     assert row["tp"] + row["fp"] + row["tn"] + row["fn"] == row["images"] == 30
     for name in (*METRICS, "dor_corrected"):
         assert {name, f"{name}_low", f"{name}_high", f"{name}_note"} <= set(row)
@@ -266,34 +270,82 @@ def test_as_row_is_flat():
     assert all(not isinstance(v, (dict, list)) for v in row.values())
 
 
+def test_a_threshold_choice_carries_its_rule_into_the_row():
+    labels, scores, patients = cohort(40, 6)
+    choice = choose_threshold(labels, scores, ThresholdRule.YOUDEN)
+    row = evaluate_scores(labels, scores, patients, threshold=choice, resamples=20).as_row()
+    assert row["threshold"] == choice.value and row["threshold_rule"] == "youden"
+    assert row["threshold_description"] == choice.description
+
+
+def test_metrics_at_the_papers_threshold():
+    # Focal-loss-like outputs: all near 0.5, well ranked. At 0.5 every image is COVID-; at Youden's point all right.
+    labels = [0, 0, 0, 1, 1, 1]
+    scores = [0.40, 0.42, 0.44, 0.46, 0.47, 0.49]
+    at_half = metrics_at_paper_threshold(labels, scores)
+    assert at_half["balanced_accuracy_at_0.5"] == 0.5 and at_half["sensitivity_at_0.5"] == 0.0
+    assert set(at_half) == {f"{m}_at_0.5" for m in ("sensitivity", "specificity", "f1", "accuracy",
+                                                    "balanced_accuracy")}
+    choice = choose_threshold(labels, scores, "youden")
+    assert choice.value == 0.46
+    assert evaluate_scores(labels, scores, range(6), threshold=choice, resamples=0).metrics[
+        "balanced_accuracy"].value == 1.0
+
+
 # --- threshold rules ----------------------------------------------------------------------------------------------
 
 
+def test_threshold_rules_are_one_vocabulary():
+    assert [r.value for r in ThresholdRule] == ["fixed", "youden", "sensitivity", "bundle"]
+    assert ThresholdRule.parse(" Youden ") is ThresholdRule.YOUDEN and str(ThresholdRule.FIXED) == "fixed"
+    with pytest.raises(ValueError, match="choose one of fixed, youden, sensitivity$"):
+        ThresholdRule.parse("bundle", allow_bundle=False)
+    with pytest.raises(ValueError, match="unknown threshold rule 'fixed 0.5'"):
+        ThresholdRule.parse("fixed 0.5")
+    with pytest.raises(ValueError, match="bundle"):
+        choose_threshold([0, 1], [0.2, 0.8], "bundle")
+
+
+def test_threshold_choice_round_trips_and_reads_old_bundles():
+    choice = choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], "sensitivity", target_sensitivity=1.0)
+    assert ThresholdChoice.from_dict(choice.as_dict()) == choice
+    assert choice.as_dict()["rule"] == "sensitivity" and choice.parameter == 1.0 and choice.chosen_on == "validation"
+    old = ThresholdChoice.from_dict({"value": 0.5, "rule": "fixed 0.5"})  # bundle.json before typed rules
+    assert old.rule is ThresholdRule.FIXED and old.value == 0.5 and old.description == "fixed 0.5"
+    old = ThresholdChoice.from_dict({"value": 0.42, "rule": "youden on validation (J=0.300)"})
+    assert old.rule is ThresholdRule.YOUDEN and old.chosen_on == "validation"
+
+
 def test_fixed_threshold():
-    assert choose_threshold([0, 1], [0.2, 0.8]) == (0.5, "fixed 0.5")
-    assert choose_threshold([0, 0], [0.2, 0.8], "fixed", value=0.35) == (0.35, "fixed 0.35")
+    assert choose_threshold([0, 1], [0.2, 0.8]) == fixed_threshold(0.5)
+    chosen = choose_threshold([0, 0], [0.2, 0.8], "fixed", value=0.35)
+    assert (chosen.value, chosen.rule, chosen.description) == (0.35, ThresholdRule.FIXED, "fixed 0.35")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fixed_threshold(1.5)
 
 
 def test_youden_threshold():
     labels = [0, 0, 0, 1, 1, 1]
-    threshold, rule = choose_threshold(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], "youden")
-    assert threshold == 0.6 and rule == "youden on validation (J=1.000)"
-    assert Confusion.from_scores(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], threshold) == Confusion(3, 0, 3, 0)
+    chosen = choose_threshold(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], "youden")
+    assert chosen.value == 0.6 and chosen.rule is ThresholdRule.YOUDEN
+    assert chosen.description == "youden on validation (J=1.000, sensitivity 1.00, specificity 1.00)"
+    assert Confusion.from_scores(labels, [0.1, 0.2, 0.3, 0.6, 0.7, 1.0], chosen.value) == Confusion(3, 0, 3, 0)
     # Agrees with a brute-force search over the distinct scores.
     labels, scores, _ = cohort(200, 8, separation=0.1)
-    threshold, rule = choose_threshold(labels, scores, "youden")
+    chosen = choose_threshold(labels, scores, "youden")
     youden = {t: (lambda c: c.tp / c.positives + c.tn / c.negatives - 1)(Confusion.from_scores(labels, scores, t))
               for t in np.unique(scores)}
-    assert youden[threshold] == pytest.approx(max(youden.values()))
-    assert rule == f"youden on validation (J={max(youden.values()):.3f})"
+    assert youden[chosen.value] == pytest.approx(max(youden.values()))
+    assert chosen.description.startswith(f"youden on validation (J={max(youden.values()):.3f}, ")
     # A useless (reversed) classifier still gets a finite threshold in [0, 1].
-    threshold, _ = choose_threshold([1, 1, 0, 0], [0.0, 0.1, 0.9, 1.0], "youden")
-    assert 0 <= threshold <= 1
+    chosen = choose_threshold([1, 1, 0, 0], [0.0, 0.1, 0.9, 1.0], "youden")
+    assert 0 <= chosen.value <= 1
 
 
 def test_sensitivity_threshold_is_the_highest_reaching_the_target():
     labels, scores, _ = cohort(300, 9, separation=0.1)
-    threshold, rule = choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9)
+    chosen = choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9)
+    threshold, rule = chosen.value, chosen.description
     achieved = Confusion.from_scores(labels, scores, threshold)
     assert achieved.tp / achieved.positives >= 0.9
     higher = np.unique(scores[scores > threshold])
@@ -303,7 +355,7 @@ def test_sensitivity_threshold_is_the_highest_reaching_the_target():
     # Exactly 9 of 10 positives reaches a 0.9 target despite floating point (9/10 < 0.9 in binary).
     labels = [1] * 10 + [0] * 5
     scores = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45]
-    assert choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9)[0] == 0.5
+    assert choose_threshold(labels, scores, "sensitivity", target_sensitivity=0.9).value == 0.5
 
 
 def test_threshold_rule_errors():

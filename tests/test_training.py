@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from unveil.cli import app
 from unveil.models import build_model
 from unveil.preprocess.cache import PreprocessSettings
+from unveil.thresholds import ThresholdRule, choose_threshold, fixed_threshold
 from unveil.training import (
     BundleError,
     BundleInputError,
@@ -122,6 +123,27 @@ def test_config_rejects_bad_options():
         TrainConfig.from_dict({"epocs": 3})
 
 
+def test_config_threshold_rule():
+    assert TrainConfig().threshold_rule == "youden"  # the documented a-priori default
+    assert TrainConfig.from_dict({"threshold_rule": "FIXED", "threshold_value": 0.5}).threshold_rule == "fixed"
+    assert TrainConfig(threshold_rule=ThresholdRule.SENSITIVITY).threshold_rule == "sensitivity"
+    with pytest.raises(ConfigError, match="unknown threshold rule 'median'"):
+        TrainConfig(threshold_rule="median")
+    with pytest.raises(ConfigError, match="choose one of fixed, youden, sensitivity"):
+        TrainConfig(threshold_rule="bundle")  # only evaluation/predict can defer to a bundle
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        TrainConfig(threshold_rule="fixed", threshold_value=2.0)
+    with pytest.raises(ConfigError, match="target_sensitivity"):
+        TrainConfig(target_sensitivity=0.0)
+    # The threshold is chosen after training: it never makes a checkpoint or a recipe different.
+    assert TINY.same_training(replace(TINY, threshold_rule="fixed").to_dict())
+    assert not TINY.same_training(replace(TINY, lr=0.5).to_dict())
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("threshold_rule", "threshold_value",
+                                                                "target_sensitivity")}
+    assert TINY.same_training(old)  # a checkpoint written before the options existed
+    assert TINY.recipe_key() == replace(TINY, seed=3, device="cpu").recipe_key() != replace(TINY, lr=0.5).recipe_key()
+
+
 def test_classification_scores_against_sklearn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 50)
@@ -133,6 +155,21 @@ def test_classification_scores_against_sklearn():
     assert classification_scores(three, multi)["auc"] == pytest.approx(
         roc_auc_score(multi, three, multi_class="ovr", average="macro"))
     assert np.isnan(classification_scores(three[:5], np.zeros(5, dtype=int))["auc"])
+
+
+def test_validation_balanced_accuracy_uses_the_configured_threshold():
+    # Focal loss keeps probabilities near 0.5: ranked perfectly, but all below 0.5.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    positive = np.array([0.40, 0.42, 0.44, 0.46, 0.47, 0.49])
+    probabilities = np.stack([1 - positive, positive], 1)
+    assert classification_scores(probabilities, labels)["balanced_accuracy"] == 0.5  # argmax = the fixed 0.5
+    youden = classification_scores(probabilities, labels, TINY)
+    assert youden["balanced_accuracy"] == 1.0 and youden["threshold"] == 0.46
+    assert youden["balanced_accuracy_at_0.5"] == 0.5 and youden["auc"] == 1.0
+    fixed = classification_scores(probabilities, labels, replace(TINY, threshold_rule="fixed"))
+    assert fixed["balanced_accuracy"] == 0.5 and fixed["threshold"] == 0.5
+    one_class = classification_scores(probabilities[:3], labels[:3], TINY)  # Youden impossible: the fixed 0.5
+    assert one_class["threshold"] == 0.5
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -237,7 +274,8 @@ def test_bundle_round_trip_and_errors(tmp_path):
                 provenance={"seed": 0})
     bundle = load_bundle(tmp_path / "b")
     assert bundle.normalization == (0.4, 0.2) and bundle.positive_index == 1 and bundle.threshold == 0.5
-    assert bundle.description["threshold"]["rule"] == "fixed 0.5"
+    assert bundle.description["threshold"]["rule"] == "fixed"
+    assert bundle.threshold_choice == fixed_threshold(0.5)
     assert bundle.preprocess_settings.mask == "none"
     from unveil.training.loop import predict_probabilities
 
@@ -336,6 +374,34 @@ def test_pretrain_then_fine_tune(benchmark, tmp_path):
     assert tuned.normalization[0] == pytest.approx(fit_normalization(train_images)[0], abs=1e-9)
     val = pd.read_csv(tmp_path / "ab" / "val_predictions.csv")
     assert list(val.columns[-2:]) == ["p_covid-", "p_covid+"] and len(val) == sum(run.counts["val"].values())
+    assert pretrained.description["threshold"]["description"].startswith("unused: pre-training")
+
+
+@pytest.mark.parametrize("rule", ["youden", "fixed", "sensitivity"])
+def test_the_bundle_threshold_is_chosen_on_validation_by_the_configured_rule(benchmark, tmp_path, rule):
+    config = replace(RUN, epochs=1, threshold_rule=rule, threshold_value=0.3, target_sensitivity=0.8)
+    run = train("AB", {"A": benchmark["A"], "B": benchmark["B"]}, tmp_path / "ab", config=config,
+                preprocess=NO_MASK)
+    recorded = json.loads((run.bundle / "bundle.json").read_text())["threshold"]
+    val = pd.read_csv(tmp_path / "ab" / "val_predictions.csv")
+    expected = choose_threshold(val["label"], val["p_covid+"], rule, value=0.3, target_sensitivity=0.8)
+    assert recorded == expected.as_dict() and run.threshold == expected
+    assert recorded["rule"] == rule and recorded["chosen_on"] == ("fixed" if rule == "fixed" else "validation")
+    assert load_bundle(run.bundle).threshold_choice == expected
+    epoch = json.loads((tmp_path / "ab" / METRICS_LOG).read_text().splitlines()[-1])
+    assert epoch["val_threshold"] == pytest.approx(expected.value) and "val_balanced_accuracy_at_0.5" in epoch
+
+
+def test_cli_train_takes_the_threshold_rule(benchmark, tmp_path):
+    runner = CliRunner()
+    a, b = (f"{role}={benchmark[role].source}:{benchmark[role].root}" for role in ("A", "B"))
+    common = ["train", "AB", "--data", a, "--data", b, "--mask", "none", "--arch", "conv8", "--width", "0.25",
+              "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "y"), "--set", "threshold_rule=youden"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threshold"]["rule"] == "youden"
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "z"), "--set", "threshold_rule=otsu"])
+    assert result.exit_code == 2 and "unknown threshold rule 'otsu'" in result.output
 
 
 def test_train_refuses_an_encoder_of_another_architecture(benchmark, tmp_path):

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from unveil import __version__
+from unveil.thresholds import ThresholdRule
 
 # Help is Click's plain formatter (rich_markup_mode=None): it wraps help text to the terminal and never
 # cuts an option name, where rich's tables ellipsize long names at 80 columns.
@@ -514,12 +515,29 @@ SizeOption = Annotated[int | None, typer.Option("--image-size", help="Working re
 DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]
 SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="Any training option KEY=VALUE (repeatable), e.g. --set loss=cross-entropy.")]
+    "--set", help="Any training option KEY=VALUE (repeatable), e.g. --set loss=cross-entropy, "
+                  "--set threshold_rule=fixed --set threshold_value=0.5 (default rule: youden on validation).")]
 MaskOption = Annotated[str, typer.Option(help="Lung mask: segment (shipped model), truth (dataset masks) or none.")]
 EqualizeOption = Annotated[str, typer.Option(help="Histogram equalization: global, lungs, clahe or none.")]
 CacheOption = Annotated[Path | None, typer.Option(help="Pre-processing cache folder (default: OUT/cache).")]
 WorkersOption = Annotated[int, typer.Option(help="Pre-processing worker processes.")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when present.")]
+ThresholdRuleOption = Annotated[ThresholdRule, typer.Option(
+    "--threshold-rule", help="bundle (the threshold chosen at training time, recorded in the bundle), fixed "
+                             "(--threshold), youden or sensitivity (chosen a priori on the model's validation "
+                             "predictions).")]
+TargetSensitivityOption = Annotated[float, typer.Option(help="Target for --threshold-rule sensitivity.")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    "--threshold", help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
+
+
+def _threshold_options(threshold: float | None, rule: ThresholdRule) -> tuple[ThresholdRule, float]:
+    """--threshold / --threshold-rule as (rule, fixed value): a --threshold alone means the fixed rule."""
+    if threshold is None:
+        return rule, 0.5
+    if rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
+        _fail(f"--threshold is a fixed threshold; it does not go with --threshold-rule {rule.value}")
+    return ThresholdRule.FIXED, threshold
 InitOption = Annotated[Path | None, typer.Option(
     "--init-weights", help="Local torchvision state-dict file for the initial weights (never downloaded).")]
 
@@ -545,6 +563,7 @@ def _run_training(action, **kwargs) -> None:
         return
     typer.echo(json.dumps({"out": str(result.out), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
                            "best": {k: v for k, v in result.best_metrics.items() if k.startswith("val_")},
+                           "threshold": result.threshold.as_dict() if result.threshold else None,
                            "counts": result.counts, "skipped": len(result.skipped),
                            "seconds": round(result.seconds, 1)}, indent=2))
 
@@ -630,11 +649,12 @@ def evaluate_command(
         "--data", "-d", help="Bind a role the models were not trained with: ROLE=SOURCE:PATH (repeatable).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX) and ROC curves.")] = None,
-    threshold_rule: Annotated[str, typer.Option(
-        help="bundle (the model's own, 0.5 by default), fixed, youden or sensitivity (chosen on the model's "
-             "validation predictions, a priori).")] = "bundle",
-    threshold: Annotated[float, typer.Option(help="Threshold for --threshold-rule fixed.")] = 0.5,
-    target_sensitivity: Annotated[float, typer.Option(help="Target for --threshold-rule sensitivity.")] = 0.9,
+    threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
+    threshold: ThresholdOption = None,
+    target_sensitivity: TargetSensitivityOption = 0.9,
+    rebind: Annotated[bool, typer.Option(
+        help="Let --data replace a role the model was trained with (default: each model keeps its own bindings "
+             "and --data only adds roles it lacks); the rows say which roles were rebound.")] = False,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the intervals.")] = 2000,
     cache: Annotated[Path | None, typer.Option(
         help="Pre-processing cache (default: the one each model was trained with).")] = None,
@@ -654,13 +674,15 @@ def evaluate_command(
     from unveil.provenance import write_run_metadata, write_text_atomic
     from unveil.training import BundleError, DataSpec, TrainingDataError
 
+    threshold_rule, threshold_value = _threshold_options(threshold, threshold_rule)
     try:
         bindings = {role: DataSpec(source, path) for role, (source, path) in
                     _parse_bindings(data or [], load_recipes(recipes)).items()}
         run = evaluate_models([str(m) for m in models], on, data=bindings, cache=cache,
-                              threshold_rule=threshold_rule, threshold=threshold,
+                              threshold_rule=threshold_rule, threshold=threshold_value,
                               target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
-                              workers=workers, recipes=recipes, allow_overlap=allow_overlap, progress=not as_json)
+                              workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
+                              progress=not as_json)
     except (EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError, PreprocessError,
             ValueError) as error:
         _fail(str(error))
@@ -671,15 +693,23 @@ def evaluate_command(
         write_text_atomic(out / "predictions.csv", run.predictions.to_csv(index=False, lineterminator="\n"))
         plot_roc_curves(run.predictions, out)
         write_run_metadata(out / "evaluation.meta.json", "unveil evaluate", {
-            "models": [str(m) for m in models], "on": on, "data": data or [], "threshold_rule": threshold_rule,
-            "threshold": threshold, "target_sensitivity": target_sensitivity, "resamples": resamples,
-            "seed": seed, "allow_overlap": allow_overlap}, extra={"skipped": run.skipped})
+            "models": [str(m) for m in models], "on": on, "data": data or [],
+            "threshold_rule": threshold_rule.value, "threshold": threshold_value,
+            "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
+            "allow_overlap": allow_overlap, "rebind": rebind},
+            extra={"skipped": run.skipped})
     if as_json:
         typer.echo(json.dumps(json_rows(run.rows), indent=2))
     else:
         typer.echo(summary_table(run.rows).to_markdown(index=False))
         if out is not None:
             typer.echo(f"results, tables and ROC curves in {out}")
+    for _, row in run.rows[run.rows["rebound"] != ""].iterrows():
+        typer.echo(f"note: {row['model']} on {row['test_set']}: role(s) {row['rebound']} rebound by --data "
+                   f"({row['bindings']})", err=True)
+    for _, row in run.rows[run.rows["bindings"].str.contains("--data not used")].iterrows():
+        typer.echo(f"note: {row['model']} on {row['test_set']} keeps its own bindings ({row['bindings']}); "
+                   "--rebind replaces them", err=True)
     for line in run.skipped:
         typer.echo(f"skipped: {line}", err=True)
 
@@ -688,12 +718,15 @@ def evaluate_command(
 def tables_command(
     results: Annotated[list[Path], typer.Argument(help="results.csv files of `unveil evaluate --out`.")],
     out: Annotated[Path, typer.Option(help="Folder for Table 2 and Tables A1..An (CSV, Markdown, LaTeX).")],
+    aggregate_seeds: Annotated[bool, typer.Option(
+        help="Pool the runs of one cell that differ only by seed: mean ± half-width of the Student-t 95 % "
+             "interval over seeds (default: one row per model).")] = False,
     seed: SeedOption = 0,
 ) -> None:
-    """Rebuild the paper's tables from one or several evaluation result files."""
+    """Rebuild the paper's tables from one or several evaluation result files (one row per model)."""
     import pandas as pd
 
-    from unveil.evaluation.tables import write_tables
+    from unveil.evaluation.tables import TableError, write_tables
 
     frames = []
     for path in results:
@@ -701,7 +734,10 @@ def tables_command(
             frames.append(pd.read_csv(path))
         except (OSError, ValueError) as error:
             _fail(f"{path}: unreadable results file ({error})")
-    written = write_tables(pd.concat(frames, ignore_index=True), out)
+    try:
+        written = write_tables(pd.concat(frames, ignore_index=True), out, aggregate_seeds=aggregate_seeds)
+    except TableError as error:
+        _fail(str(error))
     typer.echo("\n".join(str(p) for p in written))
 
 
@@ -766,7 +802,7 @@ def audit_command(
     else:
         for verdict in result.verdicts:
             flag = "informative" if verdict.flagged is None else ("FLAGGED" if verdict.flagged else "ok")
-            typer.echo(f"{verdict.test:18s} {verdict.subject:38s} {verdict.value:6.3f} "
+            typer.echo(f"{verdict.test:18s} {verdict.subject:38s} {verdict.measure}: {verdict.value:.3f} "
                        f"[{verdict.low:.3f}, {verdict.high:.3f}]  {flag:11s} {verdict.suggests}")
         typer.echo(f"{len(result.flagged)} flag(s); figures in {out}")
 
@@ -880,16 +916,22 @@ def predict_command(
     segmenter: Annotated[Path | None, typer.Option(help="Lung model (default: the bundle's, else shipped).")]
     = None,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file is unreadable.")] = False,
+    threshold: ThresholdOption = None,
+    threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
+    target_sensitivity: TargetSensitivityOption = 0.9,
     seed: SeedOption = 0,
 ) -> None:
-    """Score new images: probability, decision at the bundle's threshold, lung check, OOD warning."""
+    """Score new images: probability, decision at the bundle's threshold (or one chosen by --threshold /
+    --threshold-rule), lung check, OOD warning."""
     from unveil.inference import PredictionError, predict_files
     from unveil.segmentation import SegmenterError
     from unveil.training import BundleError
 
     try:
+        rule, value = _threshold_options(threshold, threshold_rule)
         summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
-                                strict=strict, progress=True)
+                                strict=strict, progress=True, threshold_rule=rule, threshold=value,
+                                target_sensitivity=target_sensitivity)
     except (BundleError, SegmenterError) as error:
         _fail(str(error))
     except PredictionError as error:

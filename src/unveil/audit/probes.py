@@ -8,7 +8,7 @@ same patient-bootstrap intervals as the models' own metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from unveil.evaluation.metrics import Evaluation, evaluate_scores
+from unveil.evaluation.metrics import Evaluation, evaluate_scores, fixed_threshold
 
 
 @dataclass
@@ -68,7 +68,8 @@ def linear_probe(features: np.ndarray, target: np.ndarray, groups: np.ndarray, *
                                                                    max_iter=5000))
         probe.fit(features[train_index], target[train_index])
         out_of_fold[test_index] = probe.predict_proba(features[test_index])[:, 1]
+    # A class-balanced probe: its decision is the fixed 0.5.
     evaluation = evaluate_scores(target, out_of_fold, groups, resamples=resamples, seed=seed,
-                                 threshold_rule="probe 0.5")
+                                 threshold=replace(fixed_threshold(), description="probe at fixed 0.5"))
     counts = {negative: int((target == 0).sum()), positive: int((target == 1).sum())}
     return ProbeResult(name, negative, positive, counts, folds, evaluation, out_of_fold)

@@ -74,6 +74,7 @@ class Verdict:
     threshold: str
     flagged: bool | None  # None: informative only
     suggests: str
+    measure: str = ""  # what ``value`` is: ROC AUC, balanced accuracy, a ratio ...
 
 
 @dataclass
@@ -121,12 +122,14 @@ def _probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str)
     metric = probe.evaluation.metrics["balanced_accuracy"]
     flagged = bool(metric.value >= thresholds.source_probe)
     accuracy = probe.evaluation.metrics["accuracy"].value
-    detail = f"(accuracy {accuracy:.2f}, majority rate {probe.majority_rate:.2f}, {probe.counts})"
+    counts = ", ".join(f"{source}: {n} images" for source, n in probe.counts.items())
+    detail = f"(accuracy {accuracy:.2f}, majority rate {probe.majority_rate:.2f}; {counts})"
     suggests = (f"the features tell {probe.positive} from {probe.negative} among {within} images {detail}: the model "
                 "carries the dataset, so cross-source results may reflect the source, not the disease"
                 if flagged else f"no strong {probe.negative}/{probe.positive} signature among {within} images {detail}")
     return Verdict("source probe", f"{probe.negative} vs {probe.positive} ({within} images)", metric.value, metric.low,
-                   metric.high, f"balanced accuracy >= {thresholds.source_probe:g} flags", flagged, suggests)
+                   metric.high, f"balanced accuracy >= {thresholds.source_probe:g} flags", flagged, suggests,
+                   measure="balanced accuracy (linear probe, out of fold)")
 
 
 def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dict[str, DataSpec] | None = None,
@@ -189,7 +192,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         metric = label_probe.evaluation.metrics["roc_auc"]
         verdicts.append(Verdict("label probe", "COVID- vs COVID+ (all images)", metric.value, metric.low, metric.high,
                                 "informative (no flag)", None,
-                                "how linearly the features separate the labels (compare with the source probes)"))
+                                "how linearly the features separate the labels (compare with the source probes)",
+                                measure="ROC AUC (linear probe, out of fold)"))
     except ValueError as error:
         figures["label_probe_note"] = str(error)
     for value, within in ((0, "COVID-"), (1, "COVID+")):
@@ -230,7 +234,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
             f"AUC >= {thresholds.occlusion_auc:g} flags",
             flagged, (f"with the lungs hidden the model still separates the classes (AUC {auc_after.value:.2f}, "
                       f"{auc_before.value:.2f} with them): it uses evidence outside the lungs") if flagged else
-            f"hiding the lungs takes the AUC from {auc_before.value:.2f} to {auc_after.value:.2f}"))
+            f"hiding the lungs takes the AUC from {auc_before.value:.2f} to {auc_after.value:.2f}",
+            measure="ROC AUC (model, lungs hidden)"))
     else:
         figures["occlusion_note"] = "one class only among the audited images: no AUC"
 
@@ -254,7 +259,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         "saliency in lungs", f"Grad-CAM mass in lungs / lung area ({bundle.model.target_layer})", mean, low, high,
         "informative (no flag unless lung_saliency is set)" if rule is None else f"ratio < {rule:g} flags",
         flagged, f"{share:.0%} of the Grad-CAM mass lies in the lungs, which cover {lung_area:.0%} of the image: "
-        f"{reading}"))
+        f"{reading}", measure="ratio (Grad-CAM share in lungs / lung area share)"))
     rng = np.random.default_rng(seed)
     overlay_dir = out / "saliency"
     overlay_dir.mkdir(exist_ok=True)
@@ -271,7 +276,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     stages.close()
 
     per_image = kept[["record_id", "source", "patient_id", "test_set"]].assign(
-        label=labels, score=original, score_lungs_hidden=occluded, lung_saliency=inside,
+        label=is_positive, probability=original, probability_lungs_hidden=occluded, lung_saliency=inside,
         tsne_x=points[:, 0], tsne_y=points[:, 1])
     write_text_atomic(out / "audit_images.csv", per_image.to_csv(index=False, lineterminator="\n"))
     result = AuditResult(verdicts, figures, files)
@@ -300,12 +305,12 @@ def audit_markdown(result: AuditResult, out: Path) -> str:
     """The section a report includes: the verdict table, then the pictures."""
     lines = ["## Bias audit", "", f"{result.figures['images']} test images of {result.figures['patients']} "
              f"patients ({', '.join(f'{k}: {v}' for k, v in result.figures['by_source'].items())}).", "",
-             "| test | subject | value [95 % CI] | flag rule | flagged | what it suggests |",
-             "|---|---|---|---|---|---|"]
+             "| test | subject | measure | value [95 % CI] | flag rule | flagged | what it suggests |",
+             "|---|---|---|---|---|---|---|"]
     for v in result.verdicts:
         value = "n/a" if math.isnan(v.value) else f"{v.value:.2f} [{v.low:.2f}, {v.high:.2f}]"
         flag = "—" if v.flagged is None else ("**yes**" if v.flagged else "no")
-        cells = [v.test, v.subject, value, v.threshold, flag, v.suggests]
+        cells = [v.test, v.subject, v.measure, value, v.threshold, flag, v.suggests]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     lines.append("")
     for key in ("tsne_by_source", "tsne_by_label"):

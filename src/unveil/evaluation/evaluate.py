@@ -4,6 +4,11 @@ A test set is either a composition's test split (``AB``: rebuilt with the model'
 fractions, so the test part of A is the one the model never saw) or a whole labelled dataset
 (``SOURCE:PATH``, e.g. another hospital). Before scoring, the test patients are checked against
 the model's own train/val split file: a model is never evaluated on patients it trained on.
+
+A model's compositions are always built with its own role bindings (from its bundle's provenance);
+``data`` only adds roles the model was not trained with, unless ``rebind`` replaces them on purpose
+(and every row says which roles were rebound). Each row names the threshold's rule and, where the
+threshold is not 0.5, also carries the threshold-dependent metrics at 0.5 (``m_at_0.5`` columns).
 """
 
 from __future__ import annotations
@@ -19,16 +24,21 @@ import pandas as pd
 
 from unveil.data.compose import compose, load_recipes
 from unveil.data.records import patient_keys
-from unveil.evaluation.metrics import choose_threshold, evaluate_scores
+from unveil.evaluation.metrics import (
+    PAPER_THRESHOLD,
+    ThresholdChoice,
+    ThresholdRule,
+    evaluate_scores,
+    metrics_at_paper_threshold,
+)
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
-from unveil.training.bundle import ModelBundle, load_bundle
+from unveil.training.bundle import BundleError, ModelBundle, load_bundle
+from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, load_image_set
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
-
-THRESHOLD_CHOICES = ("bundle", "fixed", "youden", "sensitivity")
 
 
 class EvaluationError(ValueError):
@@ -50,15 +60,34 @@ class EvaluationRun:
 
 
 def model_identity(bundle: ModelBundle) -> dict[str, Any]:
-    """How tables name a model: run folder, architecture, pre-trained encoder, training composition."""
+    """How tables name a model: run folder, architecture, pre-trained encoder, training composition, and
+    the training seed and recipe key (equal keys: runs that differ only by seed)."""
     provenance = bundle.description.get("provenance", {})
     task = str(provenance.get("task", ""))
     encoder = provenance.get("encoder_init") or {}
     run = bundle.path.parent.name if bundle.path is not None else "model"
+    try:
+        recipe = TrainConfig.from_dict(dict(provenance.get("config") or {})).recipe_key()
+    except (ConfigError, TypeError):
+        recipe = ""
     return {"model": run, "architecture": bundle.description["architecture"],
             "encoder": encoder.get("label", "pretrained") if encoder else "none",
             "training_set": task.split(":", 1)[1] if task.startswith("train:") else task or "unknown",
-            "bundle": str(bundle.path)}
+            "model_seed": provenance.get("seed"), "recipe_key": recipe, "bundle": str(bundle.path)}
+
+
+def distinct_names(paths: list[str | Path]) -> dict[str, str]:
+    """A short, distinct name per bundle path: its run folder, with as many parent folders as it takes
+    to tell two bundles apart (``seed0/AB`` and ``seed1/AB`` rather than ``AB`` twice)."""
+    parts = {str(p): Path(p).resolve().parts[:-1] if Path(p).name == "model" else Path(p).resolve().parts
+             for p in paths}
+    names: dict[str, str] = {}
+    for path, own in parts.items():
+        depth = 1
+        while depth < len(own) and any(other != own and other[-depth:] == own[-depth:] for other in parts.values()):
+            depth += 1
+        names[path] = "/".join(own[-depth:])
+    return names
 
 
 def training_bindings(bundle: ModelBundle) -> dict[str, DataSpec]:
@@ -66,6 +95,51 @@ def training_bindings(bundle: ModelBundle) -> dict[str, DataSpec]:
     roles = bundle.description.get("provenance", {}).get("data", {}).get("roles", {})
     return {role: DataSpec(spec["source"], spec["root"], dict(spec.get("options") or {}))
             for role, spec in roles.items()}
+
+
+def _same_dataset(first: DataSpec, second: DataSpec) -> bool:
+    return first.source == second.source and Path(first.root).resolve() == Path(second.root).resolve()
+
+
+@dataclass(frozen=True)
+class Bindings:
+    """The datasets one model is tested with: its own bindings, roles added by ``data`` and, on purpose
+    only, roles rebound by ``data``; ``ignored`` are ``data`` roles the model has bound otherwise."""
+
+    specs: dict[str, DataSpec]
+    added: tuple[str, ...] = ()
+    rebound: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def describe(self, roles: list[str] | tuple[str, ...]) -> str:
+        """``A=source:root (model); B=... (--data)`` for the roles a test set uses."""
+        def origin(role: str) -> str:
+            if role in self.rebound:
+                return "rebound by --data"
+            if role in self.added:
+                return "--data"
+            return "model's own; --data not used" if role in self.ignored else "model's own"
+        return "; ".join(f"{r}={self.specs[r].source}:{self.specs[r].root} ({origin(r)})" for r in roles
+                         if r in self.specs)
+
+
+def model_bindings(bundle: ModelBundle, data: dict[str, DataSpec] | None = None, *,
+                   rebind: bool = False) -> Bindings:
+    """The model's own role bindings plus ``data``'s other roles; ``rebind`` lets ``data`` replace the
+    model's own (a deliberate choice: e.g. the same hospital's data from another export)."""
+    own = training_bindings(bundle)
+    specs, added, rebound, ignored = dict(own), [], [], []
+    for role, spec in (data or {}).items():
+        if role not in own:
+            specs[role] = spec
+            added.append(role)
+        elif not _same_dataset(own[role], spec):
+            if rebind:
+                specs[role] = spec
+                rebound.append(role)
+            else:
+                ignored.append(role)
+    return Bindings(specs, tuple(added), tuple(rebound), tuple(ignored))
 
 
 def build_test_set(name: str, bindings: dict[str, DataSpec], *, seed: int, test_fraction: float = 0.3,
@@ -122,7 +196,7 @@ def cached_images(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Pa
 
 def score_records(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Path, workers: int = 1,
                   progress: bool = False, strict: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """COVID+ probability of every record (pre-processed with the bundle's own settings)."""
+    """COVID+ ``probability`` and true ``label`` of every record (pre-processed with the bundle's settings)."""
     positive = bundle.positive_index
     if positive is None:
         raise EvaluationError(f"{bundle.path}: a pre-training model (classes {bundle.classes}); evaluate COVID "
@@ -130,41 +204,32 @@ def score_records(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Pa
     images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress, strict=strict)
     probabilities = bundle.predict_probabilities(images.images)
     scored = images.records[["record_id", "source", "patient_id"]].assign(
-        label=images.labels.numpy(), score=probabilities[:, positive])
+        label=images.labels.numpy(), probability=probabilities[:, positive])
     return scored, images.skipped
 
 
-def resolve_threshold(bundle: ModelBundle, rule: str, *, value: float = 0.5,
-                      target_sensitivity: float = 0.9) -> tuple[float, str]:
-    """The decision threshold, chosen a priori: the bundle's own, a fixed value, or on the model's
-    validation predictions (Youden, or a target sensitivity)."""
-    if rule not in THRESHOLD_CHOICES:
-        raise EvaluationError(f"threshold rule must be one of {', '.join(THRESHOLD_CHOICES)}; got {rule!r}")
-    if rule == "bundle":
-        return bundle.threshold, str(bundle.description["threshold"]["rule"])
-    if rule == "fixed":
-        return choose_threshold(np.array([0, 1]), np.array([0.0, 1.0]), "fixed", value=value)
-    path = bundle.path.parent / "val_predictions.csv" if bundle.path is not None else None
-    if path is None or not path.is_file():
-        raise EvaluationError(f"{bundle.path}: no val_predictions.csv beside the bundle to choose a {rule} threshold")
-    validation = pd.read_csv(path)
-    column = f"p_{bundle.classes[bundle.positive_index or 0]}"
+def resolve_threshold(bundle: ModelBundle, rule: ThresholdRule | str = ThresholdRule.BUNDLE, *,
+                      value: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9) -> ThresholdChoice:
+    """The decision threshold, chosen a priori: the bundle's own (``bundle``), a fixed value, or on the
+    model's validation predictions (``youden``, ``sensitivity``)."""
     try:
-        return choose_threshold(validation["label"].to_numpy(), validation[column].to_numpy(), rule,
-                                target_sensitivity=target_sensitivity)
-    except ValueError as error:
-        raise EvaluationError(f"{path}: {error}") from None
+        return bundle.resolve_threshold(rule, value=value, target_sensitivity=target_sensitivity)
+    except BundleError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec] | None = None,
                     recipes: str | Path | None = None, allow_overlap: bool = False,
-                    built: dict[tuple, TestSet] | None = None) -> tuple[TestSet, int]:
-    """Test set ``name`` as seen by ``bundle`` (its seed, fractions and data bindings, ``data`` added),
-    refused when it shares patients with the model's training/validation split (unless allowed).
-    Returns the test set and the number of shared patients. ``built`` memoises test sets."""
+                    built: dict[tuple, TestSet] | None = None, rebind: bool = False) -> tuple[TestSet, int]:
+    """Test set ``name`` as seen by ``bundle`` (its seed, fractions and own data bindings; ``data`` adds
+    roles it lacks, or replaces its own with ``rebind``), refused when it shares patients with the
+    model's training/validation split (unless allowed). Returns the test set and the number of shared
+    patients; the test set's origin says which dataset each role was bound to and how.
+    ``built`` memoises test sets."""
     provenance = bundle.description.get("provenance", {})
     described = provenance.get("data", {})
-    bindings = {**training_bindings(bundle), **(data or {})}
+    chosen = model_bindings(bundle, data, rebind=rebind)
+    bindings = chosen.specs
     key = (name, int(provenance.get("seed", 0)), described.get("test_fraction", 0.3),
            described.get("val_fraction", 0.2), tuple(sorted((r, s.source, s.root) for r, s in bindings.items())))
     built = {} if built is None else built
@@ -172,6 +237,13 @@ def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec]
         built[key] = build_test_set(name, bindings, seed=key[1], test_fraction=key[2], val_fraction=key[3],
                                     recipes=recipes)
     test_set = built[key]
+    roles = list(test_set.origin.get("roles", {}))
+    test_set = TestSet(test_set.name, test_set.records, {
+        **test_set.origin, "bindings": chosen.describe(roles),
+        "rebound": [r for r in chosen.rebound if r in roles], "ignored": [r for r in chosen.ignored if r in roles]})
+    for role in test_set.origin["ignored"]:
+        log.warning("%s: test set %s uses the model's own %s (%s:%s); --data %s is not used for it (--rebind "
+                    "replaces it)", bundle.path, name, role, bindings[role].source, bindings[role].root, role)
     overlap = sorted(set(patient_keys(test_set.records)) & training_patients(bundle))
     if overlap and not allow_overlap:
         raise EvaluationError(f"test set {name} shares {len(overlap)} patient(s) with the training/validation "
@@ -181,38 +253,50 @@ def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec]
 
 
 def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dict[str, DataSpec] | None = None,
-                    cache: str | Path | None = None, threshold_rule: str = "bundle", threshold: float = 0.5,
-                    target_sensitivity: float = 0.9, resamples: int = 2000, seed: int = 0, workers: int = 1,
-                    recipes: str | Path | None = None, allow_overlap: bool = False,
-                    progress: bool = False) -> EvaluationRun:
-    """Evaluate each model on each test set; ``data`` binds roles the models were not trained with.
+                    cache: str | Path | None = None, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
+                    threshold: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9, resamples: int = 2000,
+                    seed: int = 0, workers: int = 1, recipes: str | Path | None = None, allow_overlap: bool = False,
+                    rebind: bool = False, progress: bool = False) -> EvaluationRun:
+    """Evaluate each model on each test set, each model with its own role bindings; ``data`` binds roles
+    a model was not trained with (``rebind``: also replaces the model's own, and the rows say so).
+    ``threshold_rule``: ``bundle`` (the threshold chosen at training time), ``fixed`` (``threshold``),
+    ``youden`` or ``sensitivity`` (re-chosen on the model's validation predictions).
     ``cache``: pre-processing cache (default: the one the model was trained with)."""
     if not models or not test_sets:
         raise EvaluationError("give at least one model and one test set")
+    try:
+        threshold_rule = ThresholdRule.parse(threshold_rule)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    names = distinct_names([str(m) for m in models])
     rows, predictions, skipped = [], [], []
     built: dict[tuple, TestSet] = {}
     steps = progress_bar(total=len(models) * len(test_sets), desc="evaluate", unit="test", enabled=progress)
     for model_path in models:
         bundle = load_bundle(model_path)
-        identity = model_identity(bundle)
-        chosen, rule = resolve_threshold(bundle, threshold_rule, value=threshold,
-                                         target_sensitivity=target_sensitivity)
+        identity = {**model_identity(bundle), "model": names[str(model_path)]}
+        chosen = resolve_threshold(bundle, threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
         model_cache = cache or training_cache(bundle)
         for name in test_sets:
             test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
-                                                built=built)
+                                                built=built, rebind=rebind)
             scored, missed = score_records(bundle, test_set.records, cache=model_cache, workers=workers,
                                            progress=progress)
             skipped.extend(missed)
-            result = evaluate_scores(scored["label"].to_numpy(), scored["score"].to_numpy(),
-                                     (scored["source"] + "::" + scored["patient_id"]).to_numpy(), threshold=chosen,
-                                     threshold_rule=rule, resamples=resamples, seed=seed)
+            labels, probabilities = scored["label"].to_numpy(), scored["probability"].to_numpy()
+            result = evaluate_scores(labels, probabilities, (scored["source"] + "::" + scored["patient_id"]).to_numpy(),
+                                     threshold=chosen, resamples=resamples, seed=seed)
             rows.append({**identity, "test_set": name, "test_kind": test_set.origin["kind"],
+                         "bindings": test_set.origin.get("bindings", ""),
+                         "rebound": ",".join(test_set.origin.get("rebound", [])),
                          "skipped_images": len(missed), "overlap_patients": overlap, **result.as_row(),
-                         "resamples": resamples, "seed": seed})
-            predictions.append(scored.assign(model=identity["model"], test_set=name, threshold=chosen))
-            log.info("%s on %s: balanced accuracy %.3f", identity["model"], name,
-                     result.metrics["balanced_accuracy"].value)
+                         **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed})
+            decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
+                                bundle.classes[1 - bundle.positive_index])
+            predictions.append(scored.assign(decision=decision, model=identity["model"], test_set=name,
+                                             threshold=chosen.value, threshold_rule=chosen.rule.value))
+            log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], name,
+                     result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
             steps.update()
     steps.close()
     return EvaluationRun(pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), skipped)

@@ -23,12 +23,22 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import binomtest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
+
+from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
 
 METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy", "roc_auc", "dor")
 PROPORTIONS: tuple[str, ...] = ("sensitivity", "specificity", "accuracy")
-THRESHOLD_RULES: tuple[str, ...] = ("fixed", "youden", "sensitivity")
 REPORTED: tuple[str, ...] = (*METRICS, "dor_corrected")
+#: Metrics that depend on the threshold, also reported at the paper's fixed 0.5 (columns ``m_at_0.5``).
+AT_PAPER_THRESHOLD: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy")
+AT_PAPER_SUFFIX = "_at_0.5"
+
+# The threshold vocabulary lives in unveil.thresholds (training chooses with it too); re-exported here.
+__all__ = ["AT_PAPER_SUFFIX", "AT_PAPER_THRESHOLD", "METRICS", "PAPER_THRESHOLD", "PROPORTIONS", "REPORTED",
+           "Confusion", "Evaluation", "MetricValue", "ThresholdChoice", "ThresholdRule", "choose_threshold",
+           "dor_from_rates", "dor_haldane", "dor_range_from_rounded", "evaluate_scores", "fixed_threshold",
+           "metrics_at_paper_threshold", "point_metrics", "wilson_interval"]
 
 _NO_POSITIVES = "no COVID+ images"
 _NO_NEGATIVES = "no COVID- images"
@@ -148,7 +158,7 @@ class Evaluation:
     """Metrics of one score set at one threshold, with the counts behind them."""
 
     threshold: float
-    threshold_rule: str
+    threshold_rule: ThresholdRule
     confusion: Confusion
     metrics: dict[str, MetricValue]
     images: int
@@ -158,13 +168,15 @@ class Evaluation:
     positive_patients: int
     negative_patients: int
     bootstrap: dict
+    threshold_description: str = ""
 
     def as_row(self) -> dict[str, object]:
         """A flat dict (one table row): threshold, counts, confusion cells, and per metric m the columns
         m, m_low, m_high, m_wilson_low/m_wilson_high (proportions only) and m_note."""
         c = self.confusion
         row: dict[str, object] = {
-            "threshold": self.threshold, "threshold_rule": self.threshold_rule, "images": self.images,
+            "threshold": self.threshold, "threshold_rule": self.threshold_rule.value,
+            "threshold_description": self.threshold_description, "images": self.images,
             "patients": self.patients, "positive_images": self.positive_images,
             "negative_images": self.negative_images, "positive_patients": self.positive_patients,
             "negative_patients": self.negative_patients, "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn}
@@ -176,17 +188,23 @@ class Evaluation:
         return row
 
 
-def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *, threshold: float = 0.5,
-                    threshold_rule: str = "fixed 0.5", resamples: int = 2000, confidence: float = 0.95,
-                    seed: int = 0) -> Evaluation:
+def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *,
+                    threshold: float | ThresholdChoice = PAPER_THRESHOLD, resamples: int = 2000,
+                    confidence: float = 0.95, seed: int = 0) -> Evaluation:
     """All metrics of ``scores`` against ``labels`` at ``threshold``, with patient-bootstrap intervals.
+
+    ``threshold``: a :class:`ThresholdChoice` (its rule and description go into the result), or a number
+    (taken as the fixed rule).
 
     ``patients`` gives each image's patient id: the bootstrap draws patients with replacement and an
     image's weight is the number of times its patient was drawn. A resample in which a metric is undefined
     (e.g. one class only) is left out of that metric's interval, and its note says how many remained."""
     y, s = _validate_labels_scores(labels, scores)
     codes = _patient_codes(patients, len(y))
-    threshold = _finite(threshold, "threshold")
+    choice = threshold if isinstance(threshold, ThresholdChoice) else None
+    threshold = _finite(choice.value if choice else threshold, "threshold")
+    rule = choice.rule if choice else ThresholdRule.FIXED
+    description = choice.description if choice else f"fixed {threshold:g}"
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
     if int(resamples) != resamples or resamples < 0:
@@ -218,7 +236,8 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
                                     wilson_high=wilson_high, note="; ".join(notes) or None)
 
     return Evaluation(
-        threshold=threshold, threshold_rule=threshold_rule, confusion=confusion, metrics=metrics,
+        threshold=threshold, threshold_rule=rule, threshold_description=description, confusion=confusion,
+        metrics=metrics,
         images=len(y), patients=n_patients, positive_images=confusion.positives,
         negative_images=confusion.negatives,
         # A patient with images of both classes counts in both (so the two may sum to more than `patients`).
@@ -227,37 +246,11 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
                    "method": "percentile"})
 
 
-def choose_threshold(labels: ArrayLike, scores: ArrayLike, rule: str = "fixed", *, value: float = 0.5,
-                     target_sensitivity: float = 0.9) -> tuple[float, str]:
-    """A decision threshold chosen a priori on validation data, and a text that says how.
-
-    ``fixed``: ``value``. ``youden``: the threshold maximizing sensitivity + specificity - 1.
-    ``sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity``.
-    Data-driven thresholds are validation scores, so ``score >= threshold`` reproduces the chosen point."""
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
-    if rule == "fixed":
-        value = _finite(value, "threshold value")
-        return value, f"fixed {value:g}"
-    y, s = _validate_labels_scores(labels, scores)
-    if y.min() == y.max():
-        raise ValueError(f"a {rule} threshold needs both classes in the validation labels; all are {int(y[0])}")
-    # thresholds[0] is inf (nothing predicted positive, tpr = fpr = 0); skip it: J there is 0, which
-    # the last point (everything positive) also reaches, and sensitivity there is 0 < any target.
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
-    if rule == "youden":
-        youden = tpr - fpr
-        best = int(np.argmax(youden))  # first maximum = highest threshold among ties
-        return float(thresholds[best]), f"youden on validation (J={youden[best]:.3f})"
-    target = _finite(target_sensitivity, "target sensitivity")
-    if not 0 < target <= 1:
-        raise ValueError(f"target sensitivity must lie in (0, 1]; got {target}")
-    # tpr rises as the threshold falls, so the first point reaching the target has the highest threshold.
-    # A tiny tolerance keeps e.g. 9/10 = 0.8999999999999999 from missing a target of 0.9.
-    index = int(np.argmax(tpr >= target - 1e-12))
-    return float(thresholds[index]), (f"sensitivity >= {target:.2f} on validation (achieved {tpr[index]:.3f}, "
-                                      f"specificity {1 - fpr[index]:.2f})")
+def metrics_at_paper_threshold(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
+    """The threshold-dependent metrics at the paper's fixed 0.5 (point values, columns ``m_at_0.5``), shown
+    beside a chosen threshold so that the two readings can be compared."""
+    values = point_metrics(Confusion.from_scores(labels, scores, PAPER_THRESHOLD))
+    return {f"{name}{AT_PAPER_SUFFIX}": values[name] for name in AT_PAPER_THRESHOLD}
 
 
 # --- bootstrap -------------------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
 """Results tables in the paper's layout, as CSV, Markdown and LaTeX; ROC curves per model.
 
-- Table 2 (summary): one row per model (architecture, pre-trained encoder, training set), one
-  column per test set, balanced accuracy with its 95 % interval: the cross-dataset matrix.
-- Tables A1...An: one per architecture (in the registry's order), rows pre-trained encoder x
-  training set x test set, columns the seven metrics with intervals, the Haldane-Anscombe
-  corrected DOR (finite when the paper's is infinite), and the counts behind them.
+- Table 2 (summary): one row per model (its run name, architecture, pre-trained encoder, training
+  set and threshold rule), one column per test set, balanced accuracy with its 95 % interval: the
+  cross-dataset matrix. Where a model's threshold is not 0.5, each cell also gives the balanced
+  accuracy at the paper's fixed 0.5, so an AUC of 0.8 beside a BA of 0.5 never goes unexplained.
+- Tables A1...An: one per architecture (in the registry's order), rows model x test set, columns the
+  seven metrics with intervals, the Haldane-Anscombe corrected DOR (finite when the paper's is
+  infinite), the threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
+
+Every row names its model; two models are never merged into one row. Runs of one cell that differ
+only by seed are pooled only on request (``aggregate_seeds``, :func:`pool_seeds`): mean ± the
+half-width of a Student-t 95 % interval over the seeds.
 """
 
 from __future__ import annotations
@@ -15,15 +21,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unveil.evaluation.metrics import METRICS
+from unveil.evaluation.evaluate import distinct_names
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, ThresholdRule
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 
 LABELS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
           "balanced_accuracy": "BA", "roc_auc": "AUC", "dor": "DOR"}
+#: Threshold metrics the tables repeat at 0.5 where a model's threshold differs.
+AT_PAPER_COLUMNS = {"balanced_accuracy": "BA at 0.5", "sensitivity": "Sensitivity at 0.5",
+                    "specificity": "Specificity at 0.5"}
 ARCHITECTURE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "densenet121": "DenseNet-121",
                       "conv8": "Conv8", "covidnet": "COVID-Net"}
 FORMATS = ("csv", "md", "tex")
+SEED_INTERVAL = "mean ± half-width of the Student-t 95 % interval over seeds"
+
+
+class TableError(ValueError):
+    """Results rows cannot be tabulated as asked (the message names the rows)."""
 
 
 def format_value(value: float, digits: int = 2, infinity: str = "∞") -> str:
@@ -37,44 +52,158 @@ def format_value(value: float, digits: int = 2, infinity: str = "∞") -> str:
 def format_with_interval(row: pd.Series, metric: str, infinity: str = "∞") -> str:
     digits = 2
     point = format_value(row[metric], digits, infinity)
+    if _seeds(row) > 1:  # pooled seeds: mean ± half-width
+        half = row.get(f"{metric}_half_width")
+        return point if half is None or pd.isna(half) else f"{point} ± {format_value(half, digits, infinity)}"
     low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
     if pd.isna(row[metric]) or low is None or high is None or (pd.isna(low) and pd.isna(high)):
         return point
     return f"{point} [{format_value(low, digits, infinity)}, {format_value(high, digits, infinity)}]"
 
 
+def _seeds(row: pd.Series) -> int:
+    value = row.get("n_seeds")
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
+def _off_paper_threshold(row: pd.Series) -> bool:
+    """Does the row's threshold differ from the paper's 0.5 (so its 0.5 figures are worth showing)?"""
+    threshold = row.get("threshold")
+    return threshold is not None and not pd.isna(threshold) and not math.isclose(float(threshold), PAPER_THRESHOLD)
+
+
+def threshold_label(row: pd.Series) -> str:
+    """``youden 0.431``: the rule that chose the row's threshold, and the threshold."""
+    rule = row.get("threshold_rule")
+    rule = "unknown" if rule is None or pd.isna(rule) else str(rule)
+    threshold = row.get("threshold")
+    if threshold is None or pd.isna(threshold):
+        return rule
+    if rule == ThresholdRule.FIXED.value:
+        return f"fixed {float(threshold):g}"
+    spread = row.get("threshold_sd")
+    if spread is not None and not pd.isna(spread) and spread > 0:
+        return f"{rule} {float(threshold):.3f} (mean)"
+    return f"{rule} {float(threshold):.3f}"
+
+
+def model_labels(rows: pd.DataFrame) -> pd.Series:
+    """One distinct display name per model: its ``model`` name, made distinct with its bundle path where
+    two bundles share a name (e.g. the same run folder name under two seeds' folders)."""
+    names = rows["model"].astype(str) if "model" in rows else pd.Series("model", index=rows.index)
+    if "bundle" not in rows:
+        return names
+    bundles = rows["bundle"].astype(str)
+    clashing = [m for m, group in bundles.groupby(names) if group.nunique() > 1]
+    if not clashing:
+        return names
+    better = distinct_names(sorted(set(bundles[names.isin(clashing)])))
+    return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles)], index=rows.index)
+
+
 def _order(rows: pd.DataFrame) -> pd.DataFrame:
     rank = {name: i for i, name in enumerate(MODEL_NAMES)}
+    rows = rows.assign(_model=model_labels(rows))
     return rows.assign(_arch=rows["architecture"].map(lambda a: rank.get(a, len(rank)))).sort_values(
-        ["_arch", "encoder", "training_set", "test_set"]).drop(columns="_arch")
+        ["_arch", "encoder", "training_set", "_model", "test_set"]).drop(columns="_arch")
+
+
+def _with_paper_threshold(row: pd.Series, metric: str, infinity: str) -> str:
+    text = format_with_interval(row, metric, infinity)
+    column = f"{metric}{AT_PAPER_SUFFIX}"
+    if _off_paper_threshold(row) and column in row and not pd.isna(row[column]):
+        text += f" (at 0.5: {format_value(row[column], 2, infinity)})"
+    return text
 
 
 def summary_table(rows: pd.DataFrame, metric: str = "balanced_accuracy", infinity: str = "∞") -> pd.DataFrame:
-    """Table 2: models x test sets, ``metric`` with its interval."""
+    """Table 2: models x test sets, ``metric`` with its interval (and at 0.5 where the threshold differs).
+    One row per model: models sharing architecture, encoder and training set stay apart."""
     rows = _order(rows)
-    table = rows.assign(value=[format_with_interval(r, metric, infinity) for _, r in rows.iterrows()],
-                        Architecture=rows["architecture"].map(lambda a: ARCHITECTURE_NAMES.get(a, a)))
-    pivot = table.pivot_table(index=["Architecture", "encoder", "training_set"], columns="test_set", values="value",
-                              aggfunc="first", sort=False)
-    pivot.index.names = ["Architecture", "Pre-trained", "Trained on"]
+    if "threshold_rule" not in rows:
+        rows = rows.assign(threshold_rule=None)
+    table = rows.assign(value=[_with_paper_threshold(r, metric, infinity) for _, r in rows.iterrows()],
+                        Architecture=rows["architecture"].map(lambda a: ARCHITECTURE_NAMES.get(a, a)),
+                        Threshold=rows["threshold_rule"].fillna("unknown").astype(str))
+    index = ["_model", "Architecture", "encoder", "training_set", "Threshold"]
+    pivot = table.pivot_table(index=index, columns="test_set", values="value", aggfunc=_only, sort=False)
+    pivot.index.names = ["Model", "Architecture", "Pre-trained", "Trained on", "Threshold rule"]
     pivot.columns = [f"Test {c}" for c in pivot.columns]
     return pivot.reset_index()
 
 
+def _only(values: pd.Series) -> str:
+    """The one value of a (model, test set) cell; two differing values would be a silent merge."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) > 1:
+        raise TableError(f"one model has {len(distinct)} different results on one test set ({', '.join(distinct)}): "
+                         "give each evaluation its own model name")
+    return distinct[0]
+
+
 def architecture_tables(rows: pd.DataFrame, infinity: str = "∞") -> dict[str, pd.DataFrame]:
-    """Tables A1..An: per architecture, encoder x training set x test set x the seven metrics."""
+    """Tables A1..An: per architecture, model x test set x the seven metrics, threshold rule, figures at 0.5."""
     tables = {}
     for architecture, group in _order(rows).groupby("architecture", sort=False):
-        table = pd.DataFrame({"Pre-trained": group["encoder"], "Trained on": group["training_set"],
-                              "Tested on": group["test_set"]})
+        table = pd.DataFrame({"Model": group["_model"], "Pre-trained": group["encoder"],
+                              "Trained on": group["training_set"], "Tested on": group["test_set"],
+                              "Threshold": [threshold_label(r) for _, r in group.iterrows()]})
+        if "n_seeds" in group:
+            table.insert(1, "Seeds", group["seeds"].to_numpy())
         for metric in METRICS:
             table[LABELS[metric]] = [format_with_interval(r, metric, infinity) for _, r in group.iterrows()]
         if "dor_corrected" in group:  # finite even when a confusion cell is zero
             table["DOR (HA)"] = [format_with_interval(r, "dor_corrected", infinity) for _, r in group.iterrows()]
+        if any(_off_paper_threshold(r) for _, r in group.iterrows()):
+            for metric, label in AT_PAPER_COLUMNS.items():
+                column = f"{metric}{AT_PAPER_SUFFIX}"
+                if column in group:
+                    table[label] = [format_value(r[column], 2, infinity) if _off_paper_threshold(r) else "(same)"
+                                    for _, r in group.iterrows()]
         table["Patients"] = group["patients"].to_numpy()
         table["Images"] = group["images"].to_numpy()
         tables[str(architecture)] = table.reset_index(drop=True)
     return tables
+
+
+def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Pool the runs of one cell that differ only by seed: per (architecture, encoder, training set, recipe,
+    threshold rule, test set), every metric's mean over seeds, its ``_half_width`` (Student-t 95 %, nan
+    for one seed), ``n_seeds``, ``seeds`` and the ``model`` names pooled. Refuses two runs with one seed."""
+    from scipy.stats import t as student_t
+
+    if "model_seed" not in rows:
+        raise TableError("results rows without model_seed (evaluate them again with this unveil) cannot be "
+                         "pooled by seed")
+    rows = rows.assign(model=model_labels(rows))
+    keys = [k for k in ("architecture", "encoder", "training_set", "recipe_key", "threshold_rule", "test_set")
+            if k in rows]
+    numeric = [c for c in rows.columns if c not in keys and pd.api.types.is_numeric_dtype(rows[c])
+               and c not in ("model_seed", "seed", "resamples")]
+    pooled = []
+    for key, group in rows.groupby(keys, sort=False, dropna=False):
+        seeds = group["model_seed"].tolist()
+        if len(set(seeds)) < len(seeds):
+            raise TableError(f"models {', '.join(group['model'])} share the cell {dict(zip(keys, key))} and a seed: "
+                             "they are not seeds of one cell (rename or drop one)")
+        n = len(group)
+        row = dict(zip(keys, key))
+        for column in numeric:
+            values = group[column].to_numpy(dtype=np.float64)
+            row[column] = float(np.mean(values))
+            finite = values[np.isfinite(values)]
+            if n > 1 and len(finite) == n:
+                row[f"{column}_half_width"] = float(student_t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+            else:
+                row[f"{column}_half_width"] = math.nan
+        row["threshold_sd"] = float(np.std(group["threshold"], ddof=0)) if "threshold" in group else math.nan
+        row.update({"model": " + ".join(group["model"]), "n_seeds": n,
+                    "seeds": ", ".join(str(s) for s in sorted(seeds, key=str)), "interval": SEED_INTERVAL})
+        for metric in (*METRICS, "dor_corrected"):
+            row.pop(f"{metric}_low", None)
+            row.pop(f"{metric}_high", None)
+        pooled.append(row)
+    return pd.DataFrame(pooled)
 
 
 def _latex(table: pd.DataFrame, caption: str, label: str) -> str:
@@ -86,17 +215,26 @@ def _latex(table: pd.DataFrame, caption: str, label: str) -> str:
                                                      column_format="l" * len(escaped.columns))
 
 
-def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write Table 2 and Tables A1..An; CSV keeps raw numbers (every column of ``rows``)."""
+def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = FORMATS, *,
+                 aggregate_seeds: bool = False) -> list[Path]:
+    """Write Table 2 and Tables A1..An; CSV keeps raw numbers (every column of ``rows``).
+    ``aggregate_seeds``: pool the seeds of each cell (mean ± t-interval half-width; ``results_by_cell.csv``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    named = {"table2": ("Table 2: balanced accuracy of every model on every test set (95 % CI, patient bootstrap)",
-                        summary_table(rows))}
-    for index, (architecture, table) in enumerate(architecture_tables(rows).items(), 1):
+    tabulated = pool_seeds(rows) if aggregate_seeds else rows
+    if aggregate_seeds:
+        values = "mean ± half-width of the Student-t 95 % interval over the seeds of each cell"
+    else:
+        values = "95 % CI, patient bootstrap"
+    threshold_note = ("threshold chosen a priori on each model's validation split by the rule shown; "
+                      "'at 0.5': the same at the paper's fixed 0.5, where the threshold differs")
+    named = {"table2": (f"Table 2: balanced accuracy of every model on every test set ({values}; {threshold_note})",
+                        summary_table(tabulated))}
+    for index, (architecture, table) in enumerate(architecture_tables(tabulated).items(), 1):
         title = ARCHITECTURE_NAMES.get(architecture, architecture)
-        named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, pre-trained encoder x training set x "
-                                                  "test set (95 % CI)", table)
+        named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, model x test set ({values}; "
+                                                  f"{threshold_note})", table)
     for stem, (caption, table) in named.items():
         if "md" in formats:
             text = f"**{caption}**\n\n" + table.to_markdown(index=False) + "\n"
@@ -105,6 +243,9 @@ def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
             written.append(write_text_atomic(out / f"{stem}.tex", _latex(table, caption, f"tab:{stem}")))
     if "csv" in formats:
         written.append(write_text_atomic(out / "results.csv", rows.to_csv(index=False, lineterminator="\n")))
+        if aggregate_seeds:
+            written.append(write_text_atomic(out / "results_by_cell.csv",
+                                             tabulated.to_csv(index=False, lineterminator="\n")))
     return written
 
 
@@ -125,11 +266,11 @@ def plot_roc_curves(predictions: pd.DataFrame, out: str | Path,
         for test_set, part in group.groupby("test_set", sort=True):
             if part["label"].nunique() < 2:
                 continue
-            fpr, tpr, _ = roc_curve(part["label"], part["score"])
-            auc = roc_auc_score(part["label"], part["score"])
+            fpr, tpr, _ = roc_curve(part["label"], part["probability"])
+            auc = roc_auc_score(part["label"], part["probability"])
             axis.plot(fpr, tpr, label=f"{test_set} (AUC {auc:.2f}, n={len(part)})")
             threshold = float(part["threshold"].iloc[0])
-            predicted = part["score"] >= threshold
+            predicted = part["probability"] >= threshold
             sensitivity = float(predicted[part["label"] == 1].mean())
             specificity = float((~predicted)[part["label"] == 0].mean())
             axis.plot([1 - specificity], [sensitivity], "o", color=axis.lines[-1].get_color(), markersize=4)

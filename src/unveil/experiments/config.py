@@ -9,7 +9,7 @@ data:                       # roles A B C D: real datasets ...
   synthetic: {preset: paper, scale: 1.0, image_size: 256}
 recipes: my_recipes.yaml    # optional: custom compositions (default: the paper's Table 1)
 preprocess: {size: 128, mask: segment, equalize: global, blur_radius: 3}
-training: {epochs: 15, batch_size: 32}   # TrainConfig options for every run
+training: {epochs: 15, batch_size: 32, threshold_rule: youden}   # TrainConfig options for every run
 pretraining:                # encoder label -> the roles it is pre-trained on (+ optional overrides)
   B: {data: [B], training: {epochs: 5}}
 grid:
@@ -42,8 +42,8 @@ import yaml
 
 from unveil.audit.run import MASK_SOURCES, AuditThresholds
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
-from unveil.evaluation.evaluate import THRESHOLD_CHOICES
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
+from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.run import DataSpec
 
@@ -398,7 +398,7 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
 
     if top.jobs < 1:
         raise where.error(("jobs",), f"should be at least 1; got {top.jobs}")
-    _choice(top.evaluation.threshold_rule, THRESHOLD_CHOICES, ("evaluation", "threshold_rule"), where)
+    _choice(top.evaluation.threshold_rule, tuple(rule.value for rule in ThresholdRule), ("evaluation", "threshold_rule"), where)
     audit = top.audit
     _choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
     if audit.compositions != "all":

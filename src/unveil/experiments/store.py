@@ -8,7 +8,10 @@ Tables
 - ``results(cell_id, test_set, metric, value, low, high, wilson_low, wilson_high, note, images, patients,
   positive_images, negative_images, tp, fp, tn, fn, threshold, threshold_rule, resamples, seed,
   provenance)``: one row per (cell, test set, metric). NaN is stored as NULL, infinity as a REAL inf.
-- ``audits(cell_id, test, subject, value, low, high, rule, flagged, suggests)``.
+  The metrics include ``*_at_0.5`` (sensitivity, specificity, F1, accuracy, balanced accuracy at the
+  fixed 0.5, point values) beside the ones at the cell's own threshold.
+- ``audits(cell_id, test, subject, value, low, high, rule, flagged, suggests, measure)``: ``measure`` says
+  what ``value`` is (ROC AUC, balanced accuracy, a ratio).
 - ``files(kind, cell_id, label, path)``: pictures the report embeds (ROC, t-SNE, saliency, ...).
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from unveil.evaluation.metrics import METRICS
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiment (key TEXT PRIMARY KEY, value TEXT);
@@ -36,10 +39,10 @@ CREATE TABLE IF NOT EXISTS results (cell_id TEXT, test_set TEXT, metric TEXT, va
     negative_images INTEGER, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, threshold REAL, threshold_rule TEXT,
     resamples INTEGER, seed INTEGER, provenance TEXT, PRIMARY KEY (cell_id, test_set, metric));
 CREATE TABLE IF NOT EXISTS audits (cell_id TEXT, test TEXT, subject TEXT, value REAL, low REAL, high REAL,
-    rule TEXT, flagged INTEGER, suggests TEXT, PRIMARY KEY (cell_id, test, subject));
+    rule TEXT, flagged INTEGER, suggests TEXT, measure TEXT, PRIMARY KEY (cell_id, test, subject));
 CREATE TABLE IF NOT EXISTS files (kind TEXT, cell_id TEXT, label TEXT, path TEXT, PRIMARY KEY (kind, cell_id, label));
 """
-REPORTED_METRICS = (*METRICS, "dor_corrected")
+REPORTED_METRICS = (*METRICS, "dor_corrected", *(f"{m}{AT_PAPER_SUFFIX}" for m in AT_PAPER_THRESHOLD))
 COUNT_COLUMNS = ("images", "patients", "positive_images", "negative_images", "tp", "fp", "tn", "fn")
 
 
@@ -52,6 +55,17 @@ def _real(value: Any) -> float | None:
         return None
 
 
+def _seed_and_recipe(config: Any) -> dict[str, Any]:
+    """A cell's training seed and recipe key (for pooling seeds), from its stored configuration."""
+    from unveil.training.config import ConfigError, TrainConfig
+
+    try:
+        values = json.loads(config)
+        return {"model_seed": values.get("seed"), "recipe_key": TrainConfig.from_dict(values).recipe_key()}
+    except (TypeError, ValueError, ConfigError, AttributeError):
+        return {"model_seed": None, "recipe_key": ""}
+
+
 class ResultsStore:
     """A thin wrapper over the SQLite file; every write is one transaction."""
 
@@ -60,6 +74,10 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(self.path, timeout=60)
         self.connection.executescript(SCHEMA)
+        columns = {row[1] for row in self.connection.execute("PRAGMA table_info(audits)")}
+        if "measure" not in columns:  # a store written before verdicts named their measure
+            with self.connection:
+                self.connection.execute("ALTER TABLE audits ADD COLUMN measure TEXT")
 
     def close(self) -> None:
         self.connection.close()
@@ -102,7 +120,7 @@ class ResultsStore:
         """Rows of `evaluate_models` (one per test set) -> one row per (cell, test set, metric)."""
         records = []
         for _, row in rows.iterrows():
-            for metric in REPORTED_METRICS:
+            for metric in (m for m in REPORTED_METRICS if m in row):
                 records.append((
                     cell_id, row["test_set"], metric, _real(row.get(metric)), _real(row.get(f"{metric}_low")),
                     _real(row.get(f"{metric}_high")), _real(row.get(f"{metric}_wilson_low")),
@@ -115,9 +133,12 @@ class ResultsStore:
 
     def put_audit(self, cell_id: str, verdicts: Iterable[Any]) -> None:
         with self.connection:
-            self.connection.executemany("INSERT OR REPLACE INTO audits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                (cell_id, v.test, v.subject, _real(v.value), _real(v.low), _real(v.high), v.threshold,
-                 None if v.flagged is None else int(v.flagged), v.suggests) for v in verdicts])
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO audits (cell_id, test, subject, value, low, high, rule, flagged, suggests, "
+                "measure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (cell_id, v.test, v.subject, _real(v.value), _real(v.low), _real(v.high), v.threshold,
+                     None if v.flagged is None else int(v.flagged), v.suggests, getattr(v, "measure", None))
+                    for v in verdicts])
 
     def put_file(self, kind: str, cell_id: str, label: str, path: str | Path) -> None:
         with self.connection:
@@ -140,7 +161,9 @@ class ResultsStore:
         for (cell_id, test_set), group in long.groupby(["cell_id", "test_set"], sort=True):
             first = group.iloc[0]
             row: dict[str, Any] = {"model": cell_id, "test_set": test_set,
-                                   **{c: cells.loc[cell_id, c] for c in ("architecture", "encoder", "training_set")},
+                                   **{c: cells.loc[cell_id, c] for c in ("architecture", "encoder", "training_set",
+                                                                         "bundle")},
+                                   **_seed_and_recipe(cells.loc[cell_id, "config"]),
                                    **{c: int(first[c]) for c in COUNT_COLUMNS},
                                    "threshold": first["threshold"], "threshold_rule": first["threshold_rule"]}
             for _, metric in group.iterrows():

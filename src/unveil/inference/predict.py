@@ -25,13 +25,14 @@ from scipy import ndimage
 from unveil.inference.ood import OodReference
 from unveil.io import ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image
+from unveil.thresholds import ThresholdChoice, ThresholdRule
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.loop import encoder_features, probabilities_from_features
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("file", "status", "probability", "decision", "threshold", "lung_area", "lung_check", "ood_distance",
-           "ood_threshold", "nearest_source", "ood_flag", "warnings", "overlay", "error")
+COLUMNS = ("file", "status", "probability", "decision", "threshold", "threshold_rule", "lung_area", "lung_check",
+           "ood_distance", "ood_threshold", "nearest_source", "ood_flag", "warnings", "overlay", "error")
 
 
 class PredictionError(RuntimeError):
@@ -73,10 +74,12 @@ class PredictionSummary:
     ood_flagged: int = 0
     lung_flagged: int = 0
     csv: Path | None = None
+    threshold: dict[str, Any] | None = None  # the decision threshold used and its rule
 
     def as_dict(self) -> dict[str, Any]:
         return {"scored": self.scored, "unreadable": len(self.unreadable), "positives": self.positives,
-                "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged, "csv": str(self.csv)}
+                "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged, "csv": str(self.csv),
+                "threshold": self.threshold}
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -100,7 +103,7 @@ class Predictor:
     """A bundle, its lung segmenter and OOD reference, ready to score batches of files."""
 
     def __init__(self, bundle: str | Path | ModelBundle, *, segmenter: str | Path | None = None,
-                 lung_check: LungCheck = LungCheck()) -> None:
+                 lung_check: LungCheck = LungCheck(), threshold: ThresholdChoice | None = None) -> None:
         from monai.transforms import Compose
 
         from unveil.segmentation import LungSegmenter
@@ -108,6 +111,7 @@ class Predictor:
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
         if self.bundle.positive_index is None:
             raise PredictionError(f"{self.bundle.path}: a pre-training model; predict with a COVID classifier")
+        self.threshold = threshold or self.bundle.threshold_choice  # the decision threshold and its rule
         settings = self.bundle.preprocess_settings
         self.settings = settings
         self.segmenter = LungSegmenter.load(segmenter or settings.model)
@@ -158,7 +162,7 @@ class Predictor:
                 from unveil.audit.saliency import gradcam_maps
 
                 maps = gradcam_maps(self.bundle, images, positive)
-            threshold = self.bundle.threshold
+            threshold = self.threshold.value
             for row_index, position in enumerate(kept):
                 path = paths[position]
                 problems = self.lung_check.problems(masks[row_index])
@@ -181,6 +185,7 @@ class Predictor:
                 rows[position] = {
                     "file": str(path), "status": "flagged" if warnings[len(self.notes):] else "ok",
                     "probability": round(probability, 6), "decision": decision, "threshold": threshold,
+                    "threshold_rule": self.threshold.rule.value,
                     "lung_area": round(float(masks[row_index].mean()), 4),
                     "lung_check": "ok" if not problems else "implausible",
                     "ood_distance": None if np.isnan(distances[row_index]) else round(float(distances[row_index]), 3),
@@ -197,8 +202,11 @@ class Predictor:
 
 def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 32,
                   evidence: bool = True, segmenter: str | Path | None = None, strict: bool = False,
-                  progress: bool = False) -> PredictionSummary:
-    """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``)."""
+                  progress: bool = False, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
+                  threshold: float = 0.5, target_sensitivity: float = 0.9) -> PredictionSummary:
+    """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``).
+    Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
+    ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
     from tqdm import tqdm
 
     from unveil.provenance import write_text_atomic
@@ -211,8 +219,10 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     evidence_dir = out / "evidence" if evidence else None
     if evidence_dir is not None:
         evidence_dir.mkdir(exist_ok=True)
-    predictor = Predictor(model, segmenter=segmenter)
-    summary = PredictionSummary(csv=out / "predictions.csv")
+    bundle = load_bundle(model)
+    choice = bundle.resolve_threshold(threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
+    predictor = Predictor(bundle, segmenter=segmenter, threshold=choice)
+    summary = PredictionSummary(csv=out / "predictions.csv", threshold=choice.as_dict())
     with open(summary.csv, "w", newline="", encoding="utf-8") as stream, \
             tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")

@@ -224,7 +224,8 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
         verdicts = []
         for _, v in audits[audits["cell_id"] == cell_id].iterrows():
             flagged = None if _missing(v["flagged"]) else bool(v["flagged"])
-            verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged),
+            measure = v["measure"] if "measure" in v and not _missing(v["measure"]) else ""
+            verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged), "measure": measure,
                              "value": _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
                              "flag": "—" if flagged is None else "yes" if flagged else "no",
                              "suggests": v["suggests"] or ""})
@@ -351,11 +352,13 @@ code { font-size: .85em; }
 {% for cell in audits %}
 <h3>{{ cell.label }} <small>({{ cell.flags }} flag{{ "" if cell.flags == 1 else "s" }})</small></h3>
 {% if cell.verdicts %}<table class="verdicts">
-<thead><tr><th>Test</th><th>Subject</th><th>Value [95 % CI]</th><th>Rule</th><th>Flagged</th><th>Suggests</th>
+<thead><tr><th>Test</th><th>Subject</th><th>Measure</th><th>Value [95 % CI]</th><th>Rule</th><th>Flagged</th>
+<th>Suggests</th>
 </tr></thead>
 <tbody>
 {% for v in cell.verdicts %}<tr{% if v.flagged %} class="flagged"{% endif %}><td>{{ v.test }}</td>
-<td>{{ v.subject }}</td><td>{{ v.value }}</td><td>{{ v.rule }}</td><td>{{ v.flag }}</td><td>{{ v.suggests }}</td></tr>
+<td>{{ v.subject }}</td><td>{{ v.measure }}</td>
+<td>{{ v.value }}</td><td>{{ v.rule }}</td><td>{{ v.flag }}</td><td>{{ v.suggests }}</td></tr>
 {% endfor %}</tbody>
 </table>
 {% else %}<p class="note">No verdicts recorded.</p>{% endif %}

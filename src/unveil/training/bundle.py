@@ -2,8 +2,8 @@
 
 ``model.safetensors`` holds the weights (safetensors never unpickles anything); ``bundle.json``
 the architecture, classes, pre-processing settings, normalization statistics (fitted on the
-training split), decision threshold with its rule, and the training provenance (data, split file
-hashes, resolved configuration, package versions, seed).
+training split), decision threshold with the rule that chose it (``unveil.thresholds``), and the
+training provenance (data, split file hashes, resolved configuration, package versions, seed).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from unveil.models import CxrClassifier, ModelError, build_model
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.provenance import write_text_atomic
+from unveil.thresholds import ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
 
 BUNDLE_FORMAT = "unveil-classifier"
 BUNDLE_VERSION = 1
@@ -94,6 +95,40 @@ class ModelBundle:
         return float(self.description["threshold"]["value"])
 
     @property
+    def threshold_choice(self) -> ThresholdChoice:
+        """The bundle's decision threshold with the rule that chose it."""
+        return ThresholdChoice.from_dict(self.description["threshold"])
+
+    def validation_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, probabilities of the positive class) of the model's validation split, from the
+        ``val_predictions.csv`` its training run wrote beside the bundle."""
+        import pandas as pd
+
+        path = self.path.parent / "val_predictions.csv" if self.path is not None else None
+        if path is None or not path.is_file():
+            raise BundleError(f"{self.path}: no val_predictions.csv beside the bundle (its validation predictions)")
+        column = f"p_{self.classes[self.positive_index or 0]}"
+        table = pd.read_csv(path)
+        if "label" not in table or column not in table:
+            raise BundleError(f"{path}: needs the columns label and {column}")
+        return table["label"].to_numpy(), table[column].to_numpy()
+
+    def resolve_threshold(self, rule: ThresholdRule | str = ThresholdRule.BUNDLE, *, value: float = 0.5,
+                          target_sensitivity: float = 0.9) -> ThresholdChoice:
+        """The decision threshold, chosen a priori: the bundle's own (``bundle``), a fixed value, or by a
+        rule on the model's validation predictions (never on test data). Errors name the bundle."""
+        try:
+            rule = ThresholdRule.parse(rule)
+            if rule is ThresholdRule.BUNDLE:
+                return self.threshold_choice
+            if rule is ThresholdRule.FIXED:
+                return fixed_threshold(value)
+            labels, probabilities = self.validation_predictions()
+            return choose_threshold(labels, probabilities, rule, target_sensitivity=target_sensitivity)
+        except ValueError as error:
+            raise BundleError(f"{self.path}: {error}") from None
+
+    @property
     def positive_index(self) -> int | None:
         positive = self.description.get("positive_class")
         return self.classes.index(positive) if positive is not None else None
@@ -124,9 +159,10 @@ def model_spec(model: CxrClassifier, width: float) -> dict[str, Any]:
 
 def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, classes: list[str],
                 positive_class: str | None, image_size: int, preprocess: PreprocessSettings,
-                normalization: tuple[float, float], threshold: float = 0.5, threshold_rule: str = "fixed 0.5",
+                normalization: tuple[float, float], threshold: ThresholdChoice | None = None,
                 provenance: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``bundle.json`` into ``directory`` (each file atomically)."""
+    """Write ``model.safetensors`` + ``bundle.json`` into ``directory`` (each file atomically).
+    ``threshold``: the decision threshold and its rule (default: the fixed 0.5)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -143,7 +179,7 @@ def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, cl
         "preprocess": asdict(preprocess),
         "normalization": {"mean": float(normalization[0]), "std": float(normalization[1]),
                           "fitted_on": "training split"},
-        "threshold": {"value": float(threshold), "rule": threshold_rule},
+        "threshold": (threshold or fixed_threshold()).as_dict(),
         "provenance": provenance or {},
     }
     text = json.dumps(description, indent=2, sort_keys=True, default=str) + "\n"

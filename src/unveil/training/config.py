@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from unveil.thresholds import ThresholdRule, fixed_threshold
+
 LOSSES = ("focal", "cross-entropy")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 SELECTIONS = ("auc", "loss", "last")
 SAMPLERS = ("shuffle", "balanced")
+
+
+THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
+#: Options that do not make a different model (seed aside, only speed or hardware).
+NOT_RECIPE = ("seed", "device", "amp", "channels_last", "eval_batch_size")
 
 
 class ConfigError(ValueError):
@@ -24,6 +31,12 @@ class TrainConfig:
     decay, learning rate divided by 10 when the validation loss plateaus, the epoch with the best
     validation AUC kept, rigid augmentation only (small rotation and translation, no flip: a
     flipped heart is not a chest). ``batch_size`` is the global batch (split across DDP ranks).
+
+    The decision threshold recorded in the bundle is chosen a priori on the model's own validation
+    predictions by ``threshold_rule``: ``youden`` by default (focal loss keeps probabilities near 0.5,
+    where a fixed 0.5 can make every decision one-sided), ``fixed`` (``threshold_value``, the paper's 0.5)
+    or ``sensitivity`` (the highest threshold reaching ``target_sensitivity``). It does not change the
+    weights, so a checkpoint resumes under another rule.
     """
 
     architecture: str = "resnet18"
@@ -50,6 +63,9 @@ class TrainConfig:
     channels_last: bool | None = None  # None: yes (faster with cuDNN and with oneDNN on CPU)
     eval_batch_size: int = 64
     seed: int = 0
+    threshold_rule: str = ThresholdRule.YOUDEN.value  # youden | fixed | sensitivity
+    threshold_value: float = 0.5  # for threshold_rule fixed
+    target_sensitivity: float = 0.9  # for threshold_rule sensitivity
 
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "loss": LOSSES, "scheduler": SCHEDULERS, "selection": SELECTIONS,
@@ -64,9 +80,34 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive; got {self.lr}")
         if not 0 <= self.translate < 0.5 or not 0 <= self.rotation_degrees <= 45:
             raise ConfigError("augmentation must stay rigid and small: translate in [0, 0.5), rotation in [0, 45]")
+        try:  # stored as the rule's plain name: configs are JSON and checkpoints load with weights_only
+            object.__setattr__(self, "threshold_rule", ThresholdRule.parse(self.threshold_rule,
+                                                                           allow_bundle=False).value)
+            fixed_threshold(self.threshold_value)
+        except ValueError as error:
+            raise ConfigError(f"threshold_rule / threshold_value: {error}") from None
+        if not 0 < self.target_sensitivity <= 1:
+            raise ConfigError(f"target_sensitivity must lie in (0, 1]; got {self.target_sensitivity}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def same_training(self, other: dict[str, Any] | None) -> bool:
+        """Would ``other`` (a config dict from a checkpoint) train the same weights? The threshold options
+        are chosen after training, so they may differ (older checkpoints lack them)."""
+        if not isinstance(other, dict):
+            return False
+        mine = {k: v for k, v in self.to_dict().items() if k not in THRESHOLD_OPTIONS}
+        return mine == {k: v for k, v in other.items() if k not in THRESHOLD_OPTIONS}
+
+    def recipe_key(self) -> str:
+        """A short hash of every option except the seed and the hardware ones: runs with equal keys differ
+        only by seed (what ``unveil tables --aggregate-seeds`` may pool)."""
+        import hashlib
+        import json
+
+        values = {k: v for k, v in self.to_dict().items() if k not in NOT_RECIPE}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
-from unveil.training.config import TrainConfig
+from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, choose_threshold, fixed_threshold
+from unveil.training.config import THRESHOLD_OPTIONS, TrainConfig
 from unveil.training.data import ImageSet, apply_affine, random_rigid_affine, to_model_input
 
 log = logging.getLogger(__name__)
@@ -167,15 +168,29 @@ def probabilities_from_features(model: torch.nn.Module, features: np.ndarray) ->
     return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
 
 
-def classification_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def classification_scores(probabilities: np.ndarray, labels: np.ndarray,
+                          config: TrainConfig | None = None) -> dict[str, float]:
     """Validation AUC (binary, or macro one-vs-rest), accuracy and balanced accuracy.
-    AUC is NaN when the validation split holds a single class."""
+    AUC is NaN when the validation split holds a single class.
+
+    Binary tasks with ``config``: accuracy and balanced accuracy at the threshold ``config.threshold_rule``
+    picks on these predictions (``threshold``; what the bundle will record), and balanced accuracy at the
+    fixed 0.5 beside it (``balanced_accuracy_at_0.5``). Otherwise the decision is the most probable class."""
     predicted = probabilities.argmax(axis=1)
+    extra: dict[str, float] = {}
+    present = np.unique(labels)
+    if config is not None and probabilities.shape[1] == 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            at_half = (probabilities[:, 1] >= PAPER_THRESHOLD).astype(np.int64)
+            extra["balanced_accuracy_at_0.5"] = float(balanced_accuracy_score(labels, at_half))
+        choice = decision_threshold(probabilities[:, 1], labels, config)
+        extra["threshold"] = choice.value
+        predicted = (probabilities[:, 1] >= choice.value).astype(np.int64)
     with warnings.catch_warnings():  # a class never predicted or absent is a fact here, not a warning
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(labels, predicted))
-    scores = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced}
-    present = np.unique(labels)
+    scores = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced, **extra}
     if len(present) < 2:
         scores["auc"] = math.nan
     elif probabilities.shape[1] == 2:
@@ -185,6 +200,17 @@ def classification_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict
         scores["auc"] = float(roc_auc_score(labels, columns, multi_class="ovr", average="macro", labels=present)
                               if len(present) > 2 else roc_auc_score(labels == present[1], columns[:, 1]))
     return scores
+
+
+def decision_threshold(probabilities: np.ndarray, labels: np.ndarray, config: TrainConfig) -> ThresholdChoice:
+    """The threshold ``config.threshold_rule`` chooses on validation ``probabilities`` (of the positive
+    class); when the rule cannot apply (one class only in validation), the paper's fixed 0.5, saying why."""
+    try:
+        return choose_threshold(labels, probabilities, config.threshold_rule, value=config.threshold_value,
+                                target_sensitivity=config.target_sensitivity)
+    except ValueError as error:
+        fallback = fixed_threshold()
+        return replace(fallback, description=f"{fallback.description} ({config.threshold_rule} impossible: {error})")
 
 
 def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selection: str) -> bool:
@@ -227,7 +253,8 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> N
     saved = dict(state.get("config") or {})
     wanted = config.to_dict()
     keys = dict.fromkeys([*saved, *wanted])
-    differing = [key for key in keys if key != "epochs" and saved.get(key) != wanted.get(key)]
+    ignored = {"epochs", *THRESHOLD_OPTIONS}  # the threshold is chosen after training
+    differing = [key for key in keys if key not in ignored and saved.get(key) != wanted.get(key)]
     if differing:
         changes = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing)
         raise CheckpointError(f"{path}: written by a run with a different configuration ({changes}); "
@@ -341,7 +368,7 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
         val_loss = float(loss_fn(torch.log(torch.as_tensor(probabilities).clamp_min(1e-12)).float(),
                                  val.labels))
         record = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
-                  **{f"val_{k}": v for k, v in classification_scores(probabilities, val_labels).items()},
+                  **{f"val_{k}": v for k, v in classification_scores(probabilities, val_labels, config).items()},
                   "lr": float(optimizer.param_groups[0]["lr"]), "train_seconds": round(train_seconds, 3),
                   "train_images_per_second": round(seen * world_size / max(train_seconds, 1e-9), 2)}
         candidate = {"auc": record["val_auc"], "val_loss": val_loss}

@@ -28,10 +28,11 @@ from unveil.data.splits import patient_exclusive_split, write_split_file
 from unveil.models import build_model, load_encoder_state
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
 from unveil.provenance import write_run_metadata, write_text_atomic
+from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
 from unveil.training.config import TrainConfig
 from unveil.training.data import TrainingDataError, fit_normalization, load_image_set
-from unveil.training.loop import fit, init_distributed, world
+from unveil.training.loop import decision_threshold, fit, init_distributed, world
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class RunResult:
     counts: dict[str, dict[str, int]]
     skipped: list[str]
     seconds: float
+    threshold: ThresholdChoice | None = None  # the bundle's decision threshold and its rule
 
 
 def file_sha256(path: Path) -> str:
@@ -146,6 +148,11 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                  progress=progress, on_step=on_step)
     counts = {split: s.class_counts() for split, s in sets.items()}
     in_sync = ranks_in_sync(result.best_state) if world_size > 1 else None
+    if positive_class is not None:  # chosen a priori on the selected epoch's validation predictions
+        threshold = decision_threshold(result.val_probabilities[:, classes.index(positive_class)],
+                                       sets["val"].labels.numpy(), config)
+    else:  # a pre-training model decides by its most probable class; no threshold is used
+        threshold = replace(fixed_threshold(), description="unused: pre-training (most probable class)")
     if rank == 0:
         provenance = {"task": task, "data": data, "split_file": "splits.csv", "split_sha256": split_hash,
                       "counts": counts, "skipped_images": len(skipped), "encoder_init": encoder_info,
@@ -155,7 +162,8 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                       "ranks_in_sync": in_sync}
         save_bundle(out / "model", model, width=config.width, classes=list(classes),
                     positive_class=positive_class, image_size=config.image_size, preprocess=preprocess,
-                    normalization=normalization, provenance=provenance, state=result.best_state)
+                    normalization=normalization, threshold=threshold, provenance=provenance,
+                    state=result.best_state)
         _save_ood_reference(out / "model", model, sets, normalization)
         predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(
             label=sets["val"].labels.numpy())
@@ -172,8 +180,9 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                    "ranks_in_sync": in_sync})
     for line in skipped:
         log.warning("skipped: %s", line)
+    log.info("decision threshold %.4f (%s)", threshold.value, threshold.description)
     return RunResult(out, out / "model", result.best_epoch, result.best_metrics, counts, skipped,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, threshold)
 
 
 def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str, Any],

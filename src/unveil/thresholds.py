@@ -1,0 +1,144 @@
+"""Decision thresholds: one vocabulary of rules and the pure function that applies them.
+
+A COVID classifier outputs ``probability`` (of COVID+); its ``decision`` is ``covid+`` iff
+``probability >= threshold``. The threshold is chosen *a priori*, on the model's own validation
+predictions, never on a test set. Rules:
+
+- ``youden`` (the default at training time): the threshold maximizing sensitivity + specificity - 1
+  on validation. Focal loss keeps probabilities near 0.5, so a fixed 0.5 can make every decision
+  one-sided (balanced accuracy 0.5 beside a good AUC); Youden's point does not depend on calibration.
+- ``fixed``: a given value (the paper's 0.5; ``paper.yaml`` uses it).
+- ``sensitivity``: the highest threshold whose validation sensitivity reaches a target.
+- ``bundle`` (evaluation and prediction only): the threshold recorded in the model bundle.
+
+This module sits below training and evaluation so that both use the same rules (training chooses
+the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with it on request).
+
+>>> choose_threshold([0, 0, 1, 1], [0.40, 0.45, 0.47, 0.49], ThresholdRule.YOUDEN).value
+0.47
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+class ThresholdRule(str, Enum):
+    """How a decision threshold is chosen (the one vocabulary of CLI options, configs, rows and bundles)."""
+
+    FIXED = "fixed"
+    YOUDEN = "youden"
+    SENSITIVITY = "sensitivity"
+    BUNDLE = "bundle"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: ThresholdRule | str, *, allow_bundle: bool = True) -> ThresholdRule:
+        """``value`` as a rule; a ValueError naming the accepted rules otherwise."""
+        allowed = [rule for rule in cls if allow_bundle or rule is not cls.BUNDLE]
+        try:
+            rule = cls(str(value.value if isinstance(value, cls) else value).strip().lower())
+        except ValueError:
+            rule = None
+        if rule is None or rule not in allowed:
+            raise ValueError(f"unknown threshold rule {value!r}; choose one of {', '.join(r.value for r in allowed)}")
+        return rule
+
+
+#: Rules that choose on validation predictions (they need both classes there).
+DATA_DRIVEN = (ThresholdRule.YOUDEN, ThresholdRule.SENSITIVITY)
+#: The paper's threshold, reported beside any other so that the two can be compared.
+PAPER_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A chosen threshold, the rule that chose it, its parameter and a sentence saying how."""
+
+    value: float
+    rule: ThresholdRule
+    description: str
+    chosen_on: str = "validation"
+    parameter: float | None = None  # the fixed value, or the target sensitivity
+
+    def as_dict(self) -> dict[str, Any]:
+        """The bundle.json record."""
+        return {"value": float(self.value), "rule": self.rule.value, "description": self.description,
+                "chosen_on": self.chosen_on, "parameter": self.parameter}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> ThresholdChoice:
+        """Read a bundle.json record; bundles written before rules were typed hold e.g. ``"fixed 0.5"``."""
+        text = str(record.get("rule", "fixed"))
+        rule = ThresholdRule.parse(text.split()[0] if text.split() else "fixed", allow_bundle=False)
+        return cls(float(record["value"]), rule, str(record.get("description") or text),
+                   str(record.get("chosen_on") or ("fixed" if rule is ThresholdRule.FIXED else "validation")),
+                   record.get("parameter"))
+
+
+def fixed_threshold(value: float = PAPER_THRESHOLD) -> ThresholdChoice:
+    """The fixed rule: ``value`` itself, whatever the data."""
+    value = _finite(value, "threshold value")
+    if not 0 <= value <= 1:
+        raise ValueError(f"a fixed threshold is a probability in [0, 1]; got {value}")
+    return ThresholdChoice(value, ThresholdRule.FIXED, f"fixed {value:g}", "fixed", value)
+
+
+def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: ThresholdRule | str = ThresholdRule.FIXED, *,
+                     value: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9) -> ThresholdChoice:
+    """A decision threshold chosen a priori on validation ``labels`` (0/1) and ``probabilities`` (of COVID+).
+
+    ``fixed``: ``value``. ``youden``: the threshold maximizing sensitivity + specificity - 1 (the highest
+    one among ties). ``sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity``.
+    Data-driven thresholds are validation probabilities, so ``probability >= threshold`` reproduces the
+    chosen point. ``bundle`` is not a rule this function can apply (the bundle holds the result)."""
+    from sklearn.metrics import roc_curve
+
+    rule = ThresholdRule.parse(rule, allow_bundle=False)
+    if rule is ThresholdRule.FIXED:
+        return fixed_threshold(value)
+    y, s = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 1 or y.shape != s.shape or not len(y):
+        raise ValueError(f"labels and probabilities must be non-empty 1-D arrays of one length; got {y.shape}, "
+                         f"{s.shape}")
+    if not np.isin(y, (0, 1)).all() or not np.all(np.isfinite(s)):
+        raise ValueError("labels must be 0/1 and probabilities finite")
+    if y.min() == y.max():
+        raise ValueError(f"a {rule.value} threshold needs both classes in the validation labels; all are {int(y[0])}")
+    # thresholds[0] is inf (nothing predicted positive, tpr = fpr = 0); skip it: J there is 0, which
+    # the last point (everything positive) also reaches, and sensitivity there is 0 < any target.
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    if rule is ThresholdRule.YOUDEN:
+        youden = tpr - fpr
+        best = int(np.argmax(youden))  # first maximum = highest threshold among ties
+        return ThresholdChoice(float(thresholds[best]), rule,
+                               f"youden on validation (J={youden[best]:.3f}, sensitivity {tpr[best]:.2f}, "
+                               f"specificity {1 - fpr[best]:.2f})")
+    target = _finite(target_sensitivity, "target sensitivity")
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must lie in (0, 1]; got {target}")
+    # tpr rises as the threshold falls, so the first point reaching the target has the highest threshold.
+    # A tiny tolerance keeps e.g. 9/10 = 0.8999999999999999 from missing a target of 0.9.
+    index = int(np.argmax(tpr >= target - 1e-12))
+    return ThresholdChoice(float(thresholds[index]), rule,
+                           f"sensitivity >= {target:.2f} on validation (achieved {tpr[index]:.3f}, "
+                           f"specificity {1 - fpr[index]:.2f})", parameter=target)
+
+
+def _finite(value: float, what: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number; got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite; got {value}")
+    return value
