@@ -398,7 +398,8 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
 
     if top.jobs < 1:
         raise where.error(("jobs",), f"should be at least 1; got {top.jobs}")
-    _choice(top.evaluation.threshold_rule, tuple(rule.value for rule in ThresholdRule), ("evaluation", "threshold_rule"), where)
+    rules = tuple(rule.value for rule in ThresholdRule)
+    _choice(top.evaluation.threshold_rule, rules, ("evaluation", "threshold_rule"), where)
     audit = top.audit
     _choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
     if audit.compositions != "all":
