@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from unveil.cli import app
@@ -94,3 +95,32 @@ def test_cli_preprocess_with_the_shipped_segmenter(lungs, tmp_path):
     settings = json.loads(next((tmp_path / "cache").glob("settings-*.json")).read_text())
     assert len(settings["model_sha256"]) == 64
     assert np.isfinite(manifest["lung_fraction"]).all()
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="shipped lung model not built")
+def test_the_lung_convention_is_resolved_checked_and_keyed(lungs, tmp_path):
+    default = resolve_settings(PreprocessSettings(mask="segment"))
+    described = json.loads(default_model_path().with_suffix(".json").read_text())
+    assert default.convention == described["default_convention"]
+    keys = {c: resolve_settings(PreprocessSettings(mask="segment", convention=c)).key()
+            for c in described["conventions"]}
+    assert len(set(keys.values())) == len(described["conventions"]) >= 2  # one cache entry per convention
+    assert keys[default.convention] == default.key()  # the default, named or not, is the same cache entry
+    assert resolve_settings(PreprocessSettings(mask="none", convention="full")).convention is None
+    with pytest.raises(ValueError, match="lung convention must be one of .*'anatomic'"):
+        resolve_settings(PreprocessSettings(mask="segment", convention="anatomic"))
+    masks = {}
+    for convention in described["conventions"]:
+        result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
+                                     "--size", "64", "--workers", "1", "--lung-convention", convention])
+        assert result.exit_code == 0, result.output
+        manifest = pd.read_csv(json.loads(result.stdout)["manifest"])
+        masks[convention] = np.stack([np.asarray(Image.open(p)) for p in manifest["mask_path"]])
+        settings = json.loads(next(p for p in (tmp_path / "cache").glob("settings-*.json")
+                                   if json.loads(p.read_text())["convention"] == convention).read_text())
+        assert settings["convention"] == convention
+    visible, full = masks["visible"] > 0, masks["full"] > 0
+    assert (visible != full).any()  # the convention reaches the segmenter: the masks differ
+    result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
+                                 "--lung-convention", "anatomic"])
+    assert result.exit_code == 2 and "anatomic" in result.output

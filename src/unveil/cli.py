@@ -25,6 +25,9 @@ synth_app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable 
 app.add_typer(synth_app, name="synth")
 
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+LungConventionOption = Annotated[str | None, typer.Option(
+    "--lung-convention", help="Lung-mask convention: visible (lung field, heart excluded; the paper's) or full "
+                              "(lung behind the heart included). Default: the lung model's default.")]
 OptionList = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="Loader option KEY=VALUE (repeatable), e.g. -o label_column=diagnosis.")]
 
@@ -420,6 +423,7 @@ def segment(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM).")],
     out: Annotated[Path, typer.Option(help="Folder for <name>_mask.png and <name>_overlay.png.")],
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
+    lung_convention: LungConventionOption = None,
     seed: SeedOption = 0,
 ) -> None:
     """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image."""
@@ -438,7 +442,7 @@ def segment(
             typer.echo(f"skipped: {error}", err=True)
             failed += 1
             continue
-        mask = segmenter.segment(image)
+        mask = segmenter.segment(image, convention=lung_convention)
         mask_path, overlay_path = write_mask_and_overlay(image, mask, out, path.stem)
         typer.echo(f"{path}: lungs {100 * mask.mean():.1f} % of the image -> {mask_path.name}, {overlay_path.name}")
     if failed:
@@ -459,6 +463,7 @@ def preprocess(
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any image fails.")] = False,
+    lung_convention: LungConventionOption = None,
     seed: SeedOption = 0,
 ) -> None:
     """Pre-process a dataset into the cache (equalize, segment, blurred mask, [0, 1]); a rerun is free."""
@@ -468,7 +473,7 @@ def preprocess(
     try:
         records = load_source(source, path, **parse_options(option)).records
         settings = PreprocessSettings(size=size, equalize=equalize, mask=mask, blur_radius=blur_radius,
-                                      model=str(model) if model else None)
+                                      model=str(model) if model else None, convention=lung_convention)
         report = preprocess_records(records, cache, settings, workers=workers, progress=True, strict=strict)
     except (KeyError, DatasetLayoutError, ValueError, FileNotFoundError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
@@ -579,7 +584,8 @@ def pretrain_command(
     arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
     lr: LrOption = None, image_size: SizeOption = None, device: DeviceOption = None, config: ConfigOption = None,
     set_option: SetOption = None, mask: MaskOption = "segment", equalize: EqualizeOption = "global",
-    cache: CacheOption = None, workers: WorkersOption = 2, resume: ResumeOption = True,
+    lung_convention: LungConventionOption = None, cache: CacheOption = None, workers: WorkersOption = 2,
+    resume: ResumeOption = True,
     init_weights: InitOption = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     seed: SeedOption = 0,
@@ -595,7 +601,7 @@ def pretrain_command(
     except TrainingDataError as error:
         _fail(str(error))
     _run_training(pretrain, data=specs, out=out, config=settings,
-                  preprocess=PreprocessSettings(mask=mask, equalize=equalize),
+                  preprocess=PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
                   classes=tuple(c.strip() for c in classes.split(",")) if classes else None, cache=cache,
                   workers=workers, progress=progress, resume=resume, init_weights=init_weights)
 
@@ -614,7 +620,8 @@ def train_command(
     arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
     lr: LrOption = None, image_size: SizeOption = None, device: DeviceOption = None, config: ConfigOption = None,
     set_option: SetOption = None, mask: MaskOption = "segment", equalize: EqualizeOption = "global",
-    cache: CacheOption = None, workers: WorkersOption = 2, resume: ResumeOption = True,
+    lung_convention: LungConventionOption = None, cache: CacheOption = None, workers: WorkersOption = 2,
+    resume: ResumeOption = True,
     init_weights: InitOption = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     seed: SeedOption = 0,
@@ -634,7 +641,8 @@ def train_command(
     specs = {role: DataSpec(source, path, parse_options(per_role.get(role))) for role, (source, path) in
              bindings.items()}
     _run_training(train, recipe=recipe, data=specs, out=out, config=settings, encoder=encoder,
-                  preprocess=PreprocessSettings(mask=mask, equalize=equalize), cache=cache, workers=workers,
+                  preprocess=PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
+                  cache=cache, workers=workers,
                   progress=progress, resume=resume, recipes=recipes, init_weights=init_weights)
 
 
@@ -752,6 +760,7 @@ def audit_command(
         "--data", "-d", help="Bind a role the model was not trained with: ROLE=SOURCE:PATH (repeatable).")] = None,
     masks: Annotated[str, typer.Option(
         help="Lung masks for occlusion and saliency: segment (shipped model) or truth (the dataset's).")] = "segment",
+    lung_convention: LungConventionOption = None,
     threshold: Annotated[list[str] | None, typer.Option(
         "--threshold", help="Flag threshold KEY=VALUE (repeatable): source_probe, occlusion_auc, lung_saliency, "
                             "min_images.")] = None,
@@ -791,7 +800,7 @@ def audit_command(
                     _parse_bindings(data or [], load_recipes(None)).items()}
         result = audit(model, on, out, data=bindings, masks=masks, cache=cache, thresholds=AuditThresholds(**chosen),
                        seed=seed, resamples=resamples, saliency_samples=saliency_samples, workers=workers,
-                       allow_overlap=allow_overlap, progress=not as_json)
+                       allow_overlap=allow_overlap, progress=not as_json, lung_convention=lung_convention)
     except (AuditError, EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError,
             PreprocessError) as error:
         _fail(str(error))
@@ -919,6 +928,7 @@ def predict_command(
     threshold: ThresholdOption = None,
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
     target_sensitivity: TargetSensitivityOption = 0.9,
+    lung_convention: LungConventionOption = None,
     seed: SeedOption = 0,
 ) -> None:
     """Score new images: probability, decision at the bundle's threshold (or one chosen by --threshold /
@@ -931,7 +941,7 @@ def predict_command(
         rule, value = _threshold_options(threshold, threshold_rule)
         summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
                                 strict=strict, progress=True, threshold_rule=rule, threshold=value,
-                                target_sensitivity=target_sensitivity)
+                                target_sensitivity=target_sensitivity, lung_convention=lung_convention)
     except (BundleError, SegmenterError) as error:
         _fail(str(error))
     except PredictionError as error:

@@ -135,8 +135,10 @@ def _probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str)
 def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dict[str, DataSpec] | None = None,
           masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
-          recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False) -> AuditResult:
-    """Run the four tests of ``model`` on the union of ``test_sets``; write PNGs, JSON and Markdown."""
+          recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
+          lung_convention: str | None = None) -> AuditResult:
+    """Run the four tests of ``model`` on the union of ``test_sets``; write PNGs, JSON and Markdown.
+    ``lung_convention``: of the segmented masks (default: the one the model was trained with)."""
     if masks not in MASK_SOURCES:
         raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
     out = Path(out)
@@ -152,7 +154,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     cache = Path(cache) if cache else training_cache(bundle)
     images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
     kept = images.records
-    mask_settings = replace(bundle.preprocess_settings, mask=masks)
+    mask_settings = replace(bundle.preprocess_settings, mask=masks,
+                            convention=lung_convention or bundle.preprocess_settings.convention)
     mask_report = preprocess_records(kept, cache, mask_settings, workers=workers, progress=progress)
     lungs = load_masks(kept, mask_report.manifest, bundle.image_size)
     positive = bundle.positive_index

@@ -14,7 +14,7 @@ import csv
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,8 @@ class Predictor:
     """A bundle, its lung segmenter and OOD reference, ready to score batches of files."""
 
     def __init__(self, bundle: str | Path | ModelBundle, *, segmenter: str | Path | None = None,
-                 lung_check: LungCheck = LungCheck(), threshold: ThresholdChoice | None = None) -> None:
+                 lung_check: LungCheck = LungCheck(), threshold: ThresholdChoice | None = None,
+                 lung_convention: str | None = None) -> None:
         from monai.transforms import Compose
 
         from unveil.segmentation import LungSegmenter
@@ -113,13 +114,17 @@ class Predictor:
             raise PredictionError(f"{self.bundle.path}: a pre-training model; predict with a COVID classifier")
         self.threshold = threshold or self.bundle.threshold_choice  # the decision threshold and its rule
         settings = self.bundle.preprocess_settings
+        self.notes = []
+        if lung_convention is not None and lung_convention != settings.convention:
+            self.notes.append(f"lungs segmented in the {lung_convention} convention; the model was trained with "
+                              f"{settings.convention or 'its lung model default'} masks")
+            settings = replace(settings, convention=lung_convention)
         self.settings = settings
         self.segmenter = LungSegmenter.load(segmenter or settings.model)
         self.ood = OodReference.load(self.bundle.path) if self.bundle.path is not None else None
         self.lung_check = lung_check
         self.pipeline = Compose(paper_pipeline(self.bundle.image_size, blur_radius=settings.blur_radius,
                                                equalize=settings.equalize, mask=settings.mask != "none"))
-        self.notes = []
         if settings.mask == "truth":
             self.notes.append("model trained with dataset masks; lungs segmented here")
         if self.ood is None:
@@ -139,7 +144,7 @@ class Predictor:
         if not images:
             size = self.bundle.image_size
             return kept, torch.zeros((0, 1, size, size), dtype=torch.uint8), np.zeros((0, size, size), bool), errors
-        masks = np.stack(self.segmenter.segment_batch(images))
+        masks = np.stack(self.segmenter.segment_batch(images, convention=self.settings.convention))
         processed = [self.pipeline({"image": image, "mask": mask})["image"] for image, mask in zip(images, masks)]
         array = np.clip(np.rint(np.stack(processed) * 255.0), 0, 255).astype(np.uint8)
         return kept, torch.from_numpy(array[:, None]), masks, errors
@@ -203,7 +208,8 @@ class Predictor:
 def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 32,
                   evidence: bool = True, segmenter: str | Path | None = None, strict: bool = False,
                   progress: bool = False, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
-                  threshold: float = 0.5, target_sensitivity: float = 0.9) -> PredictionSummary:
+                  threshold: float = 0.5, target_sensitivity: float = 0.9,
+                  lung_convention: str | None = None) -> PredictionSummary:
     """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``).
     Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
     ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
@@ -221,7 +227,7 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         evidence_dir.mkdir(exist_ok=True)
     bundle = load_bundle(model)
     choice = bundle.resolve_threshold(threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
-    predictor = Predictor(bundle, segmenter=segmenter, threshold=choice)
+    predictor = Predictor(bundle, segmenter=segmenter, threshold=choice, lung_convention=lung_convention)
     summary = PredictionSummary(csv=out / "predictions.csv", threshold=choice.as_dict())
     with open(summary.csv, "w", newline="", encoding="utf-8") as stream, \
             tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:

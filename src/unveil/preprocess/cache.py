@@ -46,6 +46,7 @@ class PreprocessSettings:
     mask: str = "segment"  # segment with the model, use the record's own mask ("truth"), or none
     blur_radius: float = 3.0
     model: str | None = None  # segmentation bundle path; None = the shipped model
+    convention: str | None = None  # lung-mask convention ("visible" / "full"); None = the lung model's default
     model_sha256: str | None = None  # filled in by :func:`resolve_settings`
 
     def key(self) -> str:
@@ -70,7 +71,7 @@ def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
     if not 16 <= settings.size <= 4096:
         raise ValueError(f"size must be in [16, 4096], got {settings.size}")
     if settings.mask != "segment":
-        return PreprocessSettings(**{**asdict(settings), "model": None, "model_sha256": None})
+        return PreprocessSettings(**{**asdict(settings), "model": None, "model_sha256": None, "convention": None})
     from unveil.segmentation import default_model_path
 
     weights = Path(settings.model) if settings.model else default_model_path()
@@ -78,7 +79,26 @@ def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
         weights = weights.with_suffix(".safetensors")
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: segmentation model not found")
-    return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": file_sha256(weights)})
+    convention = _lung_convention(weights, settings.convention)
+    return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": file_sha256(weights),
+                                 "convention": convention})
+
+
+def _lung_convention(weights: Path, asked: str | None) -> str:
+    """The lung-mask convention to segment in: ``asked``, checked against what the lung model knows, or
+    the model's default; written into the settings so that it is part of every cache key and bundle."""
+    try:
+        description = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{weights.with_suffix('.json')}: cannot read the lung model's description "
+                                f"({error})") from None
+    known = [str(c) for c in description.get("conventions", ["visible"])]
+    if asked is None:
+        return str(description.get("default_convention", known[0]))
+    if asked not in known:
+        raise ValueError(f"lung convention must be one of {', '.join(known)} (what this lung model knows); "
+                         f"got {asked!r}")
+    return asked
 
 
 def cache_paths(cache: Path, key: str) -> tuple[Path, Path]:
@@ -134,7 +154,7 @@ def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[s
     try:
         image = resize_image(read_image(path).pixels, settings.size)
         if settings.mask == "segment":
-            mask = _SEGMENTER.segment(image)
+            mask = _SEGMENTER.segment(image, convention=settings.convention)
         elif settings.mask == "truth":
             if not truth_mask:
                 raise ValueError("mask 'truth' asked for but the record has no mask_path")
