@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,10 +121,16 @@ def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
     records = model["data"]["A"].load().head(6)
     images, _ = cached_images(bundle, records, cache=model["root"] / "cache")
     inputs = images.images.numpy().astype(np.float32) / 255.0
-    target = tmp_path / f"model.{fmt}"
-    description = export_model(bundle, fmt, target, check_images=inputs)
-    assert target.is_file() and json.loads((tmp_path / f"model.{fmt}.json").read_text())["format"] == fmt
-    assert description["max_abs_difference_vs_pytorch"] <= 1e-4
+    folder = tmp_path / "export"
+    target = folder / f"model.{fmt}"
+    export_model(bundle, fmt, target, check_images=inputs)
+    description = export_model(bundle, fmt, target, check_images=inputs)  # a re-export replaces, leaves nothing
+    assert sorted(p.name for p in folder.iterdir()) == [f"model.{fmt}", f"model.{fmt}.json"]
+    assert json.loads((folder / f"model.{fmt}.json").read_text())["format"] == fmt
+    assert description["max_abs_difference_vs_pytorch"] <= 1e-4 and description["files"] == [f"model.{fmt}"]
+    alone = tmp_path / "elsewhere"  # the exported file, copied alone, is a complete model
+    alone.mkdir()
+    target = Path(shutil.copy2(target, alone / "copy"))
     expected = bundle.predict_probabilities(images.images)
     if fmt == "onnx":
         import onnxruntime
@@ -135,6 +142,13 @@ def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
 
         got = torch.jit.load(str(target))(torch.from_numpy(inputs)).detach().numpy()
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_refused_export_leaves_no_file(model, tmp_path):
+    folder = tmp_path / "export"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(model["bundle"], "onnx", folder / "model.onnx", tolerance=-1.0)
+    assert list(folder.iterdir()) == []
 
 
 def test_export_and_predict_cli(model, tmp_path):

@@ -38,6 +38,10 @@ class PredictionError(RuntimeError):
     """Strict mode: some files could not be read (the message lists them)."""
 
 
+class MissingInputError(PredictionError):
+    """An input file or folder does not exist (the message names it)."""
+
+
 @dataclass(frozen=True)
 class LungCheck:
     """Plausibility of a lung mask at the working resolution."""
@@ -80,9 +84,13 @@ class PredictionSummary:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image files (sorted)."""
+    """Files as given; folders searched recursively for image files (sorted). A path that does not exist is
+    an error naming it (a mistyped folder must not yield an empty, successful run)."""
     from unveil.data.sources.base import IMAGE_SUFFIXES
 
+    missing = [str(p) for p in map(Path, inputs) if not p.exists()]
+    if missing:
+        raise MissingInputError(f"input path not found: {', '.join(missing)}")
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():

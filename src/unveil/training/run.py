@@ -137,7 +137,7 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                                     f"not of the {config.architecture} (width {config.width}) being trained")
         load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
         encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
-                        "label": encoder_label(spec), "weights_sha256": file_sha256(Path(encoder) / WEIGHTS_FILE)}
+                        "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
 
     split_hash = None
     if rank == 0:
