@@ -165,3 +165,13 @@ def test_export_and_predict_cli(model, tmp_path):
     empty.mkdir()
     result = runner.invoke(app, ["predict", str(model["bundle"]), str(empty), "--out", str(tmp_path / "p")])
     assert result.exit_code == 1 and "no image files" in result.output
+    missing = tmp_path / "new_xrays_typo"
+    result = runner.invoke(app, ["predict", str(model["bundle"]), str(missing), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2 and str(missing) in result.output and not (tmp_path / "q").exists()
+    with pytest.raises(PredictionError, match="new_xrays_typo"):
+        predict_files(model["bundle"], [missing], tmp_path / "q")
+    run_folder = Path(model["bundle"]).parent  # a run folder is a model argument too
+    a_file = model["data"]["A"].load()["path"].iloc[0]
+    result = runner.invoke(app, ["predict", str(run_folder), a_file, "--out", str(tmp_path / "r"), "--no-evidence"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scored"] == 1

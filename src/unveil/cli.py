@@ -393,14 +393,10 @@ def lungs_evaluate(
 
     if parts is not None and not parts.is_file():
         _fail(f"{parts}: parts file not found")
-    if model is None and parts is not None:
-        beside = bundles_in(parts.parent)
-        if len(beside) > 1:
-            _fail(f"{parts.parent}: several lung models beside {parts.name} "
-                  f"({', '.join(p.name for p in beside)}); choose one with --model")
-        if beside:
-            model = beside[0]
-            typer.echo(f"model: {model} (beside {parts.name})", err=True)
+    if model is None and parts is not None:  # the run that wrote the parts file, not the shipped model
+        if bundles_in(parts.parent):
+            model = parts.parent  # resolved like any run folder; several bundles and no lung_unet: refused
+            typer.echo(f"model: the lung model of {parts.parent} (beside {parts.name})", err=True)
         else:
             typer.echo(f"note: no lung model beside {parts}; scoring the shipped model", err=True)
     segmenter = _load_segmenter(model)
