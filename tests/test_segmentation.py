@@ -159,7 +159,8 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
     for suffix in (".safetensors", ".json"):
         (tmp_path / "two" / f"lung_unet{suffix}").rename(tmp_path / "two" / f"a{suffix}")
         shutil.copy2(tmp_path / "two" / f"a{suffix}", tmp_path / "two" / f"b{suffix}")
-    ambiguous = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--parts", str(tmp_path / "two" / "parts.csv")])
+    ambiguous = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--parts",
+                                    str(tmp_path / "two" / "parts.csv")])
     assert ambiguous.exit_code == 2 and "several lung bundles (a, b)" in ambiguous.output
 
 

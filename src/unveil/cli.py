@@ -387,9 +387,8 @@ def lungs_evaluate(
     """Dice, IoU and HD95 of a lung model against the masks of the given sources, per source."""
     import pandas as pd
 
-    from unveil.segmentation.train import evaluate, mask_records, summarise_figures
-
     from unveil.segmentation.model import bundles_in
+    from unveil.segmentation.train import evaluate, mask_records, summarise_figures
 
     if parts is not None and not parts.is_file():
         _fail(f"{parts}: parts file not found")
@@ -914,7 +913,6 @@ def export_command(
     """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
     from unveil.inference import ExportError, export_model
     from unveil.training import BundleError
-
     from unveil.training.bundle import resolve_bundle_dir
 
     target = out or resolve_bundle_dir(model) / ("model.onnx" if format == "onnx" else "model.pt")
