@@ -4,19 +4,20 @@ Two views of each image are compared with the training split, each by its own de
 
 * ``encoder``: the model's pooled encoder features (what the head sees);
 * ``image``: statistics of the pre-processed image itself (intensity histogram and quantiles inside
-  the lung mask, mask area, saturation, and gradient/Laplacian energy at three scales: the texture
-  and noise an acquisition leaves). A shift the encoder was never trained to notice, such as real
-  radiographs for a model trained on synthetic ones, shows here even when the encoder maps it near
-  the training features.
+  the lung mask, mask area, saturation, gradient/Laplacian energy at three scales: the texture and
+  noise an acquisition leaves; and the mean intensity on an 8 x 8 grid: the anatomy's layout). A
+  shift the encoder was never trained to notice, such as real radiographs for a model trained on
+  synthetic ones, shows here even when the encoder maps it near the training features.
 
 Each view is standardised, reduced by PCA (fitted on the training split), and each training source
 with enough images gets a Gaussian with a Ledoit-Wolf shrunk covariance (well conditioned with few
 images per dimension). A view's distance is the Mahalanobis distance to the nearest source in the
 PCA space combined with the (scaled) distance from that space, so a shift along directions the
-training images never varied in is not projected away. Each view's distance is divided by its
-median on the validation split; the image's score is the largest of the two. The flag threshold
-is the ``1 - false_alarm`` quantile of the validation images' scores (data the model did not fit):
-by construction about ``false_alarm`` (default 5 %) of in-distribution images are flagged.
+training images never varied in is not projected away. Calibration uses images the fit did not see
+(the validation split, and each training image scored by a 5-fold fit without it): each view's
+distance is divided by its median there, the image's score is the largest of the two, and the
+flag threshold is the split-conformal ``1 - false_alarm`` quantile of the calibration scores, so
+about ``false_alarm`` (default 5 %) of in-distribution images are flagged.
 ``benchmarks/ood_shift.py`` measures the false-alarm rate on held-out images and the detection
 rate of a synthetic-to-real shift (figures in docs/inference.md).
 """
@@ -24,6 +25,7 @@ rate of a synthetic-to-real shift (figures in docs/inference.md).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ OOD_VERSION = 2
 #: Share of in-distribution images the check is calibrated to flag (the validation quantile it uses).
 FALSE_ALARM_TARGET = 0.05
 VIEWS = ("encoder", "image")
+#: The image view's layout: mean intensity on a LAYOUT x LAYOUT grid (where the lungs, heart and ribs are).
+LAYOUT = 8
 
 
 class OodReferenceOutdated(RuntimeError):
@@ -46,8 +50,9 @@ class OodReferenceOutdated(RuntimeError):
 
 def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Per-image statistics of pre-processed images (N x 1 x S x S or N x S x S; uint8, or float in [0, 1]):
-    16-bin histogram, quantiles, mean and spread inside the lung mask, mask area and saturation, and
-    mean absolute gradient and Laplacian at full, 1/2 and 1/4 resolution (texture and noise)."""
+    16-bin histogram, quantiles, mean and spread inside the lung mask, mask area and saturation, mean
+    absolute gradient and Laplacian at full, 1/2 and 1/4 resolution (texture and noise), and the mean
+    intensity on an 8 x 8 grid (the layout of the anatomy: lung shape, heart, ribs)."""
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     array = array.reshape(len(array), array.shape[-2], array.shape[-1])
     x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
@@ -65,9 +70,11 @@ def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
                                - level[1:-1, 2:]).mean()]
             h, w = (level.shape[0] // 2) * 2, (level.shape[1] // 2) * 2
             level = level[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        h, w = (image.shape[0] // LAYOUT) * LAYOUT, (image.shape[1] // LAYOUT) * LAYOUT
+        layout = image[:h, :w].reshape(LAYOUT, h // LAYOUT, LAYOUT, w // LAYOUT).mean(axis=(1, 3)).ravel()
         rows.append(np.concatenate([histogram, quantiles, [inside.mean(), inside.std(), (image > 1.5 / 255.0).mean(),
-                                                           (image > 254.5 / 255.0).mean()], np.log(np.asarray(texture)
-                                                                                                   + 1e-6)]))
+                                                           (image > 254.5 / 255.0).mean()],
+                                    np.log(np.asarray(texture) + 1e-6), layout]))
     return np.asarray(rows, dtype=np.float64).reshape(len(x), -1)
 
 
@@ -108,7 +115,7 @@ def fit_view(train: np.ndarray, sources: np.ndarray, *, dimensions: int, min_ima
     spread = train.std(axis=0)
     scale = np.where(spread > 1e-8 * max(float(spread.max()), 1e-12), spread, 1.0)
     standardised = (train - center) / scale
-    k = int(max(1, min(dimensions, len(train) - 2, train.shape[1])))
+    k = int(max(1, min(dimensions, len(train) // 4, train.shape[1])))  # >= 4 images per dimension
     pca = PCA(n_components=k, random_state=0).fit(standardised)
     components = pca.components_
     projected = standardised @ components.T
@@ -204,29 +211,46 @@ class OodReference:
         return cls(views, float(described["threshold"]), float(described["false_alarm_target"]))
 
 
+def _out_of_fold(train: np.ndarray, sources: np.ndarray, *, dimensions: int, min_images: int,
+                 folds: int = 5) -> np.ndarray:
+    """Distance of each training image to a view fitted without it (``folds``-fold): calibration data the
+    fit did not see, so that the threshold does not rest on a small validation split alone."""
+    from sklearn.model_selection import KFold
+
+    distances = np.empty(len(train))
+    for fitted, held in KFold(folds, shuffle=True, random_state=0).split(train):
+        view = fit_view(train[fitted], sources[fitted], dimensions=dimensions, min_images=min_images)
+        distances[held] = view.distances(train[held])[0]
+    return distances
+
+
 def fit_ood_reference(train_features: np.ndarray, train_sources: np.ndarray, val_features: np.ndarray,
                       train_images: np.ndarray | torch.Tensor | None = None,
-                      val_images: np.ndarray | torch.Tensor | None = None, *, dimensions: int = 32,
+                      val_images: np.ndarray | torch.Tensor | None = None, *, dimensions: int = 64,
                       false_alarm: float = FALSE_ALARM_TARGET, min_images: int = 20) -> OodReference:
-    """Fit on the training split (features, and pre-processed images for the ``image`` view; per source),
-    scale each view and set the threshold on the validation split (the training split when it has
-    fewer than 20 images) so that ``false_alarm`` of its images are flagged."""
+    """Fit on the training split (encoder features, and pre-processed images for the ``image`` view; a
+    Gaussian per source), then calibrate on images the fit did not see: the validation split and, when the
+    training split has 20 images or more, each training image scored by a fit without it (5-fold). Each
+    view is scaled by its median calibration distance; the threshold is the split-conformal quantile of
+    the calibration scores (level ``ceil((n + 1)(1 - false_alarm)) / n``), so that an in-distribution
+    image is flagged with probability at most about ``false_alarm``."""
     train_sources = np.asarray(train_sources).astype(str)
-    inputs = {"encoder": (train_features, val_features)}
+    inputs = {"encoder": (np.asarray(train_features, dtype=np.float64), np.asarray(val_features, dtype=np.float64))}
     if train_images is not None and val_images is not None:
         inputs["image"] = (image_statistics(train_images), image_statistics(val_images))
-    views = {}
+    views, calibration = {}, []
     for name, (train, val) in inputs.items():
         view = fit_view(train, train_sources, dimensions=dimensions, min_images=min_images)
-        calibration = val if len(val) >= 20 else train
-        view.typical = float(np.median(view.distances(calibration)[0])) or 1.0
+        pool = [view.distances(val)[0]] if len(val) else []
+        if len(train) >= 20:
+            pool.append(_out_of_fold(train, train_sources, dimensions=dimensions, min_images=min_images))
+        pooled = np.concatenate(pool) if pool else view.distances(train)[0]
+        view.typical = float(np.median(pooled)) or 1.0
         views[name] = view
-    reference = OodReference(views, threshold=np.inf, false_alarm=false_alarm)
-    use_val = len(val_features) >= 20
-    scores, _ = reference.distances(val_features if use_val else train_features,
-                                    (val_images if use_val else train_images) if "image" in views else None)
-    reference.threshold = float(np.quantile(scores, 1.0 - false_alarm))
-    return reference
+        calibration.append(pooled / view.typical)
+    scores = np.max(np.stack(calibration, axis=1), axis=1)
+    level = min(1.0, math.ceil((len(scores) + 1) * (1.0 - false_alarm)) / len(scores))
+    return OodReference(views, threshold=float(np.quantile(scores, level)), false_alarm=false_alarm)
 
 
 def refit_ood_reference(model: str | Path, *, false_alarm: float = FALSE_ALARM_TARGET) -> OodReference:
