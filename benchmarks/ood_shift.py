@@ -63,9 +63,9 @@ def trained(name: str, recipe: str, data: dict[str, DataSpec], out: Path, config
 def measure(bundle_path: Path, in_distribution: str, shifts: dict[str, list[Path]]) -> dict[str, object]:
     bundle = load_bundle(bundle_path)
     predictor = Predictor(bundle)
-    held_out = unseen_test_set(bundle, in_distribution)[0].records
+    held_out = list(map(Path, unseen_test_set(bundle, in_distribution)[0].records["path"]))
     figures = {"false_alarm_target": predictor.ood.false_alarm, "threshold": round(predictor.ood.threshold, 3),
-               "in_distribution": {in_distribution + " test": flagged_share(predictor, list(map(Path, held_out["path"])))},
+               "in_distribution": {in_distribution + " test": flagged_share(predictor, held_out)},
                "shifted": {name: flagged_share(predictor, files) for name, files in shifts.items()}}
     return figures
 

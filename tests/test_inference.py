@@ -14,8 +14,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unveil.cli import app
-from unveil.inference import (ExportError, LungCheck, OodReference, OodReferenceOutdated, PredictionError, export_model,
-                              predict_files)
+from unveil.inference import (
+    ExportError,
+    LungCheck,
+    OodReference,
+    OodReferenceOutdated,
+    PredictionError,
+    export_model,
+    predict_files,
+)
 from unveil.inference.ood import fit_ood_reference
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import DataSpec, TrainConfig, load_bundle, train
@@ -217,16 +224,18 @@ def test_synthetic_trained_model_flags_real_radiographs(model, tmp_path):
     images only (the module's tiny AB model; reference fitted on 200 synthetic images as training does) flags
     real radiographs through `predict`, and few held-out synthetic images."""
     import torch
-    from conftest import shared
 
     from unveil.inference.predict import Predictor
     from unveil.synth.config import load_config
     from unveil.synth.generate import dataset_roots, generate
     from unveil.training.loop import encoder_features
 
+    from conftest import shared
+
     real = [*sorted(shared("covid-chestxray/images").iterdir())[:12],
             *sorted((shared("chest_xray") / "train" / "NORMAL").glob("*.jpeg"))[:12],
-            *sorted(shared("covid-qu-ex").rglob("images/*.png"))[::25], *sorted(shared("figure1/images").iterdir())[:12]]
+            *sorted(shared("covid-qu-ex").rglob("images/*.png"))[::25],
+            *sorted(shared("figure1/images").iterdir())[:12]]
     generate(replace(load_config("paper"), image_size=128), tmp_path / "bench", seed=1, scale=0.45)
     roots = dataset_roots(tmp_path / "bench")
     records = pd.concat([DataSpec(*roots[role]).load() for role in ("A", "B")]).sample(frac=1.0, random_state=0)
