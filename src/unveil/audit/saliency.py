@@ -71,7 +71,7 @@ def save_overlay(image: np.ndarray, saliency: np.ndarray, mask: np.ndarray, titl
     heat_map = np.clip(resize_image(np.asarray(saliency, dtype=np.float32), base.shape), 0.0, 1.0)
     colours = colormaps["inferno"]
     heat = colours(heat_map)[..., :3].astype(np.float32)
-    alpha = (0.15 + 0.5 * heat_map)[..., None]
+    alpha = (0.1 + 0.45 * heat_map)[..., None]
     blended = (1.0 - alpha) * base[..., None] + alpha * heat
     lungs = resize_mask(np.asarray(mask, dtype=np.float32), base.shape)
     if lungs.any() and not lungs.all():
