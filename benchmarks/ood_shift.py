@@ -36,8 +36,9 @@ from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import DataSpec, TrainConfig, load_bundle, train
 
 CONFIG = TrainConfig(architecture="conv8", width=0.5, image_size=128, epochs=10, batch_size=32, lr=0.01)
-REAL = {"covid-chestxray": "covid-chestxray/images", "figure1": "figure1/images", "chestxray (pediatric)": "chest_xray",
-        "covid-qu-ex": "covid-qu-ex"}
+#: Real sets: name -> (folder under --shared, file pattern); COVID-QU-Ex keeps its masks beside the images.
+REAL = {"covid-chestxray": ("covid-chestxray/images", "*"), "figure1": ("figure1/images", "*"),
+        "chestxray (pediatric)": ("chest_xray", "*.jpeg"), "covid-qu-ex": ("covid-qu-ex", "images/*.png")}
 
 
 def flagged_share(predictor: Predictor, files: list[Path], batch_size: int = 32) -> dict[str, float | int]:
@@ -83,7 +84,8 @@ def main() -> None:
 
     started = time.perf_counter()
     config = replace(CONFIG, epochs=args.epochs, seed=args.seed)
-    real = {name: expand_inputs([args.shared / folder]) for name, folder in REAL.items()}
+    real = {name: [p for p in expand_inputs([args.shared / folder]) if p.match(pattern)]
+            for name, (folder, pattern) in REAL.items()}
     figures: dict[str, object] = {"threads": torch.get_num_threads(), "seed": args.seed, "epochs": args.epochs}
     if args.only in (None, "synthetic"):
         bench = args.out / "bench"
