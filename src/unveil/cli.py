@@ -394,7 +394,7 @@ def lungs_evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Source SOURCE:PATH with lung masks (repeatable).")],
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
     parts: Annotated[Path | None, typer.Option(
-        help="parts.csv of a training run: evaluate only its 'test' records (patient-exclusive hold-out).")] = None,
+        help="parts.csv of a training run: evaluate only its 'test' and 'excluded' records (held out).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     figures_out: Annotated[Path | None, typer.Option(
         "--figures", help="Write the per-image figures (CSV) here.")] = None,
@@ -414,7 +414,7 @@ def lungs_evaluate(
     records = mask_records(_source_paths(data, "--data"))
     if parts is not None:
         table = pd.read_csv(parts)
-        held_out = set(table.loc[table["part"] == "test", "record_id"])
+        held_out = set(table.loc[table["part"].isin(["test", "excluded"]), "record_id"])
         trained = set(table["record_id"]) - held_out
         records = records[~records["record_id"].isin(trained)]
     if worst and overlays is None:
