@@ -356,15 +356,20 @@ def lungs_train(
     exclude: Annotated[list[str] | None, typer.Option(
         help="Record source never trained on, evaluated whole as the part 'excluded' (repeatable; e.g. "
              "montgomery from lung-segmentation, for a cross-dataset figure).")] = None,
-    device: Annotated[str, typer.Option(help="Torch device for the network (cpu, cuda).")] = "cpu",
+    device: DeviceOption = None,
     seed: SeedOption = 0,
 ) -> None:
-    """Train the lung U-Net; report Dice (mean, 10th percentile), IoU and HD95 per source on the
-    held-out parts."""
+    """Train the lung U-Net (on the CPU unless --device says otherwise); report Dice (mean, 10th
+    percentile), IoU and HD95 per source on the held-out parts."""
     import torch
 
     from unveil.segmentation.train import LungTrainingConfig, train_lung_model
+    from unveil.training.loop import resolve_device
 
+    try:
+        device = str(resolve_device(device or "cpu"))
+    except RuntimeError as error:
+        _fail(str(error))
     if threads:
         torch.set_num_threads(threads)
     config = LungTrainingConfig(size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
