@@ -421,8 +421,8 @@ def lungs_evaluate(
     given sources, per source, each scored in its source's convention."""
     import pandas as pd
 
-    from unveil.segmentation.model import bundles_in
     from unveil.provenance import write_text_atomic
+    from unveil.segmentation.model import bundles_in
     from unveil.segmentation.train import evaluate, mask_records, summarise_figures
 
     if parts is not None and not parts.is_file():
