@@ -393,6 +393,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
     if force and not (has_pixels or "Rows" in ds or "SOPClassUID" in ds):
         return None
     if not has_pixels:
+        if "Rows" in ds or "Columns" in ds:  # image attributes but no pixels: the file stops early
+            raise ImageReadError(name, "DICOM file is truncated (it describes an image but ends before its pixel data)")
         raise ImageReadError(
             name, "DICOM file has no pixel data (no PixelData element; it may be a report or other non-image object)"
         )
@@ -406,7 +408,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
 
     syntax = _transfer_syntax(ds)
     try:
-        stored = ds.pixel_array
+        with _quiet_pydicom_decoders():
+            stored = ds.pixel_array
     except MemoryError:
         raise ImageReadError(name, "not enough memory to decode the DICOM pixel data") from None
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise arbitrary types; report them uniformly
@@ -416,6 +419,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
                 "missing (e.g. pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm) "
                 f"or the data is corrupt ({_describe(exc)})"
             )
+        elif "less than expected" in str(exc) or "truncated" in str(exc).lower():
+            problem = f"DICOM file is truncated (pixel data ends early; {_describe(exc)})"
         else:
             problem = f"cannot decode DICOM pixel data ({syntax.name}; {_describe(exc)})"
         raise ImageReadError(name, problem) from None
@@ -439,6 +444,29 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
         view=view,
     )
     return LoadedImage(pixels=pixels, info=info)
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def _quiet_pydicom_decoders() -> Iterator[None]:
+    """Silence pydicom's decoder logger while pixels are decoded: a failing plugin logs a full traceback
+    there, and the failure is already reported as one :class:`ImageReadError` line."""
+    quiet = logging.getLogger("pydicom")
+    muffle = _DropRecords()
+    quiet.addFilter(muffle)
+    loggers = [logging.getLogger(n) for n in ("pydicom.pixels.decoders.base", "pydicom.pixels.decoders")]
+    for each in loggers:
+        each.addFilter(muffle)
+    try:
+        yield
+    finally:
+        quiet.removeFilter(muffle)
+        for each in loggers:
+            each.removeFilter(muffle)
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:
