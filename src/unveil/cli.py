@@ -30,7 +30,8 @@ LungConventionOption = Annotated[str | None, typer.Option(
                               "(lung behind the heart included). Default: the lung model's default.")]
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Refuse images whose header declares more pixels (width x height), before decoding "
-                                "(a guard against decompression bombs). Default: 100000000 (e.g. 10000 x 10000).")]
+                                "(a guard against decompression bombs). Default: 50000000, e.g. 7000 x 7000; the "
+                                "largest radiograph detectors give about 4300 x 4300.")]
 OptionList = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="Loader option KEY=VALUE (repeatable), e.g. -o label_column=diagnosis.")]
 
@@ -76,7 +77,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     option: OptionList = None,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
-    max_pixels: MaxPixelsOption = 100_000_000,
+    max_pixels: MaxPixelsOption = 50_000_000,
     no_images: Annotated[bool, typer.Option(
         "--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
     strict: Annotated[bool, typer.Option(
@@ -446,7 +447,7 @@ def segment(
     out: Annotated[Path, typer.Option(help="Folder for <name>_mask.png and <name>_overlay.png.")],
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
     lung_convention: LungConventionOption = None,
-    max_pixels: MaxPixelsOption = 100_000_000,
+    max_pixels: MaxPixelsOption = 50_000_000,
     seed: SeedOption = 0,
 ) -> None:
     """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image. OUT must lie
@@ -496,7 +497,7 @@ def preprocess(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any image fails.")] = False,
     lung_convention: LungConventionOption = None,
-    max_pixels: MaxPixelsOption = 100_000_000,
+    max_pixels: MaxPixelsOption = 50_000_000,
     seed: SeedOption = 0,
 ) -> None:
     """Pre-process a dataset into the cache (equalize, segment, blurred mask, [0, 1]); a rerun is free."""
@@ -963,7 +964,7 @@ def predict_command(
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
     target_sensitivity: TargetSensitivityOption = 0.9,
     lung_convention: LungConventionOption = None,
-    max_pixels: MaxPixelsOption = 100_000_000,
+    max_pixels: MaxPixelsOption = 50_000_000,
     decide_anyway: Annotated[bool, typer.Option(
         "--decide-anyway", help="Also decide images that fail the lung-mask or out-of-distribution check (status "
                                 "flagged); by default they are rejected: probability, reason, no decision.")] = False,

@@ -32,8 +32,9 @@ __all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "ImageReadError", "LoadedImage", "
 
 logger = logging.getLogger(__name__)
 
-#: Largest width * height decoded by default: a guard against decompression bombs.
-DEFAULT_MAX_PIXELS: int = 100_000_000
+#: Largest width * height decoded by default: a guard against decompression bombs (50 M pixels, e.g. 7000 x 7000;
+#: the largest radiograph detectors give about 4300 x 4300). ``--max-pixels`` of every CLI command changes it.
+DEFAULT_MAX_PIXELS: int = 50_000_000
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -226,8 +226,9 @@ def read_description(directory: str | Path) -> dict[str, Any]:
 
 
 def _field(description: dict[str, Any], path: Path, name: str, kinds: type | tuple[type, ...],
-           *, required: bool = True, default: Any = None) -> Any:
-    """``description[name]`` (dotted names reach into objects), checked against ``kinds``."""
+           *, required: bool = True, default: Any = None, nullable: bool = False) -> Any:
+    """``description[name]`` (dotted names reach into objects), checked against ``kinds``; ``required=False``:
+    may be absent; ``nullable``: may be null."""
     value: Any = description
     for part in name.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -235,7 +236,7 @@ def _field(description: dict[str, Any], path: Path, name: str, kinds: type | tup
                 raise BundleFieldError(f"{path}: field {name} is missing")
             return default
         value = value[part]
-    if value is None and not required:
+    if value is None and nullable:
         return default
     numeric = kinds in (int, float) or (isinstance(kinds, tuple) and float in kinds)
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)) or \
@@ -280,7 +281,7 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     if len(classes) != num_classes:
         raise BundleFieldError(f"{path}: field classes names {len(classes)} class(es) but num_classes is "
                                f"{num_classes}")
-    positive = _field(description, path, "positive_class", str, required=False)
+    positive = _field(description, path, "positive_class", str, required=False, nullable=True)
     if positive is not None and positive not in classes:
         raise BundleFieldError(f"{path}: field positive_class {positive!r} is not one of classes {classes}")
     if positive is not None and num_classes != 2:
@@ -299,7 +300,7 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
                                    f"got {value!r}")
     _number(description, path, "preprocess.blur_radius", 0.0, 100.0, required=False)
     for name in ("model", "convention", "model_sha256"):
-        _field(description, path, f"preprocess.{name}", str, required=False)
+        _field(description, path, f"preprocess.{name}", str, required=False, nullable=True)
     _number(description, path, "normalization.mean", -1e4, 1e4)
     _number(description, path, "normalization.std", 1e-6, 1e4)
     _number(description, path, "threshold.value", 0.0, 1.0)
