@@ -395,7 +395,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
         return None
     if not has_pixels:
         if "Rows" in ds or "Columns" in ds:  # image attributes but no pixels: the file stops early
-            raise ImageReadError(name, "DICOM file is truncated (it describes an image but ends before its pixel data)")
+            raise ImageReadError(name, "DICOM file has no pixel data though it describes an image (Rows/Columns): "
+                                       "probably truncated (the file ends before its pixel data)")
         raise ImageReadError(
             name, "DICOM file has no pixel data (no PixelData element; it may be a report or other non-image object)"
         )
