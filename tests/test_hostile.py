@@ -166,7 +166,8 @@ def test_read_only_output_folder_is_one_line(bundle, tmp_path):
         pytest.skip("no read-only location to write into")
     inputs = tmp_path / "in"
     save_png(inputs / "a.png", radiograph())
-    for command in (["predict", str(bundle), str(inputs)], ["segment", str(inputs)]):
+    for command in (["predict", str(bundle), str(inputs)], ["segment", str(inputs)],
+                    ["train", "D", "--data", f"D=covid-chestxray:{inputs}"]):
         result = runner.invoke(app, [*command, "--out", str(target)])
         assert result.exit_code == 2, result.output
         one_line_error(result, str(target), "cannot write")
@@ -534,3 +535,26 @@ def test_nothing_is_ever_unpickled(bundle):
         for call in text.split("torch.load(")[1:]:
             assert "weights_only=True" in call.split(")")[0] + call.split(")")[1], path
     assert {p.suffix for p in bundle.iterdir()} <= {".safetensors", ".json"}
+
+
+def test_pillow_global_limit_is_never_touched(tmp_path, monkeypatch):
+    import threading
+
+    path = save_png(tmp_path / "a.png", radiograph(size=128))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # another library's setting; ours is per call
+    seen: set = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(Image.MAX_IMAGE_PIXELS)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(30):
+            assert read_image(path, max_pixels=20_000).pixels.shape == (128, 128)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {1000}

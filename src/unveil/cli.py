@@ -586,10 +586,15 @@ def _run_training(action, **kwargs) -> None:
     from unveil.data.compose import RecipeError
     from unveil.data.records import RecordTableError
     from unveil.data.sources import DatasetLayoutError
+    from unveil.io.outputs import OutputError, ensure_writable
     from unveil.models import ModelError
     from unveil.preprocess.cache import PreprocessError
     from unveil.training import BundleError, CheckpointError, TrainingDataError
 
+    try:
+        ensure_writable(kwargs["out"])  # a read-only run folder: one line before any work, not a traceback
+    except OutputError as error:
+        _fail(str(error))
     try:
         result = action(**kwargs)
     except (TrainingDataError, DatasetLayoutError, RecipeError, RecordTableError, ModelError, BundleError,

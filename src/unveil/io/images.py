@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 import struct
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,7 +106,6 @@ _DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 
-_PIL_LOCK = threading.Lock()
 
 
 class ImageReadError(Exception):
@@ -223,18 +221,25 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) ->
         )
 
 
-@contextmanager
-def _pillow_bomb_check_off() -> Iterator[None]:
-    """Disable Pillow's global decompression-bomb check for the duration, restoring it afterwards."""
-    # Our own max_pixels replaces Pillow's MAX_IMAGE_PIXELS (which would reject images our limit allows);
-    # the lock makes the save/disable/restore of that global atomic across our threads.
-    with _PIL_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+def _open_unchecked(handle: BinaryIO) -> Image.Image:
+    """``Image.open`` without Pillow's process-wide decompression-bomb check (``Image.MAX_IMAGE_PIXELS``):
+    the header is parsed lazily by the first plugin that accepts the file, as ``Image.open`` does, and our
+    own per-call ``max_pixels`` is checked on the size it declares. Pillow's global is never changed, so other
+    code in the process keeps its own limit."""
+    Image.init()
+    handle.seek(0)
+    prefix = handle.read(16)
+    for format_id in list(Image.ID):
+        factory, accept = Image.OPEN[format_id]
+        accepted = not accept or accept(prefix)
+        if not accepted or isinstance(accepted, str):
+            continue
         try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            handle.seek(0)
+            return factory(handle, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 # ---------------------------------------------------------------------------------------------- Pillow
@@ -244,8 +249,7 @@ def _read_pillow(handle: BinaryIO, name: str, sniffed: str | None, max_pixels: i
     """Decode a PNG/JPEG/other Pillow image; ``sniffed`` is the format its magic bytes announced."""
     label = sniffed or "image"
     try:
-        with _pillow_bomb_check_off():
-            image = Image.open(handle)  # lazy: reads the header only
+        image = _open_unchecked(handle)  # lazy: reads the header only
     except UnidentifiedImageError:
         problem = f"corrupt {sniffed} file (header cannot be parsed)" if sniffed else _NOT_RECOGNISED
         raise ImageReadError(name, problem) from None
@@ -258,12 +262,10 @@ def _read_pillow(handle: BinaryIO, name: str, sniffed: str | None, max_pixels: i
         fmt = sniffed or image.format or "unknown"
         mode = image.mode
         try:
-            try:
-                image.load()
-            except Image.DecompressionBombError:
-                # A few plugins (GIF frames) re-check Pillow's limit while decoding; ours already passed.
-                with _pillow_bomb_check_off():
-                    image.load()
+            image.load()
+        except Image.DecompressionBombError as exc:
+            # A few plugins (GIF frames) check Pillow's own process-wide limit while decoding.
+            raise ImageReadError(name, f"over Pillow's pixel limit Image.MAX_IMAGE_PIXELS ({_describe(exc)})") from None
         except MemoryError:
             raise ImageReadError(name, "not enough memory to decode the image") from None
         except _DECODE_ERRORS as exc:
