@@ -497,7 +497,10 @@ def test_implausible_images_are_rejected_without_a_decision(bundle, tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
     rejected = table[table["status"] == "rejected"]
-    assert len(rejected) >= 1 and (rejected["decision"] == "").all() and (rejected["warnings"] != "").all()
+    assert len(rejected) == 3 and (rejected["decision"] == "").all() and (rejected["warnings"] != "").all()
+    by_name = dict(zip(table["file"].map(lambda f: Path(f).name), table["warnings"]))
+    assert "aspect ratio" in by_name["strip.png"] and "aspect ratio" in by_name["tall.png"]
+    assert "no contrast" in by_name["flat.png"]
     assert (table.loc[table["status"] == "ok", "decision"] != "").all()
     result = runner.invoke(app, ["predict", str(bundle), str(inputs), "--out", str(tmp_path / "out"),
                                  "--no-evidence", "--decide-anyway"])

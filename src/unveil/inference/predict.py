@@ -74,6 +74,27 @@ class LungCheck:
         return found
 
 
+@dataclass(frozen=True)
+class InputCheck:
+    """Plausibility of the image as read, before any model sees it: a chest radiograph is roughly square
+    (detectors are 1:1 to 1:1.3) and has contrast. A 100x900 strip or a flat gray field is no radiograph,
+    whatever probability the model gives it."""
+
+    max_aspect: float = 2.0  # longer side / shorter side
+    min_contrast: float = 0.02  # standard deviation of the [0, 1] pixels
+
+    def problems(self, pixels: np.ndarray) -> list[str]:
+        found = []
+        height, width = pixels.shape[:2]
+        if max(height, width) > self.max_aspect * min(height, width):
+            found.append(f"image is {width}x{height} pixels, aspect ratio over {self.max_aspect:g}:1 (not a chest "
+                         "radiograph's)")
+        contrast = float(np.std(pixels))
+        if contrast < self.min_contrast:
+            found.append(f"image has almost no contrast (standard deviation {contrast:.3f} < {self.min_contrast})")
+        return found
+
+
 @dataclass
 class PredictionSummary:
     scored: int = 0
@@ -117,7 +138,8 @@ class Predictor:
     """A bundle, its lung segmenter and OOD reference, ready to score batches of files."""
 
     def __init__(self, bundle: str | Path | ModelBundle, *, segmenter: str | Path | None = None,
-                 lung_check: LungCheck = LungCheck(), threshold: ThresholdChoice | None = None,
+                 lung_check: LungCheck = LungCheck(), input_check: InputCheck = InputCheck(),
+                 threshold: ThresholdChoice | None = None,
                  lung_convention: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  decide_anyway: bool = False) -> None:
         from monai.transforms import Compose
@@ -144,6 +166,7 @@ class Predictor:
             self.ood, ood_note = None, str(error)
             log.warning("%s", error)
         self.lung_check = lung_check
+        self.input_check = input_check
         self.max_pixels = max_pixels
         self.decide_anyway = decide_anyway  # decide images that fail the lung or OOD check (status flagged)
         self.pipeline = Compose(paper_pipeline(self.bundle.image_size, blur_radius=settings.blur_radius,
@@ -160,12 +183,14 @@ class Predictor:
         from unveil.audit.saliency import display_image
 
         images, kept, errors = [], [], []
+        self.input_problems: list[list[str]] = []  # per readable image, aligned with ``kept``
         for position, path in enumerate(paths):
             try:
                 pixels = read_image(path, max_pixels=self.max_pixels).pixels
                 images.append(resize_image(pixels, self.bundle.image_size))
                 if displays is not None:
                     displays.append(display_image(pixels))
+                self.input_problems.append(self.input_check.problems(pixels))
                 kept.append(position)
             except ImageReadError as error:
                 errors.append(str(error))
@@ -202,7 +227,8 @@ class Predictor:
             threshold = self.threshold.value
             for row_index, position in enumerate(kept):
                 path = paths[position]
-                problems = self.lung_check.problems(masks[row_index])
+                lung_problems = self.lung_check.problems(masks[row_index])
+                problems = self.input_problems[row_index] + lung_problems
                 ood_flag = bool(self.ood is not None and distances[row_index] > self.ood.threshold)
                 warnings = list(self.notes) + problems
                 if ood_flag:
@@ -231,7 +257,7 @@ class Predictor:
                     "decision": decision, "threshold": threshold,
                     "threshold_rule": self.threshold.rule.value,
                     "lung_area": round(float(masks[row_index].mean()), 4),
-                    "lung_check": "ok" if not problems else "implausible",
+                    "lung_check": "ok" if not lung_problems else "implausible",
                     "ood_distance": None if np.isnan(distances[row_index]) else round(float(distances[row_index]), 3),
                     "ood_threshold": None if self.ood is None else round(self.ood.threshold, 3),
                     "nearest_source": nearest[row_index], "ood_flag": ood_flag, "warnings": "; ".join(warnings),
