@@ -238,6 +238,10 @@ def test_a_file_listed_twice_or_outside_the_root_is_one_record(tmp_path):
     assert any("listed again" in p for p in problems) and any("leaves the dataset root" in p for p in problems)
     allowed = load_source("covid-chestxray", root, allow_outside="true")
     assert sorted(allowed.records["patient_id"]) == ["p1", "p3"]
+    roundabout = root.parent / "elsewhere" / ".." / root.name  # a root written with "..", through a symlink
+    (tmp_path / "link").symlink_to(tmp_path)
+    for written in (roundabout, tmp_path / "link" / root.name):
+        assert list(load_source("covid-chestxray", written).records["patient_id"]) == ["p1"]
 
 
 def test_duplicate_images_never_reach_two_splits(tmp_path):

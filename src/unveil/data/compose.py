@@ -139,6 +139,8 @@ def split_role(records: pd.DataFrame, role: str, *, seed: int, test_fraction: fl
     """A role's labelled records with their patient-exclusive split (same for every recipe); duplicate images
     (by resolved path or content) are removed first, each named in ``warnings``."""
     labelled, removed = drop_duplicate_images(records[records["covid"].notna()].reset_index(drop=True))
+    if labelled.empty:
+        raise RecipeError(f"role {role}: no record with a COVID label to split")
     if warnings is not None:
         warnings.extend(f"role {role}: {message}" for message in removed)
     split = patient_exclusive_split(labelled, seed=zlib.crc32(f"{seed}:{role}".encode()),

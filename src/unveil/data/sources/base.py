@@ -108,10 +108,10 @@ def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
     is ``images/x``, so a second listing of one file is seen as such). A path that leaves the dataset root
     (``../other/x.png``, an absolute path, a symlink out) raises :class:`DatasetLayoutError` unless
     ``allow_outside``: a metadata file must not pull in files the user did not hand over."""
-    path = Path(os.path.normpath(Path(root).absolute().joinpath(*parts)))
+    base = Path(os.path.normpath(Path(root).absolute()))
+    path = Path(os.path.normpath(base.joinpath(*parts)))
     if not allow_outside:
-        real_root = Path(root).resolve()
-        if not (path.is_relative_to(Path(root).absolute()) and path.resolve().is_relative_to(real_root)):
+        if not (path.is_relative_to(base) and path.resolve().is_relative_to(base.resolve())):
             raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
                                      "the loader option allow_outside=true)")
     return path

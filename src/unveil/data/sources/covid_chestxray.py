@@ -43,7 +43,8 @@ _COVID = ("covid-19", "covid19", "covid", "sars-cov-2", "2019-ncov")
 _OTHER = ("pneumonia", "bacterial", "bacteria", "fungal", "lipoid", "aspiration", "ards", "tuberculosis",
           "pneumocystis", "aspergillosis", "mrsa", "h1n1", "mers-cov", "coronavirus", "cryptogenic", "organizing",
           "eosinophilic", "interstitial", "pneumonitis", "chronic", "acute", "histoplasmosis", "cryptococcus",
-          "mycobacterium", "actinomyces", "unknown", "todo", "normal")
+          "mycobacterium", "actinomyces", "unknown", "todo", "normal", "influenzae", "pneumoniae", "aureus",
+          "jirovecii", "pneumophila", "coli")
 
 #: Every word a COVID-ChestXRay / Figure 1 ``finding`` may use (lower case; "No Finding" is a phrase).
 #: Words are separated by "/", ",", ";" or spaces; any other word (or a negation: "not", "no", "non",
