@@ -238,10 +238,22 @@ def test_a_file_listed_twice_or_outside_the_root_is_one_record(tmp_path):
     assert any("listed again" in p for p in problems) and any("leaves the dataset root" in p for p in problems)
     allowed = load_source("covid-chestxray", root, allow_outside="true")
     assert sorted(allowed.records["patient_id"]) == ["p1", "p3"]
-    roundabout = root.parent / "elsewhere" / ".." / root.name  # a root written with "..", through a symlink
+    roundabout = root.parent / "elsewhere" / ".." / root.name  # a root written with "..", or through a symlink
     (tmp_path / "link").symlink_to(tmp_path)
     for written in (roundabout, tmp_path / "link" / root.name):
         assert list(load_source("covid-chestxray", written).records["patient_id"]) == ["p1"]
+
+
+def test_hospital_csv_refuses_paths_outside_its_root(tmp_path):
+    from unveil.data.sources import load_source
+
+    save_png(tmp_path / "elsewhere" / "x.png", radiograph(1))
+    save_png(tmp_path / "hospital" / "a.png", radiograph(2))
+    (tmp_path / "hospital" / "labels.csv").write_text("path,patient,label\na.png,P1,1\n../elsewhere/x.png,P2,0\n")
+    loaded = load_source("hospital-csv", tmp_path / "hospital")
+    assert list(loaded.records["patient_id"]) == ["P1"]
+    assert any("leaves the dataset root" in issue.problem for issue in loaded.issues)
+    assert len(load_source("hospital-csv", tmp_path / "hospital", allow_outside="true").records) == 2
 
 
 def test_duplicate_images_never_reach_two_splits(tmp_path):

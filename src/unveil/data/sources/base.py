@@ -105,13 +105,16 @@ def truthy(value: object) -> bool:
 
 def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
     """The file a metadata row lists (``root / folder / filename``), normalised (``images/../images/x``
-    is ``images/x``, so a second listing of one file is seen as such). A path that leaves the dataset root
-    (``../other/x.png``, an absolute path, a symlink out) raises :class:`DatasetLayoutError` unless
-    ``allow_outside``: a metadata file must not pull in files the user did not hand over."""
-    base = Path(os.path.normpath(Path(root).absolute()))
-    path = Path(os.path.normpath(base.joinpath(*parts)))
+    is ``images/x``, so a second listing of one file is seen as such). A listed path that leaves the dataset
+    root (``../other/x.png``, an absolute path) raises :class:`DatasetLayoutError` unless ``allow_outside``: a
+    metadata file must not pull in files the user did not hand over. A symlink the user placed inside the
+    root is theirs to place (records keep the resolved path, so a second name for one file is still found
+    as a duplicate before any split)."""
+    relative = os.path.normpath(os.path.join(*parts))  # only the listed part: the root stays as written
+    path = Path(root).absolute() / relative
     if not allow_outside:
-        if not (path.is_relative_to(base) and path.resolve().is_relative_to(base.resolve())):
+        lexical_inside = not (os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep))
+        if not lexical_inside:
             raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
                                      "the loader option allow_outside=true)")
     return path
