@@ -124,7 +124,8 @@ def test_predict_scores_files_like_training_and_lists_unreadable(model, tmp_path
     assert broken["file"].endswith("broken.png") and "broken.png" in broken["error"]
     scored = table[table["status"] != "unreadable"]
     assert scored["probability"].astype(float).between(0, 1).all()
-    assert set(scored["decision"]) <= {"covid+", "covid-"}
+    assert set(scored.loc[scored["status"] != "rejected", "decision"]) <= {"covid+", "covid-"}
+    assert (scored.loc[scored["status"] == "rejected", "decision"] == "").all()
     assert all((tmp_path / "out" / "evidence").joinpath(p.split("/")[-1]).is_file() for p in scored["overlay"])
     assert (tmp_path / "out" / "unreadable.txt").read_text().count("broken.png") == 1
 
@@ -159,7 +160,8 @@ def test_predict_threshold_options(model, tmp_path):
 
     table = predict("--threshold", "0.3")
     assert (table["threshold"] == 0.3).all() and (table["threshold_rule"] == "fixed").all()
-    assert ((table["probability"] >= 0.3) == (table["decision"] == "covid+")).all()
+    decided = table[table["status"] != "rejected"]
+    assert ((decided["probability"] >= 0.3) == (decided["decision"] == "covid+")).all()
     table = predict("--threshold-rule", "sensitivity", "--target-sensitivity", "1.0")
     validation = pd.read_csv(model["bundle"].parent / "val_predictions.csv")
     expected = bundle.resolve_threshold("sensitivity", target_sensitivity=1.0)
@@ -172,16 +174,20 @@ def test_predict_threshold_options(model, tmp_path):
     assert result.exit_code == 2 and "does not go with --threshold-rule youden" in result.output
 
 
-def test_out_of_distribution_images_are_flagged(model, tmp_path):
+def test_out_of_distribution_images_are_rejected(model, tmp_path):
     noise = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
     Image.fromarray(np.full((96, 96), 255, dtype=np.uint8)).save(tmp_path / "white.png")
     predict_files(model["bundle"], [tmp_path / "noise.png", tmp_path / "white.png"], tmp_path / "out",
                   evidence=False)
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
-    assert (table["status"] == "flagged").all()
+    assert (table["status"] == "rejected").all() and (table["decision"] == "").all()
     assert table["warnings"].str.contains("out of distribution|lung mask").all()
     assert (table["lung_check"] == "implausible").any() or (table["ood_flag"] == "True").any()
+    predict_files(model["bundle"], [tmp_path / "noise.png", tmp_path / "white.png"], tmp_path / "out",
+                  evidence=False, decide_anyway=True)  # asked for: decided, still marked
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert (table["status"] == "flagged").all() and table["decision"].isin(["covid+", "covid-"]).all()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -28,6 +28,10 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed,
 LungConventionOption = Annotated[str | None, typer.Option(
     "--lung-convention", help="Lung-mask convention: visible (lung field, heart excluded; the paper's) or full "
                               "(lung behind the heart included). Default: the lung model's default.")]
+MaxPixelsOption = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Refuse images whose header declares more pixels (width x height), before decoding "
+                                "(a guard against decompression bombs). Default: 50000000, e.g. 7000 x 7000; the "
+                                "largest radiograph detectors give about 4300 x 4300.")]
 OptionList = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="Loader option KEY=VALUE (repeatable), e.g. -o label_column=diagnosis.")]
 
@@ -74,8 +78,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     option: OptionList = None,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
-    max_pixels: Annotated[int, typer.Option(
-        help="Refuse images with more pixels (decompression bombs).")] = 100_000_000,
+    max_pixels: MaxPixelsOption = 50_000_000,
     no_images: Annotated[bool, typer.Option(
         "--no-images", help="Skip decoding images (no unreadable/duplicate check).")] = False,
     strict: Annotated[bool, typer.Option(
@@ -126,11 +129,13 @@ def data_split(
     """Write a patient-exclusive, stratified, seeded train/val/test split file for one dataset."""
     from unveil.data.leakage import check_leakage
     from unveil.data.sources import DatasetLayoutError, load_source
-    from unveil.data.splits import original_split, patient_exclusive_split, write_split_file
+    from unveil.data.splits import drop_duplicate_images, original_split, patient_exclusive_split, write_split_file
     from unveil.provenance import write_run_metadata
 
     try:
-        records = load_source(source, path, **parse_options(option)).records
+        records, removed = drop_duplicate_images(load_source(source, path, **parse_options(option)).records)
+        for message in removed:
+            typer.echo(f"warning: {message}", err=True)
         if respect_original_split:
             split = original_split(records)
         else:
@@ -481,11 +486,14 @@ def segment(
     out: Annotated[Path, typer.Option(help="Folder for <name>_mask.png and <name>_overlay.png.")],
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
     lung_convention: LungConventionOption = None,
+    max_pixels: MaxPixelsOption = 50_000_000,
     seed: SeedOption = 0,
 ) -> None:
-    """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image."""
+    """Segment the lungs: write a 0/255 mask and an overlay (lung contour in red) per image. OUT must lie
+    outside the inputs; two inputs with one stem (a.png, a.jpeg) keep their extension in the output names."""
     from unveil.io import ImageReadError, read_image
-    from unveil.segmentation.overlay import write_mask_and_overlay
+    from unveil.io.outputs import OutputError, OutputFolder
+    from unveil.segmentation.overlay import output_stems, write_mask_and_overlay
 
     _require_paths(images)
     segmenter = _load_segmenter(model)
@@ -493,16 +501,22 @@ def segment(
     if not files:
         _fail("no image files found in the given paths")
     failed = 0
-    for path in files:
-        try:
-            image = read_image(path).pixels
-        except ImageReadError as error:
-            typer.echo(f"skipped: {error}", err=True)
-            failed += 1
-            continue
-        mask = segmenter.segment(image, convention=lung_convention)
-        mask_path, overlay_path = write_mask_and_overlay(image, mask, out, path.stem)
-        typer.echo(f"{path}: lungs {100 * mask.mean():.1f} % of the image -> {mask_path.name}, {overlay_path.name}")
+    stems = output_stems(files)
+    try:
+        with OutputFolder(out, images) as staged:
+            for path in files:
+                try:
+                    image = read_image(path, max_pixels=max_pixels).pixels
+                except ImageReadError as error:
+                    typer.echo(f"skipped: {error}", err=True)
+                    failed += 1
+                    continue
+                mask = segmenter.segment(image, convention=lung_convention)
+                mask_path, overlay_path = write_mask_and_overlay(image, mask, staged.stage, stems[path])
+                typer.echo(f"{path}: lungs {100 * mask.mean():.1f} % of the image -> {mask_path.name}, "
+                           f"{overlay_path.name}")
+    except OutputError as error:
+        _fail(str(error))
     if failed:
         typer.echo(f"{failed} of {len(files)} image(s) could not be read", err=True)
         raise typer.Exit(1)
@@ -522,6 +536,7 @@ def preprocess(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any image fails.")] = False,
     lung_convention: LungConventionOption = None,
+    max_pixels: MaxPixelsOption = 50_000_000,
     seed: SeedOption = 0,
 ) -> None:
     """Pre-process a dataset into the cache (equalize, segment, blurred mask, [0, 1]); a rerun is free."""
@@ -532,7 +547,8 @@ def preprocess(
         records = load_source(source, path, **parse_options(option)).records
         settings = PreprocessSettings(size=size, equalize=equalize, mask=mask, blur_radius=blur_radius,
                                       model=str(model) if model else None, convention=lung_convention)
-        report = preprocess_records(records, cache, settings, workers=workers, progress=True, strict=strict)
+        report = preprocess_records(records, cache, settings, workers=workers, progress=True, strict=strict,
+                                    max_pixels=max_pixels)
     except (KeyError, DatasetLayoutError, ValueError, FileNotFoundError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     except PreprocessError as error:
@@ -609,10 +625,15 @@ def _run_training(action, **kwargs) -> None:
     from unveil.data.compose import RecipeError
     from unveil.data.records import RecordTableError
     from unveil.data.sources import DatasetLayoutError
+    from unveil.io.outputs import OutputError, ensure_writable
     from unveil.models import ModelError
     from unveil.preprocess.cache import PreprocessError
     from unveil.training import BundleError, CheckpointError, TrainingDataError
 
+    try:
+        ensure_writable(kwargs["out"])  # a read-only run folder: one line before any work, not a traceback
+    except OutputError as error:
+        _fail(str(error))
     try:
         result = action(**kwargs)
     except (TrainingDataError, DatasetLayoutError, RecipeError, RecordTableError, ModelError, BundleError,
@@ -987,11 +1008,17 @@ def predict_command(
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
     target_sensitivity: TargetSensitivityOption = 0.9,
     lung_convention: LungConventionOption = None,
+    max_pixels: MaxPixelsOption = 50_000_000,
+    decide_anyway: Annotated[bool, typer.Option(
+        "--decide-anyway", help="Also decide images that fail the lung-mask or out-of-distribution check (status "
+                                "flagged); by default they are rejected: probability, reason, no decision.")] = False,
     seed: SeedOption = 0,
 ) -> None:
     """Score new images: probability, decision at the bundle's threshold (or one chosen by --threshold /
-    --threshold-rule), lung check, OOD warning."""
+    --threshold-rule), lung check, OOD check (failing images are rejected). OUT must lie outside the inputs;
+    the previous predictions are replaced only when the run completes."""
     from unveil.inference import PredictionError, predict_files
+    from unveil.io.outputs import OutputError
     from unveil.segmentation import SegmenterError
     from unveil.training import BundleError
 
@@ -1000,8 +1027,9 @@ def predict_command(
         rule, value = _threshold_options(threshold, threshold_rule)
         summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
                                 strict=strict, progress=True, threshold_rule=rule, threshold=value,
-                                target_sensitivity=target_sensitivity, lung_convention=lung_convention)
-    except (BundleError, SegmenterError) as error:
+                                target_sensitivity=target_sensitivity, lung_convention=lung_convention,
+                                max_pixels=max_pixels, decide_anyway=decide_anyway)
+    except (BundleError, SegmenterError, OutputError) as error:
         _fail(str(error))
     except PredictionError as error:
         typer.echo(f"error: {error}", err=True)

@@ -18,7 +18,7 @@ import yaml
 
 from unveil.data.leakage import check_leakage
 from unveil.data.records import concat_records
-from unveil.data.splits import SPLITS, patient_exclusive_split
+from unveil.data.splits import SPLITS, drop_duplicate_images, patient_exclusive_split
 
 Balance = Literal["add_negatives", "subsample", "none"]
 
@@ -135,9 +135,14 @@ def _sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFra
 
 
 def split_role(records: pd.DataFrame, role: str, *, seed: int, test_fraction: float,
-               val_fraction: float) -> pd.DataFrame:
-    """A role's labelled records with their patient-exclusive split (same for every recipe)."""
-    labelled = records[records["covid"].notna()].reset_index(drop=True)
+               val_fraction: float, warnings: list[str] | None = None) -> pd.DataFrame:
+    """A role's labelled records with their patient-exclusive split (same for every recipe); duplicate images
+    (by resolved path or content) are removed first, each named in ``warnings``."""
+    labelled, removed = drop_duplicate_images(records[records["covid"].notna()].reset_index(drop=True))
+    if labelled.empty:
+        raise RecipeError(f"role {role}: no record with a COVID label to split")
+    if warnings is not None:
+        warnings.extend(f"role {role}: {message}" for message in removed)
     split = patient_exclusive_split(labelled, seed=zlib.crc32(f"{seed}:{role}".encode()),
                                     test_fraction=test_fraction, val_fraction=val_fraction)
     return labelled.assign(split=split.to_numpy(), role=role)
@@ -159,7 +164,7 @@ def compose(recipe: Recipe, tables: dict[str, pd.DataFrame], *, seed: int, test_
         if role not in recipe.bases:
             table = table[table["covid"] == 0]
         split_tables[role] = split_role(table, role, seed=seed, test_fraction=test_fraction,
-                                        val_fraction=val_fraction)
+                                        val_fraction=val_fraction, warnings=warnings)
     parts = []
     for split in SPLITS:
         rng = _rng(seed, recipe.name, split)

@@ -28,6 +28,65 @@ class SplitFileError(ValueError):
     """A split file is unreadable, altered, or does not match the records it is applied to."""
 
 
+class DuplicateRecordsError(ValueError):
+    """Records to split name one image twice (same resolved file or same content): a split would put the
+    copies in train and test. The message names the two files."""
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _content_hash(path: str) -> str | None:
+    """SHA-256 of a file's bytes (remembered by path, size and mtime); ``None`` for a file that cannot be read."""
+    try:
+        status = Path(path).stat()
+        key = (path, status.st_size, status.st_mtime_ns)
+        if key not in _HASHES:
+            digest = hashlib.sha256()
+            with open(path, "rb") as stream:
+                while block := stream.read(1 << 20):
+                    digest.update(block)
+            _HASHES[key] = digest.hexdigest()
+        return _HASHES[key]
+    except OSError:
+        return None
+
+
+def duplicate_images(records: pd.DataFrame) -> list[tuple[int, int, str]]:
+    """``(row, first_row, how)`` for every record whose image repeats an earlier record's: the same file once
+    resolved (``../images/x.jpeg`` is ``images/x.jpeg``, symlinks followed) or the same bytes (SHA-256)."""
+    found: list[tuple[int, int, str]] = []
+    by_path: dict[str, int] = {}
+    by_hash: dict[str, int] = {}
+    for row, path in enumerate(records["path"].astype(str)):
+        resolved = str(Path(path).resolve())
+        if resolved in by_path:
+            found.append((row, by_path[resolved], "same file"))
+            continue
+        by_path[resolved] = row
+        digest = _content_hash(resolved)
+        if digest is not None:
+            if digest in by_hash:
+                found.append((row, by_hash[digest], "same content (SHA-256)"))
+                continue
+            by_hash[digest] = row
+    return found
+
+
+def drop_duplicate_images(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``records`` without the later copies of any image (see :func:`duplicate_images`), and one message per
+    removed record naming both files; done before every split so no image lands in two parts."""
+    found = duplicate_images(records)
+    if not found:
+        return records, []
+    paths = records["path"].astype(str).to_numpy()
+    messages = [f"{paths[row]}: duplicate of {paths[first]} ({how}); removed before splitting"
+                for row, first, how in found]
+    keep = np.ones(len(records), dtype=bool)
+    keep[[row for row, _, _ in found]] = False
+    return records[keep].reset_index(drop=True), messages
+
+
 def _round_half_up(value: float) -> int:
     return int(np.floor(value + 0.5))
 
@@ -56,11 +115,19 @@ def patient_exclusive_split(
     """Assign every record to train/val/test (aligned with ``records.index``).
 
     ``test_fraction`` of each stratum's patients go to test; ``val_fraction`` of the rest to val.
-    The same records and seed always give the same assignment, whatever the row order.
+    The same records and seed always give the same assignment, whatever the row order. Records naming one
+    image twice (by resolved path or content) are refused (:class:`DuplicateRecordsError`).
     """
     for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 <= fraction < 1:
             raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+    if "path" in records:
+        found = duplicate_images(records)
+        if found:
+            paths = records["path"].astype(str).to_numpy()
+            row, first, how = found[0]
+            raise DuplicateRecordsError(f"{paths[row]}: duplicate of {paths[first]} ({how}; {len(found)} duplicate "
+                                        "record(s) in all); remove them before splitting (drop_duplicate_images)")
     strata = patient_strata(records, stratify_by)
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}

@@ -3,9 +3,12 @@
 Each image is read (PNG, JPEG, DICOM), pre-processed exactly as the bundle says (resize, histogram
 equalization, lung segmentation with the shipped or given lung model, blurred mask, [0, 1]),
 scored, and checked: a lung mask whose area or shape is implausible, or encoder features far from
-every training source (out of distribution), is flagged — still scored, but marked. Files stream
-through in batches, so memory stays flat for folders of thousands; unreadable files are listed and
-skipped (or stop the run with ``strict``).
+every training source (out of distribution), is ``rejected``: its probability is recorded but it gets
+no decision, with the reason in ``warnings`` (``decide_anyway`` decides it anyway, status ``flagged``).
+Files stream through in batches, so memory stays flat for folders of thousands; unreadable files are
+listed and skipped (or stop the run with ``strict``). Outputs go through
+:class:`unveil.io.outputs.OutputFolder`: an output folder overlapping the inputs is refused, one run
+at a time, and ``predictions.csv``/``evidence/`` replace the previous ones only when the run completes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 from scipy import ndimage
 
 from unveil.inference.ood import OodReference, OodReferenceOutdated
-from unveil.io import ImageReadError, read_image
+from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from unveil.io.outputs import OutputFolder
 from unveil.preprocess.transforms import paper_pipeline, resize_image
 from unveil.thresholds import ThresholdChoice, ThresholdRule
 from unveil.training.bundle import ModelBundle, load_bundle
@@ -70,6 +74,27 @@ class LungCheck:
         return found
 
 
+@dataclass(frozen=True)
+class InputCheck:
+    """Plausibility of the image as read, before any model sees it: a chest radiograph is roughly square
+    (detectors are 1:1 to 1:1.3) and has contrast. A 100x900 strip or a flat gray field is no radiograph,
+    whatever probability the model gives it."""
+
+    max_aspect: float = 2.0  # longer side / shorter side
+    min_contrast: float = 0.02  # standard deviation of the [0, 1] pixels
+
+    def problems(self, pixels: np.ndarray) -> list[str]:
+        found = []
+        height, width = pixels.shape[:2]
+        if max(height, width) > self.max_aspect * min(height, width):
+            found.append(f"image is {width}x{height} pixels, aspect ratio over {self.max_aspect:g}:1 (not a chest "
+                         "radiograph's)")
+        contrast = float(np.std(pixels))
+        if contrast < self.min_contrast:
+            found.append(f"image has almost no contrast (standard deviation {contrast:.3f} < {self.min_contrast})")
+        return found
+
+
 @dataclass
 class PredictionSummary:
     scored: int = 0
@@ -77,12 +102,14 @@ class PredictionSummary:
     positives: int = 0
     ood_flagged: int = 0
     lung_flagged: int = 0
+    rejected: int = 0  # failed the lung or OOD check: no decision
     csv: Path | None = None
     threshold: dict[str, Any] | None = None  # the decision threshold used and its rule
 
     def as_dict(self) -> dict[str, Any]:
         return {"scored": self.scored, "unreadable": len(self.unreadable), "positives": self.positives,
-                "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged, "csv": str(self.csv),
+                "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged,
+                "rejected": self.rejected, "csv": str(self.csv),
                 "threshold": self.threshold}
 
 
@@ -111,8 +138,10 @@ class Predictor:
     """A bundle, its lung segmenter and OOD reference, ready to score batches of files."""
 
     def __init__(self, bundle: str | Path | ModelBundle, *, segmenter: str | Path | None = None,
-                 lung_check: LungCheck = LungCheck(), threshold: ThresholdChoice | None = None,
-                 lung_convention: str | None = None) -> None:
+                 lung_check: LungCheck = LungCheck(), input_check: InputCheck = InputCheck(),
+                 threshold: ThresholdChoice | None = None,
+                 lung_convention: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 decide_anyway: bool = False) -> None:
         from monai.transforms import Compose
 
         from unveil.segmentation import LungSegmenter
@@ -137,6 +166,9 @@ class Predictor:
             self.ood, ood_note = None, str(error)
             log.warning("%s", error)
         self.lung_check = lung_check
+        self.input_check = input_check
+        self.max_pixels = max_pixels
+        self.decide_anyway = decide_anyway  # decide images that fail the lung or OOD check (status flagged)
         self.pipeline = Compose(paper_pipeline(self.bundle.image_size, blur_radius=settings.blur_radius,
                                                equalize=settings.equalize, mask=settings.mask != "none"))
         if settings.mask == "truth":
@@ -151,12 +183,14 @@ class Predictor:
         from unveil.audit.saliency import display_image
 
         images, kept, errors = [], [], []
+        self.input_problems: list[list[str]] = []  # per readable image, aligned with ``kept``
         for position, path in enumerate(paths):
             try:
-                pixels = read_image(path).pixels
+                pixels = read_image(path, max_pixels=self.max_pixels).pixels
                 images.append(resize_image(pixels, self.bundle.image_size))
                 if displays is not None:
                     displays.append(display_image(pixels))
+                self.input_problems.append(self.input_check.problems(pixels))
                 kept.append(position)
             except ImageReadError as error:
                 errors.append(str(error))
@@ -193,15 +227,21 @@ class Predictor:
             threshold = self.threshold.value
             for row_index, position in enumerate(kept):
                 path = paths[position]
-                problems = self.lung_check.problems(masks[row_index])
+                lung_problems = self.lung_check.problems(masks[row_index])
+                problems = self.input_problems[row_index] + lung_problems
                 ood_flag = bool(self.ood is not None and distances[row_index] > self.ood.threshold)
                 warnings = list(self.notes) + problems
                 if ood_flag:
                     warnings.append(f"out of distribution: score {distances[row_index]:.1f} > {self.ood.threshold:.1f} "
                                     f"({reasons[row_index]}; nearest training source {nearest[row_index]})")
                 probability = float(probabilities[row_index])
+                if not np.isfinite(probability):
+                    warnings.append("model output is not a finite probability")
+                failed = bool(warnings[len(self.notes):])
                 decision = self.bundle.classes[positive] if probability >= threshold else \
                     self.bundle.classes[1 - positive]
+                if failed and not (self.decide_anyway and np.isfinite(probability)):
+                    decision = ""  # an implausible image gets no decision unless the user asks for one
                 overlay = ""
                 if maps is not None:
                     from unveil.audit.saliency import save_overlay
@@ -211,11 +251,13 @@ class Predictor:
                                  f"{path.name[:40]}  p={probability:.2f}", target, display=displays[row_index])
                     overlay = str(target)
                 rows[position] = {
-                    "file": str(path), "status": "flagged" if warnings[len(self.notes):] else "ok",
-                    "probability": round(probability, 6), "decision": decision, "threshold": threshold,
+                    "file": str(path),
+                    "status": ("flagged" if decision else "rejected") if failed else "ok",
+                    "probability": round(probability, 6) if np.isfinite(probability) else None,
+                    "decision": decision, "threshold": threshold,
                     "threshold_rule": self.threshold.rule.value,
                     "lung_area": round(float(masks[row_index].mean()), 4),
-                    "lung_check": "ok" if not problems else "implausible",
+                    "lung_check": "ok" if not lung_problems else "implausible",
                     "ood_distance": None if np.isnan(distances[row_index]) else round(float(distances[row_index]), 3),
                     "ood_threshold": None if self.ood is None else round(self.ood.threshold, 3),
                     "nearest_source": nearest[row_index], "ood_flag": ood_flag, "warnings": "; ".join(warnings),
@@ -232,8 +274,12 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
                   evidence: bool = True, segmenter: str | Path | None = None, strict: bool = False,
                   progress: bool = False, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
                   threshold: float = 0.5, target_sensitivity: float = 0.9,
-                  lung_convention: str | None = None) -> PredictionSummary:
+                  lung_convention: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  decide_anyway: bool = False) -> PredictionSummary:
     """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``).
+    ``out`` must not overlap the inputs; the previous result is replaced only when this run completes
+    (:class:`unveil.io.outputs.OutputFolder`). Images failing the lung or OOD check are ``rejected``
+    (no decision) unless ``decide_anyway``; ``max_pixels`` refuses larger images before decoding.
     Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
     ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
     from tqdm import tqdm
@@ -244,34 +290,38 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     if not files:
         raise PredictionError("no image files found in " + ", ".join(map(str, inputs)))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    evidence_dir = out / "evidence" if evidence else None
-    if evidence_dir is not None:
-        evidence_dir.mkdir(exist_ok=True)
     bundle = load_bundle(model)
     choice = bundle.resolve_threshold(threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
-    predictor = Predictor(bundle, segmenter=segmenter, threshold=choice, lung_convention=lung_convention)
+    predictor = Predictor(bundle, segmenter=segmenter, threshold=choice, lung_convention=lung_convention,
+                          max_pixels=max_pixels, decide_anyway=decide_anyway)
     summary = PredictionSummary(csv=out / "predictions.csv", threshold=choice.as_dict())
-    with open(summary.csv, "w", newline="", encoding="utf-8") as stream, \
-            tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for start in range(0, len(files), batch_size):
-            batch = files[start:start + batch_size]
-            for row in predictor.score(batch, evidence_dir=evidence_dir, start_index=start):
-                writer.writerow(row)
-                if row["status"] == "unreadable":
-                    summary.unreadable.append(row["error"])
-                    continue
-                summary.scored += 1
-                summary.positives += int(row["decision"] == predictor.bundle.description.get("positive_class"))
-                summary.ood_flagged += int(bool(row["ood_flag"]))
-                summary.lung_flagged += int(row["lung_check"] != "ok")
-            stream.flush()
-            bar.update(len(batch))
-    write_text_atomic(out / "unreadable.txt", "".join(f"{line}\n" for line in summary.unreadable))
-    for line in summary.unreadable:
-        log.warning("skipped: %s", line)
+    with OutputFolder(out, inputs) as staged:
+        evidence_dir = staged.stage / "evidence" if evidence else None
+        if evidence_dir is not None:
+            evidence_dir.mkdir()
+        with open(staged.stage / "predictions.csv", "w", newline="", encoding="utf-8") as stream, \
+                tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
+            writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            for start in range(0, len(files), batch_size):
+                batch = files[start:start + batch_size]
+                for row in predictor.score(batch, evidence_dir=evidence_dir, start_index=start):
+                    if row["overlay"]:  # the path it will have once the run completes
+                        row["overlay"] = str(out / "evidence" / Path(row["overlay"]).name)
+                    writer.writerow(row)
+                    if row["status"] == "unreadable":
+                        summary.unreadable.append(row["error"])
+                        continue
+                    summary.scored += 1
+                    summary.positives += int(row["decision"] == predictor.bundle.description.get("positive_class"))
+                    summary.ood_flagged += int(bool(row["ood_flag"]))
+                    summary.lung_flagged += int(row["lung_check"] != "ok")
+                    summary.rejected += int(row["status"] == "rejected")
+                stream.flush()
+                bar.update(len(batch))
+        write_text_atomic(staged.stage / "unreadable.txt", "".join(f"{line}\n" for line in summary.unreadable))
+    for line in summary.unreadable:  # the CLI prints them once; library users find them in the summary
+        log.debug("skipped: %s", line)
     if strict and summary.unreadable:
         raise PredictionError(f"{len(summary.unreadable)} file(s) could not be read:\n  "
                               + "\n  ".join(summary.unreadable))

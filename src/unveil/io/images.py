@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 import struct
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ __all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "ImageReadError", "LoadedImage", "
 
 logger = logging.getLogger(__name__)
 
-#: Largest width * height decoded by default: a guard against decompression bombs.
-DEFAULT_MAX_PIXELS: int = 100_000_000
+#: Largest width * height decoded by default: a guard against decompression bombs (50 M pixels, e.g. 7000 x 7000;
+#: the largest radiograph detectors give about 4300 x 4300). ``--max-pixels`` of every CLI command changes it.
+DEFAULT_MAX_PIXELS: int = 50_000_000
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -106,7 +106,6 @@ _DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 
-_PIL_LOCK = threading.Lock()
 
 
 class ImageReadError(Exception):
@@ -222,18 +221,25 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) ->
         )
 
 
-@contextmanager
-def _pillow_bomb_check_off() -> Iterator[None]:
-    """Disable Pillow's global decompression-bomb check for the duration, restoring it afterwards."""
-    # Our own max_pixels replaces Pillow's MAX_IMAGE_PIXELS (which would reject images our limit allows);
-    # the lock makes the save/disable/restore of that global atomic across our threads.
-    with _PIL_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+def _open_unchecked(handle: BinaryIO) -> Image.Image:
+    """``Image.open`` without Pillow's process-wide decompression-bomb check (``Image.MAX_IMAGE_PIXELS``):
+    the header is parsed lazily by the first plugin that accepts the file, as ``Image.open`` does, and our
+    own per-call ``max_pixels`` is checked on the size it declares. Pillow's global is never changed, so other
+    code in the process keeps its own limit."""
+    Image.init()
+    handle.seek(0)
+    prefix = handle.read(16)
+    for format_id in list(Image.ID):
+        factory, accept = Image.OPEN[format_id]
+        accepted = not accept or accept(prefix)
+        if not accepted or isinstance(accepted, str):
+            continue
         try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            handle.seek(0)
+            return factory(handle, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 # ---------------------------------------------------------------------------------------------- Pillow
@@ -243,8 +249,7 @@ def _read_pillow(handle: BinaryIO, name: str, sniffed: str | None, max_pixels: i
     """Decode a PNG/JPEG/other Pillow image; ``sniffed`` is the format its magic bytes announced."""
     label = sniffed or "image"
     try:
-        with _pillow_bomb_check_off():
-            image = Image.open(handle)  # lazy: reads the header only
+        image = _open_unchecked(handle)  # lazy: reads the header only
     except UnidentifiedImageError:
         problem = f"corrupt {sniffed} file (header cannot be parsed)" if sniffed else _NOT_RECOGNISED
         raise ImageReadError(name, problem) from None
@@ -257,12 +262,10 @@ def _read_pillow(handle: BinaryIO, name: str, sniffed: str | None, max_pixels: i
         fmt = sniffed or image.format or "unknown"
         mode = image.mode
         try:
-            try:
-                image.load()
-            except Image.DecompressionBombError:
-                # A few plugins (GIF frames) re-check Pillow's limit while decoding; ours already passed.
-                with _pillow_bomb_check_off():
-                    image.load()
+            image.load()
+        except Image.DecompressionBombError as exc:
+            # A few plugins (GIF frames) check Pillow's own process-wide limit while decoding.
+            raise ImageReadError(name, f"over Pillow's pixel limit Image.MAX_IMAGE_PIXELS ({_describe(exc)})") from None
         except MemoryError:
             raise ImageReadError(name, "not enough memory to decode the image") from None
         except _DECODE_ERRORS as exc:
@@ -393,6 +396,9 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
     if force and not (has_pixels or "Rows" in ds or "SOPClassUID" in ds):
         return None
     if not has_pixels:
+        if "Rows" in ds or "Columns" in ds:  # image attributes but no pixels: the file stops early
+            raise ImageReadError(name, "DICOM file has no pixel data though it describes an image (Rows/Columns): "
+                                       "probably truncated (the file ends before its pixel data)")
         raise ImageReadError(
             name, "DICOM file has no pixel data (no PixelData element; it may be a report or other non-image object)"
         )
@@ -406,7 +412,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
 
     syntax = _transfer_syntax(ds)
     try:
-        stored = ds.pixel_array
+        with _quiet_pydicom_decoders():
+            stored = ds.pixel_array
     except MemoryError:
         raise ImageReadError(name, "not enough memory to decode the DICOM pixel data") from None
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise arbitrary types; report them uniformly
@@ -416,6 +423,8 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
                 "missing (e.g. pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm) "
                 f"or the data is corrupt ({_describe(exc)})"
             )
+        elif "less than expected" in str(exc) or "truncated" in str(exc).lower():
+            problem = f"DICOM file is truncated (pixel data ends early; {_describe(exc)})"
         else:
             problem = f"cannot decode DICOM pixel data ({syntax.name}; {_describe(exc)})"
         raise ImageReadError(name, problem) from None
@@ -439,6 +448,29 @@ def _read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: b
         view=view,
     )
     return LoadedImage(pixels=pixels, info=info)
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def _quiet_pydicom_decoders() -> Iterator[None]:
+    """Silence pydicom's decoder logger while pixels are decoded: a failing plugin logs a full traceback
+    there, and the failure is already reported as one :class:`ImageReadError` line."""
+    quiet = logging.getLogger("pydicom")
+    muffle = _DropRecords()
+    quiet.addFilter(muffle)
+    loggers = [logging.getLogger(n) for n in ("pydicom.pixels.decoders.base", "pydicom.pixels.decoders")]
+    for each in loggers:
+        each.addFilter(muffle)
+    try:
+        yield
+    finally:
+        quiet.removeFilter(muffle)
+        for each in loggers:
+            each.removeFilter(muffle)
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from unveil.io import ImageReadError, read_image
+from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
 from unveil.provenance import write_text_atomic
 
@@ -120,11 +120,47 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 _SEGMENTER: Any = None
+_MAX_PIXELS: int | None = DEFAULT_MAX_PIXELS
 
 
-def _init_worker(model_path: str | None, threads: int) -> None:
-    """Per-process set-up: one segmenter, few torch threads (parallelism is across processes)."""
-    global _SEGMENTER
+def die_with_parent() -> None:
+    """Make this (worker) process exit when its parent dies, even by ``kill -9``: Linux's
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` through ctypes, else a daemon thread polling ``os.getppid()``.
+    Without it, workers of a killed ``unveil preprocess`` stay alive, blocked on a pipe, holding memory."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="unveil-parent-watch", daemon=True).start()
+
+
+def _init_worker(model_path: str | None, threads: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 worker: bool = False) -> None:
+    """Per-process set-up: one segmenter, few torch threads (parallelism is across processes), the pixel
+    limit; a worker process also dies with its parent."""
+    global _SEGMENTER, _MAX_PIXELS
+    if worker:
+        die_with_parent()
+    _MAX_PIXELS = max_pixels
     import torch
 
     torch.set_num_threads(threads)
@@ -152,7 +188,7 @@ def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[s
         return {**row, "status": "hit", "cache_path": str(image_file), "mask_path": str(mask_file),
                 "lung_fraction": round(fraction, 4)}
     try:
-        image = resize_image(read_image(path).pixels, settings.size)
+        image = resize_image(read_image(path, max_pixels=_MAX_PIXELS).pixels, settings.size)
         if settings.mask == "segment":
             mask = _SEGMENTER.segment(image, convention=settings.convention)
         elif settings.mask == "truth":
@@ -193,8 +229,10 @@ class PreprocessError(RuntimeError):
 
 
 def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: PreprocessSettings = PreprocessSettings(),
-                       *, workers: int = 1, progress: bool = False, strict: bool = False) -> PreprocessReport:
-    """Fill the cache for ``records``; return the manifest (one row per record, failures included)."""
+                       *, workers: int = 1, progress: bool = False, strict: bool = False,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> PreprocessReport:
+    """Fill the cache for ``records``; return the manifest (one row per record, failures included).
+    ``max_pixels``: images whose header declares more pixels fail before decoding."""
     settings = resolve_settings(settings)
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -203,7 +241,7 @@ def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: Prepr
     jobs = [(str(r), str(p), None if pd.isna(m) else str(m), str(cache), spec)
             for r, p, m in zip(records["record_id"], records["path"], masks)]
     model = settings.model if settings.mask == "segment" else None
-    rows = list(_run(jobs, model, workers, progress))
+    rows = list(_run(jobs, model, workers, progress, max_pixels))
     manifest = pd.DataFrame(rows, columns=["record_id", "path", "status", "error", "cache_path", "mask_path",
                                            "lung_fraction"])
     manifest_path = cache / f"manifest-{settings.key()}.csv"
@@ -219,16 +257,19 @@ def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: Prepr
     return report
 
 
-def _run(jobs: list, model: str | None, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+def _run(jobs: list, model: str | None, workers: int, progress: bool,
+         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
     from tqdm import tqdm
 
     if workers <= 1:
         import torch
 
-        _init_worker(model, threads=torch.get_num_threads())  # this process: keep its thread setting
+        # this process: keep its thread setting
+        _init_worker(model, threads=torch.get_num_threads(), max_pixels=max_pixels)
         iterator: Any = map(process_one, jobs)
         yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(model, 1)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                             initargs=(model, 1, max_pixels, True)) as pool:
         iterator = pool.map(process_one, jobs, chunksize=4)
         yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)

@@ -67,3 +67,21 @@ def write_worst_overlays(segmenter, records, figures, out: str | Path, count: in
         picture.save(target)
         written.append(target)
     return written
+
+
+def output_stems(files: list[Path]) -> dict[Path, str]:
+    """The output stem of each input: its file stem, or ``<stem>_<extension>`` for every input whose stem
+    another input shares (``good.png`` and ``good.jpeg`` must not both write ``good_mask.png``); a stem
+    still taken after that gets its position appended."""
+    from collections import Counter
+
+    counts = Counter(path.stem for path in files)
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for index, path in enumerate(files):
+        stem = path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.') or 'noext'}"
+        if stem in taken:
+            stem = f"{stem}_{index}"
+        taken.add(stem)
+        stems[path] = stem
+    return stems

@@ -27,7 +27,7 @@ from PIL import Image
 
 from unveil.data.records import concat_records
 from unveil.data.sources import load_source
-from unveil.data.splits import patient_exclusive_split
+from unveil.data.splits import drop_duplicate_images, patient_exclusive_split
 from unveil.io import ImageReadError, read_image
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
@@ -76,7 +76,10 @@ def mask_records(specs: Sequence[tuple[str, str | Path]]) -> pd.DataFrame:
     for source, path in specs:
         records = load_source(source, path).records
         tables.append(records[records["mask_path"].notna()])
-    return concat_records(tables)
+    records, removed = drop_duplicate_images(concat_records(tables))  # e.g. shenzhen/ inside lung-segmentation/
+    for message in removed:
+        log.warning("%s", message)
+    return records
 
 
 def assign_parts(records: pd.DataFrame, *, seed: int, test_fraction: float, val_fraction: float) -> pd.Series:

@@ -31,6 +31,11 @@ class BundleError(RuntimeError):
     """A model bundle is missing, unreadable or inconsistent (the message names the file)."""
 
 
+class BundleFieldError(BundleError, ValueError):
+    """A ``bundle.json`` field is missing, of the wrong type, out of range or inconsistent (the message names
+    the file and the field)."""
+
+
 class BundleInputError(BundleError, ValueError):
     """Images given to a bundle do not match what it was trained on (size, shape, range)."""
 
@@ -210,10 +215,100 @@ def read_description(directory: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: unreadable bundle description ({error})") from None
     if description.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not an unveil classifier bundle (format {description.get('format')!r})")
-    if int(description.get("format_version", 0)) > BUNDLE_VERSION:
+    version = description.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleFieldError(f"{path}: field format_version must be a positive integer, got {version!r}")
+    if version > BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle format {description['format_version']} is newer than this unveil "
                           f"({BUNDLE_VERSION}); upgrade unveil")
+    validate_description(description, path)
     return description
+
+
+def _field(description: dict[str, Any], path: Path, name: str, kinds: type | tuple[type, ...],
+           *, required: bool = True, default: Any = None, nullable: bool = False) -> Any:
+    """``description[name]`` (dotted names reach into objects), checked against ``kinds``; ``required=False``:
+    may be absent; ``nullable``: may be null."""
+    value: Any = description
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            if required:
+                raise BundleFieldError(f"{path}: field {name} is missing")
+            return default
+        value = value[part]
+    if value is None and nullable:
+        return default
+    numeric = kinds in (int, float) or (isinstance(kinds, tuple) and float in kinds)
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)) or \
+            not isinstance(value, kinds):
+        expected = "a number" if numeric else " or ".join(k.__name__ for k in (
+            kinds if isinstance(kinds, tuple) else (kinds,)))
+        raise BundleFieldError(f"{path}: field {name} must be {expected}, got {value!r}")
+    return value
+
+
+def _number(description: dict[str, Any], path: Path, name: str, low: float, high: float, *,
+            integer: bool = False, open_low: bool = False, required: bool = True, default: Any = None) -> Any:
+    """A finite number (an integer with ``integer``) in [low, high] (``open_low``: (low, high])."""
+    value = _field(description, path, name, int if integer else (int, float), required=required, default=default)
+    if value is None:
+        return value
+    if not np.isfinite(value) or value < low or (open_low and value == low) or value > high:
+        bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise BundleFieldError(f"{path}: field {name} must be a finite number in {bounds}, got {value!r}")
+    return value
+
+
+def validate_description(description: dict[str, Any], path: str | Path) -> None:
+    """Check every field of a ``bundle.json`` before it is trusted: type, range, finiteness and consistency
+    (classes with num_classes, positive_class among classes); an edited threshold of NaN or 2, a std of 0 or an
+    image size of 20000 would otherwise give confident nonsense or exhaust memory. Raises
+    :class:`BundleFieldError` naming the file and the field."""
+    from unveil.models.registry import _BUILDERS
+    from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES
+
+    path = Path(path)
+    architecture = _field(description, path, "architecture", str)
+    if architecture not in _BUILDERS:
+        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(_BUILDERS))}, "
+                               f"got {architecture!r}")
+    _number(description, path, "width", 0.0, 16.0, open_low=True, required=False)
+    num_classes = _number(description, path, "num_classes", 1, 1000, integer=True)
+    _number(description, path, "in_channels", 1, 1, integer=True, required=False)
+    classes = _field(description, path, "classes", list)
+    if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise BundleFieldError(f"{path}: field classes must be distinct non-empty names, got {classes!r}")
+    if len(classes) != num_classes:
+        raise BundleFieldError(f"{path}: field classes names {len(classes)} class(es) but num_classes is "
+                               f"{num_classes}")
+    positive = _field(description, path, "positive_class", str, required=False, nullable=True)
+    if positive is not None and positive not in classes:
+        raise BundleFieldError(f"{path}: field positive_class {positive!r} is not one of classes {classes}")
+    if positive is not None and num_classes != 2:
+        raise BundleFieldError(f"{path}: field positive_class needs 2 classes, num_classes is {num_classes}")
+    _number(description, path, "image_size", 16, 4096, integer=True)
+    preprocess = _field(description, path, "preprocess", dict)
+    known = set(PreprocessSettings.__dataclass_fields__)
+    unknown = sorted(set(preprocess) - known)
+    if unknown:
+        raise BundleFieldError(f"{path}: field preprocess.{unknown[0]} is not a pre-processing setting")
+    _number(description, path, "preprocess.size", 16, 4096, integer=True, required=False)
+    for name, allowed in (("equalize", EQUALIZATIONS), ("mask", MASK_MODES)):
+        value = _field(description, path, f"preprocess.{name}", str, required=False)
+        if value is not None and value not in allowed:
+            raise BundleFieldError(f"{path}: field preprocess.{name} must be one of {', '.join(allowed)}, "
+                                   f"got {value!r}")
+    _number(description, path, "preprocess.blur_radius", 0.0, 100.0, required=False)
+    for name in ("model", "convention", "model_sha256"):
+        _field(description, path, f"preprocess.{name}", str, required=False, nullable=True)
+    _number(description, path, "normalization.mean", -1e4, 1e4)
+    _number(description, path, "normalization.std", 1e-6, 1e4)
+    _number(description, path, "threshold.value", 0.0, 1.0)
+    try:
+        ThresholdChoice.from_dict(description["threshold"])
+    except (ValueError, TypeError) as error:
+        raise BundleFieldError(f"{path}: field threshold.rule: {error}") from None
+    _field(description, path, "provenance", dict, required=False)
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -239,8 +334,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Mo
                             in_channels=int(description.get("in_channels", 1)),
                             width=float(description.get("width", 1.0)))
         model.load_state_dict(read_weights(directory))
-    except (ModelError, KeyError, RuntimeError) as error:
+    except (ModelError, KeyError, RuntimeError, ValueError) as error:
         if isinstance(error, BundleError):
             raise
-        raise BundleError(f"{directory}: weights do not match the described model ({error})") from None
+        text = " ".join(str(error).split())  # one line, even for torch's multi-line state-dict report
+        raise BundleError(f"{directory / WEIGHTS_FILE}: weights do not match the described model "
+                          f"(fields architecture/width/num_classes; {text[:300]})") from None
     return ModelBundle(model.to(device).eval(), description, directory)

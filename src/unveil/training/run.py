@@ -24,7 +24,7 @@ import torch
 from unveil.data.compose import compose, load_recipes
 from unveil.data.records import concat_records
 from unveil.data.sources import load_source
-from unveil.data.splits import patient_exclusive_split, write_split_file
+from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, write_split_file
 from unveil.models import build_model, load_encoder_state
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
 from unveil.provenance import write_run_metadata, write_text_atomic
@@ -221,6 +221,9 @@ def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig =
         log.warning("%d record(s) with a finding outside %s left out of pre-training", left_out, ", ".join(classes))
     if kept.empty:
         raise TrainingDataError(f"no record has a finding among {', '.join(classes)}")
+    kept, removed = drop_duplicate_images(kept)
+    for message in removed:
+        log.warning("%s", message)
     split = patient_exclusive_split(kept, seed=config.seed, test_fraction=0.0, val_fraction=val_fraction,
                                     stratify_by=("finding",))
     kept = kept.assign(split=split.to_numpy())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,13 +60,17 @@ def require_path(path: Path, what: str, *, directory: bool = False) -> Path:
 
 
 def read_csv_table(path: Path, *, encoding: str = "utf-8", **kwargs) -> pd.DataFrame:
-    """Read a metadata CSV as strings, turning parser failures into a layout error naming the file."""
+    """Read a metadata CSV as strings, turning parser failures, and a table without rows, into a layout error
+    naming the file."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **kwargs)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **kwargs)
     except UnicodeDecodeError as error:
         raise DatasetLayoutError(f"{path}: not readable as {encoding} text ({error.reason})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DatasetLayoutError(f"{path}: not a readable CSV table ({error})") from None
+    if table.empty:  # a header and no rows: nothing to load is a mistake, not an empty dataset
+        raise DatasetLayoutError(f"{path}: the table has no rows (only a header)")
+    return table
 
 
 def blank_to_none(value: object) -> str | None:
@@ -93,3 +98,32 @@ def named_pngs(folder: Path, pattern: re.Pattern[str], loaded: SourceLoad,
                                            "label is unknown", "invalid"))
             continue
         yield image, match
+
+
+def truthy(value: object) -> bool:
+    """A loader option given on the command line as text (``-o allow_outside=true``) or as a bool."""
+    return value is True or str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
+    """The file a metadata row lists (``root / folder / filename``), normalised (``images/../images/x``
+    is ``images/x``, so a second listing of one file is seen as such). A listed path that leaves the dataset
+    root (``../other/x.png``, an absolute path) raises :class:`DatasetLayoutError` unless ``allow_outside``: a
+    metadata file must not pull in files the user did not hand over. A symlink the user placed inside the
+    root is theirs to place (records keep the resolved path, so a second name for one file is still found
+    as a duplicate before any split)."""
+    relative = os.path.normpath(os.path.join(*parts))  # only the listed part: the root stays as written
+    path = Path(root).absolute() / relative
+    if not allow_outside:
+        lexical_inside = not (os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep))
+        if not lexical_inside:
+            raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
+                                     "the loader option allow_outside=true)")
+    return path
+
+
+def require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...] | list[str]) -> None:
+    """Fail with a layout error naming the file and the first required column it lacks."""
+    for column in columns:
+        if column not in table.columns:
+            raise DatasetLayoutError(f"{path}: column {column!r} missing (has {', '.join(map(str, table.columns))})")

@@ -9,7 +9,9 @@ Layout (the GitHub repository ieee8023/covid-chestxray-dataset)::
 Only ``modality == "X-ray"`` rows are records (CT rows are counted in ``excluded``).
 ``patientid`` is the grouping key for patient-exclusive splits. ``finding`` strings vary between
 snapshots ("COVID-19", "COVID-19, ARDS", "Pneumonia/Viral/COVID-19"): :func:`map_finding` reads
-any of them. Lung masks (e.g. the V7 Labs annotations: one PNG/JPEG per image, same file name,
+any of them, word by word against an explicit vocabulary (:data:`FINDING_VOCABULARY`): a finding with a
+word outside it ("banana") or a negation ("not COVID-19") is reported as an "invalid" issue and makes
+no record, never a guessed label. Lung masks (e.g. the V7 Labs annotations: one PNG/JPEG per image, same file name,
 0 = background, 255 = lung) are attached when a masks folder is given or found next to the data
 (``<root>/masks`` or a sibling ``<root name>-v7-lung-masks``).
 """
@@ -22,10 +24,13 @@ from pathlib import Path
 from unveil.data.records import build_records, canonical_sex, canonical_view, make_record_id, parse_age, record_row
 from unveil.data.sources.base import (
     DataIssue,
+    DatasetLayoutError,
     SourceLoad,
     blank_to_none,
+    listed_path,
     read_csv_table,
     require_path,
+    truthy,
 )
 
 SOURCE = "covid-chestxray"
@@ -34,14 +39,36 @@ _BACTERIAL = ("bacteria", "streptococcus", "klebsiella", "mycoplasma", "legionel
               "e.coli", "e. coli", "chlamydophila", "nocardia", "haemophilus", "pseudomonas")
 _VIRAL = ("viral", "sars", "mers", "varicella", "influenza", "herpes", "adenovirus", "rsv")
 _UNKNOWN = ("", "todo", "unknown")
+_COVID = ("covid-19", "covid19", "covid", "sars-cov-2", "2019-ncov")
+_OTHER = ("pneumonia", "bacterial", "bacteria", "fungal", "lipoid", "aspiration", "ards", "tuberculosis",
+          "pneumocystis", "aspergillosis", "mrsa", "h1n1", "mers-cov", "coronavirus", "cryptogenic", "organizing",
+          "eosinophilic", "interstitial", "pneumonitis", "chronic", "acute", "histoplasmosis", "cryptococcus",
+          "mycobacterium", "actinomyces", "unknown", "todo", "normal", "influenzae", "pneumoniae", "aureus",
+          "jirovecii", "pneumophila", "coli")
+
+#: Every word a COVID-ChestXRay / Figure 1 ``finding`` may use (lower case; "No Finding" is a phrase).
+#: Words are separated by "/", ",", ";" or spaces; any other word (or a negation: "not", "no", "non",
+#: "negative", "without") makes the row invalid.
+FINDING_VOCABULARY: frozenset[str] = frozenset(_COVID + _OTHER + _BACTERIAL + _VIRAL + ("e.coli", "e."))
+
+
+class FindingError(ValueError):
+    """A finding string outside :data:`FINDING_VOCABULARY` (the message quotes it and the unknown word)."""
 
 
 def map_finding(raw: str | None) -> tuple[int | None, str]:
-    """(covid, canonical finding) for a Cohen-family finding string; see the module docstring."""
-    text = (raw or "").strip().lower()
+    """(covid, canonical finding) for a Cohen-family finding string; see the module docstring. Raises
+    :class:`FindingError` for a word outside :data:`FINDING_VOCABULARY`, so a typo or "not COVID-19" is
+    reported instead of becoming a label."""
+    text = " ".join((raw or "").strip().lower().split())
+    words = [w for w in re.split(r"[/,;\s]+", text.replace("no finding", "")) if w]
+    unknown = [w for w in words if w not in FINDING_VOCABULARY]
+    if unknown:
+        raise FindingError(f"finding {raw!r} has the word {unknown[0]!r}, outside the finding vocabulary "
+                           "(covid-19, no finding, normal, pneumonia, viral, bacterial, named pathogens, ...)")
     if text in _UNKNOWN:
         return None, "unknown"
-    if "covid" in text:
+    if any(word in _COVID for word in words):
         return 1, "covid"
     if text in {"no finding", "normal"}:
         return 0, "normal"
@@ -75,14 +102,15 @@ def mask_index(masks_dir: Path | None) -> dict[str, Path]:
     return index
 
 
-def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = SOURCE) -> SourceLoad:
+def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = SOURCE,
+         allow_outside: bool | str = False) -> SourceLoad:
     """Read ``metadata.csv`` and ``images/`` into records; rows with missing files become issues."""
     root = Path(root)
     metadata = require_path(root / "metadata.csv", "COVID-ChestXRay metadata.csv")
     table = read_csv_table(metadata)
     for column in ("patientid", "finding", "filename"):
         if column not in table.columns:
-            raise ValueError(f"{metadata}: column {column!r} missing (has {', '.join(table.columns)})")
+            raise DatasetLayoutError(f"{metadata}: column {column!r} missing (has {', '.join(table.columns)})")
     masks = mask_index(Path(masks_dir) if masks_dir is not None else find_masks_dir(root))
     loaded = SourceLoad(source=source_name, root=root, records=build_records([]))
     rows: list[dict] = []
@@ -97,7 +125,11 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
         if filename is None:
             loaded.issues.append(DataIssue(str(metadata), f"row {number} has no filename", "invalid"))
             continue
-        image = root / folder / filename
+        try:
+            image = listed_path(root, folder, filename, allow_outside=truthy(allow_outside))
+        except DatasetLayoutError as error:
+            loaded.issues.append(DataIssue(str(metadata), f"row {number}: {error}", "invalid"))
+            continue
         if not image.is_file():
             loaded.issues.append(DataIssue(
                 str(image), f"listed in {metadata.name} row {number} but the file does not exist", "missing"))
@@ -112,7 +144,11 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
         if patient is None:
             loaded.issues.append(DataIssue(str(image), f"row {number} has no patientid", "invalid"))
             continue
-        covid, finding = map_finding(blank_to_none(row["finding"]))
+        try:
+            covid, finding = map_finding(blank_to_none(row["finding"]))
+        except FindingError as error:
+            loaded.issues.append(DataIssue(str(image), f"{metadata.name} row {number}: {error}", "invalid"))
+            continue
         mask = masks.get(filename) or masks.get(Path(filename).stem)
         rows.append(record_row(
             source_name, root, image, patient_id=patient, covid=covid, finding=finding,

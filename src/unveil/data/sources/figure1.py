@@ -24,10 +24,12 @@ from unveil.data.sources.base import (
     DatasetLayoutError,
     SourceLoad,
     blank_to_none,
+    listed_path,
     read_csv_table,
     require_path,
+    truthy,
 )
-from unveil.data.sources.covid_chestxray import map_finding
+from unveil.data.sources.covid_chestxray import FindingError, map_finding
 
 SOURCE = "figure1"
 _IMAGE_LETTER = re.compile(r"^(.*\d)[a-z]$")
@@ -47,7 +49,7 @@ def read_metadata(path: Path):
         return read_csv_table(path, encoding="latin-1")
 
 
-def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
+def load(root: Path, *, source_name: str = SOURCE, allow_outside: bool | str = False) -> SourceLoad:
     """Read ``metadata.csv`` and ``images/`` into records; unmatched rows become issues."""
     root = Path(root)
     metadata = require_path(root / "metadata.csv", "metadata.csv")
@@ -69,7 +71,12 @@ def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
         if image_id is None:
             loaded.issues.append(DataIssue(str(metadata), f"row {number} has no patientid", "invalid"))
             continue
-        image = images_dir / name if name else by_stem.get(image_id)
+        try:
+            image = listed_path(root, "images", name, allow_outside=truthy(allow_outside)) if name else \
+                by_stem.get(image_id)
+        except DatasetLayoutError as error:
+            loaded.issues.append(DataIssue(str(metadata), f"row {number}: {error}", "invalid"))
+            continue
         if image is None or not image.is_file():
             shown = str(image) if image is not None else str(images_dir / f"{image_id}.*")
             loaded.issues.append(DataIssue(
@@ -80,7 +87,11 @@ def load(root: Path, *, source_name: str = SOURCE) -> SourceLoad:
             loaded.issues.append(DataIssue(str(image), f"listed again in row {number}; first row kept", "invalid"))
             continue
         seen.add(record_id)
-        covid, finding = map_finding(blank_to_none(row.get("finding")))
+        try:
+            covid, finding = map_finding(blank_to_none(row.get("finding")))
+        except FindingError as error:
+            loaded.issues.append(DataIssue(str(image), f"{metadata.name} row {number}: {error}", "invalid"))
+            continue
         rows.append(record_row(
             source_name, root, image, patient_id=patient_of(image_id), covid=covid, finding=finding,
             source_finding=blank_to_none(row.get("finding")), view=canonical_view(row.get("view")),

@@ -7,7 +7,8 @@ On-disk layout::
 
 ``root`` may also be the CSV file itself (its folder is then the root), or the CSV may be named with
 the ``csv`` option (a relative name is looked up under ``root`` first). Paths in the CSV are relative
-to the CSV's folder; absolute paths are accepted. ``record_id`` is ``<source_name>/<path relative
+to the CSV's folder; absolute paths are accepted. A path leaving both ``root`` and the CSV's folder is an
+"invalid" issue unless the option ``allow_outside=true``. ``record_id`` is ``<source_name>/<path relative
 to root>`` (a file outside ``root`` gets a ``../``-style relative path).
 
 Options (column names match exactly, else case-insensitively):
@@ -41,6 +42,7 @@ keeps its first row and reports the repeat ("invalid"). Row numbers count the he
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from unveil.data.sources.base import (
     blank_to_none,
     read_csv_table,
     require_path,
+    truthy,
 )
 
 SOURCE = "hospital-csv"
@@ -118,6 +121,7 @@ def load(
     finding_column: str | None = None,
     source_name: str = SOURCE,
     encoding: str = "utf-8-sig",
+    allow_outside: bool | str = False,
 ) -> SourceLoad:
     """Load a hospital set described by one CSV (see the module docstring for the options)."""
     root, csv_path = _resolve_csv(Path(root).expanduser().absolute(), csv)
@@ -149,6 +153,11 @@ def load(
             continue
         image = Path(raw_path).expanduser()
         image = image if image.is_absolute() else folder / image
+        inside = [Path(os.path.normpath(p)) for p in (root, folder)]  # lexically: a symlink placed there is theirs
+        if not truthy(allow_outside) and not any(Path(os.path.normpath(image)).is_relative_to(p) for p in inside):
+            issues.append(DataIssue(str(csv_path), f"row {number}: {raw_path}: path leaves the dataset root {root} "
+                                    "(allow it with the loader option allow_outside=true)", "invalid"))
+            continue
         if not image.is_file():
             issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
             continue
