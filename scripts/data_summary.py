@@ -1,7 +1,7 @@
 """Check and summarise every known dataset found under a folder (the interim main job).
 
 Looks for the sample layouts of ../shared/data (covid-chestxray, figure1, chest_xray, shenzhen,
-and any rsna / montgomery / hospital folders) and prints `unveil data check` for each, then the
+lung-segmentation, covid-qu-ex, and any rsna / montgomery / hospital folders) and prints `unveil data check` for each, then the
 paper's D composition built from COVID-ChestXRay.
 """
 
@@ -16,7 +16,8 @@ from unveil.data.compose import compose, load_recipes
 from unveil.data.sources import DatasetLayoutError, load_source
 
 KNOWN = {"covid-chestxray": "covid-chestxray", "figure1": "figure1", "chest_xray": "chestxray",
-         "shenzhen": "shenzhen", "montgomery": "montgomery", "rsna": "rsna"}
+         "shenzhen": "shenzhen", "montgomery": "montgomery", "rsna": "rsna",
+         "lung-segmentation": "lung-segmentation", "covid-qu-ex": "covid-qu-ex"}
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -114,6 +115,27 @@ def test_shipped_model_segments_real_radiographs():
 
 
 @shipped
+@pytest.mark.realdata
+def test_shipped_model_on_held_out_real_images_of_each_source():
+    """Three held-out (never trained on) images per source of the shipped model's own parts file,
+    each scored in its source's convention: the model card's figures, in miniature."""
+    import pandas as pd
+
+    from unveil.segmentation.train import evaluate, mask_records
+
+    parts = pd.read_csv(default_model_path().with_name("lung_unet.parts.csv"))
+    held_out = parts[parts["part"] == "test"].groupby("source").head(3)
+    collections = {"covid-chestxray": "covid-chestxray", "shenzhen": "lung-segmentation",
+                   "montgomery": "lung-segmentation", "covid-qu-ex": "covid-qu-ex"}
+    folders = sorted({collections[source] for source in held_out["source"] if source in collections})
+    records = mask_records([(folder, shared(folder)) for folder in folders])
+    records = records[records["record_id"].isin(held_out["record_id"])]
+    assert len(records) >= 3
+    figures = evaluate(LungSegmenter.load(), records)
+    assert figures.groupby("source")["dice"].mean().min() > 0.92, figures
+
+
+@shipped
 def test_cli_segment_writes_masks_and_overlays(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -147,6 +169,90 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
         (tmp_path / "run" / "lung_unet.json").read_text())["training"]["images"]["test"]
+
+
+def test_network_sizes_and_unknown_size():
+    from unveil.segmentation.model import ARCHITECTURES
+
+    counts = {name: sum(p.numel() for p in build_network(name).parameters()) for name in ARCHITECTURES}
+    assert 70_000 < counts["unet8"] < 300_000 < 1_500_000 < counts["unet16"] < 2_000_000
+    with pytest.raises(ValueError, match="unet8"):
+        build_network("huge")
+
+
+def _lung_segmentation_set(root, count=12, size=48):
+    """A tiny `lung-segmentation` layout (Shenzhen + Montgomery names) made of synthetic phantoms."""
+    from dataclasses import replace
+
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import generate
+
+    config = load_config("clean")
+    lungs = replace(config.datasets["lungs"], classes={"normal": count})
+    generate(replace(config, image_size=size, datasets={"lungs": lungs}), root / "bench", seed=0)
+    images = sorted((root / "bench" / "lungs" / "CXR_png").glob("*.png"))
+    for number, image in enumerate(images, start=1):
+        mask = root / "bench" / "lungs" / "mask" / f"{image.stem}_mask.png"
+        stem = f"CHNCXR_{number:04d}_0" if number <= count // 2 else f"MCUCXR_{number:04d}_0"
+        (root / "set" / "CXR_png").mkdir(parents=True, exist_ok=True)
+        (root / "set" / "masks").mkdir(exist_ok=True)
+        image.rename(root / "set" / "CXR_png" / f"{stem}.png")
+        mask.rename(root / "set" / "masks" / (f"{stem}_mask.png" if stem.startswith("CHN") else f"{stem}.png"))
+    return root / "set"
+
+
+def test_excluded_source_is_never_trained_on_and_is_evaluated_whole(tmp_path):
+    root = _lung_segmentation_set(tmp_path)
+    config = LungTrainingConfig(size=32, epochs=1, batch_size=4, validate_every=1, architecture="unet8")
+    with pytest.raises(ValueError, match="no such source"):
+        train_lung_model([("lung-segmentation", root)], tmp_path / "bad", config=config, exclude=["jsrt"])
+    description = train_lung_model([("lung-segmentation", root)], tmp_path / "run", config=config,
+                                   exclude=["montgomery"])
+    parts = pd.read_csv(tmp_path / "run" / "parts.csv")
+    assert set(parts.loc[parts["source"] == "montgomery", "part"]) == {"excluded"}
+    assert "montgomery" not in set(parts.loc[parts["part"].isin(["train", "val"]), "source"])
+    assert description["training"]["images"]["excluded"] == 6
+    assert description["training"]["excluded_sources"] == ["montgomery"]
+    assert description["architecture_name"] == "unet8" and description["parameters"] < 300_000
+    summary = description["validation"]["excluded"]["montgomery"]
+    assert summary["images"] == 6 and summary["convention"] == "visible"
+    assert summary["dice_p10"] <= summary["dice_mean"] and "hd95_px256_median" in summary
+    loaded = LungSegmenter.load(tmp_path / "run" / "lung_unet")
+    assert sum(p.numel() for p in loaded.network.parameters()) == description["parameters"]
+
+
+def test_cli_lungs_evaluate_renders_the_worst_overlays(tmp_path):
+    root = _lung_segmentation_set(tmp_path, count=6)
+    data = f"lung-segmentation:{root}"
+    result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--size", "32", "--batch-size", "4", "--architecture", "unet8",
+                                 "--exclude", "montgomery"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
+                                 "--worst", "2", "--overlays", str(tmp_path / "worst"), "--figures",
+                                 str(tmp_path / "figures.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["montgomery"]["images"] == 3 and summary["shenzhen"]["images"] == 3
+    figures = pd.read_csv(tmp_path / "figures.csv")
+    assert len(figures) == 6 and set(figures["convention"]) == {"visible"}
+    written = sorted((tmp_path / "worst").glob("*.png"))
+    assert [p.name[:3] for p in written] == ["01_", "02_"]
+    assert Image.open(written[0]).mode == "RGB"
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--worst", "2"])
+    assert result.exit_code != 0 and "--overlays" in result.output
+
+
+def test_comparison_overlay_colours_truth_and_prediction():
+    from unveil.segmentation.overlay import comparison_rgb
+
+    truth = np.zeros((20, 20), bool)
+    truth[4:12, 4:12] = True
+    prediction = np.zeros((20, 20), bool)
+    prediction[8:16, 8:16] = True
+    rgb = comparison_rgb(np.full((20, 20), 0.5, np.float32), truth, prediction)
+    assert tuple(rgb[4, 6]) == (40, 220, 40) and tuple(rgb[15, 12]) == (255, 40, 40)
+    assert tuple(rgb[10, 10]) == (128, 128, 128)
 
 
 def test_conventions_choose_the_output_channel():

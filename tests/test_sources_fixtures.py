@@ -368,3 +368,103 @@ def test_real_shenzhen_sample():
     assert loaded.issues == [] and loaded.excluded == {}
     mask = np.asarray(Image.open(records["mask_path"].iloc[0]))
     assert (mask > shenzhen.MASK_THRESHOLD).any()
+
+
+# ------------------------------------------------------------- lung-segmentation (Shenzhen + Montgomery)
+
+
+def test_lung_segmentation_pairs_both_naming_rules_and_splits_sources(tmp_path):
+    root = tmp_path / "lungseg"
+    for seed, name in enumerate(["CHNCXR_0001_0", "CHNCXR_0002_1", "MCUCXR_0003_1", "MCUCXR_0004_0"]):
+        _png(root / "CXR_png" / f"{name}.png", _image(seed))
+    _png(root / "masks" / "CHNCXR_0001_0_mask.png", np.full((16, 16), 255))
+    _png(root / "masks" / "CHNCXR_0002_1_mask.png", np.full((16, 16), 255))
+    _png(root / "masks" / "MCUCXR_0003_1.png", np.full((16, 16), 255))  # Montgomery: the image's own name
+    _png(root / "masks" / "MCUCXR_0009_0.png", np.full((16, 16), 255))  # orphan mask
+    _png(root / "CXR_png" / "scan.png", _image(9))  # name follows neither rule
+    loaded = load_source("lung-segmentation", root)
+    records = validate_records(loaded.records)
+    by_patient = _by_patient(records)
+    assert set(by_patient) == {"CHNCXR_0001", "CHNCXR_0002", "MCUCXR_0003", "MCUCXR_0004"}
+    assert by_patient["CHNCXR_0001"]["source"] == "shenzhen" and by_patient["MCUCXR_0003"]["source"] == "montgomery"
+    assert by_patient["CHNCXR_0001"]["finding"] == "normal"
+    assert by_patient["CHNCXR_0002"]["finding"] == "other"
+    assert by_patient["CHNCXR_0002"]["source_finding"] == "tuberculosis"
+    assert by_patient["MCUCXR_0003"]["mask_path"].endswith("masks/MCUCXR_0003_1.png")
+    assert by_patient["CHNCXR_0002"]["mask_path"].endswith("masks/CHNCXR_0002_1_mask.png")
+    assert pd.isna(by_patient["MCUCXR_0004"]["mask_path"])
+    assert records["record_id"].str.startswith("lung-segmentation/CXR_png/").all()
+    assert (records["covid"] == 0).all() and (records["view"] == "PA").all()
+    assert _issues(loaded) == {"MCUCXR_0004_0.png": "missing", "scan.png": "invalid"}
+    assert loaded.excluded == {"mask without an image in CXR_png": 1}
+
+
+def test_lung_segmentation_needs_both_folders(tmp_path):
+    _png(tmp_path / "CXR_png" / "CHNCXR_0001_0.png", _image(0))
+    with pytest.raises(DatasetLayoutError, match="masks"):
+        load_source("lung-segmentation", tmp_path)
+
+
+# ----------------------------------------------------------------------------------- COVID-QU-Ex
+
+
+def _qu_ex_fixture(root: Path) -> Path:
+    base = root / "Infection Segmentation Data"
+    files = {("Train", "COVID-19"): ["covid_1 (2).png"], ("Train", "Normal"): ["Normal (11).png"],
+             ("Val", "Non-COVID"): ["Non_COVID (7).png"], ("Test", "COVID-19"): ["covid_9.png"]}
+    for seed, ((part, klass), names) in enumerate(files.items()):
+        for name in names:
+            _png(base / part / klass / "images" / name, _image(seed))
+            _png(base / part / klass / "lung masks" / name, np.full((16, 16), 255))
+            _png(base / part / klass / "infection masks" / name, np.zeros((16, 16)))
+    return base
+
+
+def test_covid_qu_ex_labels_masks_parts_and_no_patient_ids(tmp_path):
+    base = _qu_ex_fixture(tmp_path)
+    (base / "Test" / "COVID-19" / "infection masks" / "covid_9.png").unlink()
+    # a mask whose name differs only in case is still found
+    (base / "Val" / "Non-COVID" / "lung masks" / "Non_COVID (7).png").rename(
+        base / "Val" / "Non-COVID" / "lung masks" / "non_COVID (7).png")
+    loaded = load_source("covid-qu-ex", tmp_path)
+    records = validate_records(loaded.records).set_index("patient_id")
+    assert set(records.index) == {"Train/COVID-19/covid_1 (2)", "Train/Normal/Normal (11)",
+                                  "Val/Non-COVID/Non_COVID (7)", "Test/COVID-19/covid_9"}
+    covid = records.loc["Train/COVID-19/covid_1 (2)"]
+    assert covid["covid"] == 1 and covid["finding"] == "covid" and covid["source_finding"] == "COVID-19"
+    assert covid["mask_path"].endswith("lung masks/covid_1 (2).png")
+    assert covid["infection_mask_path"].endswith("infection masks/covid_1 (2).png")
+    other = records.loc["Val/Non-COVID/Non_COVID (7)"]
+    assert other["covid"] == 0 and other["finding"] == "other" and other["original_split"] == "val"
+    assert other["mask_path"].endswith("non_COVID (7).png")
+    assert records.loc["Train/Normal/Normal (11)", "finding"] == "normal"
+    assert pd.isna(records.loc["Test/COVID-19/covid_9", "infection_mask_path"])
+    assert records.loc["Test/COVID-19/covid_9", "original_split"] == "test"
+    assert not records["patient_known"].any()
+    assert _issues(loaded) == {"covid_9.png": "missing"}
+    assert any("no patient ids" in note for note in loaded.notes)
+    # the root may also be the "Infection Segmentation Data" folder itself
+    assert len(load_source("covid-qu-ex", base).records) == 4
+
+
+def test_covid_qu_ex_layout_error_and_data_check_says_patients_are_unknown(tmp_path):
+    from unveil.data.check import check_dataset
+
+    with pytest.raises(DatasetLayoutError, match="Infection Segmentation Data"):
+        load_source("covid-qu-ex", tmp_path)
+    _qu_ex_fixture(tmp_path)
+    report = check_dataset("covid-qu-ex", tmp_path, read_images=False)
+    assert "no patient ids" in report.to_text() and "no patient ids" in report.to_dict()["notes"][0]
+
+
+def test_original_split_keeps_the_sources_own_parts(tmp_path):
+    from unveil.data.splits import original_split
+
+    _qu_ex_fixture(tmp_path)
+    records = load_source("covid-qu-ex", tmp_path).records
+    split = original_split(records)
+    assert dict(zip(records["patient_id"], split)) == {
+        "Train/COVID-19/covid_1 (2)": "train", "Train/Normal/Normal (11)": "train",
+        "Val/Non-COVID/Non_COVID (7)": "val", "Test/COVID-19/covid_9": "test"}
+    with pytest.raises(ValueError, match="original_split"):
+        original_split(records.drop(columns="original_split"))

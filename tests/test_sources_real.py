@@ -98,3 +98,25 @@ def test_layout_errors_name_the_path(tmp_path):
         load_source("chestxray", tmp_path)
     with pytest.raises(KeyError, match="known sources"):
         resolve_source_name("nope")
+
+
+def test_lung_segmentation_sample():
+    loaded = load_source("lung-segmentation", shared("lung-segmentation"))
+    records = validate_records(loaded.records)
+    assert records["source"].value_counts().to_dict() == {"shenzhen": 300, "montgomery": 100}
+    assert records["mask_path"].notna().all() and not loaded.issues
+    assert records["patient_id"].nunique() == 400
+    montgomery = records[records["source"] == "montgomery"]
+    assert montgomery["mask_path"].str.contains("/masks/MCUCXR_").all()
+    assert set(records["finding"]) == {"normal", "other"}
+
+
+def test_covid_qu_ex_sample():
+    loaded = load_source("covid-qu-ex", shared("covid-qu-ex"))
+    records = validate_records(loaded.records)
+    assert len(records) == 300 and not loaded.issues
+    assert records["finding"].value_counts().to_dict() == {"covid": 100, "normal": 100, "other": 100}
+    assert int(records["covid"].sum()) == 100
+    assert records["mask_path"].notna().all() and records["infection_mask_path"].notna().all()
+    assert (records["original_split"] == "train").all() and not records["patient_known"].any()
+    assert loaded.notes

@@ -68,7 +68,8 @@ def version() -> None:
 @data_app.command("check")
 def data_check(
     source: Annotated[str, typer.Argument(help="Dataset source: covid-chestxray, figure1, chestxray, rsna, "
-                                               "montgomery, shenzhen, hospital-csv.")],
+                                               "montgomery, shenzhen, lung-segmentation, covid-qu-ex, "
+                                               "hospital-csv.")],
     path: Annotated[Path, typer.Argument(help="Dataset root folder (or the CSV, for hospital-csv).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     option: OptionList = None,
@@ -117,18 +118,24 @@ def data_split(
     test_fraction: Annotated[float, typer.Option(help="Share of patients in test.")] = 0.3,
     val_fraction: Annotated[float, typer.Option(help="Share of the remaining patients in validation.")] = 0.2,
     stratify: Annotated[str, typer.Option(help="Comma-separated columns to stratify patients by.")] = "covid",
+    respect_original_split: Annotated[bool, typer.Option(
+        "--respect-original-split", help="Keep the source's own train/val/test parts (e.g. COVID-QU-Ex's "
+                                         "Train/Val/Test folders) instead of drawing a split.")] = False,
     seed: SeedOption = 0,
 ) -> None:
     """Write a patient-exclusive, stratified, seeded train/val/test split file for one dataset."""
     from unveil.data.leakage import check_leakage
     from unveil.data.sources import DatasetLayoutError, load_source
-    from unveil.data.splits import patient_exclusive_split, write_split_file
+    from unveil.data.splits import original_split, patient_exclusive_split, write_split_file
     from unveil.provenance import write_run_metadata
 
     try:
         records = load_source(source, path, **parse_options(option)).records
-        split = patient_exclusive_split(records, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
-                                        stratify_by=[c for c in stratify.split(",") if c])
+        if respect_original_split:
+            split = original_split(records)
+        else:
+            split = patient_exclusive_split(records, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+                                            stratify_by=[c for c in stratify.split(",") if c])
     except (DatasetLayoutError, ValueError) as error:
         _fail(str(error))
     except KeyError as error:
@@ -138,7 +145,8 @@ def data_split(
     counts = split.value_counts().to_dict()
     write_run_metadata(out.with_suffix(".meta.json"), "unveil data split", {
         "source": source, "path": str(path), "options": parse_options(option), "seed": seed,
-        "test_fraction": test_fraction, "val_fraction": val_fraction, "stratify": stratify},
+        "test_fraction": test_fraction, "val_fraction": val_fraction, "stratify": stratify,
+        "respect_original_split": respect_original_split},
         extra={"split_file": str(out), "sha256": digest, "counts": counts})
     typer.echo(json.dumps({"split_file": str(out), "sha256": digest, "counts": counts}))
 
@@ -350,21 +358,34 @@ def lungs_train(
         help="Also train on this many generated phantoms with masks (a third source, training only).")] = 0,
     samples_per_epoch: Annotated[int | None, typer.Option(
         help="Images drawn per epoch (default: the training set's size).")] = None,
+    architecture: Annotated[str, typer.Option(
+        help="Network size: unet16 (1.6 M parameters) or unet8 (0.21 M).")] = "unet16",
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Record source never trained on, evaluated whole as the part 'excluded' (repeatable; e.g. "
+             "montgomery from lung-segmentation, for a cross-dataset figure).")] = None,
+    device: DeviceOption = None,
     seed: SeedOption = 0,
 ) -> None:
-    """Train the lung U-Net; report Dice, IoU and HD95 per source on the held-out parts."""
+    """Train the lung U-Net (on the CPU unless --device says otherwise); report Dice (mean, 10th
+    percentile), IoU and HD95 per source on the held-out parts."""
     import torch
 
     from unveil.segmentation.train import LungTrainingConfig, train_lung_model
+    from unveil.training.loop import resolve_device
 
+    try:
+        device = str(resolve_device(device or "cpu"))
+    except RuntimeError as error:
+        _fail(str(error))
     if threads:
         torch.set_num_threads(threads)
     config = LungTrainingConfig(size=size, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                samples_per_epoch=samples_per_epoch, seed=seed)
+                                samples_per_epoch=samples_per_epoch, architecture=architecture, seed=seed)
     command = "unveil lungs train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unveil lungs train"
     try:
         description = train_lung_model(_source_paths(data, "--data"), out, holdout=_source_paths(holdout, "--holdout"),
-                                       config=config, synthetic_images=synthetic, command=command)
+                                       config=config, synthetic_images=synthetic, exclude=exclude or [],
+                                       device=device, command=command)
     except (ValueError, KeyError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     typer.echo(json.dumps({"bundle": str(out / "lung_unet.safetensors"), "validation": description["validation"],
@@ -385,23 +406,41 @@ def lungs_evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Source SOURCE:PATH with lung masks (repeatable).")],
     model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
     parts: Annotated[Path | None, typer.Option(
-        help="parts.csv of a training run: evaluate only its 'test' records (patient-exclusive hold-out).")] = None,
+        help="parts.csv of a training run: evaluate only its 'test' and 'excluded' records (held out).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    figures_out: Annotated[Path | None, typer.Option(
+        "--figures", help="Write the per-image figures (CSV) here.")] = None,
+    worst: Annotated[int, typer.Option(
+        help="Render the N lowest-Dice images as overlays (truth green, prediction red) into --overlays.")] = 0,
+    overlays: Annotated[Path | None, typer.Option(help="Folder for the --worst overlays.")] = None,
     seed: SeedOption = 0,
 ) -> None:
-    """Dice, IoU and HD95 of a lung model against the masks of the given sources, per source."""
+    """Dice (mean, 10th percentile, minimum), IoU and HD95 of a lung model against the masks of the
+    given sources, per source, each scored in its source's convention."""
     import pandas as pd
 
+    from unveil.provenance import write_text_atomic
     from unveil.segmentation.train import evaluate, mask_records, summarise_figures
 
     segmenter = _load_segmenter(model)
     records = mask_records(_source_paths(data, "--data"))
     if parts is not None:
         table = pd.read_csv(parts)
-        held_out = set(table.loc[table["part"] == "test", "record_id"])
+        held_out = set(table.loc[table["part"].isin(["test", "excluded"]), "record_id"])
         trained = set(table["record_id"]) - held_out
         records = records[~records["record_id"].isin(trained)]
-    summary = summarise_figures(evaluate(segmenter, records))
+    if worst and overlays is None:
+        _fail("--worst needs --overlays FOLDER")
+    figures = evaluate(segmenter, records)
+    summary = summarise_figures(figures)
+    if figures_out is not None:
+        figures_out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(figures_out, figures.to_csv(index=False))
+    if worst:
+        from unveil.segmentation.overlay import write_worst_overlays
+
+        written = write_worst_overlays(segmenter, records, figures, overlays, worst)
+        typer.echo(f"{len(written)} overlays of the lowest-Dice images in {overlays}", err=True)
     typer.echo(json.dumps(summary, indent=2) if as_json else
                "\n".join(f"{k}: {v}" for k, v in summary.items()))
 

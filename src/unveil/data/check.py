@@ -36,6 +36,7 @@ class DatasetReport:
     excluded: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, list[list[str]]] = field(default_factory=lambda: {"exact": [], "near": []})
     image_sizes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_problems(self) -> bool:
@@ -58,11 +59,13 @@ class DatasetReport:
             "duplicates": {"exact_groups": self.duplicates["exact"], "near_groups": self.duplicates["near"],
                            "near_duplicate_max_distance": NEAR_DUPLICATE_DISTANCE},
             "image_sizes": self.image_sizes,
+            "notes": self.notes,
         }
 
     def to_text(self) -> str:
         lines = [f"sources: {', '.join(self.sources)}",
                  f"records: {self.records}   patients: {self.patients}"]
+        lines.extend(f"note: {note}" for note in self.notes)
         for title, counts in (("by class", self.by_class), ("by covid", self.by_covid),
                               ("by view", self.by_view), ("by source", self.by_source)):
             lines.append(f"{title}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -113,6 +116,7 @@ def summarise(loads: list[SourceLoad], *, read_images: bool = True, workers: int
         invalid=[i for i in issues if i.kind == "invalid"],
         unreadable=[i for i in issues if i.kind == "unreadable"],
         excluded=excluded,
+        notes=[note for load in loads for note in load.notes],
     )
     if read_images and len(records):
         fingerprints = fingerprint_images(records, workers=workers, max_pixels=max_pixels)

@@ -21,6 +21,13 @@ Required columns
 ``age``            float years or <NA> (nullable Float64).
 ``mask_path``      str (absolute path of a lung mask, 0 = background, >0 = lung) or <NA>.
 
+Optional columns (absent or <NA> where a source has no such thing)
+----------------------------------------------------------------
+``infection_mask_path``  str, absolute path of a lesion/infection mask (COVID-QU-Ex) or <NA>.
+``original_split``       str, the part a source itself assigns (``train``/``val``/``test``) or <NA>.
+``patient_known``        bool; False where the source publishes no patient ids and ``patient_id`` is
+                         only the image id (splits of such a source are image-exclusive).
+
 Loaders may add further columns (``location``, ``license``, ``exam_id``...); they ride along.
 """
 
@@ -55,8 +62,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "mask_path",
 )
 
+#: Documented optional columns (see the module docstring).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("infection_mask_path", "original_split", "patient_known")
+
 _STRING_COLUMNS = ("record_id", "source", "path", "patient_id", "finding", "source_finding",
-                   "view", "source_view", "sex", "mask_path")
+                   "view", "source_view", "sex", "mask_path", "infection_mask_path")
 
 
 class RecordTableError(ValueError):

@@ -73,6 +73,19 @@ def patient_exclusive_split(
     return patient_keys(records).map(assignment).rename("split")
 
 
+def original_split(records: pd.DataFrame) -> pd.Series:
+    """The parts a source assigns itself (its ``original_split`` column: train / val / test), aligned
+    with ``records.index``; a clear error when the source has none or some record lacks one."""
+    if "original_split" not in records.columns:
+        raise ValueError("this source assigns no train/val/test parts of its own (no original_split column)")
+    split = records["original_split"].astype("string").str.lower()
+    bad = split.isna() | ~split.isin(["train", "val", "test"])
+    if bad.any():
+        examples = records.loc[bad, "record_id"].astype(str).head(3).tolist()
+        raise ValueError(f"{int(bad.sum())} record(s) without a train/val/test original_split, e.g. {examples}")
+    return split.astype(str).rename("split")
+
+
 def split_table(records: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     """The split file's content: one row per record, sorted by split then record_id."""
     table = records.loc[:, ["record_id", "source", "patient_id", "covid", "finding"]].copy()

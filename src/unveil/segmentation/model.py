@@ -1,9 +1,11 @@
 """The lung segmentation network and its bundle format (safetensors weights + JSON description).
 
-A MONAI U-Net (5 levels, 16-256 channels, two residual units per level, batch norm): 1.6 M
-parameters, 6.5 MB in float32, about 13 ms per 256x256 image on one CPU core. The bundle is two
-files side by side: ``<name>.safetensors`` (weights only, nothing is unpickled) and
-``<name>.json`` (architecture, input specification, provenance, validation figures).
+MONAI U-Nets (5 levels, strides 2, residual units, batch norm) in named sizes
+(:data:`ARCHITECTURES`): ``unet16`` (16-256 channels, two residual units per level, 1.6 M
+parameters, 6.5 MB float32) and ``unet8`` (8-128 channels, one residual unit, 0.21 M parameters,
+0.85 MB), the small one in the spirit of Little W-Net. The bundle is two files side by side:
+``<name>.safetensors`` (weights only, nothing is unpickled) and ``<name>.json`` (architecture,
+input specification, provenance, validation figures).
 """
 
 from __future__ import annotations
@@ -26,8 +28,26 @@ CONVENTIONS: tuple[str, ...] = ("full", "visible")
 SOURCE_CONVENTIONS: dict[str, str] = {"covid-chestxray": "full"}  # every other source: "visible"
 DEFAULT_CONVENTION = "visible"
 
-ARCHITECTURE = {"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": len(CONVENTIONS),
-                "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
+#: Named network sizes that `unveil lungs train --architecture` accepts.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "unet16": {"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": len(CONVENTIONS),
+               "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"},
+    "unet8": {"name": "monai.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": len(CONVENTIONS),
+              "channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1, "norm": "batch"},
+}
+DEFAULT_ARCHITECTURE = "unet16"
+ARCHITECTURE = ARCHITECTURES[DEFAULT_ARCHITECTURE]
+
+
+def architecture_spec(name_or_spec: str | dict[str, Any] | None) -> dict[str, Any]:
+    """The architecture dict of a named size (:data:`ARCHITECTURES`), or ``name_or_spec`` itself."""
+    if name_or_spec is None:
+        return dict(ARCHITECTURE)
+    if isinstance(name_or_spec, dict):
+        return dict(name_or_spec)
+    if name_or_spec not in ARCHITECTURES:
+        raise ValueError(f"unknown lung network size {name_or_spec!r}; known: {', '.join(ARCHITECTURES)}")
+    return dict(ARCHITECTURES[name_or_spec])
 
 
 def convention_of(source: str) -> str:
@@ -35,9 +55,10 @@ def convention_of(source: str) -> str:
     return SOURCE_CONVENTIONS.get(source, "visible")
 
 
-def build_network(architecture: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The U-Net described by ``architecture`` (default :data:`ARCHITECTURE`); outputs logits."""
-    spec = dict(ARCHITECTURE if architecture is None else architecture)
+def build_network(architecture: str | dict[str, Any] | None = None) -> torch.nn.Module:
+    """The U-Net described by ``architecture`` (a name of :data:`ARCHITECTURES` or a spec dict;
+    default :data:`ARCHITECTURE`); outputs logits, one channel per convention."""
+    spec = architecture_spec(architecture)
     if spec.pop("name", "monai.UNet") != "monai.UNet":
         raise ValueError(f"unknown segmentation architecture {architecture!r}")
     return UNet(spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"], out_channels=spec["out_channels"],

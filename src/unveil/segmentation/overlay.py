@@ -32,3 +32,38 @@ def write_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: str | Path,
     Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(mask_path)
     Image.fromarray(overlay_rgb(image, mask)).save(overlay_path)
     return mask_path, overlay_path
+
+
+def comparison_rgb(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """RGB uint8: the gray image with the reference mask's contour in green and the prediction's in
+    red (yellow where they coincide), to see where a model and an annotation disagree."""
+    rgb = overlay_rgb(image, prediction)
+    width = max(1, round(min(np.shape(truth)) / 256))
+    edge_truth, edge_prediction = contour(truth, width), contour(prediction, width)
+    rgb[edge_truth] = (40, 220, 40)
+    rgb[edge_truth & edge_prediction] = (250, 220, 0)
+    return rgb
+
+
+def write_worst_overlays(segmenter, records, figures, out: str | Path, count: int = 10) -> list[Path]:
+    """``<out>/<rank>_<source>_<stem>.png`` comparison overlays (truth green, prediction red) of the
+    ``count`` lowest-Dice rows of ``figures`` (from :func:`unveil.segmentation.train.evaluate`),
+    each predicted in its source's convention."""
+    from unveil.io import read_image
+    from unveil.segmentation.model import convention_of
+    from unveil.segmentation.train import read_mask
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = records.set_index("record_id")
+    written = []
+    for rank, row in enumerate(figures.nsmallest(count, "dice").itertuples(), start=1):
+        record = paths.loc[row.record_id]
+        image = read_image(record["path"]).pixels
+        prediction = segmenter.segment(image, convention=convention_of(row.source))
+        picture = Image.fromarray(comparison_rgb(image, read_mask(record["mask_path"]), prediction))
+        picture.thumbnail((768, 768))
+        target = out / f"{rank:02d}_{row.source}_{Path(str(record['path'])).stem.replace(' ', '_')}.png"
+        picture.save(target)
+        written.append(target)
+    return written

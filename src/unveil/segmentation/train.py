@@ -35,9 +35,10 @@ from unveil.provenance import environment_versions
 from unveil.segmentation.infer import LungSegmenter, prepare_input, to_tensor
 from unveil.segmentation.metrics import mask_figures
 from unveil.segmentation.model import (
-    ARCHITECTURE,
     CONVENTIONS,
+    DEFAULT_ARCHITECTURE,
     DEFAULT_CONVENTION,
+    architecture_spec,
     build_network,
     convention_of,
     save_bundle,
@@ -59,6 +60,7 @@ class LungTrainingConfig:
     balance_sources: bool = True  # each training source contributes equally per epoch
     samples_per_epoch: int | None = None  # images drawn per epoch (default: the training set's size)
     anisotropic: bool = False  # also stretch width and height independently (±10 %) when augmenting
+    architecture: str = DEFAULT_ARCHITECTURE  # a name of unveil.segmentation.model.ARCHITECTURES
     seed: int = 0
 
 
@@ -144,17 +146,19 @@ def _dice_batch(logits: torch.Tensor, masks: torch.Tensor) -> float:
 
 def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarray, val_masks: np.ndarray,
         config: LungTrainingConfig, *, history: Callable[[dict[str, Any]], None] | None = None,
-        train_groups: Sequence[str] | None = None, val_groups: Sequence[str] | None = None) -> torch.nn.Module:
+        train_groups: Sequence[str] | None = None, val_groups: Sequence[str] | None = None,
+        device: str = "cpu") -> torch.nn.Module:
     """Train from scratch; return the network with the best validation Dice (last if no validation).
 
     With ``train_groups`` (one source name per training image) and ``config.balance_sources``, each
     epoch draws its images so that every source contributes equally (a 10-image source is not
     drowned by a 100-image one). Each image supervises only its source's convention channel
-    (:func:`unveil.segmentation.model.convention_of`; all "visible" without groups).
+    (:func:`unveil.segmentation.model.convention_of`; all "visible" without groups). Augmentation
+    runs on the CPU (same random draws on any ``device``); the network runs on ``device``.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    network = build_network()
+    network = build_network(config.architecture).to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     draws = config.samples_per_epoch or len(train_images)
     steps = max(1, math.ceil(draws / config.batch_size))
@@ -187,7 +191,8 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
         for start in range(0, len(order), config.batch_size):
             index = order[start:start + config.batch_size]
             x, y = augment(images[index], masks[index], generator, config.anisotropic)
-            loss = loss_function(_select(network((x - 0.5) / 0.29), train_channels[index]), y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_function(_select(network((x - 0.5) / 0.29), train_channels[index].to(device)), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -198,7 +203,7 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
         if val_x is not None and (epoch % config.validate_every == 0 or epoch == config.epochs):
             network.eval()
             with torch.inference_mode():
-                logits = torch.cat([network(val_x[i:i + 16]) for i in range(0, len(val_x), 16)])
+                logits = torch.cat([network(val_x[i:i + 16].to(device)).cpu() for i in range(0, len(val_x), 16)])
                 score = _dice_batch(_select(logits, val_channels), val_y)
             row["val_dice"] = round(score, 5)
             if score > best:
@@ -210,7 +215,7 @@ def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarra
                           duration(row["seconds"]), " (best so far)" if row.get("val_dice") == round(best, 5) else "")
     if best_state is not None:
         network.load_state_dict(best_state)
-    return network.eval()
+    return network.cpu().eval()
 
 
 def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
@@ -228,13 +233,19 @@ def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean (and minimum Dice) per source and overall."""
+    """Per source and overall: mean, 10th percentile and minimum Dice, mean IoU, mean and median
+    HD95 (pixels of a 256-pixel-wide resampling), with the convention each source was scored in."""
     summary = {}
     for name, group in [*figures.groupby("source"), ("all", figures)]:
-        summary[str(name)] = {"images": int(len(group)), "dice_mean": round(float(group["dice"].mean()), 4),
+        conventions = sorted(set(group["convention"].astype(str))) if "convention" in group else []
+        summary[str(name)] = {"images": int(len(group)),
+                              "convention": conventions[0] if len(conventions) == 1 else "mixed",
+                              "dice_mean": round(float(group["dice"].mean()), 4),
+                              "dice_p10": round(float(group["dice"].quantile(0.1)), 4),
                               "dice_min": round(float(group["dice"].min()), 4),
                               "iou_mean": round(float(group["iou"].mean()), 4),
-                              "hd95_px256_mean": round(float(group["hd95_px256"].mean()), 3)}
+                              "hd95_px256_mean": round(float(group["hd95_px256"].mean()), 3),
+                              "hd95_px256_median": round(float(group["hd95_px256"].median()), 3)}
     return summary
 
 
@@ -259,22 +270,34 @@ def synthetic_lung_records(out: Path, images: int, *, size: int, seed: int) -> p
 
 def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path, *,
                      holdout: Sequence[tuple[str, str | Path]] = (), config: LungTrainingConfig = LungTrainingConfig(),
-                     synthetic_images: int = 0, command: str = "") -> dict[str, Any]:
+                     synthetic_images: int = 0, exclude: Sequence[str] = (), device: str = "cpu",
+                     command: str = "") -> dict[str, Any]:
     """Train on ``sources`` (plus ``synthetic_images`` generated phantoms, training only), evaluate
     on the real sources' patient-exclusive test parts and on ``holdout``; write the bundle
-    (``lung_unet.*``), per-image figures, history and metadata under ``out``."""
+    (``lung_unet.*``), per-image figures, history and metadata under ``out``.
+
+    Records whose ``source`` is in ``exclude`` (e.g. ``montgomery`` from the pooled
+    ``lung-segmentation`` collection) never reach training or validation: they are all evaluated
+    as the part ``excluded`` (a cross-dataset figure). The split is drawn before the exclusion, so
+    the other sources' parts are those of the run without it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = mask_records(sources)
     if records.empty:
         raise ValueError("no image with a lung mask in the training sources")
-    records = records.assign(part=assign_parts(records, seed=config.seed, test_fraction=config.test_fraction,
-                                               val_fraction=config.val_fraction).to_numpy())
+    unknown = sorted(set(exclude) - set(records["source"].astype(str)))
+    if unknown:
+        raise ValueError(f"--exclude {', '.join(unknown)}: no such source in the training data "
+                         f"(sources: {', '.join(sorted(set(records['source'].astype(str))))})")
+    parts = assign_parts(records, seed=config.seed, test_fraction=config.test_fraction,
+                         val_fraction=config.val_fraction).to_numpy()
+    records = records.assign(part=parts)
+    records.loc[records["source"].isin(list(exclude)), "part"] = "excluded"
     if synthetic_images:
         synthetic = synthetic_lung_records(out / "synthetic", synthetic_images, size=config.size, seed=config.seed)
         records = concat_records([records, synthetic.assign(part="train")])
     train, val = records[records["part"] == "train"], records[records["part"] == "val"]
-    tests = {"test": records[records["part"] == "test"]}
+    tests = {"test": records[records["part"] == "test"], "excluded": records[records["part"] == "excluded"]}
     if holdout:
         tests["holdout"] = mask_records(holdout)
     train_x, train_y, problems, train_sources = load_arrays(train, config.size)
@@ -293,10 +316,12 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
 
     started = time.perf_counter()
     network = fit(train_x, train_y, val_x, val_y, config, history=write_history, train_groups=train_sources,
-                  val_groups=val_sources)
+                  val_groups=val_sources, device=device)
     training_seconds = time.perf_counter() - started
     description = {
-        "architecture": ARCHITECTURE,
+        "architecture": architecture_spec(config.architecture),
+        "architecture_name": config.architecture,
+        "parameters": int(sum(p.numel() for p in network.parameters())),
         "input": {"size": config.size, "equalize": True, "channels": 1, "range": "[0, 1] after equalization",
                   "standardise": {"mean": 0.5, "std": 0.29}},
         "threshold": 0.5,
@@ -304,7 +329,9 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
         "default_convention": DEFAULT_CONVENTION,
         "postprocess": "two largest components, holes filled",
         "training": {"sources": [f"{s}:{p}" for s, p in sources], "holdout": [f"{s}:{p}" for s, p in holdout],
-                     "images": {part: int((records["part"] == part).sum()) for part in ("train", "val", "test")},
+                     "images": {part: int((records["part"] == part).sum())
+                                for part in ("train", "val", "test", "excluded")},
+                     "excluded_sources": sorted(exclude),
                      "synthetic_images": synthetic_images,
                      "config": asdict(config), "seconds": round(training_seconds, 1), "command": command,
                      "skipped": problems},

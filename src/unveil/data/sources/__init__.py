@@ -26,6 +26,8 @@ SOURCES: dict[str, str] = {
     "montgomery": "unveil.data.sources.montgomery",
     "shenzhen": "unveil.data.sources.shenzhen",
     "hospital-csv": "unveil.data.sources.hospital_csv",
+    "lung-segmentation": "unveil.data.sources.lung_segmentation",
+    "covid-qu-ex": "unveil.data.sources.covid_qu_ex",
 }
 
 #: Other names users type for the same sources.
@@ -40,6 +42,11 @@ ALIASES: dict[str, str] = {
     "hospital": "hospital-csv",
     "corda": "hospital-csv",
     "csv": "hospital-csv",
+    "lung_segmentation": "lung-segmentation",
+    "chest-xray-masks-and-labels": "lung-segmentation",
+    "covid_qu_ex": "covid-qu-ex",
+    "covidqu": "covid-qu-ex",
+    "qu-ex": "covid-qu-ex",
 }
 
 

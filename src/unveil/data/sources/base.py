@@ -34,7 +34,8 @@ class SourceLoad:
     """A loaded dataset: its record table, the rows it could not use, and what it left out on purpose.
 
     ``issues`` are defects (a metadata row pointing to a missing file, an unparseable label);
-    ``excluded`` counts rows left out by design (e.g. CT rows of COVID-ChestXRay) by reason.
+    ``excluded`` counts rows left out by design (e.g. CT rows of COVID-ChestXRay) by reason;
+    ``notes`` are facts about the whole source a user must know (e.g. "no patient ids").
     """
 
     source: str
@@ -42,6 +43,7 @@ class SourceLoad:
     records: pd.DataFrame
     issues: list[DataIssue] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def exclude(self, reason: str, count: int = 1) -> None:
         self.excluded[reason] = self.excluded.get(reason, 0) + count
