@@ -100,8 +100,10 @@ def test_summary_sentence_names_each_fired_test():
     assert summary_sentence([("source probe", False), ("label probe", None)]).startswith("No flag fired")
     text = summary_sentence([("source probe", True), ("source probe", True), ("below chance", True),
                              ("lung occlusion", False)])
-    assert text.startswith("3 flags fired") and "source probe (x2)" in text and "inverted" in text
-    assert "lung occlusion" not in text
+    assert text.startswith("3 flags fired on the model") and "source probe (x2)" in text and "inverted" in text
+    assert "lung occlusion" not in text and "On the data" not in text
+    data_only = summary_sentence([("source probe", False), ("metadata only", True), ("contamination", True)])
+    assert data_only.startswith("No flag fired on the model (1 kind of") and "On the data: metadata only" in data_only
 
 
 # --- acceptance on real data --------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def test_realdata_shortcut_model_is_flagged(tmp_path):
     # the transfer verdict, with the interval of the drop above 0
     transfer = [v for v in by_test["transfer (AUC)"] + by_test["transfer (balanced accuracy)"] if v.flagged]
     assert transfer and all(v.low > 0 for v in transfer)
-    assert result.figures["summary"].split(" ")[0].isdigit() and "transfer" in result.figures["summary"]
+    assert result.figures["summary"].split(" ")[0].isdigit() and "transfer (AUC)" in result.figures["summary"]
     # metadata factors that COVID-ChestXRay carries, and COVID-QU-Ex's infection masks
     assert any(v.subject.startswith("view") for v in by_test["metadata probe"])
     assert by_test["pointing game"][0].subject.endswith("(100 COVID+ images)")

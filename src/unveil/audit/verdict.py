@@ -38,18 +38,30 @@ MEANINGS: dict[str, str] = {
 }
 
 
+#: tests about the audited data rather than the model: they fire for any model audited on these images
+DATA_TESTS = ("metadata only", "contamination")
+
+
 def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:
-    """One sentence from (test, flagged) pairs: how many flags fired, for which tests, and what they mean."""
+    """One sentence from (test, flagged) pairs: which flags fired on the model and on the data, and what they
+    mean. The data flags (:data:`DATA_TESTS`) say what the test images allow, whatever the model."""
     verdicts = list(verdicts)
     fired: dict[str, int] = {}
     for test, flagged in verdicts:
         if flagged:
             fired[test] = fired.get(test, 0) + 1
-    tested = len({test for test, flagged in verdicts if flagged is not None})
-    if not fired:
-        return (f"No flag fired ({tested} kinds of test with a rule): no evidence of a dataset shortcut was found "
-                "by these tests; this is not proof that the model learned the disease.")
-    parts = [f"{test}{f' (x{count})' if count > 1 else ''}: {MEANINGS.get(test, 'see the table')}"
-             for test, count in fired.items()]
-    total = sum(fired.values())
-    return f"{total} flag{'s' if total != 1 else ''} fired — " + "; ".join(parts) + "."
+
+    def listed(tests: list[str]) -> str:
+        return "; ".join(f"{test}{f' (x{fired[test]})' if fired[test] > 1 else ''}: "
+                         f"{MEANINGS.get(test, 'see the table')}" for test in tests)
+
+    model = [t for t in fired if t not in DATA_TESTS]
+    data = [t for t in fired if t in DATA_TESTS]
+    count = sum(fired[t] for t in model)
+    if model:
+        head = f"{count} flag{'s' if count != 1 else ''} fired on the model — {listed(model)}"
+    else:
+        tested = len({t for t, flagged in verdicts if flagged is not None and t not in DATA_TESTS})
+        head = (f"No flag fired on the model ({tested} kind{'s' if tested != 1 else ''} of test with a rule): these tests found no evidence of "
+                "a dataset shortcut, which is not proof that it learned the disease")
+    return head + (f". On the data: {listed(data)}." if data else ".")
