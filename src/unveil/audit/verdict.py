@@ -62,6 +62,7 @@ def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:
         head = f"{count} flag{'s' if count != 1 else ''} fired on the model — {listed(model)}"
     else:
         tested = len({t for t, flagged in verdicts if flagged is not None and t not in DATA_TESTS})
-        head = (f"No flag fired on the model ({tested} kind{'s' if tested != 1 else ''} of test with a rule): these tests found no evidence of "
-                "a dataset shortcut, which is not proof that it learned the disease")
+        kinds = f"{tested} kind{'s' if tested != 1 else ''} of test with a rule"
+        head = (f"No flag fired on the model ({kinds}): these tests found no evidence of a dataset shortcut, "
+                "which is not proof that it learned the disease")
     return head + (f". On the data: {listed(data)}." if data else ".")
