@@ -112,6 +112,7 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
     assert probe["accuracy"]["value"] >= 0.9
     assert _verdict(paper, "source probe", "chestxray vs hospital-csv").flagged
     assert _verdict(paper, "lung occlusion").flagged
+    assert _verdict(paper, "transfer (AUC)").flagged  # D, another hospital without B's signature
 
     _, clean = _audited("clean", tmp_path)
     assert not _verdict(clean, "source probe", "chestxray vs hospital-csv").flagged
