@@ -160,3 +160,29 @@ def test_realdata_shortcut_model_is_flagged(tmp_path):
         assert row["near_duplicates_excluded"] == copies and row["images"] == 300 - copies
     else:
         assert refused.exit_code == 0, refused.output
+
+
+def test_new_thresholds_on_the_cli_and_in_experiment_files(tmp_path):
+    import yaml
+
+    from unveil.cli import app
+    from unveil.experiments import ExperimentError, load_experiment
+    from unveil.experiments.config import experiment_path
+
+    runner = CliRunner()
+    base = ["audit", str(tmp_path), "--out", str(tmp_path / "o")]
+    refused = runner.invoke(app, [*base, "--threshold", "source_probe=none"])
+    assert refused.exit_code == 2 and "cannot be turned off" in refused.output
+    parsed = runner.invoke(app, [*base, "--threshold", "transfer_drop=0.2", "--threshold", "contamination=2",
+                                 "--threshold", "metadata_only_auc=none"])
+    assert parsed.exit_code == 2 and "not a model bundle" in parsed.output  # thresholds parsed, then the bundle
+    document = yaml.safe_load(experiment_path("demo").read_text())
+    document.setdefault("audit", {})["thresholds"] = {"transfer_drop": 0.15, "metadata_only_auc": None}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(document))
+    thresholds = load_experiment(str(path)).audit.thresholds
+    assert thresholds.transfer_drop == 0.15 and thresholds.metadata_only_auc is None
+    document["audit"]["thresholds"] = {"transfer_dop": 0.15}
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ExperimentError, match="transfer_dop: unknown key; known: .*transfer_drop"):
+        load_experiment(str(path))
