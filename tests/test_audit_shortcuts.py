@@ -186,3 +186,24 @@ def test_new_thresholds_on_the_cli_and_in_experiment_files(tmp_path):
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ExperimentError, match="transfer_dop: unknown key; known: .*transfer_drop"):
         load_experiment(str(path))
+
+
+def test_transfer_section_keeps_records_shared_by_two_sets():
+    """AB and AC share A's test images: AC's comparison uses them too (not only its C images)."""
+    from unveil.audit.run import AuditThresholds
+    from unveil.audit.transfer import transfer_section
+
+    home, away = _scored("a", 2.0, n=60), _scored("c", -1.0, n=60, seed=3)
+    records = pd.DataFrame({"record_id": [*(f"a{i}" for i in range(60)), *(f"c{i}" for i in range(60))]})
+    records["test_set"] = ["AB"] * 60 + ["AC"] * 60  # what the deduplicated union records
+    members = {"AB": set(records["record_id"][:60]), "AC": set(records["record_id"])}
+    figures: dict = {}
+    verdicts = transfer_section(records, members, np.concatenate([home.labels, away.labels]),
+                                np.concatenate([home.probability, away.probability]),
+                                np.concatenate([home.patients, away.patients]), "AB", 0.5, AuditThresholds(),
+                                figures, seed=0, resamples=200)
+    assert [v.test for v in verdicts] == ["transfer (AUC)", "transfer (balanced accuracy)", "below chance"]
+    assert figures["transfer"][0]["external_images"] == 120 and figures["transfer"][0]["in_source_images"] == 60
+    assert transfer_section(records, {"AC": members["AC"]}, home.labels, home.probability, home.patients, None, 0.5,
+                            AuditThresholds(), figures, seed=0, resamples=10) == []
+    assert "no in-source test split" in figures["transfer_notes"][0]

@@ -139,19 +139,19 @@ def contamination_verdict(test_set: str, images: int, pairs: pd.DataFrame, *, ru
         f"none of {images} images duplicates a training image", measure="test images that duplicate training images")
 
 
-def contamination_section(bundle: ModelBundle, records: pd.DataFrame, thresholds, figures: dict, verdicts: list, *,
-                          cache: str | Path | None, workers: int = 1) -> np.ndarray:
-    """One contamination verdict per audited test set (appended to ``verdicts``); figures go to
-    ``figures["contamination"]``. Returns, per image, whether it duplicates a training image."""
+def contamination_section(bundle: ModelBundle, records: pd.DataFrame, members: dict[str, set[str]], thresholds,
+                          figures: dict, verdicts: list, *, cache: str | Path | None, workers: int = 1) -> np.ndarray:
+    """One contamination verdict per audited test set (``members``: its record ids; appended to ``verdicts``);
+    figures go to ``figures["contamination"]``. Returns, per image, whether it duplicates a training image."""
     training = training_records(bundle)
     checked = not training.empty
     pairs = near_duplicates(records, training, cache=cache, workers=workers) if checked else \
         pd.DataFrame(columns=["record_id", "training_record_id", "distance", "exact"])
     duplicated = records["record_id"].isin(set(pairs["record_id"])).to_numpy()
     figures["contamination"] = {"training_images": int(len(training)), "pairs": pairs.head(50).to_dict("records")}
-    for name in dict.fromkeys(records["test_set"]):
-        members = records.loc[records["test_set"] == name, "record_id"]
-        verdicts.append(contamination_verdict(name, len(members), pairs[pairs["record_id"].isin(set(members))],
+    for name, ids in members.items():
+        present = records.loc[records["record_id"].isin(ids), "record_id"]
+        verdicts.append(contamination_verdict(name, len(present), pairs[pairs["record_id"].isin(set(present))],
                                               rule=thresholds.contamination, checked=checked))
-        figures["contamination"][name] = int(members.isin(set(pairs["record_id"])).sum())
+        figures["contamination"][name] = int(present.isin(set(pairs["record_id"])).sum())
     return duplicated

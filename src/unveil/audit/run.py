@@ -157,9 +157,10 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     test_sets = list(dict.fromkeys([*([own_name] if own_name else []), *test_sets]))
     if not test_sets:
         raise AuditError("nothing to audit: give a test set with --on, or keep the model's own test split")
-    parts = []
+    parts, members = [], {}
     for name in test_sets:
         test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap)
+        members[name] = set(test_set.records["record_id"])  # a record may belong to several sets (AB, AC)
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
     cache = Path(cache) if cache else training_cache(bundle)
@@ -254,14 +255,15 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         figures["occlusion_note"] = "one class only among the audited images: no AUC"
 
     # Transfer, metadata shortcuts, contamination (audit/transfer.py, metadata.py, contamination.py).
-    in_own = (kept["test_set"] == own_name).to_numpy() if own_name else np.zeros(len(kept), dtype=bool)
-    verdicts += transfer_section(kept, is_positive, original, groups, own_name, bundle.threshold, thresholds,
+    in_own = kept["record_id"].isin(members.get(own_name, set())).to_numpy()
+    verdicts += transfer_section(kept, members, is_positive, original, groups, own_name, bundle.threshold, thresholds,
                                  figures, seed=seed, resamples=resamples)
     found, figures["metadata"] = metadata_verdicts(
         features, kept, is_positive, groups, in_own, probe_rule=thresholds.metadata_probe,
         only_rule=thresholds.metadata_only_auc, min_images=thresholds.min_images, seed=seed, resamples=resamples)
     verdicts += found
-    duplicated = contamination_section(bundle, kept, thresholds, figures, verdicts, cache=cache, workers=workers)
+    duplicated = contamination_section(bundle, kept, members, thresholds, figures, verdicts, cache=cache,
+                                       workers=workers)
 
     # 4. Saliency.
     stages.update()

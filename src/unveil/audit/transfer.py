@@ -148,12 +148,12 @@ def own_composition(bundle) -> str | None:
     return task.split(":", 1)[1] or None if task.startswith("train:") else None
 
 
-def transfer_section(records, is_positive: np.ndarray, probability: np.ndarray, groups: np.ndarray,
-                     own: str | None, threshold: float, thresholds, figures: dict, *, seed: int,
+def transfer_section(records, members: dict[str, set[str]], is_positive: np.ndarray, probability: np.ndarray,
+                     groups: np.ndarray, own: str | None, threshold: float, thresholds, figures: dict, *, seed: int,
                      resamples: int) -> list:
-    """Transfer verdicts of every audited test set other than the model's own (``records["test_set"]``);
-    figures go to ``figures["transfer"]``, reasons for a skipped set to ``figures["transfer_notes"]``."""
-    names = list(dict.fromkeys(records["test_set"]))
+    """Transfer verdicts of every audited test set other than the model's own (``members``: the record ids of
+    each set); figures go to ``figures["transfer"]``, reasons for a skipped set to ``figures["transfer_notes"]``."""
+    names = list(members)
     others = [name for name in names if name != own]
     figures["transfer"], notes = [], []
     if own is None or own not in names:
@@ -161,7 +161,7 @@ def transfer_section(records, is_positive: np.ndarray, probability: np.ndarray, 
             notes.append("no in-source test split (the model's own composition is not audited): no transfer verdict")
         figures["transfer_notes"] = notes
         return []
-    sets = {name: (records["test_set"] == name).to_numpy() for name in names}
+    sets = {name: records["record_id"].isin(members[name]).to_numpy() for name in names}
 
     def scored(name: str) -> ScoredSet:
         chosen = sets[name]
