@@ -132,6 +132,12 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
     assert {"probability", "probability_lungs_hidden", "label"} <= set(images.columns)
     assert set(images["label"]) <= {0, 1}
 
+    # a rerun into the same folder (other samples) leaves exactly its own overlays
+    again = audit(tmp_path / "paper-AB", ["AB"], out, cache=tmp_path / "cache", seed=5, resamples=50,
+                  thresholds=AuditThresholds(min_images=5), saliency_samples=2)
+    assert sorted(map(str, (out / "saliency").glob("*.png"))) == sorted(again.files["saliency_overlays"])
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
 
 def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
     from unveil.audit.run import AuditResult, _probe_verdict, audit_markdown
@@ -148,6 +154,38 @@ def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
     text = audit_markdown(result, tmp_path)
     assert "| test | subject | measure | value [95 % CI] |" in text and "| balanced accuracy (linear probe" in text
     assert "{" not in text
+
+
+def test_overlay_is_drawn_on_the_original_radiograph_with_a_scale(tmp_path):
+    from PIL import Image
+
+    from unveil.audit.run import _replace_folder
+    from unveil.audit.saliency import display_image, save_overlay
+
+    model_input = np.full((32, 32), 100, dtype=np.uint8)
+    saliency = np.zeros((32, 32), dtype=np.float32)
+    saliency[:, 16:] = 1.0  # the right half is salient
+    lungs = np.zeros((32, 32), dtype=bool)
+    lungs[8:24, 4:12] = lungs[8:24, 20:28] = True
+    original = np.full((600, 300), 0.5, dtype=np.float32)  # portrait, as acquired
+    display = display_image(original)
+    assert display.shape == (384, 192)
+    picture = np.asarray(Image.open(save_overlay(model_input, saliency, lungs, "t", tmp_path / "o.png",
+                                                 display=display)).convert("RGB")).astype(int)
+    assert picture.shape[0] == 384 + 14 and 192 < picture.shape[1] < 192 + 60  # the radiograph's shape, + scale
+    left, right = picture[200, 40], picture[200, 150]
+    assert right.sum() > left.sum() and right[0] > right[2]  # inferno: salient = warm and bright
+    bar = picture[14 + 12:14 + 384 - 12, 192 + 4 + 6]
+    assert bar[0].sum() > bar[-1].sum()  # the colour scale runs from bright (1, top) to dark (0, bottom)
+    old = tmp_path / "saliency"
+    old.mkdir()
+    (old / "stale.png").write_bytes(b"x")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "fresh.png").write_bytes(b"y")
+    _replace_folder(new, old)
+    assert [p.name for p in old.iterdir()] == ["fresh.png"] and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "saliency"]
 
 
 def test_cli_audit_errors(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unveil.cli import app
-from unveil.inference import ExportError, LungCheck, OodReference, PredictionError, export_model, predict_files
+from unveil.inference import (
+    ExportError,
+    LungCheck,
+    OodReference,
+    OodReferenceOutdated,
+    PredictionError,
+    export_model,
+    predict_files,
+)
 from unveil.inference.ood import fit_ood_reference
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import DataSpec, TrainConfig, load_bundle, train
@@ -46,14 +55,46 @@ def test_ood_reference_flags_far_features_and_round_trips(tmp_path):
     sources = np.repeat(["a", "b"], 100)
     val = np.concatenate([rng.normal(0, 1, (50, 20)), rng.normal(4, 1, (50, 20))])
     reference = fit_ood_reference(train, sources, val, dimensions=8)
-    inside, nearest = reference.distances(rng.normal(4, 1, (20, 20)))
+    inside, nearest = reference.distances(rng.normal(4, 1, (400, 20)))
     outside, _ = reference.distances(rng.normal(-15, 1, (5, 20)))
-    assert (inside <= reference.threshold).mean() >= 0.9 and set(nearest) == {"b"}
+    assert (inside > reference.threshold).mean() <= 0.1 and set(nearest) == {"b"}  # target: 5 % false alarms
     assert (outside > reference.threshold).all()
+    # a shift along a direction the training features never varied in is not projected away by the PCA
+    sideways = rng.normal(4, 1, (5, 20))
+    sideways[:, :10] += np.linspace(-1, 1, 10) * 6
+    assert (reference.distances(sideways)[0] > reference.threshold).all()
     reference.save(tmp_path)
     loaded = OodReference.load(tmp_path)
     assert np.allclose(loaded.distances(train[:5])[0], reference.distances(train[:5])[0])
+    assert loaded.threshold == reference.threshold and loaded.false_alarm == 0.05
     assert OodReference.load(tmp_path / "nothing") is None
+    (tmp_path / "ood.json").write_text(json.dumps({"threshold": 3.0, "percentile": 99.0, "sources": ["a"]}))
+    with pytest.raises(OodReferenceOutdated, match="version 1.*refit_ood_reference"):
+        OodReference.load(tmp_path)
+
+
+def test_image_view_sees_a_shift_the_features_do_not():
+    rng = np.random.default_rng(1)
+
+    def phantoms(n: int, ribs: bool) -> np.ndarray:
+        images = np.zeros((n, 1, 64, 64), dtype=np.uint8)
+        for index in range(n):
+            lungs = rng.uniform(90, 130)
+            images[index, 0, 8:56, 6:28] = images[index, 0, 8:56, 36:58] = lungs
+            if ribs:
+                images[index, 0, 8:56:6, :] = np.clip(lungs + 60, 0, 255)
+            images[index, 0] = np.clip(images[index, 0] + rng.normal(0, 3, (64, 64)), 0, 255)
+        return images
+
+    features = rng.normal(0, 1, (260, 12))  # the encoder sees nothing special
+    train, val = phantoms(200, ribs=True), phantoms(60, ribs=True)
+    reference = fit_ood_reference(features[:200], np.repeat("a", 200), features[200:], train, val)
+    same, _ = reference.distances(rng.normal(0, 1, (40, 12)), phantoms(40, ribs=True))
+    shifted, _ = reference.distances(rng.normal(0, 1, (40, 12)), phantoms(40, ribs=False))
+    assert (same > reference.threshold).mean() <= 0.15 and (shifted > reference.threshold).mean() >= 0.9
+    assert "image statistics" in reference.explain(rng.normal(0, 1, (1, 12)), phantoms(1, ribs=False))[0]
+    with pytest.raises(ValueError, match="pass them"):
+        reference.distances(features[:2])
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +192,16 @@ def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
     records = model["data"]["A"].load().head(6)
     images, _ = cached_images(bundle, records, cache=model["root"] / "cache")
     inputs = images.images.numpy().astype(np.float32) / 255.0
-    target = tmp_path / f"model.{fmt}"
-    description = export_model(bundle, fmt, target, check_images=inputs)
-    assert target.is_file() and json.loads((tmp_path / f"model.{fmt}.json").read_text())["format"] == fmt
-    assert description["max_abs_difference_vs_pytorch"] <= 1e-4
+    folder = tmp_path / "export"
+    target = folder / f"model.{fmt}"
+    export_model(bundle, fmt, target, check_images=inputs)
+    description = export_model(bundle, fmt, target, check_images=inputs)  # a re-export replaces, leaves nothing
+    assert sorted(p.name for p in folder.iterdir()) == [f"model.{fmt}", f"model.{fmt}.json"]
+    assert json.loads((folder / f"model.{fmt}.json").read_text())["format"] == fmt
+    assert description["max_abs_difference_vs_pytorch"] <= 1e-4 and description["files"] == [f"model.{fmt}"]
+    alone = tmp_path / "elsewhere"  # the exported file, copied alone, is a complete model
+    alone.mkdir()
+    target = Path(shutil.copy2(target, alone / "copy"))
     expected = bundle.predict_probabilities(images.images)
     if fmt == "onnx":
         import onnxruntime
@@ -162,10 +209,21 @@ def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
         session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": inputs})[0]
     else:
+        import warnings
+
         import torch
 
-        got = torch.jit.load(str(target))(torch.from_numpy(inputs)).detach().numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still exported
+            got = torch.jit.load(str(target))(torch.from_numpy(inputs)).detach().numpy()
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_refused_export_leaves_no_file(model, tmp_path):
+    folder = tmp_path / "export"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(model["bundle"], "onnx", folder / "model.onnx", tolerance=-1.0)
+    assert list(folder.iterdir()) == []
 
 
 def test_export_and_predict_cli(model, tmp_path):
@@ -182,3 +240,61 @@ def test_export_and_predict_cli(model, tmp_path):
     empty.mkdir()
     result = runner.invoke(app, ["predict", str(model["bundle"]), str(empty), "--out", str(tmp_path / "p")])
     assert result.exit_code == 1 and "no image files" in result.output
+    missing = tmp_path / "new_xrays_typo"
+    result = runner.invoke(app, ["predict", str(model["bundle"]), str(missing), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2 and str(missing) in result.output and not (tmp_path / "q").exists()
+    with pytest.raises(PredictionError, match="new_xrays_typo"):
+        predict_files(model["bundle"], [missing], tmp_path / "q")
+    run_folder = Path(model["bundle"]).parent  # a run folder is a model argument too
+    a_file = model["data"]["A"].load()["path"].iloc[0]
+    result = runner.invoke(app, ["predict", str(run_folder), a_file, "--out", str(tmp_path / "r"), "--no-evidence"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scored"] == 1
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_synthetic_trained_model_flags_real_radiographs(model, tmp_path):
+    """The shift `benchmarks/ood_shift.py` measures, in small: the reference of a model trained on synthetic
+    images only (the module's tiny AB model; reference fitted on 200 synthetic images as training does) flags
+    real radiographs through `predict`, and few held-out synthetic images."""
+    import torch
+
+    from unveil.inference.predict import Predictor
+    from unveil.synth.config import load_config
+    from unveil.synth.generate import dataset_roots, generate
+    from unveil.training.loop import encoder_features
+
+    from conftest import shared
+
+    real = [*sorted(shared("covid-chestxray/images").iterdir())[:12],
+            *sorted((shared("chest_xray") / "train" / "NORMAL").glob("*.jpeg"))[:12],
+            *sorted(shared("covid-qu-ex").rglob("images/*.png"))[::25],
+            *sorted(shared("figure1/images").iterdir())[:12]]
+    generate(replace(load_config("paper"), image_size=128), tmp_path / "bench", seed=1, scale=0.45)
+    roots = dataset_roots(tmp_path / "bench")
+    records = pd.concat([DataSpec(*roots[role]).load() for role in ("A", "B")]).sample(frac=1.0, random_state=0)
+    bundle = tmp_path / "model"
+    shutil.copytree(model["bundle"], bundle)
+    predictor = Predictor(bundle)
+    paths = [Path(p) for p in records["path"]]
+    images = torch.cat([predictor.prepare(paths[i:i + 64])[1] for i in range(0, 320, 64)])[:320]
+    features = encoder_features(predictor.bundle.model, images, *predictor.bundle.normalization)
+    fit_ood_reference(features[:200], records["source"].to_numpy()[:200], features[200:260], images[:200],
+                      images[200:260]).save(bundle)
+    summary = predict_files(bundle, real, tmp_path / "real", evidence=False)
+    assert summary.scored == len(real) >= 40
+    assert summary.ood_flagged / summary.scored >= 0.85
+    summary = predict_files(bundle, paths[260:320], tmp_path / "held_out", evidence=False)
+    assert summary.ood_flagged / summary.scored <= 0.2
+
+
+def test_outdated_reference_still_predicts_and_says_so(model, tmp_path):
+    bundle = tmp_path / "model"
+    shutil.copytree(model["bundle"], bundle)
+    (bundle / "ood.json").write_text(json.dumps({"threshold": 3.0, "percentile": 99.0, "sources": ["A"]}))
+    a_file = model["data"]["A"].load()["path"].iloc[0]
+    predict_files(bundle, [a_file], tmp_path / "out", evidence=False)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert table.loc[0, "status"] != "unreadable" and str(table.loc[0, "ood_flag"]) == "False"
+    assert "reference version 1" in table.loc[0, "warnings"]

@@ -1,6 +1,7 @@
 """The lung U-Net: bundle round trip, training loop, shipped model, CLI `segment` and `lungs`."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,31 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
         (tmp_path / "run" / "lung_unet.json").read_text())["training"]["images"]["test"]
+    trained = json.loads(result.stdout)
+    # a run folder is a model argument, and --parts alone scores the model beside it (not the shipped one)
+    for model in (["--model", str(tmp_path / "run")], []):
+        again = runner.invoke(app, ["lungs", "evaluate", "--data", data, *model, "--parts",
+                                    str(tmp_path / "run" / "parts.csv"), "--json"])
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout) == trained
+    shutil.copytree(tmp_path / "run", tmp_path / "two")
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / "two" / f"lung_unet{suffix}").rename(tmp_path / "two" / f"a{suffix}")
+        shutil.copy2(tmp_path / "two" / f"a{suffix}", tmp_path / "two" / f"b{suffix}")
+    ambiguous = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--parts",
+                                    str(tmp_path / "two" / "parts.csv")])
+    assert ambiguous.exit_code == 2 and "several lung bundles (a, b)" in ambiguous.output
+
+
+def test_run_folder_and_missing_inputs(tmp_path):
+    save_bundle(tmp_path / "run" / "lung_unet", build_network(), {"architecture": ARCHITECTURE, "input": {"size": 32}})
+    assert LungSegmenter.load(tmp_path / "run").input_size == 32
+    with pytest.raises(SegmenterError, match="no lung bundle"):
+        LungSegmenter.load(tmp_path)
+    result = runner.invoke(app, ["segment", str(tmp_path / "no_such_folder"), "--model", str(tmp_path / "run"),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no_such_folder" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_network_sizes_and_unknown_size():

@@ -404,7 +404,9 @@ def _load_segmenter(model: Path | None):
 @lungs_app.command("evaluate")
 def lungs_evaluate(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Source SOURCE:PATH with lung masks (repeatable).")],
-    model: Annotated[Path | None, typer.Option(help="Segmentation bundle (default: the shipped model).")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="Lung model: bundle file or `lungs train` run folder (default: the run beside --parts, else the "
+             "shipped model).")] = None,
     parts: Annotated[Path | None, typer.Option(
         help="parts.csv of a training run: evaluate only its 'test' and 'excluded' records (held out).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -420,8 +422,17 @@ def lungs_evaluate(
     import pandas as pd
 
     from unveil.provenance import write_text_atomic
+    from unveil.segmentation.model import bundles_in
     from unveil.segmentation.train import evaluate, mask_records, summarise_figures
 
+    if parts is not None and not parts.is_file():
+        _fail(f"{parts}: parts file not found")
+    if model is None and parts is not None:  # the run that wrote the parts file, not the shipped model
+        if bundles_in(parts.parent):
+            model = parts.parent  # resolved like any run folder; several bundles and no lung_unet: refused
+            typer.echo(f"model: the lung model of {parts.parent} (beside {parts.name})", err=True)
+        else:
+            typer.echo(f"note: no lung model beside {parts}; scoring the shipped model", err=True)
     segmenter = _load_segmenter(model)
     records = mask_records(_source_paths(data, "--data"))
     if parts is not None:
@@ -443,6 +454,13 @@ def lungs_evaluate(
         typer.echo(f"{len(written)} overlays of the lowest-Dice images in {overlays}", err=True)
     typer.echo(json.dumps(summary, indent=2) if as_json else
                "\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+def _require_paths(inputs: list[Path]) -> None:
+    """A missing input path is a user's mistake (exit 2, naming it), never an empty run."""
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        _fail(f"input path not found: {', '.join(missing)}")
 
 
 def _expand_images(inputs: list[Path]) -> list[Path]:
@@ -469,6 +487,7 @@ def segment(
     from unveil.io import ImageReadError, read_image
     from unveil.segmentation.overlay import write_mask_and_overlay
 
+    _require_paths(images)
     segmenter = _load_segmenter(model)
     files = _expand_images(images)
     if not files:
@@ -974,7 +993,7 @@ def results_command(
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
+    model: Annotated[Path, typer.Argument(help="Model bundle: a `unveil train` run folder or its model/ folder.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG, JPEG, DICOM; recursive).")],
     out: Annotated[Path, typer.Option(help="Folder for predictions.csv and evidence/*.png.")],
     batch_size: Annotated[int, typer.Option(help="Images per batch (memory stays flat).")] = 32,
@@ -994,6 +1013,7 @@ def predict_command(
     from unveil.segmentation import SegmenterError
     from unveil.training import BundleError
 
+    _require_paths(inputs)
     try:
         rule, value = _threshold_options(threshold, threshold_rule)
         summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=segmenter,
@@ -1011,7 +1031,7 @@ def predict_command(
 
 @app.command("export")
 def export_command(
-    model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
+    model: Annotated[Path, typer.Argument(help="Model bundle: a `unveil train` run folder or its model/ folder.")],
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file (default: MODEL/model.onnx or model.pt).")] = None,
     seed: SeedOption = 0,
@@ -1019,8 +1039,9 @@ def export_command(
     """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
     from unveil.inference import ExportError, export_model
     from unveil.training import BundleError
+    from unveil.training.bundle import resolve_bundle_dir
 
-    target = out or model / ("model.onnx" if format == "onnx" else "model.pt")
+    target = out or resolve_bundle_dir(model) / ("model.onnx" if format == "onnx" else "model.pt")
     try:
         description = export_model(model, format, target)
     except (BundleError, ExportError) as error:

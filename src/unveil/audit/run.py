@@ -16,6 +16,9 @@ import itertools
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +198,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     except ValueError as error:
         points = np.full((len(kept), 2), np.nan)
         figures["tsne_note"] = str(error)
+        for stale in ("tsne_by_source.png", "tsne_by_label.png"):  # an earlier run's maps are not this run's
+            (out / stale).unlink(missing_ok=True)
 
     # 2. Probes: the label (reference), then source pairs within each class.
     stages.update()
@@ -288,15 +293,20 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         f"{reading}", measure="ratio (Grad-CAM share in lungs / lung area share)"))
     rng = np.random.default_rng(seed)
     overlay_dir = out / "saliency"
-    overlay_dir.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".saliency.", suffix=".tmp"))
     overlays = []
-    for value in np.unique(labels):
-        candidates = np.flatnonzero(labels == value)
-        for index in sorted(rng.choice(candidates, min(saliency_samples, len(candidates)), replace=False)):
-            name = f"{label_names[index]}_{index:05d}.png"
-            title = f"{kept.loc[index, 'source']} {label_names[index]} p={original[index]:.2f}"
-            overlays.append(str(save_overlay(images.images[index, 0].numpy(), maps[index], lungs[index], title,
-                                             overlay_dir / name)))
+    try:  # a rerun replaces the whole folder: no overlay of an earlier run is left beside the new ones
+        for value in np.unique(labels):
+            candidates = np.flatnonzero(labels == value)
+            for index in sorted(rng.choice(candidates, min(saliency_samples, len(candidates)), replace=False)):
+                name = f"{label_names[index]}_{index:05d}.png"
+                title = f"{kept.loc[index, 'source']} {label_names[index]} p={original[index]:.2f}"
+                save_overlay(images.images[index, 0].numpy(), maps[index], lungs[index], title, staging / name,
+                             display=_display(kept.loc[index, "path"]))
+                overlays.append(str(overlay_dir / name))
+        _replace_folder(staging, overlay_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     files["saliency_overlays"] = overlays  # type: ignore[assignment]
     found, figures["infection"] = infection_verdicts(maps, kept, is_positive, groups, size=bundle.image_size,
                                                      pointing_rule=thresholds.infection_pointing, seed=seed,
@@ -317,6 +327,29 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         "model": str(model), "on": test_sets, "own": own_name, "masks": masks, "seed": seed, "resamples": resamples,
         "thresholds": asdict(thresholds), "cache": str(cache)}, extra={"flagged": len(result.flagged)})
     return result
+
+
+def _display(path: str) -> np.ndarray | None:
+    """The original radiograph resized for an overlay; None (the pre-processed image is drawn) if unreadable."""
+    from unveil.audit.saliency import display_image
+    from unveil.io import ImageReadError, read_image
+
+    try:
+        return display_image(read_image(path).pixels)
+    except (ImageReadError, OSError):
+        return None
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put folder ``new`` in place of ``target`` (renames, so ``target`` is never half written)."""
+    new.chmod(0o755)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=".tmp"))
+        os.replace(target, old / target.name)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
 
 
 def _number(value: float) -> float | str | None:

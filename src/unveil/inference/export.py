@@ -3,12 +3,15 @@
 The exported graph takes the pre-processed image in [0, 1] (N x 1 x S x S float32: the bundle's
 equalization and lung masking already applied) and returns class probabilities; normalization and
 softmax are inside it. A JSON file beside it gives the input specification, classes and threshold.
+The exported file is self-contained (weights embedded) and checked by loading a copy of it alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from unveil.provenance import write_text_atomic
 from unveil.training.bundle import ModelBundle, load_bundle
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
+#: Weights above this size cannot live inside one ONNX protobuf (2 GB limit): they go to ``<name>.onnx.data``
+#: beside the model, which must then travel with it. Every model of the registry is far below it.
+EMBED_LIMIT_BYTES = 1_800_000_000
 
 
 class ExportError(RuntimeError):
@@ -53,10 +60,44 @@ def _exported_probabilities(path: Path, fmt: str, images: np.ndarray) -> np.ndar
         return loaded(torch.from_numpy(images)).numpy()
 
 
+def _weights_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _write_export(wrapper: nn.Module, fmt: str, example: torch.Tensor, target: Path) -> list[Path]:
+    """Write the exported model to ``target`` (its final name, inside a private folder); returns every file
+    written: the model, and for ONNX models too large to embed (> 1.8 GB), ``<name>.data`` beside it."""
+    if fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1)
+        external = _weights_bytes(wrapper) > EMBED_LIMIT_BYTES
+        program = torch.onnx.export(wrapper, (example,), None, dynamo=True, input_names=["image"],
+                                    output_names=["probabilities"], dynamic_shapes={"image": {0: batch}},
+                                    verbose=False)
+        program.save(str(target), external_data=external)
+    else:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still asked for
+            traced = torch.jit.trace(wrapper, example)
+        traced.save(str(target))
+    return sorted(target.parent.iterdir())
+
+
+def _check_alone(files: list[Path], model_file: Path, fmt: str, images: np.ndarray) -> np.ndarray:
+    """Probabilities of a copy of the exported files, alone in a fresh folder: proves the export needs no
+    other file (ONNX external data left behind, a temporary name inside the graph)."""
+    with tempfile.TemporaryDirectory(prefix="unveil-export-check-") as folder:
+        for file in files:
+            shutil.copy2(file, Path(folder) / file.name)
+        return _exported_probabilities(Path(folder) / model_file.name, fmt, images)
+
+
 def export_model(model: str | Path | ModelBundle, fmt: str, out: str | Path, *,
                  check_images: np.ndarray | None = None, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Export ``model`` to ``out``; verify it on ``check_images`` (N x 1 x S x S in [0, 1]; random images
-    when None) against PyTorch; refuse (and delete) an export that differs by more than ``tolerance``."""
+    """Export ``model`` to ``out`` (one self-contained file; see :data:`EMBED_LIMIT_BYTES`); verify a copy of it,
+    loaded alone from another folder, on ``check_images`` (N x 1 x S x S in [0, 1]; random images when None)
+    against PyTorch; refuse an export that differs by more than ``tolerance``. Files appear under their final
+    names only once verified (written in a temporary folder beside ``out``, then renamed; the temporary folder
+    is removed whatever happens)."""
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
@@ -68,37 +109,39 @@ def export_model(model: str | Path | ModelBundle, fmt: str, out: str | Path, *,
     example = torch.from_numpy(check_images[:2])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        if fmt == "onnx":
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(wrapper, (example,), str(temporary), dynamo=True, input_names=["image"],
-                              output_names=["probabilities"], dynamic_shapes={"image": {0: batch}}, verbose=False)
-        else:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still asked for
-                traced = torch.jit.trace(wrapper, example)
-            traced.save(str(temporary))
-        with torch.inference_mode():
-            expected = wrapper(torch.from_numpy(check_images)).numpy()
-        got = _exported_probabilities(temporary, fmt, check_images)
-    except ExportError:
-        raise
-    except Exception as error:  # exporters fail in many ways; say which model and format
-        temporary.unlink(missing_ok=True)
-        raise ExportError(f"{bundle.path}: {fmt} export failed ({type(error).__name__}: {error})") from error
-    difference = float(np.abs(got - expected).max())
-    if difference > tolerance:
-        temporary.unlink(missing_ok=True)
-        raise ExportError(f"{bundle.path}: the {fmt} export differs from PyTorch by {difference:.2e} "
-                          f"(> {tolerance:g}); not written")
-    os.replace(temporary, out)
-    description = {"format": fmt, "file": out.name, "input": {"name": "image", "shape": ["N", 1, size, size],
-                   "dtype": "float32", "range": [0, 1], "preprocessing": bundle.description["preprocess"]},
+        try:
+            written = _write_export(wrapper, fmt, example, staging / out.name)
+            with torch.inference_mode():
+                expected = wrapper(torch.from_numpy(check_images)).numpy()
+            got = _check_alone(written, staging / out.name, fmt, check_images)
+        except Exception as error:  # exporters fail in many ways; say which model and format
+            raise ExportError(f"{bundle.path}: {fmt} export failed ({type(error).__name__}: {error})") from error
+        difference = float(np.abs(got - expected).max())
+        if difference > tolerance:
+            raise ExportError(f"{bundle.path}: the {fmt} export differs from PyTorch by {difference:.2e} "
+                              f"(> {tolerance:g}); not written")
+        data_file = out.with_name(out.name + ".data")
+        for file in written:  # external data (if any) first, the model last: the model never points to nothing
+            if file.name != out.name:
+                file.chmod(0o644)
+                os.replace(file, out.with_name(file.name))
+        (staging / out.name).chmod(0o644)
+        os.replace(staging / out.name, out)
+        if fmt == "onnx" and not any(f.name == data_file.name for f in written):
+            data_file.unlink(missing_ok=True)  # a stale external-data file from an older export
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    description = {"format": fmt, "file": out.name,
+                   "files": [out.name] + [f.name for f in written if f.name != out.name],
+                   "input": {"name": "image", "shape": ["N", 1, size, size],
+                             "dtype": "float32", "range": [0, 1], "preprocessing": bundle.description["preprocess"]},
                    "output": {"name": "probabilities", "classes": bundle.classes},
                    "positive_class": bundle.description.get("positive_class"),
                    "threshold": bundle.description["threshold"], "normalization": bundle.description["normalization"],
                    "architecture": bundle.description["architecture"], "bundle": str(bundle.path),
-                   "max_abs_difference_vs_pytorch": difference, "checked_images": int(len(check_images))}
-    Path(str(out) + ".json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+                   "max_abs_difference_vs_pytorch": difference, "checked_images": int(len(check_images)),
+                   "checked": "a copy of the exported file(s) alone in another folder, against PyTorch"}
+    write_text_atomic(Path(str(out) + ".json"), json.dumps(description, indent=2) + "\n")
     return description

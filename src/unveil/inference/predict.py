@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unveil.inference.ood import OodReference
+from unveil.inference.ood import OodReference, OodReferenceOutdated
 from unveil.io import ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image
 from unveil.thresholds import ThresholdChoice, ThresholdRule
@@ -37,6 +37,10 @@ COLUMNS = ("file", "status", "probability", "decision", "threshold", "threshold_
 
 class PredictionError(RuntimeError):
     """Strict mode: some files could not be read (the message lists them)."""
+
+
+class MissingInputError(PredictionError):
+    """An input file or folder does not exist (the message names it)."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,13 @@ class PredictionSummary:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image files (sorted)."""
+    """Files as given; folders searched recursively for image files (sorted). A path that does not exist is
+    an error naming it (a mistyped folder must not yield an empty, successful run)."""
     from unveil.data.sources.base import IMAGE_SUFFIXES
 
+    missing = [str(p) for p in map(Path, inputs) if not p.exists()]
+    if missing:
+        raise MissingInputError(f"input path not found: {', '.join(missing)}")
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -121,21 +129,34 @@ class Predictor:
             settings = replace(settings, convention=lung_convention)
         self.settings = settings
         self.segmenter = LungSegmenter.load(segmenter or settings.model)
-        self.ood = OodReference.load(self.bundle.path) if self.bundle.path is not None else None
+        self.notes = []
+        ood_note = "bundle has no out-of-distribution reference"
+        try:
+            self.ood = OodReference.load(self.bundle.path) if self.bundle.path is not None else None
+        except OodReferenceOutdated as error:  # still predicts; every row says why it has no OOD check
+            self.ood, ood_note = None, str(error)
+            log.warning("%s", error)
         self.lung_check = lung_check
         self.pipeline = Compose(paper_pipeline(self.bundle.image_size, blur_radius=settings.blur_radius,
                                                equalize=settings.equalize, mask=settings.mask != "none"))
         if settings.mask == "truth":
             self.notes.append("model trained with dataset masks; lungs segmented here")
         if self.ood is None:
-            self.notes.append("bundle has no out-of-distribution reference")
+            self.notes.append(ood_note)
 
-    def prepare(self, paths: Sequence[Path]) -> tuple[list[int], torch.Tensor, np.ndarray, list[str]]:
-        """Read and pre-process; returns the readable positions, uint8 images, lung masks, errors."""
+    def prepare(self, paths: Sequence[Path], *, displays: list[np.ndarray] | None = None
+                ) -> tuple[list[int], torch.Tensor, np.ndarray, list[str]]:
+        """Read and pre-process; returns the readable positions, uint8 images, lung masks, errors. With
+        ``displays``, each readable original is also appended to it, resized for an overlay."""
+        from unveil.audit.saliency import display_image
+
         images, kept, errors = [], [], []
         for position, path in enumerate(paths):
             try:
-                images.append(resize_image(read_image(path).pixels, self.bundle.image_size))
+                pixels = read_image(path).pixels
+                images.append(resize_image(pixels, self.bundle.image_size))
+                if displays is not None:
+                    displays.append(display_image(pixels))
                 kept.append(position)
             except ImageReadError as error:
                 errors.append(str(error))
@@ -152,7 +173,8 @@ class Predictor:
     def score(self, paths: Sequence[Path], *, evidence_dir: Path | None = None,
               start_index: int = 0) -> Iterator[dict[str, Any]]:
         """One CSV row per path (unreadable files included, with their error)."""
-        kept, images, masks, errors = self.prepare(paths)
+        displays: list[np.ndarray] | None = [] if evidence_dir is not None else None
+        kept, images, masks, errors = self.prepare(paths, displays=displays)
         error_iter = iter(errors)
         rows: dict[int, dict[str, Any]] = {}
         if len(kept):
@@ -160,8 +182,9 @@ class Predictor:
             mean, std = self.bundle.normalization
             features = encoder_features(self.bundle.model, images, mean, std)
             probabilities = probabilities_from_features(self.bundle.model, features)[:, positive]
-            distances, nearest = self.ood.distances(features) if self.ood else (np.full(len(kept), np.nan),
-                                                                                ["" for _ in kept])
+            distances, nearest = self.ood.distances(features, images) if self.ood else (
+                np.full(len(kept), np.nan), ["" for _ in kept])
+            reasons = self.ood.explain(features, images) if self.ood else ["" for _ in kept]
             maps = None
             if evidence_dir is not None:
                 from unveil.audit.saliency import gradcam_maps
@@ -174,8 +197,8 @@ class Predictor:
                 ood_flag = bool(self.ood is not None and distances[row_index] > self.ood.threshold)
                 warnings = list(self.notes) + problems
                 if ood_flag:
-                    warnings.append(f"out of distribution: feature distance {distances[row_index]:.1f} > "
-                                    f"{self.ood.threshold:.1f} (nearest training source {nearest[row_index]})")
+                    warnings.append(f"out of distribution: score {distances[row_index]:.1f} > {self.ood.threshold:.1f} "
+                                    f"({reasons[row_index]}; nearest training source {nearest[row_index]})")
                 probability = float(probabilities[row_index])
                 decision = self.bundle.classes[positive] if probability >= threshold else \
                     self.bundle.classes[1 - positive]
@@ -185,7 +208,7 @@ class Predictor:
 
                     target = evidence_dir / f"{start_index + position:06d}_{_safe_stem(path)}.png"
                     save_overlay(images[row_index, 0].numpy(), maps[row_index], masks[row_index],
-                                 f"{path.name[:40]}  p={probability:.2f}", target)
+                                 f"{path.name[:40]}  p={probability:.2f}", target, display=displays[row_index])
                     overlay = str(target)
                 rows[position] = {
                     "file": str(path), "status": "flagged" if warnings[len(self.notes):] else "ok",

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 
 from unveil.preprocess.transforms import equalize_histogram, resize_image
-from unveil.segmentation.model import load_bundle
+from unveil.segmentation.model import load_bundle, resolve_bundle
 from unveil.segmentation.postprocess import clean_lung_mask
 
 #: Intensity standardisation of the network input (equalized images are uniform on [0, 1]).
@@ -66,8 +66,15 @@ class LungSegmenter:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> LungSegmenter:
-        """Load a bundle (``x.safetensors`` + ``x.json``); the shipped model when ``path`` is None."""
+        """Load a bundle (``x.safetensors`` + ``x.json``, its base name, or a `lungs train` run folder);
+        the shipped model when ``path`` is None."""
         path = Path(path) if path is not None else default_model_path()
+        try:
+            path = resolve_bundle(path)
+        except ValueError as error:
+            raise SegmenterError(str(error)) from None
+        except FileNotFoundError as error:
+            raise SegmenterError(f"{error.filename}: {error.strerror}") from None
         try:
             network, description = load_bundle(path)
         except FileNotFoundError as error:

@@ -80,10 +80,35 @@ def save_bundle(path: str | Path, network: torch.nn.Module, description: dict[st
     return weights
 
 
-def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Read a bundle written by :func:`save_bundle` (no pickle involved)."""
+#: The bundle name `unveil lungs train` writes in its run folder.
+RUN_BUNDLE_NAME = "lung_unet"
+
+
+def bundles_in(folder: str | Path) -> list[Path]:
+    """The lung bundles (``<name>.safetensors`` with its ``<name>.json``) directly inside ``folder``."""
+    return sorted(p.with_suffix("") for p in Path(folder).glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def resolve_bundle(path: str | Path) -> Path:
+    """The bundle base path (``<folder>/<name>``) that ``path`` names: a bundle file (``.safetensors`` or
+    ``.json``), its base name, or a folder holding one bundle (a `lungs train` run folder: ``lung_unet``).
+    A folder with several bundles and none named ``lung_unet`` is ambiguous and refused."""
     path = Path(path)
-    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    if path.is_dir():
+        found = bundles_in(path)
+        if path / RUN_BUNDLE_NAME in found:
+            return path / RUN_BUNDLE_NAME
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise FileNotFoundError(2, "no lung bundle (<name>.safetensors + <name>.json) in folder", str(path))
+        raise ValueError(f"{path}: several lung bundles ({', '.join(p.name for p in found)}); name one")
+    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+
+
+def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Read a bundle written by :func:`save_bundle` (no pickle involved); ``path`` as for :func:`resolve_bundle`."""
+    base = resolve_bundle(path)
     description = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
     network = build_network(description.get("architecture"))
     network.load_state_dict(load_file(str(base.with_suffix(".safetensors"))))

@@ -187,8 +187,21 @@ def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, cl
     return directory
 
 
+def resolve_bundle_dir(directory: str | Path) -> Path:
+    """The bundle folder ``directory`` names: the bundle folder itself, or a run folder holding ``model/``
+    (what `unveil train` and `unveil pretrain` write), so a run folder is a valid model argument."""
+    directory = Path(directory)
+    if not (directory / DESCRIPTION_FILE).is_file() and (directory / "model" / DESCRIPTION_FILE).is_file():
+        return directory / "model"
+    return directory
+
+
 def read_description(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / DESCRIPTION_FILE
+    """The bundle's ``bundle.json`` (``directory``: a bundle folder or a run folder holding ``model/``)."""
+    directory = resolve_bundle_dir(directory)
+    if not directory.exists():
+        raise BundleError(f"{directory}: model not found (no such file or folder)")
+    path = directory / DESCRIPTION_FILE
     if not path.is_file():
         raise BundleError(f"{directory}: not a model bundle (no {DESCRIPTION_FILE})")
     try:
@@ -217,8 +230,9 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a bundle folder: rebuild the architecture, load the weights (no unpickling)."""
-    directory = Path(directory)
+    """Load a bundle folder (or a run folder holding ``model/``): rebuild the architecture, load the
+    weights (no unpickling)."""
+    directory = resolve_bundle_dir(directory)
     description = read_description(directory)
     try:
         model = build_model(description["architecture"], num_classes=int(description["num_classes"]),

@@ -139,7 +139,7 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                                     f"not of the {config.architecture} (width {config.width}) being trained")
         load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
         encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
-                        "label": encoder_label(spec), "weights_sha256": file_sha256(Path(encoder) / WEIGHTS_FILE)}
+                        "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
 
     split_hash = None
     if rank == 0:
@@ -187,14 +187,16 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
 
 def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str, Any],
                         normalization: tuple[float, float]) -> None:
-    """Fit the out-of-distribution reference (training features per source, threshold on validation)."""
+    """Fit the out-of-distribution reference (training features and image statistics per source, threshold on
+    validation)."""
     from unveil.inference.ood import fit_ood_reference
     from unveil.training.loop import encoder_features
 
     device = next(model.parameters()).device
     train_features = encoder_features(model, sets["train"].images, *normalization, device=device)
     val_features = encoder_features(model, sets["val"].images, *normalization, device=device)
-    fit_ood_reference(train_features, sets["train"].records["source"].to_numpy(), val_features).save(directory)
+    fit_ood_reference(train_features, sets["train"].records["source"].to_numpy(), val_features, sets["train"].images,
+                      sets["val"].images).save(directory)
 
 
 def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig = TrainConfig(),
