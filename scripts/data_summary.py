@@ -1,8 +1,8 @@
 """Check and summarise every known dataset found under a folder (the interim main job).
 
 Looks for the sample layouts of ../shared/data (covid-chestxray, figure1, chest_xray, shenzhen,
-lung-segmentation, covid-qu-ex, and any rsna / montgomery / hospital folders) and prints `unveil data check` for each, then the
-paper's D composition built from COVID-ChestXRay.
+lung-segmentation, covid-qu-ex, and any rsna / montgomery / hospital folders) and prints
+`unveil data check` for each, then the paper's D composition built from COVID-ChestXRay.
 """
 
 from __future__ import annotations
