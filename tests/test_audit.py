@@ -90,13 +90,16 @@ def _audited(preset: str, root, seed: int = 0):
     data = {name: DataSpec(source, path) for name, (source, path) in dataset_roots(bench).items()}
     run = train("AB", {"A": data["A"], "B": data["B"]}, root / f"{preset}-AB", config=replace(ACCEPTANCE, seed=seed),
                 preprocess=PreprocessSettings(mask="none"), cache=root / "cache")
-    result = audit(run.bundle, ["AB"], root / f"{preset}-audit", cache=root / "cache", seed=seed, resamples=300,
+    # the model's own test split (AB) is audited by default; D (another hospital, COVID+ and COVID-, the whole
+    # dataset) is the external set of the transfer verdict
+    external = f"{data['D'].source}:{data['D'].root}"
+    result = audit(run.bundle, [external], root / f"{preset}-audit", cache=root / "cache", seed=seed, resamples=300,
                    thresholds=AuditThresholds(min_images=5), saliency_samples=1)
     return run, result
 
 
-def _verdict(result, test: str):
-    found = [v for v in result.verdicts if v.test == test]
+def _verdict(result, test: str, subject: str = ""):
+    found = [v for v in result.verdicts if v.test == test and v.subject.startswith(subject)]
     assert found, f"no {test} verdict in {[v.test for v in result.verdicts]}"
     return found[0]
 
@@ -104,15 +107,18 @@ def _verdict(result, test: str):
 @pytest.mark.slow
 def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
     _, paper = _audited("paper", tmp_path)
-    probe = next(p for p in paper.figures["probes"] if p["name"] == "source COVID-")
-    assert {probe["negative"], probe["positive"]} == {"chestxray", "hospital-csv"}
+    probe = next(p for p in paper.figures["probes"] if p["name"] == "source COVID-"
+                 and {p["negative"], p["positive"]} == {"chestxray", "hospital-csv"})  # the model's own sources
     assert probe["accuracy"]["value"] >= 0.9
-    assert _verdict(paper, "source probe").flagged
+    assert _verdict(paper, "source probe", "chestxray vs hospital-csv").flagged
     assert _verdict(paper, "lung occlusion").flagged
+    assert _verdict(paper, "transfer (AUC)").flagged  # D, another hospital without B's signature
 
     _, clean = _audited("clean", tmp_path)
-    assert not _verdict(clean, "source probe").flagged
+    assert not _verdict(clean, "source probe", "chestxray vs hospital-csv").flagged
     assert not _verdict(clean, "lung occlusion").flagged
+    transfer = [v for v in clean.verdicts if v.test.startswith("transfer") or v.test == "below chance"]
+    assert len(transfer) == 3 and not any(v.flagged for v in transfer), transfer
 
     out = tmp_path / "paper-audit"
     document = json.loads((out / "audit.json").read_text())

@@ -78,8 +78,16 @@ def test_a_model_is_never_tested_on_its_training_patients(trained):
     whole_a = f"hospital-csv:{trained['data']['A'].root}"
     with pytest.raises(EvaluationError, match="shares .* patient"):
         evaluate_models([trained["bundle"]], [whole_a], resamples=50)
-    run = evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True)
+    # its training patients' follow-up images are near-duplicates of its training images: refused, unless flagged
+    with pytest.raises(EvaluationError, match="near-duplicates of training images .* --duplicates flag"):
+        evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True)
+    run = evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True, duplicates="flag")
     assert run.rows.iloc[0]["overlap_patients"] > 0
+    copies = run.predictions["near_duplicate_of_training"]
+    assert run.rows.iloc[0]["near_duplicates_of_training"] == copies.sum() > 0
+    excluded = evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True, duplicates="exclude")
+    assert len(excluded.predictions) == len(run.predictions) - copies.sum()
+    assert not excluded.predictions["near_duplicate_of_training"].any()
 
 
 def test_missing_role_is_named(trained):

@@ -103,6 +103,8 @@ def test_report_is_self_contained_and_complete(report: Path) -> None:
     assert "0.970 [0.930, 0.990]" in html
     assert html.count('class="flagged"') == 1
     assert re.search(r'<tr class="flagged"><td>source_probe</td>', html)
+    # the audit section leads with the sentence naming the flags that fired
+    assert '<p class="summary"><strong>1 flag fired on the model — source_probe: see the table.</strong>' in html
     assert "does-not-exist.png" in html and "file not found" in html
     assert "tsne by label" in html and "hospital-csv" in html and "covid 6, normal 6" in html
     assert "2025-01-02T03:04:05+00:00" in html and "reproduce.meta.json" in html

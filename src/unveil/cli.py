@@ -749,6 +749,9 @@ def evaluate_command(
     recipes: Annotated[Path | None, typer.Option(help="Recipe YAML file (default: the paper's Table 1).")] = None,
     allow_overlap: Annotated[bool, typer.Option(
         help="Evaluate even when test patients were in the model's training/validation split.")] = False,
+    duplicates: Annotated[str, typer.Option(
+        help="External images that are near-duplicates of the model's training images: refuse (stop with an "
+             "error), flag (score them; a row column and a warning) or exclude (leave them out).")] = "refuse",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result rows as JSON.")] = False,
     seed: SeedOption = 0,
 ) -> None:
@@ -769,7 +772,7 @@ def evaluate_command(
                               threshold_rule=threshold_rule, threshold=threshold_value,
                               target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
                               workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
-                              progress=not as_json)
+                              progress=not as_json, duplicates=duplicates)
     except (EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError, PreprocessError,
             ValueError) as error:
         _fail(str(error))
@@ -783,7 +786,7 @@ def evaluate_command(
             "models": [str(m) for m in models], "on": on, "data": data or [],
             "threshold_rule": threshold_rule.value, "threshold": threshold_value,
             "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
-            "allow_overlap": allow_overlap, "rebind": rebind},
+            "allow_overlap": allow_overlap, "rebind": rebind, "duplicates": duplicates},
             extra={"skipped": run.skipped})
     if as_json:
         typer.echo(json.dumps(json_rows(run.rows), indent=2))
@@ -797,6 +800,10 @@ def evaluate_command(
     for _, row in run.rows[run.rows["bindings"].str.contains("--data not used")].iterrows():
         typer.echo(f"note: {row['model']} on {row['test_set']} keeps its own bindings ({row['bindings']}); "
                    "--rebind replaces them", err=True)
+    for _, row in run.rows[run.rows["near_duplicates_of_training"] > 0].iterrows():
+        done = "left out" if row["near_duplicates_excluded"] else "scored (flagged in predictions.csv)"
+        typer.echo(f"warning: {row['model']} on {row['test_set']}: {row['near_duplicates_of_training']} image(s) are "
+                   f"near-duplicates of its training images, {done}", err=True)
     for line in run.skipped:
         typer.echo(f"skipped: {line}", err=True)
 
@@ -832,9 +839,14 @@ def tables_command(
 @app.command("audit")
 def audit_command(
     model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
-    on: Annotated[list[str], typer.Option(
-        "--on", help="Record set (repeatable): a composition name (its test split) or SOURCE:PATH.")],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs, audit.json, audit.md, audit_images.csv.")],
+    on: Annotated[list[str] | None, typer.Option(
+        "--on", help="Another record set (repeatable), audited with the model's own test split: a composition "
+                     "name (its test split) or SOURCE:PATH (an external set: transfer verdict).")] = None,
+    own: Annotated[bool, typer.Option(
+        help="Also audit the model's own composition's test split, rebuilt from its provenance (the in-source "
+             "reference of the transfer verdict and of the source probes).")] = True,
+    recipes: Annotated[Path | None, typer.Option(help="Recipe YAML file (default: the paper's Table 1).")] = None,
     data: Annotated[list[str] | None, typer.Option(
         "--data", "-d", help="Bind a role the model was not trained with: ROLE=SOURCE:PATH (repeatable).")] = None,
     masks: Annotated[str, typer.Option(
@@ -842,7 +854,8 @@ def audit_command(
     lung_convention: LungConventionOption = None,
     threshold: Annotated[list[str] | None, typer.Option(
         "--threshold", help="Flag threshold KEY=VALUE (repeatable): source_probe, occlusion_auc, lung_saliency, "
-                            "min_images.")] = None,
+                            "min_images, transfer_drop, below_chance, metadata_probe, metadata_only_auc, "
+                            "infection_pointing, contamination (none: informative).")] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples (of patients) for the intervals.")] = 1000,
     saliency_samples: Annotated[int, typer.Option(help="Grad-CAM overlays saved per class.")] = 4,
     cache: Annotated[Path | None, typer.Option(
@@ -870,16 +883,20 @@ def audit_command(
         key = key.strip().replace("-", "_")
         if not sep or key not in known:
             _fail(f"--threshold expects KEY=VALUE with KEY one of {', '.join(known)}; got {pair!r}")
+        if value.strip().lower() == "none" and "None" not in str(known[key]):
+            _fail(f"--threshold {pair!r}: {key} cannot be turned off (none is for informative-only tests)")
         try:
-            chosen[key] = int(value) if key == "min_images" else None if value.lower() == "none" else float(value)
+            chosen[key] = None if value.strip().lower() == "none" else int(value) if known[key] == "int" \
+                else float(value)
         except ValueError:
             _fail(f"--threshold {pair!r}: {value!r} is not a number")
     try:
         bindings = {role: DataSpec(source, path) for role, (source, path) in
-                    _parse_bindings(data or [], load_recipes(None)).items()}
-        result = audit(model, on, out, data=bindings, masks=masks, cache=cache, thresholds=AuditThresholds(**chosen),
-                       seed=seed, resamples=resamples, saliency_samples=saliency_samples, workers=workers,
-                       allow_overlap=allow_overlap, progress=not as_json, lung_convention=lung_convention)
+                    _parse_bindings(data or [], load_recipes(recipes)).items()}
+        result = audit(model, on or [], out, data=bindings, masks=masks, cache=cache,
+                       thresholds=AuditThresholds(**chosen), seed=seed, resamples=resamples,
+                       saliency_samples=saliency_samples, workers=workers, allow_overlap=allow_overlap,
+                       progress=not as_json, lung_convention=lung_convention, recipes=recipes, own=own)
     except (AuditError, EvaluationError, BundleError, RecipeError, DatasetLayoutError, TrainingDataError,
             PreprocessError) as error:
         _fail(str(error))
@@ -888,9 +905,10 @@ def audit_command(
     if as_json:
         typer.echo(json.dumps(audit_document(result), indent=2, default=str))
     else:
+        typer.echo(result.figures["summary"])
         for verdict in result.verdicts:
             flag = "informative" if verdict.flagged is None else ("FLAGGED" if verdict.flagged else "ok")
-            typer.echo(f"{verdict.test:18s} {verdict.subject:38s} {verdict.measure}: {verdict.value:.3f} "
+            typer.echo(f"{verdict.test:28s} {verdict.subject:38s} {verdict.measure}: {verdict.value:.3f} "
                        f"[{verdict.low:.3f}, {verdict.high:.3f}]  {flag:11s} {verdict.suggests}")
         typer.echo(f"{len(result.flagged)} flag(s); figures in {out}")
 

@@ -27,10 +27,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from unveil.audit.contamination import contamination_section
 from unveil.audit.embedding import encoder_features, plot_embedding, tsne_map
+from unveil.audit.infection import infection_verdicts
+from unveil.audit.metadata import metadata_verdicts
 from unveil.audit.occlusion import occlude, occlusion_masks
 from unveil.audit.probes import ProbeResult, linear_probe
 from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction, save_overlay
+from unveil.audit.transfer import own_composition, transfer_section
+from unveil.audit.verdict import Verdict, summary_sentence
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
 from unveil.preprocess.cache import preprocess_records
@@ -65,19 +70,20 @@ class AuditThresholds:
     lung_saliency: float | None = None
     #: sources with fewer images than this within a class are not probed
     min_images: int = 10
-
-
-@dataclass
-class Verdict:
-    test: str
-    subject: str
-    value: float
-    low: float
-    high: float
-    threshold: str
-    flagged: bool | None  # None: informative only
-    suggests: str
-    measure: str = ""  # what ``value`` is: ROC AUC, balanced accuracy, a ratio ...
+    #: "does not transfer": AUC (or balanced accuracy) on an external set this much lower than on the model's
+    #: own test split, with the interval of the drop above 0
+    transfer_drop: float = 0.10
+    #: "below chance": the external AUC's upper bound under this
+    below_chance: float = 0.5
+    #: within one class, a probe telling two values of a metadata factor apart with this balanced accuracy
+    metadata_probe: float = 0.75
+    #: the label predicted from all metadata factors together (own test split) with this AUC; None: informative
+    metadata_only_auc: float | None = 0.80
+    #: flag when the saliency maximum lies in the infected region on fewer COVID+ images than this share;
+    #: off by default (no measured reference yet)
+    infection_pointing: float | None = None
+    #: flag a test set with at least this many images that duplicate the model's training images
+    contamination: int = 1
 
 
 @dataclass
@@ -139,8 +145,9 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
           masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
           recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
-          lung_convention: str | None = None) -> AuditResult:
-    """Run the four tests of ``model`` on the union of ``test_sets``; write PNGs, JSON and Markdown.
+          lung_convention: str | None = None, own: bool = True) -> AuditResult:
+    """Run the tests of ``model`` on its own composition's test split (``own``, rebuilt from its provenance)
+    plus every set of ``test_sets``, in one feature space; write PNGs, JSON and Markdown.
     ``lung_convention``: of the segmented masks (default: the one the model was trained with)."""
     if masks not in MASK_SOURCES:
         raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
@@ -149,9 +156,14 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     bundle = load_bundle(model)
     if bundle.positive_index is None:
         raise AuditError(f"{model}: a pre-training model; audit COVID classifiers from `unveil train`")
-    parts = []
+    own_name = own_composition(bundle) if own else None
+    test_sets = list(dict.fromkeys([*([own_name] if own_name else []), *test_sets]))
+    if not test_sets:
+        raise AuditError("nothing to audit: give a test set with --on, or keep the model's own test split")
+    parts, members = [], {}
     for name in test_sets:
         test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap)
+        members[name] = set(test_set.records["record_id"])  # a record may belong to several sets (AB, AC)
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
     cache = Path(cache) if cache else training_cache(bundle)
@@ -247,6 +259,17 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     else:
         figures["occlusion_note"] = "one class only among the audited images: no AUC"
 
+    # Transfer, metadata shortcuts, contamination (audit/transfer.py, metadata.py, contamination.py).
+    in_own = kept["record_id"].isin(members.get(own_name, set())).to_numpy()
+    verdicts += transfer_section(kept, members, is_positive, original, groups, own_name, bundle.threshold, thresholds,
+                                 figures, seed=seed, resamples=resamples)
+    found, figures["metadata"] = metadata_verdicts(
+        features, kept, is_positive, groups, in_own, probe_rule=thresholds.metadata_probe,
+        only_rule=thresholds.metadata_only_auc, min_images=thresholds.min_images, seed=seed, resamples=resamples)
+    verdicts += found
+    duplicated = contamination_section(bundle, kept, members, thresholds, figures, verdicts, cache=cache,
+                                       workers=workers)
+
     # 4. Saliency.
     stages.update()
     stages.set_postfix_str("Grad-CAM")
@@ -285,18 +308,23 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files["saliency_overlays"] = overlays  # type: ignore[assignment]
+    found, figures["infection"] = infection_verdicts(maps, kept, is_positive, groups, size=bundle.image_size,
+                                                     pointing_rule=thresholds.infection_pointing, seed=seed,
+                                                     resamples=resamples)
+    verdicts += found
     stages.update()
     stages.close()
 
     per_image = kept[["record_id", "source", "patient_id", "test_set"]].assign(
         label=is_positive, probability=original, probability_lungs_hidden=occluded, lung_saliency=inside,
-        tsne_x=points[:, 0], tsne_y=points[:, 1])
+        tsne_x=points[:, 0], tsne_y=points[:, 1], near_duplicate_of_training=duplicated)
     write_text_atomic(out / "audit_images.csv", per_image.to_csv(index=False, lineterminator="\n"))
+    figures["summary"] = summary_sentence((v.test, v.flagged) for v in verdicts)
     result = AuditResult(verdicts, figures, files)
     write_text_atomic(out / "audit.json", json.dumps(audit_document(result), indent=2, default=str) + "\n")
     write_text_atomic(out / "audit.md", audit_markdown(result, out))
     write_run_metadata(out / "audit.meta.json", "unveil audit", {
-        "model": str(model), "on": test_sets, "masks": masks, "seed": seed, "resamples": resamples,
+        "model": str(model), "on": test_sets, "own": own_name, "masks": masks, "seed": seed, "resamples": resamples,
         "thresholds": asdict(thresholds), "cache": str(cache)}, extra={"flagged": len(result.flagged)})
     return result
 
@@ -339,7 +367,9 @@ def audit_document(result: AuditResult) -> dict[str, Any]:
 
 def audit_markdown(result: AuditResult, out: Path) -> str:
     """The section a report includes: the verdict table, then the pictures."""
-    lines = ["## Bias audit", "", f"{result.figures['images']} test images of {result.figures['patients']} "
+    summary = result.figures.get("summary") or summary_sentence((v.test, v.flagged) for v in result.verdicts)
+    lines = ["## Bias audit", "", f"**{summary}**", "",
+             f"{result.figures['images']} test images of {result.figures['patients']} "
              f"patients ({', '.join(f'{k}: {v}' for k, v in result.figures['by_source'].items())}).", "",
              "| test | subject | measure | value [95 % CI] | flag rule | flagged | what it suggests |",
              "|---|---|---|---|---|---|---|"]

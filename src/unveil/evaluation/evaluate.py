@@ -7,7 +7,10 @@ the model's own train/val split file: a model is never evaluated on patients it 
 
 A model's compositions are always built with its own role bindings (from its bundle's provenance);
 ``data`` only adds roles the model was not trained with, unless ``rebind`` replaces them on purpose
-(and every row says which roles were rebound). Each row names the threshold's rule and, where the
+(and every row says which roles were rebound). A whole dataset (``SOURCE:PATH``) is also checked for
+near-duplicates of the model's training images (perceptual hash; pooled sets such as COVID-QU-Ex re-use
+images of other public sets): refused by default, or scored with the copies flagged, or without them
+(``duplicates``). Each row names the threshold's rule and, where the
 threshold is not 0.5, also carries the threshold-dependent metrics at 0.5 (``m_at_0.5`` columns).
 """
 
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(ValueError):
     """A test set or a model cannot be evaluated (the message says which and why)."""
+
+
+#: what evaluation does with external images that duplicate the model's training images
+DUPLICATE_POLICIES = ("refuse", "flag", "exclude")
 
 
 @dataclass
@@ -252,16 +259,42 @@ def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec]
     return test_set, len(overlap)
 
 
+def _without_training_copies(bundle: ModelBundle, test_set: TestSet, policy: str, *, cache: str | Path,
+                             workers: int) -> tuple[pd.DataFrame, set[str]]:
+    """The records to score and the ids of those that duplicate a training image (whole datasets only:
+    a composition's test split is patient-exclusive by construction and checked by the audit)."""
+    if test_set.origin.get("kind") != "dataset":
+        return test_set.records, set()
+    from unveil.audit.contamination import near_duplicates, training_records
+
+    pairs = near_duplicates(test_set.records, training_records(bundle), cache=cache, workers=workers)
+    copies = set(pairs["record_id"])
+    if copies and policy == "refuse":
+        example = pairs.iloc[0]
+        raise EvaluationError(
+            f"test set {test_set.name}: {len(copies)} image(s) are near-duplicates of training images of "
+            f"{model_identity(bundle)['model']} (e.g. {example['record_id']} ~ {example['training_record_id']}, "
+            f"{example['distance']} pHash bits); --duplicates flag scores them (flagged), --duplicates exclude "
+            "leaves them out")
+    if policy == "exclude":
+        return test_set.records[~test_set.records["record_id"].isin(copies)].reset_index(drop=True), copies
+    return test_set.records, copies
+
+
 def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dict[str, DataSpec] | None = None,
                     cache: str | Path | None = None, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
                     threshold: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9, resamples: int = 2000,
                     seed: int = 0, workers: int = 1, recipes: str | Path | None = None, allow_overlap: bool = False,
-                    rebind: bool = False, progress: bool = False) -> EvaluationRun:
+                    rebind: bool = False, progress: bool = False, duplicates: str = "refuse") -> EvaluationRun:
     """Evaluate each model on each test set, each model with its own role bindings; ``data`` binds roles
     a model was not trained with (``rebind``: also replaces the model's own, and the rows say so).
     ``threshold_rule``: ``bundle`` (the threshold chosen at training time), ``fixed`` (``threshold``),
     ``youden`` or ``sensitivity`` (re-chosen on the model's validation predictions).
-    ``cache``: pre-processing cache (default: the one the model was trained with)."""
+    ``cache``: pre-processing cache (default: the one the model was trained with).
+    ``duplicates``: what to do when a whole dataset holds near-duplicates of the model's training images:
+    ``refuse`` (an error naming them), ``flag`` (score them; column ``near_duplicate_of_training``), ``exclude``."""
+    if duplicates not in DUPLICATE_POLICIES:
+        raise EvaluationError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}; got {duplicates!r}")
     if not models or not test_sets:
         raise EvaluationError("give at least one model and one test set")
     try:
@@ -280,8 +313,10 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
         for name in test_sets:
             test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
                                                 built=built, rebind=rebind)
-            scored, missed = score_records(bundle, test_set.records, cache=model_cache, workers=workers,
-                                           progress=progress)
+            records, copies = _without_training_copies(bundle, test_set, duplicates, cache=model_cache,
+                                                       workers=workers)
+            scored, missed = score_records(bundle, records, cache=model_cache, workers=workers, progress=progress)
+            scored["near_duplicate_of_training"] = scored["record_id"].isin(copies)
             skipped.extend(missed)
             labels, probabilities = scored["label"].to_numpy(), scored["probability"].to_numpy()
             result = evaluate_scores(labels, probabilities, (scored["source"] + "::" + scored["patient_id"]).to_numpy(),
@@ -289,7 +324,9 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
             rows.append({**identity, "test_set": name, "test_kind": test_set.origin["kind"],
                          "bindings": test_set.origin.get("bindings", ""),
                          "rebound": ",".join(test_set.origin.get("rebound", [])),
-                         "skipped_images": len(missed), "overlap_patients": overlap, **result.as_row(),
+                         "skipped_images": len(missed), "overlap_patients": overlap,
+                         "near_duplicates_of_training": len(copies),
+                         "near_duplicates_excluded": len(copies) if duplicates == "exclude" else 0, **result.as_row(),
                          **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed})
             decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
                                 bundle.classes[1 - bundle.positive_index])

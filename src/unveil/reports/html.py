@@ -24,6 +24,7 @@ import pandas as pd
 from markupsafe import Markup
 
 import unveil
+from unveil.audit.verdict import summary_sentence
 from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
 from unveil.experiments.store import ResultsStore
 from unveil.models import MODEL_NAMES
@@ -221,15 +222,17 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
               for _, c in cells.iterrows()}
     sections = []
     for cell_id in order:
-        verdicts = []
+        verdicts, fired = [], []
         for _, v in audits[audits["cell_id"] == cell_id].iterrows():
             flagged = None if _missing(v["flagged"]) else bool(v["flagged"])
+            fired.append((str(v["test"]), flagged))
             measure = v["measure"] if "measure" in v and not _missing(v["measure"]) else ""
             verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged), "measure": measure,
                              "value": _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
                              "flag": "—" if flagged is None else "yes" if flagged else "no",
                              "suggests": v["suggests"] or ""})
         sections.append({"cell_id": cell_id, "label": labels.get(cell_id, cell_id), "verdicts": verdicts,
+                         "summary": summary_sentence(fired) if fired else "",
                          "flags": sum(v["flagged"] for v in verdicts),
                          "tsne": [p for kind in ("tsne_by_source", "tsne_by_label")
                                   for p in _pictures(files, kind, cell_id, results_dir)],
@@ -351,6 +354,7 @@ code { font-size: .85em; }
 <h2>Audit</h2>
 {% for cell in audits %}
 <h3>{{ cell.label }} <small>({{ cell.flags }} flag{{ "" if cell.flags == 1 else "s" }})</small></h3>
+{% if cell.summary %}<p class="summary"><strong>{{ cell.summary }}</strong></p>{% endif %}
 {% if cell.verdicts %}<table class="verdicts">
 <thead><tr><th>Test</th><th>Subject</th><th>Measure</th><th>Value [95 % CI]</th><th>Rule</th><th>Flagged</th>
 <th>Suggests</th>
