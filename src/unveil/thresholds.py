@@ -86,7 +86,7 @@ class ThresholdChoice:
 
 def fixed_threshold(value: float = PAPER_THRESHOLD) -> ThresholdChoice:
     """The fixed rule: ``value`` itself, whatever the data."""
-    value = _finite(value, "threshold value")
+    value = finite_number(value, "threshold value")
     if not 0 <= value <= 1:
         raise ValueError(f"a fixed threshold is a probability in [0, 1]; got {value}")
     return ThresholdChoice(value, ThresholdRule.FIXED, f"fixed {value:g}", "fixed", value)
@@ -123,7 +123,7 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
         return ThresholdChoice(float(thresholds[best]), rule,
                                f"youden on validation (J={youden[best]:.3f}, sensitivity {tpr[best]:.2f}, "
                                f"specificity {1 - fpr[best]:.2f})")
-    target = _finite(target_sensitivity, "target sensitivity")
+    target = finite_number(target_sensitivity, "target sensitivity")
     if not 0 < target <= 1:
         raise ValueError(f"target sensitivity must lie in (0, 1]; got {target}")
     # tpr rises as the threshold falls, so the first point reaching the target has the highest threshold.
@@ -134,7 +134,7 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
                            f"specificity {1 - fpr[index]:.2f})", parameter=target)
 
 
-def _finite(value: float, what: str) -> float:
+def finite_number(value: float, what: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):

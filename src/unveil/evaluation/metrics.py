@@ -25,7 +25,14 @@ from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
-from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
+from unveil.thresholds import (  # noqa: F401 - re-exported: the evaluation layer names them too
+    PAPER_THRESHOLD,
+    ThresholdChoice,
+    ThresholdRule,
+    choose_threshold,
+    finite_number,
+    fixed_threshold,
+)
 
 METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy", "roc_auc", "dor")
 PROPORTIONS: tuple[str, ...] = ("sensitivity", "specificity", "accuracy")
@@ -65,7 +72,7 @@ class Confusion:
     def from_scores(cls, labels: ArrayLike, scores: ArrayLike, threshold: float) -> Confusion:
         """Counts with an image predicted positive iff its score >= ``threshold``."""
         y, s = _validate_labels_scores(labels, scores)
-        threshold = _finite(threshold, "threshold")
+        threshold = finite_number(threshold, "threshold")
         predicted = s >= threshold
         return cls(tp=int(np.sum(predicted & (y == 1))), fp=int(np.sum(predicted & (y == 0))),
                    tn=int(np.sum(~predicted & (y == 0))), fn=int(np.sum(~predicted & (y == 1))))
@@ -202,7 +209,7 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     y, s = _validate_labels_scores(labels, scores)
     codes = _patient_codes(patients, len(y))
     choice = threshold if isinstance(threshold, ThresholdChoice) else None
-    threshold = _finite(choice.value if choice else threshold, "threshold")
+    threshold = finite_number(choice.value if choice else threshold, "threshold")
     rule = choice.rule if choice else ThresholdRule.FIXED
     description = choice.description if choice else f"fixed {threshold:g}"
     if not 0 < confidence < 1:
@@ -415,16 +422,6 @@ def _patient_codes(patients: ArrayLike, n: int) -> np.ndarray:
     if (codes < 0).any():
         raise ValueError(f"{int((codes < 0).sum())} image(s) have a missing patient id")
     return codes
-
-
-def _finite(value: float, what: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number; got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be finite; got {value}")
-    return value
 
 
 def _rate(value: float, what: str) -> float:
