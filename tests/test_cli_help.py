@@ -53,3 +53,21 @@ def test_reproduce_show_prints_a_shipped_experiment_to_copy(tmp_path):
     assert missing.exit_code == 2 and "nope.yaml" in missing.output and "shipped: demo, paper" in missing.output
     no_out = CliRunner().invoke(app, ["reproduce", "demo"])
     assert no_out.exit_code == 2 and "--out" in no_out.output
+
+
+def _option(command: Any, flag: str) -> Any:
+    return next((p for p in command.params if flag in getattr(p, "opts", [])), None)
+
+
+@pytest.mark.parametrize("flag,commands", [
+    ("--lung-convention", ["segment", "preprocess", "pretrain", "train", "audit", "predict"]),
+    ("--max-pixels", ["segment", "preprocess", "predict", "data check"]),
+])
+def test_shared_options_are_one_option_wherever_they_appear(flag, commands):
+    """Every command that makes lung masks (or decodes user images) takes the same option: same name,
+    type, default and help text."""
+    by_name = {" ".join(path): command for path, command in COMMANDS}
+    found = {name: _option(by_name[name], flag) for name in commands}
+    assert all(found.values()), [name for name, option in found.items() if option is None]
+    described = {(str(o.bare_type), o.default, o.help) for o in found.values()}
+    assert len(described) == 1, described
