@@ -304,3 +304,16 @@ def test_outdated_reference_still_predicts_and_says_so(model, tmp_path):
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
     assert table.loc[0, "status"] != "unreadable" and str(table.loc[0, "ood_flag"]) == "False"
     assert "reference version 1" in table.loc[0, "warnings"]
+
+
+def test_predict_lung_convention_other_than_training_is_noted(model, tmp_path):
+    files = [str(p) for p in model["data"]["A"].load().head(2)["path"]]
+    out = tmp_path / "full"
+    result = CliRunner().invoke(app, ["predict", str(model["bundle"]), *files, "--out", str(out), "--no-evidence",
+                                      "--lung-convention", "full"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["warnings"].str.contains("lungs segmented in the full convention").all()
+    result = CliRunner().invoke(app, ["predict", str(model["bundle"]), *files, "--out", str(tmp_path / "bad"),
+                                      "--lung-convention", "anatomic"])
+    assert result.exit_code == 2 and "anatomic" in result.output

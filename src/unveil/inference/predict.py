@@ -158,7 +158,6 @@ class Predictor:
             settings = replace(settings, convention=lung_convention)
         self.settings = settings
         self.segmenter = LungSegmenter.load(segmenter or settings.model)
-        self.notes = []
         ood_note = "bundle has no out-of-distribution reference"
         try:
             self.ood = OodReference.load(self.bundle.path) if self.bundle.path is not None else None
