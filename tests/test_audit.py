@@ -195,3 +195,17 @@ def test_cli_audit_errors(tmp_path):
     result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o"),
                                  "--threshold", "magic=3"])
     assert result.exit_code == 2 and "source_probe" in result.output
+
+
+def test_a_source_probe_flags_training_sources_only():
+    from unveil.audit.run import _probe_verdict
+
+    rng = np.random.default_rng(0)
+    target = np.arange(40) % 2
+    features = rng.normal(size=(40, 4)) + 3 * target[:, None]  # perfectly separable sources
+    probe = linear_probe(features, target, np.arange(40).astype(str), name="source COVID-", negative="hospital-csv",
+                         positive="chestxray", resamples=20)
+    assert _probe_verdict(probe, AuditThresholds(), "COVID-", {"hospital-csv", "chestxray"}).flagged
+    assert _probe_verdict(probe, AuditThresholds(), "COVID-", None).flagged
+    external = _probe_verdict(probe, AuditThresholds(), "COVID-", {"hospital-csv", "rsna"})
+    assert external.flagged is None and external.threshold.startswith("informative") and "transfer" in external.suggests

@@ -127,18 +127,32 @@ def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.n
     return np.stack(masks)
 
 
-def _probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str) -> Verdict:
+def _probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str,
+                   training_sources: set[str] | None = None) -> Verdict:
+    """A source probe flags when it separates two of the model's own training sources (the shortcut a model
+    can learn); a probe involving an external set measures a shift, shown as evidence (see the transfer test).
+    ``training_sources`` None: every pair may flag (no own test split to tell them apart)."""
     metric = probe.evaluation.metrics["balanced_accuracy"]
-    flagged = bool(metric.value >= thresholds.source_probe)
+    external = training_sources is not None and not {probe.negative, probe.positive} <= training_sources
+    separated = bool(metric.value >= thresholds.source_probe)
     accuracy = probe.evaluation.metrics["accuracy"].value
     counts = ", ".join(f"{source}: {n} images" for source, n in probe.counts.items())
     detail = f"(accuracy {accuracy:.2f}, majority rate {probe.majority_rate:.2f}; {counts})"
-    suggests = (f"the features tell {probe.positive} from {probe.negative} among {within} images {detail}: the model "
-                "carries the dataset, so cross-source results may reflect the source, not the disease"
-                if flagged else f"no strong {probe.negative}/{probe.positive} signature among {within} images {detail}")
+    if external:
+        rule = "informative: an external set (flags only between training sources)"
+        suggests = (f"the features {'tell' if separated else 'hardly tell'} {probe.positive} from {probe.negative} "
+                    f"among {within} images {detail}: a shift between a training source and an external set; "
+                    "whether it costs accuracy is the transfer test's question")
+        separated_flag = None  # informative only
+    else:
+        rule = f"balanced accuracy >= {thresholds.source_probe:g} flags"
+        suggests = (f"the features tell {probe.positive} from {probe.negative} among {within} images {detail}: the "
+                    "model carries the dataset, so cross-source results may reflect the source, not the disease"
+                    if separated else
+                    f"no strong {probe.negative}/{probe.positive} signature among {within} images {detail}")
+        separated_flag = separated
     return Verdict("source probe", f"{probe.negative} vs {probe.positive} ({within} images)", metric.value, metric.low,
-                   metric.high, f"balanced accuracy >= {thresholds.source_probe:g} flags", flagged, suggests,
-                   measure="balanced accuracy (linear probe, out of fold)")
+                   metric.high, rule, separated_flag, suggests, measure="balanced accuracy (linear probe, out of fold)")
 
 
 def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dict[str, DataSpec] | None = None,
@@ -166,6 +180,9 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         members[name] = set(test_set.records["record_id"])  # a record may belong to several sets (AB, AC)
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
+    # the model's own sources: those of its composition's test split (None without it: every pair may flag)
+    training_sources = (set(records.loc[records["record_id"].isin(members[own_name]), "source"].astype(str))
+                        if own_name else None)
     cache = Path(cache) if cache else training_cache(bundle)
     images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
     kept = images.records
@@ -230,7 +247,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
                 figures.setdefault("probe_notes", []).append(str(error))
                 continue
             probes.append(probe.figures())
-            verdicts.append(_probe_verdict(probe, thresholds, within))
+            verdicts.append(_probe_verdict(probe, thresholds, within, training_sources))
     figures["probes"] = probes
 
     # 3. Lung occlusion: hide the (slightly grown) lung fields behind the training mean.
