@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -67,3 +68,12 @@ def write_run_metadata(path: str | Path, command: str, config: dict[str, Any],
     if extra:
         document.update(_jsonable(extra))
     return write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (memory stays flat for large files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from unveil.data.records import patient_keys
-from unveil.provenance import write_text_atomic
+from unveil.provenance import file_sha256, write_text_atomic
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_FILE_COLUMNS: tuple[str, ...] = ("record_id", "source", "patient_id", "covid", "finding", "split")
@@ -42,11 +42,7 @@ def _content_hash(path: str) -> str | None:
         status = Path(path).stat()
         key = (path, status.st_size, status.st_mtime_ns)
         if key not in _HASHES:
-            digest = hashlib.sha256()
-            with open(path, "rb") as stream:
-                while block := stream.read(1 << 20):
-                    digest.update(block)
-            _HASHES[key] = digest.hexdigest()
+            _HASHES[key] = file_sha256(path)
         return _HASHES[key]
     except OSError:
         return None

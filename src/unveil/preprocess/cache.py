@@ -29,7 +29,7 @@ from PIL import Image
 
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
-from unveil.provenance import write_text_atomic
+from unveil.provenance import file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,6 @@ class PreprocessSettings:
     def key(self) -> str:
         described = {k: v for k, v in asdict(self).items() if k != "model"}
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:

@@ -27,7 +27,7 @@ from unveil.data.sources import load_source
 from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, write_split_file
 from unveil.models import build_model, load_encoder_state
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
-from unveil.provenance import write_run_metadata, write_text_atomic
+from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
 from unveil.training.config import TrainConfig
@@ -75,10 +75,6 @@ class RunResult:
     skipped: list[str]
     seconds: float
     threshold: ThresholdChoice | None = None  # the bundle's decision threshold and its rule
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def encoder_label(description: dict[str, Any]) -> str:
