@@ -36,6 +36,7 @@ from unveil.audit.probes import ProbeResult, linear_probe
 from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction, save_overlay
 from unveil.audit.transfer import own_composition, transfer_section
 from unveil.audit.verdict import Verdict, summary_sentence
+from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
 from unveil.preprocess.cache import preprocess_records
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 MASK_SOURCES = ("segment", "truth")
 
 
-class AuditError(ValueError):
+class AuditError(UnveilError, ValueError):
     """The audit cannot run on these inputs (the message says why)."""
 
 

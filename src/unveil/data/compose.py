@@ -19,11 +19,12 @@ import yaml
 from unveil.data.leakage import check_leakage
 from unveil.data.records import concat_records
 from unveil.data.splits import SPLITS, drop_duplicate_images, patient_exclusive_split
+from unveil.errors import UnveilError
 
 Balance = Literal["add_negatives", "subsample", "none"]
 
 
-class RecipeError(ValueError):
+class RecipeError(UnveilError, ValueError):
     """A recipe file or a role binding is wrong (the message says which and why)."""
 
 

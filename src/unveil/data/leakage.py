@@ -8,9 +8,10 @@ import pandas as pd
 
 from unveil.data.fingerprints import NEAR_DUPLICATE_DISTANCE, group_pairs, phash_distance_pairs
 from unveil.data.records import patient_keys
+from unveil.errors import UnveilError
 
 
-class LeakageError(ValueError):
+class LeakageError(UnveilError, ValueError):
     """Records of one patient, or copies of one image, were found in more than one split."""
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from unveil.errors import UnveilError
+
 #: Canonical findings. ``pneumonia`` is pneumonia of unstated cause (RSNA's "Lung Opacity");
 #: ``other`` is any other finding (tuberculosis, ARDS alone, lipoid pneumonia...);
 #: ``unknown`` means the source gives no finding for the image.
@@ -69,7 +71,7 @@ _STRING_COLUMNS = ("record_id", "source", "path", "patient_id", "finding", "sour
                    "view", "source_view", "sex", "mask_path", "infection_mask_path")
 
 
-class RecordTableError(ValueError):
+class RecordTableError(UnveilError, ValueError):
     """A record table breaks the contract; the message lists every problem found."""
 
 

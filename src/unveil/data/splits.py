@@ -18,17 +18,18 @@ import numpy as np
 import pandas as pd
 
 from unveil.data.records import patient_keys
+from unveil.errors import UnveilError
 from unveil.provenance import file_sha256, write_text_atomic
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_FILE_COLUMNS: tuple[str, ...] = ("record_id", "source", "patient_id", "covid", "finding", "split")
 
 
-class SplitFileError(ValueError):
+class SplitFileError(UnveilError, ValueError):
     """A split file is unreadable, altered, or does not match the records it is applied to."""
 
 
-class DuplicateRecordsError(ValueError):
+class DuplicateRecordsError(UnveilError, ValueError):
     """Records to split name one image twice (same resolved file or same content): a split would put the
     copies in train and test. The message names the two files."""
 

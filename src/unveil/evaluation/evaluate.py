@@ -27,6 +27,7 @@ import pandas as pd
 
 from unveil.data.compose import compose, load_recipes
 from unveil.data.records import patient_keys
+from unveil.errors import UnveilError
 from unveil.evaluation.metrics import (
     PAPER_THRESHOLD,
     ThresholdChoice,
@@ -44,7 +45,7 @@ from unveil.training.run import DataSpec
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UnveilError, ValueError):
     """A test set or a model cannot be evaluated (the message says which and why)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import distinct_names
 from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, ThresholdRule
 from unveil.models import MODEL_NAMES
@@ -37,7 +38,7 @@ FORMATS = ("csv", "md", "tex")
 SEED_INTERVAL = "mean ± half-width of the Student-t 95 % interval over seeds"
 
 
-class TableError(ValueError):
+class TableError(UnveilError, ValueError):
     """Results rows cannot be tabulated as asked (the message names the rows)."""
 
 

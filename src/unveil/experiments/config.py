@@ -42,6 +42,7 @@ import yaml
 
 from unveil.audit.run import MASK_SOURCES, AuditThresholds
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
+from unveil.errors import UnveilError
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
@@ -56,7 +57,7 @@ COMPUTED_PREPROCESS = ("model_sha256",)
 STRING_TAG = "tag:yaml.org,2002:str"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UnveilError, ValueError):
     """An invalid experiment file (the message names the file, the line and the key)."""
 
 

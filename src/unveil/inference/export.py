@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unveil.errors import UnveilError
 from unveil.provenance import write_text_atomic
 from unveil.training.bundle import ModelBundle, load_bundle
 
@@ -30,7 +31,7 @@ TOLERANCE = 1e-4
 EMBED_LIMIT_BYTES = 1_800_000_000
 
 
-class ExportError(RuntimeError):
+class ExportError(UnveilError, RuntimeError):
     """Export failed, or the exported model disagrees with PyTorch (the message says by how much)."""
 
 

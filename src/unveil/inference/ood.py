@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unveil.errors import UnveilError
 from unveil.provenance import write_text_atomic
 
 OOD_WEIGHTS = "ood.safetensors"
@@ -44,7 +45,7 @@ VIEWS = ("encoder", "image")
 LAYOUT = 8
 
 
-class OodReferenceOutdated(RuntimeError):
+class OodReferenceOutdated(UnveilError, RuntimeError):
     """The bundle's reference was written by an older unveil, with a detector this version no longer uses."""
 
 

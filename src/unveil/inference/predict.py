@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from unveil.errors import UnveilError
 from unveil.inference.ood import OodReference, OodReferenceOutdated
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.io.outputs import OutputFolder
@@ -39,7 +40,7 @@ COLUMNS = ("file", "status", "probability", "decision", "threshold", "threshold_
            "ood_distance", "ood_threshold", "nearest_source", "ood_flag", "warnings", "overlay", "error")
 
 
-class PredictionError(RuntimeError):
+class PredictionError(UnveilError, RuntimeError):
     """Strict mode: some files could not be read (the message lists them)."""
 
 

@@ -27,6 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut, apply_windowing
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from unveil.errors import UnveilError
+
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "ImageReadError", "LoadedImage", "image_to_uint8", "read_image"]
 
 logger = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ _DECODE_ERRORS = (
 
 
 
-class ImageReadError(Exception):
+class ImageReadError(UnveilError):
     """A file could not be read as an image; ``path`` is the file, ``problem`` says why in plain words."""
 
     def __init__(self, path: str, problem: str) -> None:

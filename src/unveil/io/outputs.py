@@ -20,13 +20,15 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from unveil.errors import UnveilError
+
 __all__ = ["LOCK_FILE", "STAGING_DIR", "OutputError", "OutputFolder", "check_no_overlap", "ensure_writable"]
 
 LOCK_FILE = ".unveil.lock"
 STAGING_DIR = ".unveil-partial"
 
 
-class OutputError(OSError):
+class OutputError(UnveilError, OSError):
     """An output folder cannot be used: it overlaps the inputs, is busy with another run or is not writable
     (the message names the folder)."""
 

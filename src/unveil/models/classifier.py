@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from unveil.errors import UnveilError
 
-class ModelError(ValueError):
+
+class ModelError(UnveilError, ValueError):
     """A model cannot be built or its weights cannot be loaded (the message names the cause and file)."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from unveil.errors import UnveilError
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
 from unveil.provenance import file_sha256, write_text_atomic
@@ -216,7 +217,7 @@ class PreprocessReport:
         return {str(k): int(v) for k, v in self.manifest["status"].value_counts().items()}
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(UnveilError, RuntimeError):
     """Strict mode: some images could not be pre-processed (the message lists them)."""
 
 

@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 import unveil
 from unveil.audit.verdict import summary_sentence
+from unveil.errors import UnveilError
 from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
 from unveil.experiments.store import ResultsStore
 from unveil.models import MODEL_NAMES
@@ -35,7 +36,7 @@ MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", 
 HEATMAP_RANGE = (0.5, 1.0)  # balanced accuracy: chance .. perfect
 
 
-class ReportError(ValueError):
+class ReportError(UnveilError, ValueError):
     """The results folder cannot be reported on (the message names the folder and why)."""
 
 

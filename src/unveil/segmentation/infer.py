@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from unveil.errors import UnveilError
 from unveil.preprocess.transforms import equalize_histogram, resize_image
 from unveil.segmentation.model import load_bundle, resolve_bundle
 from unveil.segmentation.postprocess import clean_lung_mask
@@ -19,7 +20,7 @@ from unveil.segmentation.postprocess import clean_lung_mask
 INPUT_MEAN, INPUT_STD = 0.5, 0.29
 
 
-class SegmenterError(RuntimeError):
+class SegmenterError(UnveilError, RuntimeError):
     """A segmentation bundle is missing or unreadable (the message names the file)."""
 
 

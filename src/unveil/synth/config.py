@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from unveil.errors import UnveilError
 from unveil.synth.findings import RENDERED_FINDINGS
 from unveil.synth.signature import validate_signature
 
@@ -43,7 +44,7 @@ DEFAULT_FORMATS: dict[str, str] = {"hospital-csv": "png", "chestxray": "jpeg", "
 COVID_LAYOUTS = ("hospital-csv", "covid-chestxray")  # the only layouts that can hold COVID+ images
 
 
-class SynthConfigError(ValueError):
+class SynthConfigError(UnveilError, ValueError):
     """The configuration is malformed; the message names the file and the field."""
 
 

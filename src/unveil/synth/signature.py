@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from unveil.errors import UnveilError
 from unveil.synth.fields import smooth_noise
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -49,7 +50,7 @@ NEUTRAL_SIGNATURE: dict[str, Any] = {
 }
 
 
-class SignatureError(ValueError):
+class SignatureError(UnveilError, ValueError):
     """A signature names an unknown knob or gives it a value of the wrong form."""
 
 

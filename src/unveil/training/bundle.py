@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unveil.errors import UnveilError
 from unveil.models import CxrClassifier, ModelError, build_model
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.provenance import write_text_atomic
@@ -27,7 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 DESCRIPTION_FILE = "bundle.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(UnveilError, RuntimeError):
     """A model bundle is missing, unreadable or inconsistent (the message names the file)."""
 
 

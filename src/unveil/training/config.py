@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from unveil.errors import UnveilError
 from unveil.thresholds import ThresholdRule, fixed_threshold
 
 LOSSES = ("focal", "cross-entropy")
@@ -19,7 +20,7 @@ THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
 NOT_RECIPE = ("seed", "device", "amp", "channels_last", "eval_batch_size")
 
 
-class ConfigError(ValueError):
+class ConfigError(UnveilError, ValueError):
     """An invalid training option (the message names it)."""
 
 

@@ -16,11 +16,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from unveil.errors import UnveilError
 from unveil.preprocess.cache import load_cached
 from unveil.preprocess.transforms import resize_image
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UnveilError, ValueError):
     """The data given for training cannot be used (the message says why)."""
 
 

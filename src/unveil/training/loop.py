@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from unveil.errors import UnveilError
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
 from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, choose_threshold, fixed_threshold
@@ -38,7 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UnveilError, RuntimeError):
     """A checkpoint cannot be resumed (unreadable, or from a different configuration)."""
 
 

@@ -11,10 +11,12 @@ from typing import Literal
 
 import pandas as pd
 
+from unveil.errors import UnveilError
+
 IssueKind = Literal["missing", "unreadable", "invalid"]
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UnveilError, ValueError):
     """The folder does not hold the layout the loader documents (message names what is missing)."""
 
 

@@ -32,6 +32,7 @@ from unveil.data.sources.base import (
     require_path,
     truthy,
 )
+from unveil.errors import UnveilError
 
 SOURCE = "covid-chestxray"
 
@@ -52,7 +53,7 @@ _OTHER = ("pneumonia", "bacterial", "bacteria", "fungal", "lipoid", "aspiration"
 FINDING_VOCABULARY: frozenset[str] = frozenset(_COVID + _OTHER + _BACTERIAL + _VIRAL + ("e.coli", "e."))
 
 
-class FindingError(ValueError):
+class FindingError(UnveilError, ValueError):
     """A finding string outside :data:`FINDING_VOCABULARY` (the message quotes it and the unknown word)."""
 
 

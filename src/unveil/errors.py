@@ -1,0 +1,16 @@
+"""The one error family for mistakes a user can cause.
+
+Every error raised because of user input (an unreadable image, a bad dataset layout, a bad bundle,
+recipe, experiment file, unknown source, patient leakage...) derives from :class:`UnveilError`. The
+CLI catches this base once, prints ``error: <message>`` and exits 2; any other exception is a bug
+in unveil and keeps its traceback. Subclasses also derive from the closest built-in type
+(``ValueError``, ``OSError``...) so that callers catching those keep working.
+"""
+
+
+class UnveilError(Exception):
+    """Base of every error caused by user input; its message is the whole explanation."""
+
+    def __str__(self) -> str:
+        # KeyError-style reprs (quoted messages) never reach the user: the first argument is the message.
+        return str(self.args[0]) if self.args else self.__class__.__name__
