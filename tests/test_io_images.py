@@ -375,6 +375,66 @@ def test_dicom_undecodable_transfer_syntax(tmp_path: Path) -> None:
     assert JPEG2000Lossless in error.problem
 
 
+def test_dicom_missing_required_element_is_named(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "nobits.dcm", STORED_12)
+    ds = pydicom.dcmread(path)
+    del ds.BitsStored
+    ds.save_as(path)
+    expect_error(path, "bits stored", "needed to decode")
+
+
+def test_truncated_dicom_pixel_data_is_named(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "short.dcm", STORED_12)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:4]
+    ds.save_as(path)
+    expect_error(path, "truncated")
+
+
+def test_too_large_is_refused_and_pillow_global_unchanged(tmp_path: Path) -> None:
+    before = Image.MAX_IMAGE_PIXELS
+    png = save(tmp_path, "n.png", noise_image((20, 20)))
+    dicom = write_dicom(tmp_path / "n.dcm", np.zeros((20, 20), dtype=np.uint16))
+    for path in (png, dicom):
+        expect_error(path, "20x20", "limit", max_pixels=399)
+        assert read_image(path, max_pixels=400).pixels.shape == (20, 20)
+        assert read_image(path, max_pixels=None).pixels.shape == (20, 20)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+@pytest.mark.parametrize("bug", [TypeError, AttributeError, KeyError, RuntimeError, IndexError])
+def test_a_bug_inside_the_pillow_decoder_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    bug: type[Exception]) -> None:
+    """Only what decoders raise for bad files means "unreadable image"; our own bugs keep their traceback."""
+    from PIL import PngImagePlugin
+
+    def broken(self):
+        raise bug("a bug, not a bad file")
+
+    path = save(tmp_path, "g.png", noise_image((8, 8)))
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(bug, match="a bug, not a bad file"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("bug", [TypeError, AttributeError, KeyError, IndexError])
+def test_a_bug_inside_the_dicom_decoder_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   bug: type[Exception]) -> None:
+    from unveil.io import dicom
+
+    def broken(*args, **kwargs):
+        raise bug("a bug, not a bad file")
+
+    path = write_dicom(tmp_path / "g.dcm", STORED_12)
+    monkeypatch.setattr(dicom, "apply_modality_lut", broken)
+    with pytest.raises(bug, match="a bug, not a bad file"):
+        read_image(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(broken))
+    with pytest.raises(bug, match="a bug, not a bad file"):
+        read_image(path)
+
+
 # ---------------------------------------------------------------------------------------- real data
 
 

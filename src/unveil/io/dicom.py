@@ -1,0 +1,257 @@
+"""Read one single-frame DICOM radiograph as gray float32 in [0, 1] (called by :func:`unveil.io.read_image`).
+
+The file is parsed with a fixed allow-list of technical tags, so patient fields (name, ID, birth date,
+...) are skipped on disk and can never reach an :class:`~unveil.io.ImageInfo` or a message. Stored
+values go through the modality LUT, then the VOI LUT or window (min-max without one), then MONOCHROME1
+inversion. Only the exceptions pydicom documents for malformed files become an
+:class:`~unveil.io.ImageReadError`; any other exception is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut, apply_windowing
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from unveil.io.decoding import (
+    ImageInfo,
+    ImageReadError,
+    LoadedImage,
+    check_pixels,
+    describe,
+    finish,
+    luminance,
+    min_max,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The only DICOM elements ever parsed (plus Specific Character Set, which pydicom always keeps).
+#: Everything else, patient fields included, is skipped with a seek and never decoded.
+DICOM_TAGS = [
+    "SOPClassUID", "Modality", "ViewPosition", "SamplesPerPixel", "PhotometricInterpretation",
+    "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue",
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "PaletteColorLookupTableUID", "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData", "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData", "SegmentedBluePaletteColorLookupTableData", "RescaleIntercept",
+    "RescaleSlope", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "VOILUTSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "FloatPixelData",
+    "DoubleFloatPixelData", "PixelData",
+]
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+#: What ``pydicom.dcmread`` raises for a file that is not (valid) DICOM: its own InvalidDicomError, and the
+#: errors of reading/unpacking bytes that end early or hold nonsense (UnicodeDecodeError is a ValueError).
+_PARSE_ERRORS = (InvalidDicomError, OSError, EOFError, struct.error, ValueError)
+#: What pydicom's pixel decoding documents for bad or unsupported pixel data: ValueError (inconsistent
+#: attributes, data shorter than announced), RuntimeError (every decoder plugin failed, or all are missing),
+#: NotImplementedError (no decoder for the transfer syntax or the pixel type).
+_PIXEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, struct.error)
+#: Elements pydicom's decoder requires (it raises AttributeError without them); checked first, so that a
+#: missing one is named and an AttributeError from the decoder is never taken for a bad file.
+_REQUIRED = {"BitsAllocated": "(0028,0100) Bits Allocated", "PhotometricInterpretation":
+             "(0028,0004) Photometric Interpretation"}
+_REQUIRED_INTEGER = {"BitsStored": "(0028,0101) Bits Stored", "PixelRepresentation": "(0028,0103) Pixel Representation"}
+
+
+def read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: bool) -> LoadedImage | None:
+    """Decode a single-frame DICOM image.
+
+    With ``force`` (a .dcm/.dicom file without the DICM preamble) returns ``None`` when the content
+    does not look like DICOM at all, so the caller can try Pillow instead.
+    """
+    ds = _parse(handle, name, force=force)
+    if ds is None:
+        return None
+    _require_one_image(ds, name, max_pixels)
+    stored = _decode_stored_values(ds, name)
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper() or "MONOCHROME2"
+    try:
+        pixels = _dicom_to_gray(stored, ds, photometric, name)
+    except MemoryError:
+        raise ImageReadError(name, "not enough memory to process the DICOM pixel data") from None
+    except ValueError as exc:  # pydicom's LUT functions: descriptors or data that do not fit the values
+        raise ImageReadError(name, f"cannot convert DICOM pixel values ({describe(exc)})") from None
+    return LoadedImage(pixels=pixels, info=ImageInfo(
+        path=name, format="DICOM", height=int(pixels.shape[0]), width=int(pixels.shape[1]),
+        bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0), photometric=photometric,
+        view=str(ds.get("ViewPosition") or "").strip() or None))
+
+
+def _parse(handle: BinaryIO, name: str, *, force: bool) -> pydicom.Dataset | None:
+    """The allow-listed elements of the file; ``None`` for a forced read of something that is not DICOM."""
+    try:
+        ds = pydicom.dcmread(handle, force=force, specific_tags=DICOM_TAGS)
+    except _PARSE_ERRORS as exc:
+        if force:
+            logger.debug("%s: not parseable as headerless DICOM (%s)", name, describe(exc))
+            return None
+        raise ImageReadError(name, f"DICOM file cannot be parsed ({describe(exc)})") from None
+    if force and not (_has_pixels(ds) or "Rows" in ds or "SOPClassUID" in ds):
+        return None
+    return ds
+
+
+def _has_pixels(ds: pydicom.Dataset) -> bool:
+    return any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS)
+
+
+def _require_one_image(ds: pydicom.Dataset, name: str, max_pixels: int | None) -> None:
+    """Refuse a dataset without pixels, without the elements decoding needs, over the pixel limit, or multi-frame."""
+    if not _has_pixels(ds):
+        if "Rows" in ds or "Columns" in ds:  # image attributes but no pixels: the file stops early
+            raise ImageReadError(name, "DICOM file has no pixel data though it describes an image (Rows/Columns): "
+                                       "probably truncated (the file ends before its pixel data)")
+        raise ImageReadError(
+            name, "DICOM file has no pixel data (no PixelData element; it may be a report or other non-image object)"
+        )
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise ImageReadError(name, "DICOM file has pixel data but no Rows/Columns to describe it")
+    check_pixels(name, int(columns), int(rows), max_pixels)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise ImageReadError(name, f"multi-frame DICOM ({frames} frames) is not supported; expected one radiograph")
+    required = dict(_REQUIRED, **(_REQUIRED_INTEGER if "PixelData" in ds else {}))
+    missing = [label for keyword, label in required.items() if ds.get(keyword) in (None, "")]
+    if missing:
+        raise ImageReadError(name, f"DICOM image lacks {', '.join(missing)}, needed to decode its pixel data")
+
+
+def _decode_stored_values(ds: pydicom.Dataset, name: str) -> np.ndarray:
+    """The stored pixel values (pydicom's ``pixel_array``), or an ImageReadError saying why they cannot be had."""
+    syntax = _transfer_syntax(ds)
+    try:
+        with _quiet_pydicom_decoders():
+            return ds.pixel_array
+    except MemoryError:
+        raise ImageReadError(name, "not enough memory to decode the DICOM pixel data") from None
+    except _PIXEL_ERRORS as exc:
+        if syntax.is_compressed:
+            problem = (
+                f"cannot decode DICOM pixel data compressed as {syntax.name} ({syntax}); a decoder plugin may be "
+                "missing (e.g. pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm) "
+                f"or the data is corrupt ({describe(exc)})"
+            )
+        elif _shorter_than_announced(ds):
+            problem = f"DICOM file is truncated (pixel data ends early; {describe(exc)})"
+        else:
+            problem = f"cannot decode DICOM pixel data ({syntax.name}; {describe(exc)})"
+        raise ImageReadError(name, problem) from None
+
+
+def _shorter_than_announced(ds: pydicom.Dataset) -> bool:
+    """Does native (uncompressed) pixel data hold fewer bytes than Rows x Columns x samples x bits announce?"""
+    if "PixelData" not in ds:
+        return False
+    bits = int(ds.get("BitsAllocated") or 0)
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits // 8
+    return len(ds.PixelData) < expected
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def _quiet_pydicom_decoders() -> Iterator[None]:
+    """Silence pydicom's decoder logger while pixels are decoded: a failing plugin logs a full traceback
+    there, and the failure is already reported as one :class:`ImageReadError` line."""
+    quiet = logging.getLogger("pydicom")
+    muffle = _DropRecords()
+    quiet.addFilter(muffle)
+    loggers = [logging.getLogger(n) for n in ("pydicom.pixels.decoders.base", "pydicom.pixels.decoders")]
+    for each in loggers:
+        each.addFilter(muffle)
+    try:
+        yield
+    finally:
+        quiet.removeFilter(muffle)
+        for each in loggers:
+            each.removeFilter(muffle)
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> UID:
+    """The dataset's transfer syntax, filled in from the parsed encoding when the file meta lacks it."""
+    meta = ds.file_meta
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is None:
+        implicit, little = ds.original_encoding
+        if implicit:
+            syntax = ImplicitVRLittleEndian
+        else:
+            syntax = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+        meta.TransferSyntaxUID = syntax
+    return UID(str(syntax))
+
+
+def _dicom_to_gray(stored: np.ndarray, ds: pydicom.Dataset, photometric: str, name: str) -> np.ndarray:
+    """Stored values -> [0, 1] gray: modality LUT, then VOI LUT / window or min-max, then MONOCHROME1 inversion."""
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        return finish(luminance(rgb) / np.float32(np.iinfo(rgb.dtype).max))
+    if stored.ndim == 3:  # colour (pixel_array already converts YBR to RGB)
+        bits = int(ds.get("BitsStored") or 8)
+        return finish(luminance(stored) / np.float32(2**bits - 1))
+    if stored.ndim != 2:
+        raise ImageReadError(name, f"unexpected DICOM pixel array shape {stored.shape}; expected one 2-D image")
+
+    values = apply_modality_lut(stored, ds)
+    gray = _apply_voi(values, ds, name)
+    if gray is None:
+        gray = min_max(values)
+    if photometric == "MONOCHROME1":
+        gray = 1.0 - np.clip(gray, 0.0, 1.0)
+    return finish(gray)
+
+
+def _has_voi_lut(ds: pydicom.Dataset) -> bool:
+    """Same test pydicom's apply_voi_lut uses for a usable VOI LUT Sequence."""
+    items = ds.get("VOILUTSequence")
+    return bool(items) and None not in (items[0].get("LUTDescriptor"), items[0].get("LUTData"))
+
+
+def _apply_voi(values: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray | None:
+    """Apply the file's VOI LUT or window and map its output range to [0, 1]; ``None`` if there is none."""
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (_has_voi_lut(ds) or has_window):
+        return None
+    try:
+        low, high, out = _voi_lut(values, ds) if _has_voi_lut(ds) else _window(values, ds)
+    except ValueError as exc:  # pydicom's documented error for an unusable LUT descriptor or window
+        logger.warning("%s: ignoring unusable VOI LUT / window (%s); using min-max", name, describe(exc))
+        return None
+    if high == low:
+        return np.zeros(values.shape, dtype=np.float32)
+    # Dividing by (high - low) also handles a negative rescale slope (low > high).
+    return (np.asarray(out, dtype=np.float64) - low) / (high - low)
+
+
+def _voi_lut(values: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float, np.ndarray]:
+    """The VOI LUT's output and the range of its entries (the reachable output range: more robust than
+    2**LUTDescriptor[2] - 1, which vendors often overstate)."""
+    if values.dtype.kind == "f":  # pydicom indexes the LUT with integers
+        values = np.rint(values).astype(np.int64)
+    out = apply_voi_lut(values, ds, prefer_lut=True)
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor
+    first, count = int(descriptor[1]), int(descriptor[0]) or 2**16
+    entries = apply_voi(np.arange(first, first + count, dtype=np.int64), ds)
+    return float(entries.min()), float(entries.max()), out
+
+
+def _window(values: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float, np.ndarray]:
+    """The windowed values and their bounds [y_min, y_max], which pydicom derives from BitsStored,
+    PixelRepresentation and rescale (probing with -inf/+inf yields exactly those bounds)."""
+    low, high = (float(v) for v in apply_windowing(np.array([-np.inf, np.inf]), ds))
+    return low, high, apply_windowing(values, ds)
