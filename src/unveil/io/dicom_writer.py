@@ -37,6 +37,28 @@ def write_dicom(
     ``pixels`` must fit in ``bits_stored`` bits (unsigned, or two's complement when ``signed``).
     ``uid_seed`` makes the generated UIDs deterministic (same seed -> byte-identical file).
     """
+    array = _stored_values(pixels, bits_stored, photometric, signed)
+
+    def uid(suffix: str) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, suffix]) if uid_seed is not None else generate_uid()
+
+    path = Path(path)
+    dataset = _dx_dataset(path, uid)
+    if view:
+        dataset.ViewPosition = view
+    _set_pixels(dataset, array, bits_stored, photometric, signed)
+    if rescale_slope is not None or rescale_intercept is not None:
+        dataset.RescaleSlope = f"{1.0 if rescale_slope is None else rescale_slope:g}"
+        dataset.RescaleIntercept = f"{0.0 if rescale_intercept is None else rescale_intercept:g}"
+    if window_center is not None and window_width is not None:
+        dataset.WindowCenter = f"{window_center:g}"
+        dataset.WindowWidth = f"{window_width:g}"
+    _save_atomic(dataset, path)
+    return path
+
+
+def _stored_values(pixels: np.ndarray, bits_stored: int, photometric: str, signed: bool) -> np.ndarray:
+    """``pixels`` as an array, after checking it is 2-D integers that fit ``bits_stored`` bits."""
     array = np.asarray(pixels)
     if array.ndim != 2:
         raise ValueError(f"write_dicom expects a 2-D array, got shape {array.shape}")
@@ -44,22 +66,20 @@ def write_dicom(
         raise ValueError(f"write_dicom expects integer stored values, got {array.dtype}")
     if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
         raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if not 1 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored must lie in [1, 16], got {bits_stored}")
     low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
     if array.size and (array.min() < low or array.max() > high):
         raise ValueError(f"pixel values [{array.min()}, {array.max()}] do not fit {bits_stored} bits stored")
-    bits_allocated = 8 if bits_stored <= 8 else 16
-    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
-        (bits_allocated, signed)
-    ]
+    return array
 
-    def uid(suffix: str) -> str:
-        return generate_uid(entropy_srcs=[uid_seed, suffix]) if uid_seed is not None else generate_uid()
 
+def _dx_dataset(path: Path, uid) -> FileDataset:
+    """An empty Digital X-Ray dataset with its file meta and UIDs (technical attributes only)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_STORAGE_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = uid("sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = Path(path)
     dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     dataset.SOPClassUID = DX_STORAGE_SOP_CLASS
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -67,8 +87,15 @@ def write_dicom(
     dataset.SeriesInstanceUID = uid("series")
     dataset.Modality = "DX"
     dataset.BodyPartExamined = "CHEST"
-    if view:
-        dataset.ViewPosition = view
+    return dataset
+
+
+def _set_pixels(dataset: FileDataset, array: np.ndarray, bits_stored: int, photometric: str, signed: bool) -> None:
+    """The image pixel module: one gray sample per pixel in 8 or 16 allocated bits."""
+    bits_allocated = 8 if bits_stored <= 8 else 16
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
+        (bits_allocated, signed)
+    ]
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
     dataset.Rows, dataset.Columns = array.shape
@@ -76,14 +103,11 @@ def write_dicom(
     dataset.BitsStored = bits_stored
     dataset.HighBit = bits_stored - 1
     dataset.PixelRepresentation = 1 if signed else 0
-    if rescale_slope is not None or rescale_intercept is not None:
-        dataset.RescaleSlope = f"{1.0 if rescale_slope is None else rescale_slope:g}"
-        dataset.RescaleIntercept = f"{0.0 if rescale_intercept is None else rescale_intercept:g}"
-    if window_center is not None and window_width is not None:
-        dataset.WindowCenter = f"{window_center:g}"
-        dataset.WindowWidth = f"{window_width:g}"
     dataset.PixelData = array.astype(dtype).tobytes()
 
+
+def _save_atomic(dataset: FileDataset, path: Path) -> None:
+    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -93,4 +117,3 @@ def write_dicom(
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return path
