@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from unveil.data.records import validate_records
-from unveil.data.sources import DatasetLayoutError, load_source, resolve_source_name
+from unveil.data.sources import DatasetLayoutError, UnknownSourceError, load_source, resolve_source_name
 from unveil.data.sources.covid_chestxray import map_finding
 from unveil.data.sources.figure1 import patient_of
 from unveil.data.sources.kermany import classify_file
@@ -96,7 +96,7 @@ def test_layout_errors_name_the_path(tmp_path):
         load_source("covid-chestxray", tmp_path)
     with pytest.raises(DatasetLayoutError, match="train\\|test\\|val"):
         load_source("chestxray", tmp_path)
-    with pytest.raises(KeyError, match="known sources"):
+    with pytest.raises(UnknownSourceError, match="known sources"):
         resolve_source_name("nope")
 
 

@@ -29,6 +29,11 @@ class SplitFileError(UnveilError, ValueError):
     """A split file is unreadable, altered, or does not match the records it is applied to."""
 
 
+class SplitError(UnveilError, ValueError):
+    """A split cannot be made as asked: a fraction out of range, an unknown stratification column, or a
+    source without train/val/test parts of its own."""
+
+
 class DuplicateRecordsError(UnveilError, ValueError):
     """Records to split name one image twice (same resolved file or same content): a split would put the
     copies in train and test. The message names the two files."""
@@ -94,6 +99,10 @@ def patient_strata(records: pd.DataFrame, stratify_by: Sequence[str]) -> pd.Seri
     keys = patient_keys(records)
     if not stratify_by:
         return pd.Series("all", index=pd.Index(sorted(keys.unique())))
+    unknown = [column for column in stratify_by if column not in records.columns]
+    if unknown:
+        raise SplitError(f"cannot stratify by {', '.join(map(repr, unknown))}: no such column; the records have "
+                         f"{', '.join(records.columns)}")
     labels = records[list(stratify_by)].astype("string").fillna("<NA>").agg("|".join, axis=1)
     frame = pd.DataFrame({"patient": keys.to_numpy(), "label": labels.to_numpy()})
     counts = frame.groupby(["patient", "label"]).size().reset_index(name="n")
@@ -117,7 +126,7 @@ def patient_exclusive_split(
     """
     for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 <= fraction < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+            raise SplitError(f"{name} must be in [0, 1), got {fraction}")
     if "path" in records:
         found = duplicate_images(records)
         if found:
@@ -141,12 +150,12 @@ def original_split(records: pd.DataFrame) -> pd.Series:
     """The parts a source assigns itself (its ``original_split`` column: train / val / test), aligned
     with ``records.index``; a clear error when the source has none or some record lacks one."""
     if "original_split" not in records.columns:
-        raise ValueError("this source assigns no train/val/test parts of its own (no original_split column)")
+        raise SplitError("this source assigns no train/val/test parts of its own (no original_split column)")
     split = records["original_split"].astype("string").str.lower()
     bad = split.isna() | ~split.isin(["train", "val", "test"])
     if bad.any():
         examples = records.loc[bad, "record_id"].astype(str).head(3).tolist()
-        raise ValueError(f"{int(bad.sum())} record(s) without a train/val/test original_split, e.g. {examples}")
+        raise SplitError(f"{int(bad.sum())} record(s) without a train/val/test original_split, e.g. {examples}")
     return split.astype(str).rename("split")
 
 

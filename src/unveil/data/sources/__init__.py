@@ -14,7 +14,7 @@ import importlib
 import inspect
 from pathlib import Path
 
-from unveil.data.sources.base import DataIssue, DatasetLayoutError, SourceLoad
+from unveil.data.sources.base import DataIssue, DatasetLayoutError, SourceLoad, UnknownSourceError
 
 #: Registry name -> module whose ``load(root, **options)`` reads it (imported on first use).
 #: Names are what records carry in their ``source`` column.
@@ -51,12 +51,13 @@ ALIASES: dict[str, str] = {
 
 
 def resolve_source_name(name: str) -> str:
-    """Registry name for ``name`` or an alias; a clear error listing the known names otherwise."""
+    """Registry name for ``name`` or an alias; an :class:`UnknownSourceError` listing the known names otherwise."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in SOURCES:
         known = ", ".join(sorted(SOURCES))
-        raise KeyError(f"unknown dataset source {name!r}; known sources: {known}")
+        raise UnknownSourceError(f"unknown dataset source {name!r}; known sources: {known} "
+                                 f"(or an alias: {', '.join(sorted(ALIASES))})")
     return key
 
 
@@ -71,5 +72,5 @@ def load_source(name: str, root: str | Path, **options) -> SourceLoad:
     return module.load(Path(root), **options)
 
 
-__all__ = ["SOURCES", "ALIASES", "DataIssue", "DatasetLayoutError", "SourceLoad", "load_source",
+__all__ = ["SOURCES", "ALIASES", "DataIssue", "DatasetLayoutError", "SourceLoad", "UnknownSourceError", "load_source",
            "resolve_source_name"]

@@ -20,6 +20,10 @@ class DatasetLayoutError(UnveilError, ValueError):
     """The folder does not hold the layout the loader documents (message names what is missing)."""
 
 
+class UnknownSourceError(DatasetLayoutError):
+    """A dataset source name unveil has no loader for; the message lists the known names."""
+
+
 @dataclass(frozen=True)
 class DataIssue:
     """One problem with one file or row; reported, never silently dropped."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +106,36 @@ def _resolve_csv(root: Path, csv: str | Path | None) -> tuple[Path, Path]:
     return root, require_path(csv_path.absolute(), "the hospital labels CSV")
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """The CSV's column for each field (None: not given and not present)."""
+
+    path: str
+    patient: str
+    label: str
+    finding: str | None
+    view: str | None
+    sex: str | None
+    age: str | None
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """Label values (lower case) meaning COVID-19 positive / negative."""
+
+    positive: frozenset[str]
+    negative: frozenset[str]
+
+    @classmethod
+    def of(cls, positive_labels: Iterable[str], negative_labels: Iterable[str]) -> _Labels:
+        positive = frozenset(str(v).strip().lower() for v in positive_labels)
+        negative = frozenset(str(v).strip().lower() for v in negative_labels)
+        overlap = positive & negative
+        if overlap:
+            raise DatasetLayoutError(f"labels {sorted(overlap)} are listed as both positive and negative "
+                                     "(options positive_labels / negative_labels)")
+        return cls(positive, negative)
+
 
 def load(
     root: Path,
@@ -125,76 +156,92 @@ def load(
 ) -> SourceLoad:
     """Load a hospital set described by one CSV (see the module docstring for the options)."""
     root, csv_path = _resolve_csv(Path(root).expanduser().absolute(), csv)
-    positive = {str(v).strip().lower() for v in positive_labels}
-    negative = {str(v).strip().lower() for v in negative_labels}
-    overlap = positive & negative
-    if overlap:
-        raise ValueError(f"labels {sorted(overlap)} are listed as both positive and negative")
-
+    labels = _Labels.of(positive_labels, negative_labels)
     table = read_csv_table(csv_path, encoding=encoding)
-    path_col = _find_column(table, path_column, csv_path, "path_column", required=True)
-    patient_col = _find_column(table, patient_column, csv_path, "patient_column", required=True)
-    label_col = _find_column(table, label_column, csv_path, "label_column", required=True)
-    finding_col = _find_column(table, finding_column, csv_path, "finding_column", required=True)
-    optional = {}
-    for key, given in (("view", view_column), ("sex", sex_column), ("age", age_column)):
-        optional[key] = (_find_column(table, given, csv_path, f"{key}_column", required=True) if given
-                         else _find_column(table, key, csv_path, f"{key}_column", required=False))
-
+    columns = _columns(table, csv_path, path_column, patient_column, label_column, finding_column,
+                       {"view": view_column, "sex": sex_column, "age": age_column})
     issues: list[DataIssue] = []
-    folder = csv_path.parent
     # resolved image path -> list of (row number, record) for the rows that list it
     listed: dict[str, list[tuple[int, dict]]] = {}
     for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
-        where = f"{csv_path.name} row {number}"
-        raw_path = blank_to_none(row[path_col])
-        if raw_path is None:
-            issues.append(DataIssue(str(csv_path), f"row {number} has an empty {path_col!r}", "invalid"))
-            continue
-        image = Path(raw_path).expanduser()
-        image = image if image.is_absolute() else folder / image
-        inside = [Path(os.path.normpath(p)) for p in (root, folder)]  # lexically: a symlink placed there is theirs
-        if not truthy(allow_outside) and not any(Path(os.path.normpath(image)).is_relative_to(p) for p in inside):
-            issues.append(DataIssue(str(csv_path), f"row {number}: {raw_path}: path leaves the dataset root {root} "
-                                    "(allow it with the loader option allow_outside=true)", "invalid"))
-            continue
-        if not image.is_file():
-            issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
-            continue
-        patient = blank_to_none(row[patient_col])
-        if patient is None:
-            issues.append(DataIssue(str(image), f"{where} has an empty {patient_col!r}", "invalid"))
-            continue
-        label = blank_to_none(row[label_col])
-        key = (label or "").lower()
-        if key in positive:
-            covid = 1
-        elif key in negative:
-            covid = 0
-        else:
-            issues.append(DataIssue(str(image), f"{where}: label {label!r} in column {label_col!r} is neither "
-                                    f"positive ({', '.join(sorted(positive))}) nor negative "
-                                    f"({', '.join(sorted(negative))})", "invalid"))
-            continue
-        finding_text = blank_to_none(row[finding_col]) if finding_col else None
-        if covid == 1:
-            finding = "covid"
-        elif finding_text is None:
-            finding = "unknown"
-        elif finding_text.lower() in _COVID_FINDINGS:
-            issues.append(DataIssue(str(image), f"{where}: negative label {label!r} but finding "
-                                    f"{finding_text!r}", "invalid"))
-            continue
-        else:
-            finding = FINDING_MAP.get(finding_text.lower(), "other")
-        view = blank_to_none(row[optional["view"]]) if optional["view"] else None
-        resolved = image.resolve()
-        listed.setdefault(str(resolved), []).append((number, record_row(
-            source_name, root, image.absolute(), patient_id=patient, covid=covid, finding=finding,
-            source_finding=finding_text if finding_text is not None else label, view=canonical_view(view),
-            source_view=view, sex=canonical_sex(row[optional["sex"]]) if optional["sex"] else None,
-            age=parse_age(row[optional["age"]]) if optional["age"] else None, label=label)))
+        image = _row_image(row, number, columns, root, csv_path, truthy(allow_outside), issues)
+        record = image and _row_record(row, number, image, columns, labels, source_name, root, csv_path, issues)
+        if record:
+            listed.setdefault(str(image.resolve()), []).append((number, record))
+    rows = _one_record_per_file(listed, csv_path, issues)
+    return SourceLoad(source=source_name, root=root, records=build_records(rows, extra_columns=["label"]),
+                      issues=issues, excluded={})
 
+
+def _columns(table: pd.DataFrame, csv_path: Path, path_column: str, patient_column: str, label_column: str,
+             finding_column: str | None, optional: dict[str, str | None]) -> _Columns:
+    """Find each option's column; the optional ones default to columns named view / sex / age when present."""
+    required = {option: _find_column(table, name, csv_path, option, required=True) for option, name in
+                (("path_column", path_column), ("patient_column", patient_column), ("label_column", label_column),
+                 ("finding_column", finding_column))}
+    found = {key: (_find_column(table, given, csv_path, f"{key}_column", required=True) if given
+                   else _find_column(table, key, csv_path, f"{key}_column", required=False))
+             for key, given in optional.items()}
+    return _Columns(path=required["path_column"], patient=required["patient_column"],
+                    label=required["label_column"], finding=required["finding_column"],
+                    view=found["view"], sex=found["sex"], age=found["age"])
+
+
+def _row_image(row: dict, number: int, columns: _Columns, root: Path, csv_path: Path, allow_outside: bool,
+               issues: list[DataIssue]) -> Path | None:
+    """The existing image file a row lists, or None after reporting why the row has none."""
+    raw_path = blank_to_none(row[columns.path])
+    if raw_path is None:
+        issues.append(DataIssue(str(csv_path), f"row {number} has an empty {columns.path!r}", "invalid"))
+        return None
+    image = Path(raw_path).expanduser()
+    image = image if image.is_absolute() else csv_path.parent / image
+    inside = [Path(os.path.normpath(p)) for p in (root, csv_path.parent)]  # lexically: a symlink placed there is theirs
+    if not allow_outside and not any(Path(os.path.normpath(image)).is_relative_to(p) for p in inside):
+        issues.append(DataIssue(str(csv_path), f"row {number}: {raw_path}: path leaves the dataset root {root} "
+                                "(allow it with the loader option allow_outside=true)", "invalid"))
+        return None
+    if not image.is_file():
+        issues.append(DataIssue(str(image), f"listed in {csv_path.name} row {number} but the file does not exist",
+                                "missing"))
+        return None
+    return image
+
+
+def _row_record(row: dict, number: int, image: Path, columns: _Columns, labels: _Labels, source_name: str,
+                root: Path, csv_path: Path, issues: list[DataIssue]) -> dict | None:
+    """The record of one row's image, or None after reporting an empty patient or an unusable label/finding."""
+    where = f"{csv_path.name} row {number}"
+    patient = blank_to_none(row[columns.patient])
+    if patient is None:
+        issues.append(DataIssue(str(image), f"{where} has an empty {columns.patient!r}", "invalid"))
+        return None
+    label = blank_to_none(row[columns.label])
+    key = (label or "").lower()
+    if key not in labels.positive and key not in labels.negative:
+        issues.append(DataIssue(str(image), f"{where}: label {label!r} in column {columns.label!r} is neither "
+                                f"positive ({', '.join(sorted(labels.positive))}) nor negative "
+                                f"({', '.join(sorted(labels.negative))})", "invalid"))
+        return None
+    covid = 1 if key in labels.positive else 0
+    finding_text = blank_to_none(row[columns.finding]) if columns.finding else None
+    if covid == 0 and finding_text is not None and finding_text.lower() in _COVID_FINDINGS:
+        issues.append(DataIssue(str(image), f"{where}: negative label {label!r} but finding {finding_text!r}",
+                                "invalid"))
+        return None
+    finding = ("covid" if covid == 1 else "unknown" if finding_text is None
+               else FINDING_MAP.get(finding_text.lower(), "other"))
+    view = blank_to_none(row[columns.view]) if columns.view else None
+    return record_row(
+        source_name, root, image.absolute(), patient_id=patient, covid=covid, finding=finding,
+        source_finding=finding_text if finding_text is not None else label, view=canonical_view(view),
+        source_view=view, sex=canonical_sex(row[columns.sex]) if columns.sex else None,
+        age=parse_age(row[columns.age]) if columns.age else None, label=label)
+
+
+def _one_record_per_file(listed: dict[str, list[tuple[int, dict]]], csv_path: Path,
+                         issues: list[DataIssue]) -> list[dict]:
+    """One record per image file: repeats with the same label keep the first row; conflicting ones none."""
     rows: list[dict] = []
     seen_ids: set[str] = set()
     for path, entries in listed.items():
@@ -214,6 +261,4 @@ def load(
             continue
         seen_ids.add(record["record_id"])
         rows.append(record)
-
-    return SourceLoad(source=source_name, root=root, records=build_records(rows, extra_columns=["label"]),
-                      issues=issues, excluded={})
+    return rows

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from unveil.data.records import build_records, canonical_sex, parse_age, record_row
-from unveil.data.sources.base import DataIssue, SourceLoad, named_pngs, require_path
+from unveil.data.sources.base import DataIssue, DatasetLayoutError, SourceLoad, named_pngs, require_path
 
 SOURCE = "montgomery"
 
@@ -67,7 +67,7 @@ def combine_masks(left: Path, right: Path, out: Path, *, force: bool = False) ->
     with Image.open(right) as image:
         right_array = np.asarray(image.convert("L"))
     if left_array.shape != right_array.shape:
-        raise ValueError(f"{left} is {left_array.shape[1]}x{left_array.shape[0]} but {right} is "
+        raise DatasetLayoutError(f"{left} is {left_array.shape[1]}x{left_array.shape[0]} but {right} is "
                          f"{right_array.shape[1]}x{right_array.shape[0]}")
     combined = ((left_array > 0) | (right_array > 0)).astype(np.uint8) * 255
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,17 +90,42 @@ def _parse_target(raw: str | None) -> int | None:
     return int(value) if value in (0.0, 1.0) else None
 
 
-
 def load(root: Path) -> SourceLoad:
     """Load the RSNA training set from its Kaggle layout under ``root`` (see the module docstring)."""
     root = Path(root).expanduser().absolute()
     labels_path, images_dir, detailed_path = _layout(root)
     issues: list[DataIssue] = []
+    images = _read_labels(labels_path, issues)
+    detailed = _read_detailed_classes(detailed_path) if detailed_path is not None else {}
+    rows: list[dict] = []
+    for patient, entry in images.items():
+        image = images_dir / f"{patient}.dcm"
+        where = f"{labels_path.name} row {entry['row']}"
+        if not image.is_file():
+            issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
+            continue
+        problem = _label_problem(entry, labels_path)
+        if problem is None and patient in detailed:
+            problem = _class_problem(detailed[patient], next(iter(entry["targets"])), detailed_path, where)
+        if problem is not None:
+            issues.append(DataIssue(str(image), problem, "invalid"))
+            continue
+        (target,) = entry["targets"]
+        klass = next(iter(detailed[patient])) if patient in detailed else None
+        if klass is not None:
+            finding, source_finding = DETAILED_CLASSES[klass][1], klass
+        else:
+            finding, source_finding = ("pneumonia" if target == 1 else "normal"), f"Target={target}"
+        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
+                               source_finding=source_finding, boxes=entry["boxes"]))
+    return SourceLoad(source=SOURCE, root=root, records=build_records(rows, extra_columns=["boxes"]),
+                      issues=issues, excluded={})
 
+
+def _read_labels(labels_path: Path, issues: list[DataIssue]) -> dict[str, dict]:
+    """patientId -> {"row": first row number, "targets": {target: row}, "boxes": n, "bad": [unparseable rows]}."""
     labels = read_csv_table(labels_path)
     _check_columns(labels, labels_path, LABEL_COLUMNS)
-
-    # patientId -> {"row": first row number, "targets": {target: row}, "boxes": n}
     images: dict[str, dict] = {}
     for index, row in enumerate(labels.itertuples(index=False)):
         number = index + 2
@@ -117,55 +142,39 @@ def load(root: Path) -> SourceLoad:
         entry["targets"].setdefault(target, number)
         if all(blank_to_none(values[c]) is not None for c in ("x", "y", "width", "height")):
             entry["boxes"] += 1
+    return images
 
+
+def _read_detailed_classes(detailed_path: Path) -> dict[str, dict[str, int]]:
+    """patientId -> {class: first row number} from the detailed-class CSV."""
+    table = read_csv_table(detailed_path)
+    _check_columns(table, detailed_path, DETAIL_COLUMNS)
     detailed: dict[str, dict[str, int]] = {}
-    if detailed_path is not None:
-        table = read_csv_table(detailed_path)
-        _check_columns(table, detailed_path, DETAIL_COLUMNS)
-        for index, (patient, klass) in enumerate(zip(table["patientId"], table["class"])):
-            patient = blank_to_none(patient)
-            if patient is not None:
-                detailed.setdefault(patient, {}).setdefault(blank_to_none(klass) or "", index + 2)
+    for index, (patient, klass) in enumerate(zip(table["patientId"], table["class"])):
+        patient = blank_to_none(patient)
+        if patient is not None:
+            detailed.setdefault(patient, {}).setdefault(blank_to_none(klass) or "", index + 2)
+    return detailed
 
-    rows: list[dict] = []
-    for patient, entry in images.items():
-        image = images_dir / f"{patient}.dcm"
-        where = f"{labels_path.name} row {entry['row']}"
-        if not image.is_file():
-            issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
-            continue
-        if entry["bad"]:
-            issues.append(DataIssue(str(image), f"{labels_path.name} {'; '.join(entry['bad'])}", "invalid"))
-            continue
-        if len(entry["targets"]) > 1:
-            rows_text = ", ".join(f"Target={t} in row {n}" for t, n in sorted(entry["targets"].items()))
-            issues.append(DataIssue(str(image), f"{labels_path.name} rows disagree: {rows_text}", "invalid"))
-            continue
-        (target,) = entry["targets"]
 
-        klass = None
-        if patient in detailed:
-            classes = detailed[patient]
-            if len(classes) > 1:
-                issues.append(DataIssue(str(image), f"{detailed_path.name} gives several classes: "
-                                        + ", ".join(repr(c) for c in classes), "invalid"))
-                continue
-            ((klass, class_row),) = classes.items()
-            if klass not in DETAILED_CLASSES:
-                issues.append(DataIssue(str(image), f"{detailed_path.name} row {class_row}: unknown class "
-                                        f"{klass!r} (expected one of {', '.join(DETAILED_CLASSES)})", "invalid"))
-                continue
-            if DETAILED_CLASSES[klass][0] != target:
-                issues.append(DataIssue(str(image), f"{detailed_path.name} row {class_row}: class {klass!r} "
-                                        f"contradicts Target={target} in {where}", "invalid"))
-                continue
+def _label_problem(entry: dict, labels_path: Path) -> str | None:
+    """Why an image's label rows give no single Target (unparseable or disagreeing rows), or None."""
+    if entry["bad"]:
+        return f"{labels_path.name} {'; '.join(entry['bad'])}"
+    if len(entry["targets"]) > 1:
+        rows_text = ", ".join(f"Target={t} in row {n}" for t, n in sorted(entry["targets"].items()))
+        return f"{labels_path.name} rows disagree: {rows_text}"
+    return None
 
-        if klass is not None:
-            finding, source_finding = DETAILED_CLASSES[klass][1], klass
-        else:
-            finding, source_finding = ("pneumonia" if target == 1 else "normal"), f"Target={target}"
-        rows.append(record_row(SOURCE, root, image, patient_id=patient, covid=0, finding=finding,
-                               source_finding=source_finding, boxes=entry["boxes"]))
 
-    return SourceLoad(source=SOURCE, root=root, records=build_records(rows, extra_columns=["boxes"]),
-                      issues=issues, excluded={})
+def _class_problem(classes: dict[str, int], target: int, detailed_path: Path, where: str) -> str | None:
+    """Why an image's detailed class is unusable (several, unknown, or contradicting its Target), or None."""
+    if len(classes) > 1:
+        return f"{detailed_path.name} gives several classes: " + ", ".join(repr(c) for c in classes)
+    ((klass, class_row),) = classes.items()
+    if klass not in DETAILED_CLASSES:
+        return (f"{detailed_path.name} row {class_row}: unknown class {klass!r} "
+                f"(expected one of {', '.join(DETAILED_CLASSES)})")
+    if DETAILED_CLASSES[klass][0] != target:
+        return f"{detailed_path.name} row {class_row}: class {klass!r} contradicts Target={target} in {where}"
+    return None
