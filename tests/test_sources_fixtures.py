@@ -212,7 +212,7 @@ def test_montgomery_cache_falls_back_to_user_cache(tmp_path, monkeypatch):
 def test_combine_masks_rejects_size_mismatch(tmp_path):
     left = _png(tmp_path / "l.png", np.zeros((4, 4)))
     right = _png(tmp_path / "r.png", np.zeros((4, 5)))
-    with pytest.raises(ValueError, match="4x4"):
+    with pytest.raises(DatasetLayoutError, match="4x4"):
         montgomery.combine_masks(left, right, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
 
@@ -337,6 +337,8 @@ def test_hospital_csv_layout_errors(tmp_path):
     with pytest.raises(DatasetLayoutError) as error:
         hospital_csv.load(root, csv="exams.csv", patient_column="pid", label_column="covid_label")
     assert "'path'" in str(error.value) and "'file'" in str(error.value) and "'covid_label'" in str(error.value)
+    with pytest.raises(DatasetLayoutError, match=r"labels \['no'\] are listed as both positive and negative"):
+        hospital_csv.load(root, **{**HOSPITAL_OPTIONS, "positive_labels": ("yes", "No")})
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -458,7 +460,7 @@ def test_covid_qu_ex_layout_error_and_data_check_says_patients_are_unknown(tmp_p
 
 
 def test_original_split_keeps_the_sources_own_parts(tmp_path):
-    from unveil.data.splits import original_split
+    from unveil.data.splits import SplitError, original_split
 
     _qu_ex_fixture(tmp_path)
     records = load_source("covid-qu-ex", tmp_path).records
@@ -466,5 +468,5 @@ def test_original_split_keeps_the_sources_own_parts(tmp_path):
     assert dict(zip(records["patient_id"], split)) == {
         "Train/COVID-19/covid_1 (2)": "train", "Train/Normal/Normal (11)": "train",
         "Val/Non-COVID/Non_COVID (7)": "val", "Test/COVID-19/covid_9": "test"}
-    with pytest.raises(ValueError, match="original_split"):
+    with pytest.raises(SplitError, match="original_split"):
         original_split(records.drop(columns="original_split"))

@@ -9,6 +9,7 @@ from unveil.data.sources import DatasetLayoutError, UnknownSourceError, load_sou
 from unveil.data.sources.covid_chestxray import map_finding
 from unveil.data.sources.figure1 import patient_of
 from unveil.data.sources.kermany import classify_file
+from unveil.errors import UnveilError
 
 from conftest import shared
 
@@ -96,8 +97,10 @@ def test_layout_errors_name_the_path(tmp_path):
         load_source("covid-chestxray", tmp_path)
     with pytest.raises(DatasetLayoutError, match="train\\|test\\|val"):
         load_source("chestxray", tmp_path)
-    with pytest.raises(UnknownSourceError, match="known sources"):
+    with pytest.raises(UnknownSourceError, match="unknown dataset source 'nope'; known sources: chestxray, "):
         resolve_source_name("nope")
+    with pytest.raises(UnveilError, match="known sources"):  # the CLI's one catch
+        load_source("nope", tmp_path)
 
 
 def test_lung_segmentation_sample():

@@ -4,12 +4,14 @@ import pytest
 from unveil.data.leakage import LeakageError, check_leakage, find_leakage
 from unveil.data.records import patient_keys
 from unveil.data.splits import (
+    SplitError,
     SplitFileError,
     apply_split_file,
     patient_exclusive_split,
     read_split_file,
     write_split_file,
 )
+from unveil.errors import UnveilError
 
 from conftest import make_records
 
@@ -68,8 +70,14 @@ def test_split_file_hash_mismatch_and_unknown_records(records, tmp_path):
 
 
 def test_invalid_fraction_rejected(records):
-    with pytest.raises(ValueError, match="test_fraction"):
+    with pytest.raises(SplitError, match="test_fraction"):
         patient_exclusive_split(records, seed=0, test_fraction=1.2)
+
+
+def test_unknown_stratification_column_is_a_user_error(records):
+    with pytest.raises(SplitError, match="cannot stratify by 'sexx': no such column; the records have .*covid"):
+        patient_exclusive_split(records, seed=0, stratify_by=["covid", "sexx"])
+    assert issubclass(SplitError, UnveilError)
 
 
 def test_leakage_of_a_patient_is_detected(records):
