@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from unveil.cli import app
 from unveil.data.sources import load_source
+from unveil.errors import UnveilError
 from unveil.synth.config import SynthConfigError, load_config, parse_config
 from unveil.synth.evidence import bias_gap
 from unveil.synth.findings import finding_opacity
-from unveil.synth.generate import attach_truth, dataset_roots, generate, read_truth
+from unveil.synth.generate import BenchmarkFolderError, attach_truth, dataset_roots, generate, read_truth
 from unveil.synth.phantom import render_anatomy, sample_anatomy
 from unveil.synth.render import render_image
 from unveil.synth.signature import (
@@ -183,8 +184,11 @@ def test_same_seed_gives_byte_identical_output_whatever_the_workers(small_benchm
     other = tmp_path / "other"
     generate(config, other, seed=8, scale=0.04)
     assert _tree_hashes(other) != _tree_hashes(out)
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(BenchmarkFolderError, match="not empty"):
         generate(config, other, seed=8, scale=0.04)
+    assert issubclass(BenchmarkFolderError, UnveilError) and issubclass(BenchmarkFolderError, FileExistsError)
+    with pytest.raises(SynthConfigError, match="scale must be positive, got 0"):
+        generate(config, tmp_path / "none", seed=8, scale=0)
 
 
 def test_cli_generate_and_preview(tmp_path):

@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from unveil.errors import UnveilError
 from unveil.io.dicom_writer import write_dicom
 from unveil.provenance import environment_versions, write_text_atomic
-from unveil.synth.config import SynthConfig
+from unveil.synth.config import SynthConfig, SynthConfigError
 from unveil.synth.render import SyntheticImage, render_image
 
 TRUTH_COLUMNS = ("dataset", "layout", "source", "relative_path", "mask_path", "patient", "finding", "severity",
@@ -226,6 +227,10 @@ def _write_metadata(root: Path, config: SynthConfig, truth: pd.DataFrame) -> Non
                                                "date", "location", "folder", "filename", "license"], rows)
 
 
+class BenchmarkFolderError(UnveilError, FileExistsError):
+    """The output folder holds other files: refused unless it is an earlier benchmark and overwriting is allowed."""
+
+
 def generate(config: SynthConfig, out: str | Path, *, seed: int = 0, scale: float = 1.0, workers: int = 1,
              progress: bool = False, overwrite: bool = False) -> pd.DataFrame:
     """Render every dataset of ``config`` under ``out``; return the ground-truth table.
@@ -233,14 +238,14 @@ def generate(config: SynthConfig, out: str | Path, *, seed: int = 0, scale: floa
     ``out`` must be new or empty; with ``overwrite`` an earlier benchmark there is replaced.
     """
     if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise SynthConfigError(f"scale must be positive, got {scale}")
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{root}: folder is not empty; choose a new one or allow overwriting "
+            raise BenchmarkFolderError(f"{root}: folder is not empty; choose a new one or allow overwriting "
                                   "(files left from another configuration would be read as data)")
         if not (root / "synth.meta.json").is_file():
-            raise FileExistsError(f"{root}: not a synthetic benchmark folder (no synth.meta.json); "
+            raise BenchmarkFolderError(f"{root}: not a synthetic benchmark folder (no synth.meta.json); "
                                   "refusing to delete anything in it")
         for child in root.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -104,7 +104,6 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     v = (v - 0.5 - a.shift_v) / a.zoom + 0.5
     u = u + a.tilt * (v - 0.5)  # slight patient rotation
     dx = np.abs(u - 0.5)
-    edge = 2.5 / size
 
     # Body: a torso widening from the neck to the shoulders, then slowly narrowing.
     width = np.where(v < 0.2, 0.12 + (a.body_half_width - 0.12) * smoothstep(0.0, 0.2, v), a.body_half_width)
@@ -112,6 +111,30 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     thickness = np.sqrt(np.clip(1.0 - (dx / (a.body_half_width + 0.04)) ** 2, 0.0, 1.0))
     image = body * a.soft_tissue * (0.75 + 0.25 * thickness)
 
+    fields, heart = _lung_fields_and_heart(a, u, v, edge=2.5 / size)
+    lungs = np.maximum(fields[0], fields[1])
+
+    # Lung texture: vessels branching from the hila, brighter centrally.
+    hilum = np.exp(-((dx - 0.09) ** 2) / 0.01 - ((v - 0.45) ** 2) / 0.03)
+    vessels = np.abs(smooth_noise(rng, 24, size)) * (0.5 + hilum)
+    image = image - lungs * (a.lung_density - 0.05 * vessels - 0.06 * hilum)
+
+    # Heart, mediastinum and spine, brighter than the lungs around them.
+    image = image + heart * 0.05
+    mediastinum = smoothstep(a.mediastinum_width + 0.01, a.mediastinum_width - 0.01, dx) * smoothstep(0.05, 0.15, v)
+    spine = smoothstep(0.035, 0.025, dx)
+    vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * v / (a.rib_spacing * 0.7))
+    image = image + body * (mediastinum * 0.05 + spine * a.bone * (0.5 + 0.3 * vertebrae))
+    image = _add_ribs_and_clavicles(image, a, u, v, dx, width, body, heart)
+
+    geometry = Geometry(u=u, v=v, lungs=lungs, right_lung=fields[0] > 0.5, left_lung=fields[1] > 0.5,
+                        anatomy=anatomy)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), geometry
+
+
+def _lung_fields_and_heart(a: Anatomy, u: np.ndarray, v: np.ndarray, *,
+                           edge: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """The two lung fields (right, left; the heart cut out) and the heart, as soft masks in [0, 1]."""
     # Lung fields: narrow apex, wide base; cut by the diaphragm dome and the mediastinum.
     lung_mid = 0.5 * (a.lung_top + a.lung_bottom)
     lung_half_height = 0.5 * (a.lung_bottom - a.lung_top)
@@ -133,35 +156,23 @@ def render_anatomy(anatomy: Anatomy, size: int, rng: np.random.Generator) -> tup
     ventricle_v = (v - (a.lung_bottom - a.heart_height * 0.25)) / (0.75 * a.heart_height)
     heart = np.maximum(smoothstep(1.0, 0.85, heart_u**2 + heart_v**2),
                        smoothstep(1.0, 0.8, ventricle_u**2 + ventricle_v**2))
-    fields = [np.minimum(f, 1.0 - heart) for f in fields]
-    lungs = np.maximum(fields[0], fields[1])
+    return [np.minimum(f, 1.0 - heart) for f in fields], heart
 
-    # Lung texture: vessels branching from the hila, brighter centrally.
-    hilum = np.exp(-((dx - 0.09) ** 2) / 0.01 - ((v - 0.45) ** 2) / 0.03)
-    vessels = np.abs(smooth_noise(rng, 24, size)) * (0.5 + hilum)
-    image = image - lungs * (a.lung_density - 0.05 * vessels - 0.06 * hilum)
 
-    # Heart, mediastinum and spine, brighter than the lungs around them.
-    image = image + heart * 0.05
-    mediastinum = smoothstep(a.mediastinum_width + 0.01, a.mediastinum_width - 0.01, dx) * smoothstep(0.05, 0.15, v)
-    spine = smoothstep(0.035, 0.025, dx)
-    vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * v / (a.rib_spacing * 0.7))
-    image = image + body * (mediastinum * 0.05 + spine * a.bone * (0.5 + 0.3 * vertebrae))
-
+def _add_ribs_and_clavicles(image: np.ndarray, a: Anatomy, u: np.ndarray, v: np.ndarray, dx: np.ndarray,
+                            width: np.ndarray, body: np.ndarray, heart: np.ndarray) -> np.ndarray:
+    """``image`` with the posterior ribs and the clavicles added (in this order: float sums are not associative,
+    and the benchmark's files must stay byte-identical for a seed)."""
     # Posterior ribs: bands that curve down laterally, periodic in a warped vertical coordinate.
     phase = (v - a.lung_top + 0.05 - a.rib_curvature * (dx - 0.03) ** 2) / a.rib_spacing
     band = smoothstep(0.55, 0.8, np.cos(2 * np.pi * phase))
     thorax = smoothstep(a.lung_bottom + 0.04, a.lung_bottom - 0.02, v)
     ribs = band * (phase > 0) * thorax * smoothstep(0.03, 0.06, dx) * smoothstep(0.02, -0.02, dx - width + 0.03)
     image = image + ribs * a.bone * 0.8 * body * (1.0 - 0.6 * heart)
-
     # Clavicles: two bright bars from the manubrium up and out to the shoulders.
     for side in (-1, 1):
         t = np.clip(side * (u - 0.5), 0.0, None)
         line = 0.16 - 0.1 * t + 0.25 * t * t
         clavicle = smoothstep(0.014, 0.008, np.abs(v - line)) * smoothstep(0.03, 0.06, t) * smoothstep(0.4, 0.33, t)
         image = image + clavicle * a.bone * 1.1
-
-    geometry = Geometry(u=u, v=v, lungs=lungs, right_lung=fields[0] > 0.5, left_lung=fields[1] > 0.5,
-                        anatomy=anatomy)
-    return np.clip(image, 0.0, 1.0).astype(np.float32), geometry
+    return image

@@ -223,9 +223,19 @@ def apply_acquisition(image: np.ndarray, mask: np.ndarray, acquisition: Acquisit
                       rng: np.random.Generator, *, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render ``acquisition`` onto a toned phantom (see :func:`apply_tone`), upsampling it to
     ``size``: returns the float32 image in [0, 1] and the lung mask, transformed alongside
-    (padding shrinks both)."""
-    a = acquisition
+    (padding shrinks both). The steps draw from ``rng`` in a fixed order (grain, noise, devices)."""
     size = size or image.shape[0]
+    out, mask = _detector(image, mask, acquisition, rng, size)
+    out = _burn_in(out, acquisition, rng, size)
+    _collimate(out, acquisition, size)
+    if acquisition.padding > 0:
+        out, mask = _pad(out, mask, acquisition.padding, size)
+    return np.clip(out, 0.0, 1.0), mask
+
+
+def _detector(image: np.ndarray, mask: np.ndarray, a: Acquisition, rng: np.random.Generator,
+              size: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the detector does: grain, lost resolution, the output size (mask resized alongside), noise."""
     if a.grain > 0:  # mottle, drawn at the working resolution (cheaper than at full size)
         image = image + a.grain * smooth_noise(rng, max(8, image.shape[0] // 3), image.shape[0])
     source = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
@@ -242,8 +252,11 @@ def apply_acquisition(image: np.ndarray, mask: np.ndarray, acquisition: Acquisit
         shift = rng.integers(0, size, 2)
         tile = np.roll(_noise_tile(size), (int(shift[0]), int(shift[1])), axis=(0, 1))
         out = out + a.noise * (tile if rng.random() < 0.5 else tile.T)
-    out = np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0), mask
 
+
+def _burn_in(out: np.ndarray, a: Acquisition, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draw what is burnt into the image: devices, a text block and a laterality marker."""
     canvas = Image.fromarray(out, mode="F")
     draw = ImageDraw.Draw(canvas)
     if a.devices:
@@ -261,8 +274,11 @@ def apply_acquisition(image: np.ndarray, mask: np.ndarray, acquisition: Acquisit
         x, y = _corner_xy(a.marker_corner, size, (right - left + 2 * pad, bottom - top + 2 * pad), size // 30)
         draw.rectangle([x, y, x + right - left + 2 * pad, y + bottom - top + 2 * pad], fill=0.9)
         draw.text((x + pad - left, y + pad - top), a.marker, fill=0.05, font=font)
-    out = np.asarray(canvas, dtype=np.float32).copy()
+    return np.asarray(canvas, dtype=np.float32).copy()
 
+
+def _collimate(out: np.ndarray, a: Acquisition, size: int) -> None:
+    """Set the collimated borders (fractions of the side: top, bottom, left, right) to their value, in place."""
     top, bottom, left, right = (int(round(w * size)) for w in a.collimation)
     if top:
         out[:top] = a.collimation_value
@@ -273,13 +289,15 @@ def apply_acquisition(image: np.ndarray, mask: np.ndarray, acquisition: Acquisit
     if right:
         out[:, size - right:] = a.collimation_value
 
-    if a.padding > 0:
-        inner = max(8, int(round(size * (1 - 2 * a.padding))))
-        offset = (size - inner) // 2
-        shrunk = Image.fromarray(out, mode="F").resize((inner, inner), Image.Resampling.BILINEAR)
-        out = np.zeros_like(out)
-        out[offset:offset + inner, offset:offset + inner] = np.asarray(shrunk, dtype=np.float32)
-        small_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize((inner, inner), Image.Resampling.NEAREST)
-        mask = np.zeros_like(mask)
-        mask[offset:offset + inner, offset:offset + inner] = np.asarray(small_mask) > 127
-    return np.clip(out, 0.0, 1.0), mask
+
+def _pad(out: np.ndarray, mask: np.ndarray, padding: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink the image and its mask into a black frame of ``padding`` (fraction of the side) on every edge."""
+    inner = max(8, int(round(size * (1 - 2 * padding))))
+    offset = (size - inner) // 2
+    shrunk = Image.fromarray(out, mode="F").resize((inner, inner), Image.Resampling.BILINEAR)
+    out = np.zeros_like(out)
+    out[offset:offset + inner, offset:offset + inner] = np.asarray(shrunk, dtype=np.float32)
+    small_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize((inner, inner), Image.Resampling.NEAREST)
+    mask = np.zeros_like(mask)
+    mask[offset:offset + inner, offset:offset + inner] = np.asarray(small_mask) > 127
+    return out, mask
