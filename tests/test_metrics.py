@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
+from unveil.errors import UnveilError
+from unveil.evaluation.bootstrap import percentile_interval
 from unveil.evaluation.metrics import (
     METRICS,
     PROPORTIONS,
@@ -29,6 +31,7 @@ from unveil.evaluation.metrics import (
     point_metrics,
     wilson_interval,
 )
+from unveil.thresholds import ThresholdError
 
 
 def cohort(n_patients: int, seed: int, images_per_patient: int = 1, separation: float = 0.25):
@@ -298,12 +301,34 @@ def test_metrics_at_the_papers_threshold():
 def test_threshold_rules_are_one_vocabulary():
     assert [r.value for r in ThresholdRule] == ["fixed", "youden", "sensitivity", "bundle"]
     assert ThresholdRule.parse(" Youden ") is ThresholdRule.YOUDEN and str(ThresholdRule.FIXED) == "fixed"
-    with pytest.raises(ValueError, match="choose one of fixed, youden, sensitivity$"):
+    with pytest.raises(ThresholdError, match="choose one of fixed, youden, sensitivity$"):
         ThresholdRule.parse("bundle", allow_bundle=False)
-    with pytest.raises(ValueError, match="unknown threshold rule 'fixed 0.5'"):
+    with pytest.raises(ThresholdError, match="unknown threshold rule 'fixed 0.5'"):
         ThresholdRule.parse("fixed 0.5")
-    with pytest.raises(ValueError, match="bundle"):
+    with pytest.raises(ThresholdError, match="bundle"):
         choose_threshold([0, 1], [0.2, 0.8], "bundle")
+    assert issubclass(ThresholdError, UnveilError) and issubclass(ThresholdError, ValueError)
+
+
+def test_threshold_descriptions_are_derived_from_the_rule():
+    assert ThresholdRule.FIXED.describe(0.5) == "fixed 0.5" == fixed_threshold().description
+    for rule, target in ((ThresholdRule.YOUDEN, 0.9), (ThresholdRule.SENSITIVITY, 0.75)):
+        chosen = choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], rule, target_sensitivity=target)
+        assert chosen.description.startswith(rule.value) and chosen.rule is rule
+    assert evaluate_scores([0, 1], [0.2, 0.8], [1, 2], threshold=0.3, resamples=0).threshold_description == \
+        ThresholdRule.FIXED.describe(0.3)
+
+
+def test_interval_undefined_everywhere_is_a_flag_not_a_message():
+    everywhere = percentile_interval(np.full(4, np.nan), 0.025, 4)
+    assert everywhere.undefined_in_every_resample and (everywhere.defined_in, everywhere.resamples) == (0, 4)
+    assert not percentile_interval(np.empty(0), 0.025, 0).undefined_in_every_resample  # no resamples at all
+    partial = percentile_interval(np.array([0.5, np.nan, 0.7]), 0.025, 3, undefined_reason="held one class")
+    assert not partial.undefined_in_every_resample and partial.defined_in == 2
+    assert partial.note == "interval from 2 of 3 resamples (the others held one class)"
+    # No COVID+ image: sensitivity is undefined at the point and in every resample; one note says why.
+    note = evaluate_scores([0, 0, 0], [0.2, 0.6, 0.8], [1, 2, 3], resamples=20).metrics["sensitivity"].note
+    assert note == "undefined: no COVID+ images"
 
 
 def test_threshold_choice_round_trips_and_reads_old_bundles():
@@ -320,7 +345,7 @@ def test_fixed_threshold():
     assert choose_threshold([0, 1], [0.2, 0.8]) == fixed_threshold(0.5)
     chosen = choose_threshold([0, 0], [0.2, 0.8], "fixed", value=0.35)
     assert (chosen.value, chosen.rule, chosen.description) == (0.35, ThresholdRule.FIXED, "fixed 0.35")
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ThresholdError, match=r"\[0, 1\]"):
         fixed_threshold(1.5)
 
 

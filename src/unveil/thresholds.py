@@ -28,6 +28,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from unveil.errors import UnveilError
+
+
+class ThresholdError(UnveilError, ValueError):
+    """A threshold rule or parameter a user gave cannot apply (unknown rule, value outside [0, 1], one class)."""
+
 
 class ThresholdRule(str, Enum):
     """How a decision threshold is chosen (the one vocabulary of CLI options, configs, rows and bundles)."""
@@ -40,16 +46,26 @@ class ThresholdRule(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def describe(self, value: float | None = None) -> str:
+        """How a threshold was chosen, in words starting with the rule's name (``fixed 0.5``, ``youden on
+        validation``); the data-driven rules append their figures (see :func:`choose_threshold`)."""
+        if self is ThresholdRule.FIXED:
+            return f"{self.value} {value:g}" if value is not None else self.value
+        if self is ThresholdRule.BUNDLE:
+            return "the threshold recorded in the model bundle"
+        return f"{self.value} on validation"
+
     @classmethod
     def parse(cls, value: ThresholdRule | str, *, allow_bundle: bool = True) -> ThresholdRule:
-        """``value`` as a rule; a ValueError naming the accepted rules otherwise."""
+        """``value`` as a rule; a :class:`ThresholdError` naming the accepted rules otherwise."""
         allowed = [rule for rule in cls if allow_bundle or rule is not cls.BUNDLE]
         try:
             rule = cls(str(value.value if isinstance(value, cls) else value).strip().lower())
         except ValueError:
             rule = None
         if rule is None or rule not in allowed:
-            raise ValueError(f"unknown threshold rule {value!r}; choose one of {', '.join(r.value for r in allowed)}")
+            raise ThresholdError(f"unknown threshold rule {value!r}; "
+                                 f"choose one of {', '.join(r.value for r in allowed)}")
         return rule
 
 
@@ -88,8 +104,8 @@ def fixed_threshold(value: float = PAPER_THRESHOLD) -> ThresholdChoice:
     """The fixed rule: ``value`` itself, whatever the data."""
     value = finite_number(value, "threshold value")
     if not 0 <= value <= 1:
-        raise ValueError(f"a fixed threshold is a probability in [0, 1]; got {value}")
-    return ThresholdChoice(value, ThresholdRule.FIXED, f"fixed {value:g}", "fixed", value)
+        raise ThresholdError(f"a fixed threshold is a probability in [0, 1]; got {value}")
+    return ThresholdChoice(value, ThresholdRule.FIXED, ThresholdRule.FIXED.describe(value), "fixed", value)
 
 
 def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: ThresholdRule | str = ThresholdRule.FIXED, *,
@@ -107,12 +123,13 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
         return fixed_threshold(value)
     y, s = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
     if y.ndim != 1 or y.shape != s.shape or not len(y):
-        raise ValueError(f"labels and probabilities must be non-empty 1-D arrays of one length; got {y.shape}, "
+        raise ThresholdError(f"labels and probabilities must be non-empty 1-D arrays of one length; got {y.shape}, "
                          f"{s.shape}")
     if not np.isin(y, (0, 1)).all() or not np.all(np.isfinite(s)):
-        raise ValueError("labels must be 0/1 and probabilities finite")
+        raise ThresholdError("labels must be 0/1 and probabilities finite")
     if y.min() == y.max():
-        raise ValueError(f"a {rule.value} threshold needs both classes in the validation labels; all are {int(y[0])}")
+        raise ThresholdError(f"a {rule.value} threshold needs both classes in the validation labels; "
+                             f"all are {int(y[0])}")
     # thresholds[0] is inf (nothing predicted positive, tpr = fpr = 0); skip it: J there is 0, which
     # the last point (everything positive) also reaches, and sensitivity there is 0 < any target.
     fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
@@ -121,24 +138,25 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
         youden = tpr - fpr
         best = int(np.argmax(youden))  # first maximum = highest threshold among ties
         return ThresholdChoice(float(thresholds[best]), rule,
-                               f"youden on validation (J={youden[best]:.3f}, sensitivity {tpr[best]:.2f}, "
+                               f"{rule.describe()} (J={youden[best]:.3f}, sensitivity {tpr[best]:.2f}, "
                                f"specificity {1 - fpr[best]:.2f})")
     target = finite_number(target_sensitivity, "target sensitivity")
     if not 0 < target <= 1:
-        raise ValueError(f"target sensitivity must lie in (0, 1]; got {target}")
+        raise ThresholdError(f"target sensitivity must lie in (0, 1]; got {target}")
     # tpr rises as the threshold falls, so the first point reaching the target has the highest threshold.
     # A tiny tolerance keeps e.g. 9/10 = 0.8999999999999999 from missing a target of 0.9.
     index = int(np.argmax(tpr >= target - 1e-12))
     return ThresholdChoice(float(thresholds[index]), rule,
-                           f"sensitivity >= {target:.2f} on validation (achieved {tpr[index]:.3f}, "
+                           f"{rule.value} >= {target:.2f} on validation (achieved {tpr[index]:.3f}, "
                            f"specificity {1 - fpr[index]:.2f})", parameter=target)
 
 
 def finite_number(value: float, what: str) -> float:
+    """``value`` as a finite float; a :class:`ThresholdError` naming ``what`` otherwise."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number; got {value!r}") from None
+        raise ThresholdError(f"{what} must be a number; got {value!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{what} must be finite; got {value}")
+        raise ThresholdError(f"{what} must be finite; got {value}")
     return value

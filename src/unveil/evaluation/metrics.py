@@ -25,6 +25,13 @@ from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from unveil.evaluation.bootstrap import (  # noqa: F401 - WeightedAUC, _percentiles_with_inf: re-exported for tests
+    Interval,
+    WeightedAUC,
+    _percentiles_with_inf,
+    percentile_interval,
+    resample_patients,
+)
 from unveil.thresholds import (  # noqa: F401 - re-exported: the evaluation layer names them too
     PAPER_THRESHOLD,
     ThresholdChoice,
@@ -55,8 +62,7 @@ _RESAMPLE_REASON = {"sensitivity": "held no COVID+ images", "specificity": "held
                     "f1": "held no COVID+ images and no positive predictions",
                     "dor": "had tp*tn = fp*fn = 0", "accuracy": "were empty"}
 _CELL_NAMES = {"tp": "true positives", "fp": "false positives", "tn": "true negatives", "fn": "false negatives"}
-# Resamples per chunk are capped so that one chunk's image-weight matrix holds about this many values.
-_CHUNK_VALUES = 2_000_000
+_WeightedAUC = WeightedAUC  # the name tests and older callers use
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     choice = threshold if isinstance(threshold, ThresholdChoice) else None
     threshold = finite_number(choice.value if choice else threshold, "threshold")
     rule = choice.rule if choice else ThresholdRule.FIXED
-    description = choice.description if choice else f"fixed {threshold:g}"
+    description = choice.description if choice else ThresholdRule.FIXED.describe(threshold)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
     if int(resamples) != resamples or resamples < 0:
@@ -226,21 +232,8 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     points["roc_auc"] = float(roc_auc_score(y, s)) if both_classes else math.nan
 
     draws = _bootstrap(y, s, s >= threshold, codes, n_patients, resamples, np.random.default_rng(seed))
-    alpha = (1 - confidence) / 2
-    metrics = {}
-    for name in REPORTED:
-        low, high, interval_note = _percentile_interval(name, draws[name], alpha, resamples)
-        wilson_low = wilson_high = None
-        if name in PROPORTIONS:
-            successes, n = {"sensitivity": (confusion.tp, confusion.positives),
-                            "specificity": (confusion.tn, confusion.negatives),
-                            "accuracy": (confusion.tp + confusion.tn, confusion.total)}[name]
-            wilson_low, wilson_high = wilson_interval(successes, n, confidence)
-        if math.isnan(points[name]) and interval_note and interval_note.startswith("no interval: undefined"):
-            interval_note = None  # the point note already says why
-        notes = [note for note in (_point_note(name, points[name], confusion), interval_note) if note]
-        metrics[name] = MetricValue(name=name, value=points[name], low=low, high=high, wilson_low=wilson_low,
-                                    wilson_high=wilson_high, note="; ".join(notes) or None)
+    metrics = {name: _metric_value(name, points[name], draws[name], confusion, confidence, resamples)
+               for name in REPORTED}
 
     return Evaluation(
         threshold=threshold, threshold_rule=rule, threshold_description=description, confusion=confusion,
@@ -253,6 +246,24 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
                    "method": "percentile"})
 
 
+def _metric_value(name: str, point: float, draws: np.ndarray, confusion: Confusion, confidence: float,
+                  resamples: int) -> MetricValue:
+    """One metric's point value, bootstrap interval, Wilson interval (proportions) and notes."""
+    interval = percentile_interval(draws, (1 - confidence) / 2, resamples,
+                                   undefined_reason=_RESAMPLE_REASON.get(name, "had it undefined"))
+    wilson_low = wilson_high = None
+    if name in PROPORTIONS:
+        successes, n = {"sensitivity": (confusion.tp, confusion.positives),
+                        "specificity": (confusion.tn, confusion.negatives),
+                        "accuracy": (confusion.tp + confusion.tn, confusion.total)}[name]
+        wilson_low, wilson_high = wilson_interval(successes, n, confidence)
+    # Undefined at the point and in every resample: the point note already says why.
+    interval_note = None if math.isnan(point) and interval.undefined_in_every_resample else interval.note
+    notes = [note for note in (_point_note(name, point, confusion), interval_note) if note]
+    return MetricValue(name=name, value=point, low=interval.low, high=interval.high, wilson_low=wilson_low,
+                       wilson_high=wilson_high, note="; ".join(notes) or None)
+
+
 def metrics_at_paper_threshold(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     """The threshold-dependent metrics at the paper's fixed 0.5 (point values, columns ``m_at_0.5``), shown
     beside a chosen threshold so that the two readings can be compared."""
@@ -260,7 +271,7 @@ def metrics_at_paper_threshold(labels: ArrayLike, scores: ArrayLike) -> dict[str
     return {f"{name}{AT_PAPER_SUFFIX}": values[name] for name in AT_PAPER_THRESHOLD}
 
 
-# --- bootstrap -------------------------------------------------------------------------------------------------
+# --- bootstrap (the resampling itself lives in unveil.evaluation.bootstrap) --------------------------------------
 
 
 def _bootstrap(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes: np.ndarray, n_patients: int,
@@ -268,91 +279,10 @@ def _bootstrap(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes: np.nd
     """Every reported metric in each of ``resamples`` patient-bootstrap resamples (arrays of length resamples)."""
     if resamples == 0:
         return {name: np.empty(0) for name in REPORTED}
-    # Per-patient confusion counts (P x 4): a resample's counts are multiplicities @ counts.
-    cell = np.where(y == 1, np.where(predicted, 0, 3), np.where(predicted, 1, 2))  # tp, fp, tn, fn
-    per_patient = np.zeros((n_patients, 4))
-    np.add.at(per_patient, (codes, cell), 1.0)
-    auc = _WeightedAUC(y, s)
-    chunk = max(1, _CHUNK_VALUES // max(len(y), n_patients))
-    counts, aucs = [], []
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        drawn = rng.integers(0, n_patients, size=(size, n_patients))
-        # Multiplicity of each patient in each resample: one bincount over row-offset patient indices.
-        offsets = drawn + (np.arange(size) * n_patients)[:, None]
-        multiplicity = np.bincount(offsets.ravel(), minlength=size * n_patients).reshape(size, n_patients)
-        multiplicity = multiplicity.astype(np.float64)
-        counts.append(multiplicity @ per_patient)
-        aucs.append(auc(multiplicity[:, codes]))
-    counts_all = np.concatenate(counts)
-    values = _metrics_from_counts(*counts_all.T)
-    values["roc_auc"] = np.concatenate(aucs)
+    counts, aucs = resample_patients(y, s, predicted, codes, n_patients, resamples, rng)
+    values = _metrics_from_counts(*counts.T)
+    values["roc_auc"] = aucs
     return values
-
-
-class _WeightedAUC:
-    """ROC AUC of fixed labels/scores under many weight vectors at once (rows of a weight matrix).
-
-    AUC = sum over (positive i, negative j) of w_i w_j ([s_i > s_j] + [s_i == s_j] / 2), over W+ W-: the
-    Mann-Whitney form, equal to the trapezoidal area sklearn's ``roc_auc_score(sample_weight=w)`` computes.
-    Written by hand because sklearn takes one weight vector per call, ~1 ms each: 2000 calls would be
-    seconds, while this does all resamples with one cumulative sum and two gathers."""
-
-    def __init__(self, y: np.ndarray, s: np.ndarray):
-        self.positive = np.flatnonzero(y == 1)
-        negative = np.flatnonzero(y == 0)
-        self.negative = negative[np.argsort(s[negative], kind="stable")]
-        negative_scores = s[self.negative]
-        positive_scores = s[self.positive]
-        # Per positive: number of negatives scored below it, and below or equal to it.
-        self.below = np.searchsorted(negative_scores, positive_scores, side="left")
-        self.up_to = np.searchsorted(negative_scores, positive_scores, side="right")
-
-    def __call__(self, weights: np.ndarray) -> np.ndarray:
-        """AUC per row of ``weights`` (resamples x images); nan where a row weighs one class only."""
-        cumulative = np.zeros((weights.shape[0], len(self.negative) + 1))
-        np.cumsum(weights[:, self.negative], axis=1, out=cumulative[:, 1:])
-        positive_weights = weights[:, self.positive]
-        # Weighted negatives below each positive, plus half of the tied ones.
-        beaten = 0.5 * (cumulative[:, self.below] + cumulative[:, self.up_to])
-        numerator = np.einsum("ij,ij->i", positive_weights, beaten)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return numerator / (positive_weights.sum(axis=1) * cumulative[:, -1])
-
-
-def _percentile_interval(name: str, values: np.ndarray, alpha: float,
-                         resamples: int) -> tuple[float, float, str | None]:
-    """Percentile interval over the resamples where the metric is defined (inf allowed), and a note."""
-    if resamples == 0:
-        return math.nan, math.nan, "no interval: no bootstrap resamples"
-    defined = values[~np.isnan(values)]
-    if defined.size == 0:
-        return math.nan, math.nan, f"no interval: undefined in all {resamples} resamples"
-    low, high = _percentiles_with_inf(defined, (100 * alpha, 100 * (1 - alpha)))
-    notes = []
-    if defined.size < resamples:
-        reason = _RESAMPLE_REASON.get(name, "had it undefined")
-        notes.append(f"interval from {defined.size} of {resamples} resamples (the others {reason})")
-    if math.isinf(high):
-        infinite = int(np.isinf(defined).sum())
-        notes.append(f"upper bound infinite: {infinite} of {defined.size} resamples had no false positives "
-                     "or no false negatives")
-    return low, high, "; ".join(notes) or None
-
-
-def _percentiles_with_inf(values: np.ndarray, percents: tuple[float, ...]) -> list[float]:
-    """np.percentile (linear), but with +inf values handled: interpolating towards inf gives inf.
-
-    np.percentile computes a + (b - a) * t, which is nan for b = inf and t = 0; so inf is replaced by a
-    finite stand-in above every finite value, and any result above the largest finite value is inf."""
-    infinite = np.isposinf(values)
-    if not infinite.any():
-        return [float(v) for v in np.percentile(values, percents)]
-    if infinite.all():
-        return [math.inf for _ in percents]
-    largest = float(values[~infinite].max())
-    stand_in = np.where(infinite, min(2 * abs(largest) + 1, np.finfo(np.float64).max), values)
-    return [math.inf if v > largest else float(v) for v in np.percentile(stand_in, percents)]
 
 
 def _point_note(name: str, value: float, confusion: Confusion) -> str | None:
