@@ -11,9 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unveil.cli import app
+from unveil.errors import UnveilError
 from unveil.segmentation import LungSegmenter, SegmenterError, default_model_path
 from unveil.segmentation.model import ARCHITECTURE, build_network, load_bundle, save_bundle
-from unveil.segmentation.train import LungTrainingConfig, augment, fit, train_lung_model
+from unveil.segmentation.train import LungTrainingConfig, LungTrainingError, augment, fit, train_lung_model
 
 from conftest import shared
 
@@ -208,6 +209,9 @@ def test_network_sizes_and_unknown_size():
     assert 70_000 < counts["unet8"] < 300_000 < 1_500_000 < counts["unet16"] < 2_000_000
     with pytest.raises(ValueError, match="unet8"):
         build_network("huge")
+    with pytest.raises(LungTrainingError, match="unknown lung network size 'huge'; choose one of unet16, unet8"):
+        LungTrainingConfig(architecture="huge")
+    assert issubclass(LungTrainingError, UnveilError)
 
 
 def _lung_segmentation_set(root, count=12, size=48):
@@ -234,7 +238,7 @@ def _lung_segmentation_set(root, count=12, size=48):
 def test_excluded_source_is_never_trained_on_and_is_evaluated_whole(tmp_path):
     root = _lung_segmentation_set(tmp_path)
     config = LungTrainingConfig(size=32, epochs=1, batch_size=4, validate_every=1, architecture="unet8")
-    with pytest.raises(ValueError, match="no such source"):
+    with pytest.raises(LungTrainingError, match="--exclude jsrt: no such source"):
         train_lung_model([("lung-segmentation", root)], tmp_path / "bad", config=config, exclude=["jsrt"])
     description = train_lung_model([("lung-segmentation", root)], tmp_path / "run", config=config,
                                    exclude=["montgomery"])

@@ -86,11 +86,24 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
                       resamples: int) -> tuple[list, dict]:
     """Feature probes per factor within each class (all audited images), and metadata-only baselines of the
     label on the model's own test split (``own``: a bool per image). Returns verdicts and figures."""
+    table = metadata_table(records)
+    figures: dict[str, list] = {"probes": [], "only": [], "notes": []}
+    verdicts = _feature_probe_verdicts(features, table, is_positive, groups, figures, probe_rule=probe_rule,
+                                       min_images=min_images, seed=seed, resamples=resamples)
+    own = np.asarray(own, dtype=bool)
+    verdicts += _metadata_only_verdicts(table[own], is_positive[own], groups[own], figures, only_rule=only_rule,
+                                        seed=seed, resamples=resamples)
+    return verdicts, figures
+
+
+def _feature_probe_verdicts(features: np.ndarray, table: pd.DataFrame, is_positive: np.ndarray, groups: np.ndarray,
+                            figures: dict[str, list], *, probe_rule: float, min_images: int, seed: int,
+                            resamples: int) -> list:
+    """Per metadata factor and class: can a linear probe on the features tell the factor's levels apart?"""
     from unveil.audit.probes import linear_probe
     from unveil.audit.verdict import Verdict
 
-    table = metadata_table(records)
-    verdicts, figures = [], {"probes": [], "only": [], "notes": []}
+    verdicts = []
     for field_name in FIELDS[1:]:  # the source has its own probes
         for value, within in ((0, "COVID-"), (1, "COVID+")):
             in_class = is_positive == value
@@ -104,7 +117,7 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
                 probe = linear_probe(features[index], target[known].astype(int), groups[index],
                                      name=f"{field_name} {within}", negative=negative, positive=positive, seed=seed,
                                      resamples=resamples)
-            except ValueError as error:
+            except ValueError as error:  # too few patients on a side: noted, no verdict
                 figures["notes"].append(str(error))
                 continue
             figures["probes"].append({"field": field_name, **probe.figures()})
@@ -118,10 +131,18 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
                  f"use it as a shortcut where it differs between classes") if flagged else
                 f"no strong {field_name} signature among {within} images ({counts})",
                 measure="balanced accuracy (linear probe, out of fold)"))
-    own = np.asarray(own, dtype=bool)
-    mine = table[own]
+    return verdicts
+
+
+def _metadata_only_verdicts(mine: pd.DataFrame, labels: np.ndarray, patients: np.ndarray, figures: dict[str, list],
+                            *, only_rule: float | None, seed: int, resamples: int) -> list:
+    """How well the label is predicted from the metadata alone (each informative field, then all together),
+    on the model's own test split: the shortcut ceiling of these factors."""
+    from unveil.audit.probes import linear_probe
+    from unveil.audit.verdict import Verdict
+
+    verdicts = []
     fields_here = informative_fields(mine)
-    labels, patients = is_positive[own], groups[own]
     candidates = [(f, [f]) for f in fields_here]
     if len(fields_here) > 1:
         candidates.append(("all", fields_here))
@@ -130,7 +151,7 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
             probe = linear_probe(one_hot(mine, chosen_fields), labels, patients, name=f"metadata only {name}",
                                  negative="COVID-", positive="COVID+", seed=seed, resamples=resamples,
                                  regularization=1.0)
-        except ValueError as error:
+        except ValueError as error:  # too few patients on a side: noted, no verdict
             figures["notes"].append(str(error))
             continue
         metric = probe.evaluation.metrics["roc_auc"]
@@ -149,4 +170,4 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
             + ("a shortcut this strong is available without looking at the lungs; compare with the model's AUC"
                if flagged else "the shortcut ceiling of these factors"),
             measure="ROC AUC (logistic regression on one-hot metadata, out of fold)"))
-    return verdicts, figures
+    return verdicts

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from PIL import Image
 
 from unveil.data.records import concat_records
@@ -30,38 +27,25 @@ from unveil.data.sources import load_source
 from unveil.data.splits import drop_duplicate_images, patient_exclusive_split
 from unveil.io import ImageReadError, read_image
 from unveil.progress import bar as progress_bar
-from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions
-from unveil.segmentation.infer import LungSegmenter, prepare_input, to_tensor
+from unveil.segmentation.fitting import (  # noqa: F401 - augment, _select: importable here as before the split
+    LungTrainingConfig,
+    LungTrainingError,
+    _select,
+    augment,
+    fit,
+)
+from unveil.segmentation.infer import LungSegmenter, prepare_input
 from unveil.segmentation.metrics import mask_figures
 from unveil.segmentation.model import (
     CONVENTIONS,
-    DEFAULT_ARCHITECTURE,
     DEFAULT_CONVENTION,
     architecture_spec,
-    build_network,
     convention_of,
     save_bundle,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LungTrainingConfig:
-    size: int = 256
-    epochs: int = 150
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    test_fraction: float = 0.3
-    val_fraction: float = 0.15
-    validate_every: int = 5
-    balance_sources: bool = True  # each training source contributes equally per epoch
-    samples_per_epoch: int | None = None  # images drawn per epoch (default: the training set's size)
-    anisotropic: bool = False  # also stretch width and height independently (±10 %) when augmenting
-    architecture: str = DEFAULT_ARCHITECTURE  # a name of unveil.segmentation.model.ARCHITECTURES
-    seed: int = 0
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -108,117 +92,6 @@ def load_arrays(records: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarra
     if not images:
         return np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.float32), problems, sources
     return np.stack(images).astype(np.float32), np.stack(masks).astype(np.float32), problems, sources
-
-
-def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
-            anisotropic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation (±10°), scale (0.85-1.15; with ``anisotropic`` also ±10 % per axis),
-    translation (±8 %), tone, noise — batched."""
-    n = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator)
-
-    angle = uniform(-10, 10) * math.pi / 180
-    scale = uniform(0.85, 1.15)
-    stretch = uniform(0.9, 1.1) if anisotropic else torch.ones(n)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos / stretch, -sin / stretch, uniform(-0.16, 0.16)], 1),
-                         torch.stack([sin * stretch, cos * stretch, uniform(-0.16, 0.16)], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    gamma = torch.exp(uniform(-0.4, 0.4)).view(n, 1, 1, 1)
-    images = images.clamp(0, 1) ** gamma
-    images = (images - 0.5) * uniform(0.75, 1.25).view(n, 1, 1, 1) + 0.5 + uniform(-0.1, 0.1).view(n, 1, 1, 1)
-    images = images + uniform(0, 0.04).view(n, 1, 1, 1) * torch.randn(images.shape, generator=generator)
-    return images, masks
-
-
-def _select(logits: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """Each image's own convention channel: (N, C, H, W) -> (N, 1, H, W)."""
-    return logits.gather(1, channels.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:]))
-
-
-def _dice_batch(logits: torch.Tensor, masks: torch.Tensor) -> float:
-    predicted = (logits > 0).float()
-    intersection = (predicted * masks).sum((1, 2, 3))
-    total = predicted.sum((1, 2, 3)) + masks.sum((1, 2, 3))
-    return float(torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total)).mean())
-
-
-def fit(train_images: np.ndarray, train_masks: np.ndarray, val_images: np.ndarray, val_masks: np.ndarray,
-        config: LungTrainingConfig, *, history: Callable[[dict[str, Any]], None] | None = None,
-        train_groups: Sequence[str] | None = None, val_groups: Sequence[str] | None = None,
-        device: str = "cpu") -> torch.nn.Module:
-    """Train from scratch; return the network with the best validation Dice (last if no validation).
-
-    With ``train_groups`` (one source name per training image) and ``config.balance_sources``, each
-    epoch draws its images so that every source contributes equally (a 10-image source is not
-    drowned by a 100-image one). Each image supervises only its source's convention channel
-    (:func:`unveil.segmentation.model.convention_of`; all "visible" without groups). Augmentation
-    runs on the CPU (same random draws on any ``device``); the network runs on ``device``.
-    """
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    network = build_network(config.architecture).to(device)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    draws = config.samples_per_epoch or len(train_images)
-    steps = max(1, math.ceil(draws / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
-                                                    total_steps=config.epochs * steps, pct_start=0.15)
-    loss_function = DiceCELoss(sigmoid=True)
-    images = torch.from_numpy(train_images)[:, None]
-    masks = torch.from_numpy(train_masks)[:, None]
-
-    def channels_of(groups: Sequence[str] | None, count: int) -> torch.Tensor:
-        names = [convention_of(g) for g in groups] if groups is not None else [DEFAULT_CONVENTION] * count
-        return torch.tensor([CONVENTIONS.index(n) for n in names], dtype=torch.long)
-
-    train_channels = channels_of(train_groups, len(images))
-    val_channels = channels_of(val_groups, len(val_images))
-    val_x = to_tensor(val_images) if len(val_images) else None
-    val_y = torch.from_numpy(val_masks)[:, None] if len(val_masks) else None
-    best, best_state = -1.0, None
-    weights = None
-    if train_groups is not None and config.balance_sources and len(set(train_groups)) > 1:
-        groups = pd.Series(list(train_groups))
-        weights = torch.tensor((1.0 / groups.map(groups.value_counts())).to_numpy(), dtype=torch.float64)
-    for epoch in progress_bar(range(1, config.epochs + 1), desc="lungs train", unit="epoch"):
-        network.train()
-        if weights is None:
-            order = torch.randperm(len(images), generator=generator)[:draws]
-        else:
-            order = torch.multinomial(weights, draws, replacement=True, generator=generator)
-        started, total = time.perf_counter(), 0.0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
-            x, y = augment(images[index], masks[index], generator, config.anisotropic)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_function(_select(network((x - 0.5) / 0.29), train_channels[index].to(device)), y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(index)
-        row: dict[str, Any] = {"epoch": epoch, "loss": round(total / len(order), 5),
-                               "seconds": round(time.perf_counter() - started, 2)}
-        if val_x is not None and (epoch % config.validate_every == 0 or epoch == config.epochs):
-            network.eval()
-            with torch.inference_mode():
-                logits = torch.cat([network(val_x[i:i + 16].to(device)).cpu() for i in range(0, len(val_x), 16)])
-                score = _dice_batch(_select(logits, val_channels), val_y)
-            row["val_dice"] = round(score, 5)
-            if score > best:
-                best, best_state = score, {k: v.detach().clone() for k, v in network.state_dict().items()}
-        if history is not None:
-            history(row)
-        validation = f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else ""
-        progress_log.info("lungs epoch %d/%d: loss %.4f%s, %s%s", epoch, config.epochs, row["loss"], validation,
-                          duration(row["seconds"]), " (best so far)" if row.get("val_dice") == round(best, 5) else "")
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    return network.cpu().eval()
 
 
 def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
@@ -285,17 +158,7 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     the other sources' parts are those of the run without it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = mask_records(sources)
-    if records.empty:
-        raise ValueError("no image with a lung mask in the training sources")
-    unknown = sorted(set(exclude) - set(records["source"].astype(str)))
-    if unknown:
-        raise ValueError(f"--exclude {', '.join(unknown)}: no such source in the training data "
-                         f"(sources: {', '.join(sorted(set(records['source'].astype(str))))})")
-    parts = assign_parts(records, seed=config.seed, test_fraction=config.test_fraction,
-                         val_fraction=config.val_fraction).to_numpy()
-    records = records.assign(part=parts)
-    records.loc[records["source"].isin(list(exclude)), "part"] = "excluded"
+    records = _records_in_parts(sources, exclude, config)
     if synthetic_images:
         synthetic = synthetic_lung_records(out / "synthetic", synthetic_images, size=config.size, seed=config.seed)
         records = concat_records([records, synthetic.assign(part="train")])
@@ -306,22 +169,63 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     train_x, train_y, problems, train_sources = load_arrays(train, config.size)
     val_x, val_y, val_problems, val_sources = load_arrays(val, config.size)
     problems += val_problems
-    history_path = out / "history.csv"
-    history_path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    network = fit(train_x, train_y, val_x, val_y, config, history=_HistoryFile(out / "history.csv"),
+                  train_groups=train_sources, val_groups=val_sources, device=device)
+    description = _bundle_description(network, config, sources=sources, holdout=holdout, records=records,
+                                      exclude=exclude, synthetic_images=synthetic_images, problems=problems,
+                                      seconds=time.perf_counter() - started, command=command)
+    segmenter = LungSegmenter(network, description)
+    figures = [evaluate(segmenter, part).assign(part=name) for name, part in tests.items() if len(part)]
+    figures_table = pd.concat(figures, ignore_index=True) if figures else pd.DataFrame()
+    description["validation"] = {name: summarise_figures(group) for name, group in figures_table.groupby("part")} \
+        if len(figures_table) else {}
+    save_bundle(out / "lung_unet", network, description)
+    figures_table.to_csv(out / "figures.csv", index=False)
+    records[["record_id", "source", "patient_id", "part"]].to_csv(out / "parts.csv", index=False)
+    return description
 
-    def write_history(row: dict[str, Any]) -> None:
-        new = not history_path.exists()
-        with history_path.open("a", newline="") as stream:
+
+def _records_in_parts(sources: Sequence[tuple[str, str | Path]], exclude: Sequence[str],
+                      config: LungTrainingConfig) -> pd.DataFrame:
+    """The sources' records with a mask, each with its ``part`` (train / val / test, or excluded)."""
+    records = mask_records(sources)
+    if records.empty:
+        raise LungTrainingError("no image with a lung mask in the training sources")
+    known = set(records["source"].astype(str))
+    unknown = sorted(set(exclude) - known)
+    if unknown:
+        raise LungTrainingError(f"--exclude {', '.join(unknown)}: no such source in the training data "
+                                f"(sources: {', '.join(sorted(known))})")
+    parts = assign_parts(records, seed=config.seed, test_fraction=config.test_fraction,
+                         val_fraction=config.val_fraction).to_numpy()
+    records = records.assign(part=parts)
+    records.loc[records["source"].isin(list(exclude)), "part"] = "excluded"
+    return records
+
+
+class _HistoryFile:
+    """Appends one row per epoch to ``history.csv`` (started afresh), readable while training runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=["epoch", "loss", "seconds", "val_dice"])
             if new:
                 writer.writeheader()
             writer.writerow(row)
 
-    started = time.perf_counter()
-    network = fit(train_x, train_y, val_x, val_y, config, history=write_history, train_groups=train_sources,
-                  val_groups=val_sources, device=device)
-    training_seconds = time.perf_counter() - started
-    description = {
+
+def _bundle_description(network: torch.nn.Module, config: LungTrainingConfig, *,
+                        sources: Sequence[tuple[str, str | Path]], holdout: Sequence[tuple[str, str | Path]],
+                        records: pd.DataFrame, exclude: Sequence[str], synthetic_images: int, problems: list[str],
+                        seconds: float, command: str) -> dict[str, Any]:
+    """The lung bundle's description: network, input contract, conventions and how it was trained."""
+    return {
         "architecture": architecture_spec(config.architecture),
         "architecture_name": config.architecture,
         "parameters": int(sum(p.numel() for p in network.parameters())),
@@ -336,19 +240,7 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
                                 for part in ("train", "val", "test", "excluded")},
                      "excluded_sources": sorted(exclude),
                      "synthetic_images": synthetic_images,
-                     "config": asdict(config), "seconds": round(training_seconds, 1), "command": command,
+                     "config": asdict(config), "seconds": round(seconds, 1), "command": command,
                      "skipped": problems},
         "versions": environment_versions(),
     }
-    segmenter = LungSegmenter(network, description)
-    figures = []
-    for name, part in tests.items():
-        if len(part):
-            figures.append(evaluate(segmenter, part).assign(part=name))
-    figures_table = pd.concat(figures, ignore_index=True) if figures else pd.DataFrame()
-    description["validation"] = {name: summarise_figures(group) for name, group in figures_table.groupby("part")} \
-        if len(figures_table) else {}
-    save_bundle(out / "lung_unet", network, description)
-    figures_table.to_csv(out / "figures.csv", index=False)
-    records[["record_id", "source", "patient_id", "part"]].to_csv(out / "parts.csv", index=False)
-    return description
