@@ -17,6 +17,7 @@ from unveil.evaluation.metrics import (
     METRICS,
     PROPORTIONS,
     Confusion,
+    MetricOptionError,
     ThresholdChoice,
     ThresholdRule,
     _percentiles_with_inf,
@@ -413,10 +414,11 @@ def test_input_validation(labels, scores, patients, message):
 
 def test_bad_options():
     labels, scores, patients = [0, 1], [0.2, 0.8], [1, 2]
-    with pytest.raises(ValueError, match="confidence"):
+    with pytest.raises(MetricOptionError, match="confidence must lie in \\(0, 1\\); got 95"):
         evaluate_scores(labels, scores, patients, confidence=95)
-    with pytest.raises(ValueError, match="resamples"):
+    with pytest.raises(MetricOptionError, match="resamples must be a non-negative integer; got -1"):
         evaluate_scores(labels, scores, patients, resamples=-1)
+    assert issubclass(MetricOptionError, UnveilError)
     with pytest.raises(ValueError, match="threshold"):
         evaluate_scores(labels, scores, patients, threshold=math.nan)
     assert evaluate_scores([True, False], scores, patients, resamples=0).metrics["roc_auc"].note == \

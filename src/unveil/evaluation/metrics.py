@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from unveil.errors import UnveilError
 from unveil.evaluation.bootstrap import (  # noqa: F401 - WeightedAUC, _percentiles_with_inf: re-exported for tests
     Interval,
     WeightedAUC,
@@ -50,8 +51,9 @@ AT_PAPER_SUFFIX = "_at_0.5"
 
 # The threshold vocabulary lives in unveil.thresholds (training chooses with it too); re-exported here.
 __all__ = ["AT_PAPER_SUFFIX", "AT_PAPER_THRESHOLD", "METRICS", "PAPER_THRESHOLD", "PROPORTIONS", "REPORTED",
-           "Confusion", "Evaluation", "MetricValue", "ThresholdChoice", "ThresholdRule", "choose_threshold",
-           "dor_from_rates", "dor_haldane", "dor_range_from_rounded", "evaluate_scores", "fixed_threshold",
+           "Confusion", "Evaluation", "MetricOptionError", "MetricValue", "ThresholdChoice", "ThresholdRule",
+           "choose_threshold", "dor_from_rates", "dor_haldane", "dor_range_from_rounded", "evaluate_scores",
+           "fixed_threshold",
            "metrics_at_paper_threshold", "point_metrics", "wilson_interval"]
 
 _NO_POSITIVES = "no COVID+ images"
@@ -63,6 +65,10 @@ _RESAMPLE_REASON = {"sensitivity": "held no COVID+ images", "specificity": "held
                     "dor": "had tp*tn = fp*fn = 0", "accuracy": "were empty"}
 _CELL_NAMES = {"tp": "true positives", "fp": "false positives", "tn": "true negatives", "fn": "false negatives"}
 _WeightedAUC = WeightedAUC  # the name tests and older callers use
+
+
+class MetricOptionError(UnveilError, ValueError):
+    """An evaluation option a user sets (``--resamples``, the confidence level) is out of range."""
 
 
 @dataclass(frozen=True)
@@ -219,9 +225,9 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     rule = choice.rule if choice else ThresholdRule.FIXED
     description = choice.description if choice else ThresholdRule.FIXED.describe(threshold)
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
+        raise MetricOptionError(f"confidence must lie in (0, 1); got {confidence}")
     if int(resamples) != resamples or resamples < 0:
-        raise ValueError(f"resamples must be a non-negative integer; got {resamples}")
+        raise MetricOptionError(f"resamples must be a non-negative integer; got {resamples}")
     resamples = int(resamples)
     n_patients = int(codes.max()) + 1
 
