@@ -12,6 +12,7 @@ from PIL import Image
 
 from unveil.data.records import validate_records
 from unveil.data.sources import DatasetLayoutError, hospital_csv, load_source, montgomery, rsna, shenzhen
+from unveil.data.sources.base import truthy
 from unveil.io.dicom_writer import write_dicom
 
 REAL_SHENZHEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shenzhen"
@@ -339,6 +340,20 @@ def test_hospital_csv_layout_errors(tmp_path):
     assert "'path'" in str(error.value) and "'file'" in str(error.value) and "'covid_label'" in str(error.value)
     with pytest.raises(DatasetLayoutError, match=r"labels \['no'\] are listed as both positive and negative"):
         hospital_csv.load(root, **{**HOSPITAL_OPTIONS, "positive_labels": ("yes", "No")})
+
+
+def test_bad_loader_option_values_are_user_errors(tmp_path):
+    """A mistyped -o KEY=VALUE value is one DatasetLayoutError (an UnveilError) naming it, never a bare
+    LookupError/KeyError or a silent default."""
+    root = _hospital_fixture(tmp_path / "corda")
+    with pytest.raises(DatasetLayoutError, match="loader option allow_outside='maybe': expected true or false"):
+        load_source("hospital-csv", root, **HOSPITAL_OPTIONS, allow_outside="maybe")
+    with pytest.raises(DatasetLayoutError, match="unknown text encoding 'utf-9'"):
+        load_source("hospital-csv", root, **{**HOSPITAL_OPTIONS, "encoding": "utf-9"})
+    with pytest.raises(DatasetLayoutError, match="has no option\\(s\\) colour"):
+        load_source("hospital-csv", root, colour="red")
+    for value, expected in (("true", True), ("No", False), ("1", True), ("off", False), (True, True)):
+        assert truthy(value) is expected
 
 
 # ---------------------------------------------------------------------------------- registry

@@ -72,6 +72,8 @@ def read_csv_table(path: Path, *, encoding: str = "utf-8", **kwargs) -> pd.DataF
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, **kwargs)
     except UnicodeDecodeError as error:
         raise DatasetLayoutError(f"{path}: not readable as {encoding} text ({error.reason})") from None
+    except LookupError:  # codecs' error for an encoding name it does not know (loader option ``encoding``)
+        raise DatasetLayoutError(f"{path}: unknown text encoding {encoding!r} (e.g. utf-8, latin-1)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DatasetLayoutError(f"{path}: not a readable CSV table ({error})") from None
     if table.empty:  # a header and no rows: nothing to load is a mistake, not an empty dataset
@@ -106,9 +108,19 @@ def named_pngs(folder: Path, pattern: re.Pattern[str], loaded: SourceLoad,
         yield image, match
 
 
-def truthy(value: object) -> bool:
-    """A loader option given on the command line as text (``-o allow_outside=true``) or as a bool."""
-    return value is True or str(value).strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def truthy(value: object, option: str = "allow_outside") -> bool:
+    """A yes/no loader option given on the command line as text (``-o allow_outside=true``) or as a bool;
+    anything but true/false, yes/no, on/off, 1/0 is a :class:`DatasetLayoutError` naming the option."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise DatasetLayoutError(f"loader option {option}={value!r}: expected true or false (also yes/no, on/off, 1/0)")
+    return text in _TRUE
 
 
 def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:

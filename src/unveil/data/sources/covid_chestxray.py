@@ -107,6 +107,7 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
          allow_outside: bool | str = False) -> SourceLoad:
     """Read ``metadata.csv`` and ``images/`` into records; rows with missing files become issues."""
     root = Path(root)
+    outside = truthy(allow_outside)  # a bad value is the user's error, not a row's issue
     metadata = require_path(root / "metadata.csv", "COVID-ChestXRay metadata.csv")
     table = read_csv_table(metadata)
     for column in ("patientid", "finding", "filename"):
@@ -127,7 +128,7 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
             loaded.issues.append(DataIssue(str(metadata), f"row {number} has no filename", "invalid"))
             continue
         try:
-            image = listed_path(root, folder, filename, allow_outside=truthy(allow_outside))
+            image = listed_path(root, folder, filename, allow_outside=outside)
         except DatasetLayoutError as error:
             loaded.issues.append(DataIssue(str(metadata), f"row {number}: {error}", "invalid"))
             continue

@@ -52,6 +52,7 @@ def read_metadata(path: Path):
 def load(root: Path, *, source_name: str = SOURCE, allow_outside: bool | str = False) -> SourceLoad:
     """Read ``metadata.csv`` and ``images/`` into records; unmatched rows become issues."""
     root = Path(root)
+    outside = truthy(allow_outside)  # a bad value is the user's error, not a row's issue
     metadata = require_path(root / "metadata.csv", "metadata.csv")
     images_dir = require_path(root / "images", "images folder", directory=True)
     table = read_metadata(metadata)
@@ -72,7 +73,7 @@ def load(root: Path, *, source_name: str = SOURCE, allow_outside: bool | str = F
             loaded.issues.append(DataIssue(str(metadata), f"row {number} has no patientid", "invalid"))
             continue
         try:
-            image = listed_path(root, "images", name, allow_outside=truthy(allow_outside)) if name else \
+            image = listed_path(root, "images", name, allow_outside=outside) if name else \
                 by_stem.get(image_id)
         except DatasetLayoutError as error:
             loaded.issues.append(DataIssue(str(metadata), f"row {number}: {error}", "invalid"))

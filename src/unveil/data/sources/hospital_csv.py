@@ -160,11 +160,12 @@ def load(
     table = read_csv_table(csv_path, encoding=encoding)
     columns = _columns(table, csv_path, path_column, patient_column, label_column, finding_column,
                        {"view": view_column, "sex": sex_column, "age": age_column})
+    outside = truthy(allow_outside, "allow_outside")
     issues: list[DataIssue] = []
     # resolved image path -> list of (row number, record) for the rows that list it
     listed: dict[str, list[tuple[int, dict]]] = {}
     for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
-        image = _row_image(row, number, columns, root, csv_path, truthy(allow_outside), issues)
+        image = _row_image(row, number, columns, root, csv_path, outside, issues)
         record = image and _row_record(row, number, image, columns, labels, source_name, root, csv_path, issues)
         if record:
             listed.setdefault(str(image.resolve()), []).append((number, record))
