@@ -124,7 +124,7 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
     y, s = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
     if y.ndim != 1 or y.shape != s.shape or not len(y):
         raise ThresholdError(f"labels and probabilities must be non-empty 1-D arrays of one length; got {y.shape}, "
-                         f"{s.shape}")
+                             f"{s.shape}")
     if not np.isin(y, (0, 1)).all() or not np.all(np.isfinite(s)):
         raise ThresholdError("labels must be 0/1 and probabilities finite")
     if y.min() == y.max():
