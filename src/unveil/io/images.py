@@ -193,6 +193,8 @@ def _read_pillow(handle: BinaryIO, name: str, sniffed: str | None, max_pixels: i
 
 def _decode_problem(exc: BaseException, fmt: str, otherwise: str) -> str:
     """Plain-words problem for a Pillow failure; truncation (Pillow's "image file is truncated") is named as such."""
+    # Pillow has no exception type for truncation (an OSError "image file is truncated"), so only the wording of
+    # our message looks at its text; what is caught, and that it becomes an ImageReadError, never does.
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return f"{fmt} file is truncated (data ends early; the file is incomplete or corrupt)"
     return f"{otherwise.format(fmt=fmt)} ({describe(exc)})"
