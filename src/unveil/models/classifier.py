@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from unveil.errors import UnveilError
@@ -30,6 +32,11 @@ class CxrClassifier(nn.Module):
         if target_layer not in dict(self.named_modules()):
             raise ModelError(f"{architecture}: target layer {target_layer!r} is not a module of the model")
         self.target_layer = target_layer
+        #: The (mean, std) normalization the encoder's weights require, when fixed by where they come from (a
+        #: torchxrayvision checkpoint: [0, 1] -> [-1024, 1024]); None: fitted on the training split.
+        self.input_normalization: tuple[float, float] | None = None
+        #: Where the encoder's initial weights come from (format, file, sha256, ...), recorded in the bundle.
+        self.encoder_source: dict[str, Any] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (B, num_classes)."""

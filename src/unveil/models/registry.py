@@ -13,9 +13,11 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from unveil.models import xrv
 from unveil.models.classifier import CxrClassifier, ModelError
 from unveil.models.conv8 import Conv8Encoder
 from unveil.models.covidnet import CovidNetEncoder
+from unveil.provenance import file_sha256
 
 MODEL_NAMES = ("resnet18", "resnet50", "densenet121", "conv8", "covidnet")
 
@@ -82,7 +84,9 @@ def build_model(name: str, num_classes: int = 2, in_channels: int = 1, init_weig
     local state dict (.pth/.pt or .safetensors) of the torchvision model (or of this architecture's encoder): a
     first-conv weight with another channel count is summed over channels (RGB -> grayscale) and spread evenly over
     ``in_channels``; the classifier (fc/classifier/head) is used only if its shape fits the head; any other
-    mismatch raises ModelError.
+    mismatch raises ModelError. A torchxrayvision DenseNet-121 / ResNet-50 state dict is recognised from its keys
+    (:mod:`unveil.models.xrv`): its pathology head is ignored and the model's ``input_normalization`` is set to
+    torchxrayvision's input range. ``encoder_source`` records the file (format, name, SHA-256) for the bundle.
     """
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
@@ -95,7 +99,17 @@ def build_model(name: str, num_classes: int = 2, in_channels: int = 1, init_weig
     model = CxrClassifier(name, spec.encoder, spec.feature_dim, num_classes, in_channels,
                           f"encoder.{spec.target_layer}")
     if init_weights is not None:
-        _load_pretrained(model, read_state(init_weights), spec, str(init_weights))
+        path = Path(init_weights)
+        state = read_state(path)
+        xrv_architecture = xrv.detect(state)
+        if xrv_architecture is not None:  # a torchxrayvision checkpoint: its layers and its input convention
+            _load_pretrained(model, xrv.encoder_state(state, xrv_architecture, name, str(path)), spec, str(path),
+                             head=False)
+            model.input_normalization = xrv.XRV_NORMALIZATION
+            model.encoder_source = xrv.source_record(xrv_architecture, path, file_sha256(path))
+        else:
+            _load_pretrained(model, state, spec, str(path))
+            model.encoder_source = {"format": "state dict", "file": path.name, "sha256": file_sha256(path)}
     return model
 
 
@@ -107,8 +121,14 @@ def read_state(path: str | Path) -> dict[str, Tensor]:
     try:
         state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, "cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files fail in many ways (pickle, zip, safetensors, ...)
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelError(f"cannot read weights file {path}: {type(exc).__name__}: {first_line}") from exc
+        text = str(exc).strip()
+        first_line = (text.splitlines() or [""])[0]
+        hint = ""
+        if "Unsupported global" in text or "weights_only" in text:  # a pickled object, e.g. a whole model
+            hint = (" (it holds pickled Python objects, e.g. a whole model as torchxrayvision's downloaded "
+                    "DenseNet files do; unveil never unpickles code, it reads state dicts only "
+                    "(weights_only=True): load the model once and save torch.save(model.state_dict(), FILE))")
+        raise ModelError(f"cannot read weights file {path}: {type(exc).__name__}: {first_line}{hint}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
@@ -116,20 +136,21 @@ def read_state(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _load_pretrained(model: CxrClassifier, state: dict[str, Tensor], spec: _Spec, source: str) -> None:
-    """Load a torchvision-style state dict into ``model``'s encoder (and head, when its shape fits)."""
+def _load_pretrained(model: CxrClassifier, state: dict[str, Tensor], spec: _Spec, source: str, *,
+                     head: bool = True) -> None:
+    """Load a torchvision-style state dict into ``model``'s encoder (and head, when ``head`` and its shape fits)."""
     state = {_LEGACY_DENSENET_KEY.sub(r"\1\2", key.removeprefix("module.").removeprefix("encoder.")): value
              for key, value in state.items()}
     is_head = {key for key in state if key.split(".")[0] in (spec.classifier, "head")}
-    head = {key.split(".", 1)[1]: state[key] for key in is_head}
+    head_state = {key.split(".", 1)[1]: state[key] for key in is_head} if head else {}
     encoder = {key: value for key, value in state.items() if key not in is_head}
     weight = encoder.get(spec.first_conv)
     if weight is not None and weight.ndim == 4 and weight.shape[1] != model.in_channels:
         encoder[spec.first_conv] = weight.sum(1, keepdim=True).repeat(1, model.in_channels, 1, 1) / model.in_channels
     _load_checked(model.encoder, encoder, f"weights file {source}", model.architecture)
     own_head = model.head.state_dict()
-    if head.keys() == own_head.keys() and all(head[key].shape == own_head[key].shape for key in head):
-        model.head.load_state_dict(head)
+    if head_state.keys() == own_head.keys() and all(head_state[k].shape == own_head[k].shape for k in head_state):
+        model.head.load_state_dict(head_state)
 
 
 def load_encoder_state(model: CxrClassifier, state: dict[str, Tensor], *, source: str = "state") -> None:

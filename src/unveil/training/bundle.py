@@ -2,8 +2,10 @@
 
 ``model.safetensors`` holds the weights (safetensors never unpickles anything); ``bundle.json``
 the architecture, classes, pre-processing settings, normalization statistics (fitted on the
-training split), decision threshold with the rule that chose it (``unveil.thresholds``), and the
-training provenance (data, split file hashes, resolved configuration, package versions, seed).
+training split, or fixed by the encoder's source: a torchxrayvision encoder takes [-1024, 1024]),
+``encoder_source`` (format, file name and SHA-256 of the ``init_weights`` the encoder started from),
+decision threshold with the rule that chose it (``unveil.thresholds``), and the training provenance
+(data, split file hashes, resolved configuration, package versions, seed).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, cl
     directory.mkdir(parents=True, exist_ok=True)
     if len(classes) != model.num_classes:
         raise BundleError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    fixed = model.input_normalization
+    if fixed is not None and not np.allclose(normalization, fixed, rtol=1e-9, atol=0.0):
+        raise BundleError(f"normalization {tuple(normalization)} for a model whose encoder requires {tuple(fixed)} "
+                          f"(its {(model.encoder_source or {}).get('format', 'source')} input convention)")
     tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
     temporary = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(temporary))
@@ -184,7 +190,9 @@ def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, cl
         "classes": list(classes), "positive_class": positive_class, "image_size": int(image_size),
         "preprocess": asdict(preprocess),
         "normalization": {"mean": float(normalization[0]), "std": float(normalization[1]),
-                          "fitted_on": "training split"},
+                          "fitted_on": "training split" if fixed is None else
+                          f"fixed by the encoder's source ({(model.encoder_source or {}).get('format')})"},
+        "encoder_source": model.encoder_source,
         "threshold": (threshold or fixed_threshold()).as_dict(),
         "provenance": provenance or {},
     }
@@ -310,6 +318,14 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     except (ValueError, TypeError) as error:
         raise BundleFieldError(f"{path}: field threshold.rule: {error}") from None
     _field(description, path, "provenance", dict, required=False)
+    source = _field(description, path, "encoder_source", dict, required=False, nullable=True)
+    if source is not None and "normalization" in source:  # an encoder with a fixed input convention
+        fixed = (_number(description, path, "encoder_source.normalization.mean", -1e4, 1e4),
+                 _number(description, path, "encoder_source.normalization.std", 1e-6, 1e4))
+        if not np.allclose(fixed, (description["normalization"]["mean"], description["normalization"]["std"]),
+                           rtol=1e-9, atol=0.0):
+            raise BundleFieldError(f"{path}: field normalization {description['normalization']} differs from the "
+                                   f"encoder's fixed input convention encoder_source.normalization {fixed}")
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -335,6 +351,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Mo
                             in_channels=int(description.get("in_channels", 1)),
                             width=float(description.get("width", 1.0)))
         model.load_state_dict(read_weights(directory))
+        model.encoder_source = description.get("encoder_source")
+        if model.encoder_source is not None and "normalization" in model.encoder_source:
+            fixed = model.encoder_source["normalization"]
+            model.input_normalization = (float(fixed["mean"]), float(fixed["std"]))
     except (ModelError, KeyError, RuntimeError, ValueError) as error:
         if isinstance(error, BundleError):
             raise

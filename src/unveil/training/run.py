@@ -26,6 +26,7 @@ from unveil.data.records import concat_records
 from unveil.data.sources import load_source
 from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, write_split_file
 from unveil.models import build_model, load_encoder_state
+from unveil.models.xrv import check_image_size
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
 from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
@@ -121,7 +122,6 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
             raise TrainingDataError(f"the {split} split is empty: not enough patients to train")
         sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size)
     skipped = sets["train"].skipped + sets["val"].skipped
-    normalization = fit_normalization(sets["train"].images)
 
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, num_classes=len(classes), width=config.width,
@@ -134,8 +134,14 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
             raise TrainingDataError(f"{encoder}: encoder of a {spec['architecture']} (width {spec.get('width')}), "
                                     f"not of the {config.architecture} (width {config.width}) being trained")
         load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
+        # an encoder with a fixed input convention (torchxrayvision) keeps it when fine-tuned
+        model.input_normalization, model.encoder_source = pretrained.model.input_normalization, \
+            pretrained.model.encoder_source
         encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
                         "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
+
+    check_image_size(model, config.image_size)
+    normalization = model.input_normalization or fit_normalization(sets["train"].images)
 
     split_hash = None
     if rank == 0:
