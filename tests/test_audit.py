@@ -140,7 +140,8 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
 
 
 def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
-    from unveil.audit.run import AuditResult, _probe_verdict, audit_markdown
+    from unveil.audit.outputs import audit_markdown
+    from unveil.audit.run import AuditResult, _probe_verdict
 
     rng = np.random.default_rng(0)
     target = np.arange(40) % 2
@@ -159,7 +160,7 @@ def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
 def test_overlay_is_drawn_on_the_original_radiograph_with_a_scale(tmp_path):
     from PIL import Image
 
-    from unveil.audit.run import _replace_folder
+    from unveil.audit.outputs import _replace_folder
     from unveil.audit.saliency import display_image, save_overlay
 
     model_input = np.full((32, 32), 100, dtype=np.uint8)

@@ -159,6 +159,34 @@ def test_roc_curves_are_written(tmp_path):
     assert (tmp_path / "roc_m.svg").read_text().count("<svg") == 1
 
 
+def test_evaluation_outputs_have_the_cli_names_and_a_rerun_keeps_other_test_sets(tmp_path):
+    from unveil.evaluation.evaluate import EvaluationRun
+    from unveil.evaluation.outputs import write_evaluation_outputs
+
+    rows = _rows()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    predictions = pd.DataFrame({"model": "m", "test_set": np.repeat(["AB", "AC"], 20), "label": labels,
+                                "probability": rng.random(40), "threshold": 0.5})
+    first = write_evaluation_outputs(EvaluationRun(rows, predictions, ["x.png: unreadable"]), tmp_path,
+                                     arguments={"on": ["AB", "AC"]})
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"results.csv", "predictions.csv", "table2.md", "table2.tex", "roc_m.png", "roc_m.svg",
+            "evaluation.meta.json"} <= names
+    assert first.predictions == tmp_path / "predictions.csv" and first.meta == tmp_path / "evaluation.meta.json"
+    assert json.loads(first.meta.read_text())["skipped"] == ["x.png: unreadable"]
+    # a resumed run evaluates AC again only: AB's rows and predictions of the first call stay
+    ac_rows = rows[rows["test_set"] == "AC"].assign(balanced_accuracy=0.55)
+    ac_predictions = predictions[predictions["test_set"] == "AC"].assign(probability=0.25)
+    write_evaluation_outputs(EvaluationRun(ac_rows, ac_predictions), tmp_path, arguments={}, keep_previous=True,
+                             roc_formats=("png",))
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == len(rows) and set(results.loc[results["test_set"] == "AC", "balanced_accuracy"]) == {0.55}
+    merged = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(merged) == 40 and (merged.loc[merged["test_set"] == "AC", "probability"] == 0.25).all()
+    assert np.allclose(merged.loc[merged["test_set"] == "AB", "probability"], predictions["probability"][:20])
+
+
 def test_cli_evaluate(trained, tmp_path):
     runner = CliRunner()
     c = trained["data"]["C"]

@@ -210,19 +210,21 @@ def test_reproduce_runs_resumes_and_skips_finished_work(tmp_path, monkeypatch):
     import unveil.experiments.runner as runner
 
     experiment = load_experiment(write(tmp_path, TINY))
-    calls = []
-    real_train = runner._train_job
+    calls, closed = [], []
+    real_run, real_close = runner.CellJob.run, runner.ResultsStore.close
 
-    def failing_second_cell(args):
-        calls.append(args[2].name)
+    def failing_second_cell(job):
+        calls.append(job.name)
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        return real_train(args)
+        return real_run(job)
 
-    monkeypatch.setattr(runner, "_train_job", failing_second_cell)
+    monkeypatch.setattr(runner.CellJob, "run", failing_second_cell)
+    monkeypatch.setattr(runner.ResultsStore, "close", lambda store: (closed.append(True), real_close(store))[1])
     with pytest.raises(KeyboardInterrupt):
         reproduce(experiment, tmp_path / "out", report=False)
-    monkeypatch.setattr(runner, "_train_job", lambda args: (calls.append(args[2].name), real_train(args))[1])
+    assert closed == [True]  # the results store is closed although a step failed
+    monkeypatch.setattr(runner.CellJob, "run", lambda job: (calls.append(job.name), real_run(job))[1])
     store_path = reproduce(experiment, tmp_path / "out", report=False)
     assert calls == ["conv8-none-AB", "conv8-B-AB", "conv8-B-AB"]  # the finished cell was not retrained
     with ResultsStore(store_path) as store:
@@ -236,6 +238,10 @@ def test_reproduce_runs_resumes_and_skips_finished_work(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert (out / "tables" / "table2.md").is_file() and (out / "pretrain" / "B-conv8" / "done.json").is_file()
     assert (out / "cells" / "conv8-B-AB" / "run.meta.json").is_file()
+    evaluation = out / "evaluation" / "conv8-B-AB"  # the files `unveil evaluate --out` writes
+    assert {"results.csv", "predictions.csv", "table2.md", "roc_conv8-B-AB.png", "evaluation.meta.json"} <= \
+        {p.name for p in evaluation.iterdir()}
+    assert set(pd.read_csv(evaluation / "predictions.csv")["test_set"]) == {"AB", "AC"}
 
     calls.clear()
     reproduce(experiment, out, report=True)  # everything finished: nothing is redone

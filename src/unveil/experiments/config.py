@@ -34,7 +34,8 @@ such keys are refused with an explanation (the audit's test sets are ``test_sets
 from __future__ import annotations
 
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ import yaml
 from unveil.audit.run import MASK_SOURCES, AuditThresholds
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
 from unveil.errors import UnveilError
+from unveil.experiments.schema import Where, check_keys, choice, section, typed
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
@@ -54,7 +56,6 @@ SYNTHETIC_ROLES = ("A", "B", "C", "D")
 SET_BY_EXPERIMENT = {"architecture": "grid.architectures", "seed": "seed", "image_size": "preprocess.size"}
 #: PreprocessSettings fields that are computed, never written by hand
 COMPUTED_PREPROCESS = ("model_sha256",)
-STRING_TAG = "tag:yaml.org,2002:str"
 
 
 class ExperimentError(UnveilError, ValueError):
@@ -188,114 +189,7 @@ def experiment_path(name: str | Path) -> Path:
     return path
 
 
-class _Where:
-    """Turns a key path into ``FILE:LINE: key.path: problem`` using the YAML node tree's marks."""
-
-    def __init__(self, origin: str, root: yaml.Node) -> None:
-        self.origin, self.root = origin, root
-
-    def line(self, path: tuple[Any, ...]) -> int:
-        node = self.root
-        for part in path:
-            if isinstance(node, yaml.MappingNode):
-                match = next((value for key, value in node.value if key.value == str(part)), None)
-                if match is None:
-                    break
-                node = match
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                node = node.value[part]
-            else:
-                break
-        return node.start_mark.line + 1
-
-    def error(self, path: tuple[Any, ...], problem: str) -> ExperimentError:
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-        return ExperimentError(f"{self.origin}:{self.line(path)}: {key + ': ' if key else ''}{problem}")
-
-
-def _check_keys(node: yaml.Node, path: tuple[Any, ...], where: _Where) -> None:
-    """Every mapping key is a plain string, and appears once (PyYAML silently keeps the last)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if key.tag == "tag:yaml.org,2002:merge":
-                continue
-            if key.tag != STRING_TAG:
-                read = yaml.safe_load(key.value) if isinstance(key, yaml.ScalarNode) else key.value
-                kind = "boolean" if isinstance(read, bool) else type(read).__name__
-                raise ExperimentError(
-                    f"{where.origin}:{key.start_mark.line + 1}: {'.'.join(map(str, path)) or 'top level'}: the key "
-                    f"{key.value!r} is read by YAML as the {kind} {read!r}, not as a name (YAML 1.1 reads on, off, "
-                    "yes, no, true, false as booleans and digits as numbers). Use a plain name (the audit's test "
-                    f"sets are `test_sets:`) or quote it ('{key.value}':).")
-            if key.value in seen:
-                place = ".".join(map(str, (*path, key.value)))
-                raise ExperimentError(f"{where.origin}:{key.start_mark.line + 1}: {place}: this key appears twice "
-                                      "in the same mapping (YAML would silently keep the last)")
-            seen.add(key.value)
-            _check_keys(value, (*path, key.value), where)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_keys(item, (*path, index), where)
-
-
-def _typed(kind: Any, value: Any, path: tuple[Any, ...], where: _Where) -> Any:
-    """``value`` checked against the type annotation ``kind`` (strict: no string-to-number, no bool-as-int)."""
-    if kind is Any:
-        return value
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        return TypeAdapter(kind).validate_python(value, strict=True)
-    except ValidationError as error:
-        problems = error.errors()
-        inner = tuple(p for p in problems[0]["loc"] if isinstance(p, int))
-        expected = " or ".join(dict.fromkeys(p["msg"].removeprefix("Input should be ") for p in problems))
-        raise where.error((*path, *inner), f"should be {expected}; got {value!r}") from None
-
-
-def _section(cls: type, value: Any, path: tuple[Any, ...], where: _Where, *,
-             exclude: dict[str, str] | None = None) -> Any:
-    """A mapping checked against dataclass ``cls``: known keys, required keys, typed values (nested)."""
-    exclude = exclude or {}
-    names = [f.name for f in fields(cls) if f.init and f.name not in exclude]
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise where.error(path, f"should be a mapping of {', '.join(names)}; got {value!r}")
-    for key in value:
-        if key in exclude:
-            raise where.error((*path, key), f"not set here: {exclude[key]}")
-        if key not in names:
-            raise where.error((*path, key), f"unknown key; known: {', '.join(names)}")
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    missing = [name for name in required if name not in value]
-    if missing:
-        raise where.error(path, f"missing key(s) {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, item in value.items():
-        kind = hints[key]
-        if is_dataclass(kind):
-            values[key] = _section(kind, item, (*path, key), where)
-        elif typing.get_origin(kind) is dict and is_dataclass(typing.get_args(kind)[1]):
-            entries = _typed(dict[str, Any], item if item is not None else {}, (*path, key), where)
-            values[key] = {name: _section(typing.get_args(kind)[1], entry, (*path, key, name), where)
-                           for name, entry in entries.items()}
-        else:
-            values[key] = _typed(kind, item, (*path, key), where)
-    try:
-        return cls(**values)
-    except (ConfigError, ValueError, TypeError) as error:
-        raise where.error(path, str(error)) from None
-
-
-def _choice(value: Any, allowed: tuple[str, ...], path: tuple[Any, ...], where: _Where) -> None:
-    if value not in allowed:
-        raise where.error(path, f"should be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _training(values: dict[str, Any], path: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+def _training(values: dict[str, Any], path: tuple[Any, ...], where: Where) -> dict[str, Any]:
     """TrainConfig options: the keys are TrainConfig's fields (less those the experiment sets), typed."""
     hints = typing.get_type_hints(TrainConfig)
     known = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_EXPERIMENT]
@@ -305,11 +199,11 @@ def _training(values: dict[str, Any], path: tuple[Any, ...], where: _Where) -> d
             raise where.error((*path, key), f"not set here: it comes from {SET_BY_EXPERIMENT[key]}")
         if key not in known:
             raise where.error((*path, key), f"unknown training option; known: {', '.join(known)}")
-        checked[key] = _typed(hints[key], value, (*path, key), where)
+        checked[key] = typed(hints[key], value, (*path, key), where)
     return checked
 
 
-def _read(path: Path) -> tuple[dict[str, Any], _Where]:
+def _read(path: Path) -> tuple[dict[str, Any], Where]:
     """The document and its node tree (for line numbers); keys checked before anything is built."""
     origin = str(path)
     try:
@@ -323,8 +217,8 @@ def _read(path: Path) -> tuple[dict[str, Any], _Where]:
         root = loader.get_single_node()
         if root is None or not isinstance(root, yaml.MappingNode):
             raise ExperimentError(f"{origin}: an experiment file is a mapping (name, data, grid, ...)")
-        where = _Where(origin, root)
-        _check_keys(root, (), where)
+        where = Where(origin, root, ExperimentError)
+        check_keys(root, (), where)
         document = loader.construct_document(root)
     except yaml.YAMLError as error:
         raise ExperimentError(f"{origin}: not valid YAML ({error})") from None
@@ -333,7 +227,7 @@ def _read(path: Path) -> tuple[dict[str, Any], _Where]:
     return document, where
 
 
-def _roles_bound(names: list[str], book: RecipeBook, bound: set[str], path: tuple[Any, ...], where: _Where,
+def _roles_bound(names: list[str], book: RecipeBook, bound: set[str], path: tuple[Any, ...], where: Where,
                  what: str) -> None:
     for index, name in enumerate(names):
         if name not in book.recipes:
@@ -344,42 +238,32 @@ def _roles_bound(names: list[str], book: RecipeBook, bound: set[str], path: tupl
                                               f"data does not bind (bound: {', '.join(sorted(bound)) or 'none'})")
 
 
-def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
-    """Read and check an experiment file (or a shipped one by name); ``seed`` overrides the file's."""
-    path = experiment_path(path)
-    document, where = _read(path)
-    top = _section(ExperimentFile, document, (), where)
-    base = path.parent
-
-    def resolve(text: str) -> str:
-        root = Path(text).expanduser()
-        return str(root if root.is_absolute() else base / root)
-
+def _data(top: ExperimentFile, where: Where, resolve: Callable[[str], str]
+          ) -> tuple[dict[str, DataSpec], SyntheticData | None, set[str]]:
+    """The ``data`` section: role bindings, an optional synthetic benchmark, and every role bound."""
     data: dict[str, DataSpec] = {}
     synthetic = None
     for role, spec in top.data.items():
         if role == "synthetic":
-            synthetic = _section(SyntheticData, spec, ("data", role), where)
+            synthetic = section(SyntheticData, spec, ("data", role), where)
         else:
-            entry = _section(DataRole, spec, ("data", role), where)
+            entry = section(DataRole, spec, ("data", role), where)
             data[role] = DataSpec(entry.source, resolve(entry.path), dict(entry.options))
     if synthetic is None and not data:
         raise where.error(("data",), "needs datasets (A, B, C, D) or a synthetic benchmark")
-    bound = set(data) | (set(SYNTHETIC_ROLES) if synthetic is not None else set())
+    return data, synthetic, set(data) | (set(SYNTHETIC_ROLES) if synthetic is not None else set())
 
-    preprocess = _section(PreprocessSettings, top.preprocess, ("preprocess",), where,
-                          exclude={name: "computed from the model" for name in COMPUTED_PREPROCESS})
-    _choice(preprocess.equalize, EQUALIZATIONS, ("preprocess", "equalize"), where)
-    _choice(preprocess.mask, MASK_MODES, ("preprocess", "mask"), where)
-    if preprocess.model is not None:
-        preprocess = replace(preprocess, model=resolve(preprocess.model))
 
-    recipes = Path(resolve(top.recipes)) if top.recipes is not None else None
-    try:
-        book = load_recipes(recipes)
-    except RecipeError as error:
-        raise where.error(("recipes",), str(error)) from None
+def _preprocess(top: ExperimentFile, where: Where, resolve: Callable[[str], str]) -> PreprocessSettings:
+    preprocess = section(PreprocessSettings, top.preprocess, ("preprocess",), where,
+                         exclude={name: "computed from the model" for name in COMPUTED_PREPROCESS})
+    choice(preprocess.equalize, EQUALIZATIONS, ("preprocess", "equalize"), where)
+    choice(preprocess.mask, MASK_MODES, ("preprocess", "mask"), where)
+    return replace(preprocess, model=resolve(preprocess.model)) if preprocess.model is not None else preprocess
 
+
+def _check_grid(top: ExperimentFile, book: RecipeBook, bound: set[str], where: Where) -> None:
+    """Encoders have a pre-training entry; compositions and test sets are known and their roles bound."""
     grid = top.grid
     for index, encoder in enumerate(grid.encoders):
         if encoder != "none" and encoder not in top.pretraining:
@@ -387,7 +271,9 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
                                                            f"(pretraining defines: {', '.join(top.pretraining)})")
     _roles_bound(grid.compositions, book, bound, ("grid", "compositions"), where, "composition")
     _roles_bound(grid.tests, book, bound, ("grid", "tests"), where, "test set")
-    training = _training(top.training, ("training",), where)
+
+
+def _check_pretraining(top: ExperimentFile, bound: set[str], where: Where) -> None:
     for label, run in top.pretraining.items():
         roles = run.data or [label]
         for index, role in enumerate(roles):
@@ -397,34 +283,62 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
                                        f"(bound: {', '.join(sorted(bound))})")
         _training(run.training, ("pretraining", label, "training"), where)
 
+
+def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: set[str], where: Where) -> None:
+    """``jobs``, the evaluation's threshold rule and the audit's masks, compositions and test sets."""
     if top.jobs < 1:
         raise where.error(("jobs",), f"should be at least 1; got {top.jobs}")
-    rules = tuple(rule.value for rule in ThresholdRule)
-    _choice(top.evaluation.threshold_rule, rules, ("evaluation", "threshold_rule"), where)
+    choice(top.evaluation.threshold_rule, tuple(rule.value for rule in ThresholdRule),
+           ("evaluation", "threshold_rule"), where)
     audit = top.audit
-    _choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
+    choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
     if audit.compositions != "all":
         for index, name in enumerate(audit.compositions):
-            if name not in grid.compositions:
+            if name not in top.grid.compositions:
                 raise where.error(("audit", "compositions", index), f"{name} is not a training composition of the "
-                                                                    f"grid ({', '.join(grid.compositions)})")
+                                                                    f"grid ({', '.join(top.grid.compositions)})")
     _roles_bound(list(audit.test_sets or []), book, bound, ("audit", "test_sets"), where, "audit test set")
 
+
+def _check_train_configs(experiment: Experiment, top: ExperimentFile, where: Where) -> None:
+    """Fail early on options TrainConfig refuses together (for every architecture and pre-training run)."""
+    for architecture in experiment.architectures:
+        runs = [(("training",), {})] + [(("pretraining", label, "training"), run.training)
+                                        for label, run in top.pretraining.items()]
+        for key, overrides in runs:
+            try:
+                TrainConfig.from_dict({**experiment.training, **overrides, "architecture": architecture,
+                                       "seed": experiment.seed, "image_size": experiment.preprocess.size})
+            except (ConfigError, TypeError) as error:
+                raise where.error(key, str(error)) from None
+
+
+def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
+    """Read and check an experiment file (or a shipped one by name); ``seed`` overrides the file's."""
+    path = experiment_path(path)
+    document, where = _read(path)
+    top = section(ExperimentFile, document, (), where)
+
+    def resolve(text: str) -> str:
+        root = Path(text).expanduser()
+        return str(root if root.is_absolute() else path.parent / root)
+
+    data, synthetic, bound = _data(top, where, resolve)
+    preprocess = _preprocess(top, where, resolve)
+    recipes = Path(resolve(top.recipes)) if top.recipes is not None else None
+    try:
+        book = load_recipes(recipes)
+    except RecipeError as error:
+        raise where.error(("recipes",), str(error)) from None
+    _check_grid(top, book, bound, where)
+    training = _training(top.training, ("training",), where)
+    _check_pretraining(top, bound, where)
+    _check_evaluation_and_audit(top, book, bound, where)
+    grid = top.grid
     experiment = Experiment(
         name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=data, synthetic=synthetic,
         preprocess=preprocess, training=training, pretraining=dict(top.pretraining), encoders=list(grid.encoders),
         architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
-        evaluation=top.evaluation, audit=audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
-    for architecture in experiment.architectures:  # fails early on options TrainConfig refuses together
-        try:
-            TrainConfig.from_dict({**training, "architecture": architecture, "seed": experiment.seed,
-                                   "image_size": preprocess.size})
-        except (ConfigError, TypeError) as error:
-            raise where.error(("training",), str(error)) from None
-        for label, run in top.pretraining.items():
-            try:
-                TrainConfig.from_dict({**training, **run.training, "architecture": architecture,
-                                       "seed": experiment.seed, "image_size": preprocess.size})
-            except (ConfigError, TypeError) as error:
-                raise where.error(("pretraining", label, "training"), str(error)) from None
+        evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
+    _check_train_configs(experiment, top, where)
     return experiment

@@ -5,7 +5,7 @@ Output folder layout:
     cache/                    pre-processing cache shared by every run
     pretrain/<label>-<arch>/  one pre-training run per (encoder data, architecture)
     cells/<arch>-<encoder>-<composition>/   one training run per grid cell
-    evaluation/               predictions and ROC curves per cell
+    evaluation/<cell>/        results, tables, predictions and ROC curve of each cell (as `unveil evaluate`)
     audit/<cell>/             bias audit outputs
     tables/                   Table 2 and Tables A1..An (CSV, Markdown, LaTeX)
     results.sqlite            the results store (docs/results.md)
@@ -21,18 +21,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
 from unveil.experiments.store import ResultsStore
+from unveil.preprocess.cache import PreprocessSettings
 from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
+from unveil.training.config import TrainConfig
 from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
@@ -77,37 +77,92 @@ def cell_id(architecture: str, encoder: str, composition: str) -> str:
     return f"{architecture}-{encoder}-{composition}"
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: an architecture, an encoder (``none``: from scratch) and a training composition."""
+
+    architecture: str
+    encoder: str
+    composition: str
+    run_dir: Path
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.architecture, self.encoder, self.composition)
+
+    @property
+    def bundle(self) -> Path:
+        return self.run_dir / "model"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """One encoder to pre-train (picklable: it may run in another process)."""
+
+    name: str
+    data: list[DataSpec]
+    run_dir: Path
+    config: TrainConfig
+    preprocess: PreprocessSettings
+    cache: Path
+    classes: tuple[str, ...] | None
+    workers: int
+    progress: bool
+
+    def run(self) -> dict[str, Any]:
+        from unveil.training import pretrain
+
+        result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
+                          classes=self.classes, workers=self.workers, progress=self.progress)
+        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch}
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One grid cell to train (picklable: it may run in another process)."""
+
+    cell: Cell
+    bindings: dict[str, DataSpec]
+    config: TrainConfig
+    preprocess: PreprocessSettings
+    cache: Path
+    encoder: str | None  # the pre-trained encoder's bundle; None: from scratch
+    workers: int
+    recipes: Path | None
+    progress: bool
+
+    @property
+    def name(self) -> str:
+        return self.cell.id
+
+    def run(self) -> dict[str, Any]:
+        from unveil.training import train
+
+        result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
+                       preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
+                       recipes=self.recipes, progress=self.progress)
+        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
+                "val_auc": result.best_metrics.get("val_auc")}
+
+
+Job = PretrainJob | CellJob
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _pretrain_job(args: tuple) -> dict[str, Any]:
-    from unveil.training import pretrain
-
-    specs, run_dir, config, preprocess, cache, classes, workers, bars = args
-    result = pretrain(specs, run_dir, config=config, preprocess=preprocess, cache=cache, classes=classes,
-                      workers=workers, progress=bars)
-    return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch}
+def _run_job(job: Job) -> dict[str, Any]:
+    return job.run()
 
 
-def _train_job(args: tuple) -> dict[str, Any]:
-    from unveil.training import train
-
-    composition, bindings, run_dir, config, preprocess, cache, encoder, workers, recipes, bars = args
-    result = train(composition, bindings, run_dir, config=config, preprocess=preprocess, encoder=encoder,
-                   cache=cache, workers=workers, recipes=recipes, progress=bars)
-    return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
-            "val_auc": result.best_metrics.get("val_auc")}
-
-
-def _run_jobs(function: Callable[[tuple], dict[str, Any]], jobs: list[tuple[str, tuple]], parallel: int,
-              progress: Callable[[str], None] | None,
-              on_done: Callable[[str, dict[str, Any]], None], what: str = "cell") -> None:
-    """Run ``function`` on every job (name, args), in ``parallel`` processes when > 1; ``on_done`` records
-    each result as soon as it exists, so a run killed later keeps what is finished. One line per job
-    (``cell 3/8 conv8-B-AB``) with the time it took and an ETA for the rest (mean time per finished job)."""
+def _run_jobs(jobs: Sequence[Job], parallel: int, progress: Callable[[str], None] | None,
+              on_done: Callable[[Any, dict[str, Any]], None], what: str = "cell") -> None:
+    """Run every job, in ``parallel`` processes when > 1; ``on_done`` records each result as soon as it exists,
+    so a run killed later keeps what is finished. One line per job (``cell 3/8 conv8-B-AB``) with the time it
+    took and an ETA for the rest (mean time per finished job)."""
     started, total = time.perf_counter(), len(jobs)
 
     def eta(finished: int) -> str:
@@ -117,161 +172,208 @@ def _run_jobs(function: Callable[[tuple], dict[str, Any]], jobs: list[tuple[str,
         return f"; ETA {duration(left)} for the {total - finished} left"
 
     if parallel <= 1 or len(jobs) <= 1:
-        for index, (name, args) in enumerate(jobs):
-            _say(progress, f"  {what} {index + 1}/{total} {name} ...")
+        for index, job in enumerate(jobs):
+            _say(progress, f"  {what} {index + 1}/{total} {job.name} ...")
             job_started = time.perf_counter()
-            on_done(name, function(args))
-            _say(progress, f"  {what} {index + 1}/{total} {name} done in "
+            on_done(job, job.run())
+            _say(progress, f"  {what} {index + 1}/{total} {job.name} done in "
                            f"{duration(time.perf_counter() - job_started)}{eta(index + 1)}")
         return
     threads = max(1, (os.cpu_count() or 2) // parallel)
-    _say(progress, f"  {total} {what}s, {parallel} at a time: {', '.join(name for name, _ in jobs)}")
+    _say(progress, f"  {total} {what}s, {parallel} at a time: {', '.join(job.name for job in jobs)}")
     with ProcessPoolExecutor(max_workers=parallel, initializer=_set_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(function, args): name for name, args in jobs}
+        futures = {pool.submit(_run_job, job): job for job in jobs}
         for finished, future in enumerate(as_completed(futures), start=1):
             on_done(futures[future], future.result())
-            _say(progress, f"  {what} {finished}/{total} {futures[future]} done after "
+            _say(progress, f"  {what} {finished}/{total} {futures[future].name} done after "
                            f"{duration(time.perf_counter() - started)}{eta(finished)}")
 
 
-def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
-              report: bool = True, progress: Callable[[str], None] | None = None) -> Path:
-    """Run (or continue) every step of ``experiment`` into ``out``; return the results store path."""
-    from unveil.audit import audit
-    from unveil.evaluation.evaluate import evaluate_models
-    from unveil.evaluation.tables import plot_roc_curves, write_tables
+@dataclass
+class _Run:
+    """What every step of one ``reproduce`` shares."""
 
-    started = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    parallel = jobs if jobs is not None else experiment.jobs
-    bars = parallel <= 1  # progress bars (on a terminal) unless processes would draw over each other
-    cache = out / "cache"
-    write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
-    store = ResultsStore(out / "results.sqlite")
-    store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
-                          "versions": environment_versions(), "document": experiment.document})
+    experiment: Experiment
+    out: Path
+    store: ResultsStore
+    parallel: int
+    workers: int
+    progress: Callable[[str], None] | None
+    data: dict[str, DataSpec] = field(default_factory=dict)
 
-    # 1. Data.
-    _say(progress, "[1/6] data")
-    data = resolve_data(experiment, out, workers, progress)
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def bars(self) -> bool:
+        """Progress bars (on a terminal) unless processes would draw over each other."""
+        return self.parallel <= 1
+
+    def say(self, message: str) -> None:
+        _say(self.progress, message)
+
+
+def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
+    """Every cell of the grid, in the experiment's order."""
+    return [Cell(a, e, c, out / "cells" / cell_id(a, e, c)) for a, e, c in experiment.cells()]
+
+
+def load_data(run: _Run) -> None:
+    """Step 1: bind every role the grid needs (generating a synthetic benchmark if asked) and store the datasets."""
+    experiment = run.experiment
+    run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
     needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
     needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
-    missing = [role for role in needed if role not in data]
+    missing = [role for role in needed if role not in run.data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
     for role in needed:
-        records = data[role].load()
-        store.put_dataset(role, data[role].source, data[role].root, records)
-        _say(progress, f"  {role}: {data[role].source}, {len(records)} images")
+        spec = run.data[role]
+        records = spec.load()
+        run.store.put_dataset(role, spec.source, spec.root, records)
+        run.say(f"  {role}: {spec.source}, {len(records)} images")
 
-    # 2. Pre-training, once per (encoder data, architecture).
-    _say(progress, "[2/6] pre-training encoders")
+
+def pretrain_encoders(run: _Run) -> dict[tuple[str, str], str]:
+    """Step 2: pre-train each encoder once per architecture (skipping finished ones); (label, architecture)
+    -> bundle path."""
+    experiment = run.experiment
     encoders: dict[tuple[str, str], str] = {}
     pending = []
     for label in (e for e in experiment.encoders if e != "none"):
         spec = experiment.pretraining[label]
         for architecture in experiment.architectures:
-            run_dir = out / "pretrain" / f"{label}-{architecture}"
+            run_dir = run.out / "pretrain" / f"{label}-{architecture}"
             encoders[(label, architecture)] = str(run_dir / "model")
             if (run_dir / "done.json").is_file():
                 continue
-            config = experiment.train_config(architecture, spec.training)
-            specs = [data[role] for role in experiment.pretraining_roles(label)]
-            classes = tuple(spec.classes) if spec.classes else None
-            pending.append((f"{label}-{architecture}",
-                            (specs, run_dir, config, experiment.preprocess, cache, classes, workers, bars)))
-    _run_jobs(_pretrain_job, pending, parallel, progress, lambda name, result: write_text_atomic(
-        Path(result["bundle"]).parent / "done.json", json.dumps(result) + "\n"), what="encoder")
+            pending.append(PretrainJob(
+                f"{label}-{architecture}", [run.data[role] for role in experiment.pretraining_roles(label)], run_dir,
+                experiment.train_config(architecture, spec.training), experiment.preprocess, run.cache,
+                tuple(spec.classes) if spec.classes else None, run.workers, run.bars))
 
-    # 3. Training cells.
-    _say(progress, "[3/6] training cells")
-    done = store.done_cells()
-    pending = []
-    cells = {}
-    for architecture, encoder, composition in experiment.cells():
-        identifier = cell_id(architecture, encoder, composition)
-        run_dir = out / "cells" / identifier
-        cells[identifier] = (architecture, encoder, composition, run_dir)
-        if identifier in done and (run_dir / "model" / "bundle.json").is_file():
-            continue
-        bindings = {role: data[role] for role in recipes.recipe(composition).roles}
-        pending.append((identifier, (composition, bindings, run_dir, experiment.train_config(architecture),
-                                     experiment.preprocess, cache, encoders.get((encoder, architecture)), workers,
-                                     experiment.recipes, bars)))
-    def record_cell(identifier: str, result: dict[str, Any]) -> None:
-        architecture, encoder, composition, run_dir = cells[identifier]
-        store.put_cell({"cell_id": identifier, "architecture": architecture, "encoder": encoder,
-                        "training_set": composition, "run_dir": str(run_dir), "bundle": result["bundle"],
-                        "status": "done", "seconds": result["seconds"], "best_epoch": result["best_epoch"],
-                        "val_auc": result["val_auc"],
-                        "config": experiment.train_config(architecture).to_dict()})
+    def done(job: Job, result: dict[str, Any]) -> None:
+        write_text_atomic(Path(result["bundle"]).parent / "done.json", json.dumps(result) + "\n")
 
-    _run_jobs(_train_job, pending, parallel, progress, record_cell)
+    _run_jobs(pending, run.parallel, run.progress, done, what="encoder")
+    return encoders
 
-    # 4. Every cell on every test set.
-    _say(progress, "[4/6] evaluating every cell on every test set")
-    evaluated = store.evaluated()
-    options = experiment.evaluation
-    for number, (identifier, (_, _, _, run_dir)) in enumerate(cells.items(), start=1):
-        tests = [t for t in experiment.tests if (identifier, t) not in evaluated]
+
+def train_cells(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> None:
+    """Step 3: train every cell not yet done (a cell killed mid-training resumes from its checkpoint)."""
+    experiment = run.experiment
+    recipes = experiment.recipe_book()
+    done = run.store.done_cells()
+    pending = [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
+                       experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
+                       encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars)
+               for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
+
+    def record(job: CellJob, result: dict[str, Any]) -> None:
+        cell = job.cell
+        run.store.put_cell({"cell_id": cell.id, "architecture": cell.architecture, "encoder": cell.encoder,
+                            "training_set": cell.composition, "run_dir": str(cell.run_dir),
+                            "bundle": result["bundle"], "status": "done", "seconds": result["seconds"],
+                            "best_epoch": result["best_epoch"], "val_auc": result["val_auc"],
+                            "config": job.config.to_dict()})
+
+    _run_jobs(pending, run.parallel, run.progress, record)
+
+
+def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
+    """Step 4: every cell on every test set it has not met yet; results in the store, files in
+    OUT/evaluation/<cell>/ (the files of `unveil evaluate --out`)."""
+    from unveil.evaluation.evaluate import evaluate_models
+    from unveil.evaluation.outputs import write_evaluation_outputs
+
+    experiment, options = run.experiment, run.experiment.evaluation
+    evaluated = run.store.evaluated()
+    for number, cell in enumerate(cells, start=1):
+        tests = [t for t in experiment.tests if (cell.id, t) not in evaluated]
         if not tests:
             continue
-        run = evaluate_models([run_dir / "model"], tests, data=data, cache=cache,
-                              threshold_rule=options.threshold_rule, threshold=options.threshold,
-                              target_sensitivity=options.target_sensitivity, resamples=options.resamples,
-                              seed=experiment.seed, workers=workers, recipes=experiment.recipes, progress=True)
-        rows = run.rows.assign(model=identifier)
-        store.put_results(identifier, rows, {"bundle": str(run_dir / "model"), "skipped": run.skipped})
-        folder = out / "evaluation"
-        folder.mkdir(exist_ok=True)
-        predictions = run.predictions.assign(model=identifier)
-        path = folder / f"predictions-{identifier}.csv"
-        previous = pd.read_csv(path) if path.is_file() else None
-        if previous is not None:
-            predictions = pd.concat([previous[~previous["test_set"].isin(tests)], predictions], ignore_index=True)
-        write_text_atomic(path, predictions.to_csv(index=False, lineterminator="\n"))
-        for figure in plot_roc_curves(predictions, folder, formats=("png",)):
-            store.put_file("roc", identifier, "ROC", figure)
+        result = evaluate_models([cell.bundle], tests, data=run.data, cache=run.cache,
+                                 threshold_rule=options.threshold_rule, threshold=options.threshold,
+                                 target_sensitivity=options.target_sensitivity, resamples=options.resamples,
+                                 seed=experiment.seed, workers=run.workers, recipes=experiment.recipes, progress=True)
+        result = replace(result, rows=result.rows.assign(model=cell.id),
+                         predictions=result.predictions.assign(model=cell.id))
+        run.store.put_results(cell.id, result.rows, {"bundle": str(cell.bundle), "skipped": result.skipped})
+        written = write_evaluation_outputs(
+            result, run.out / "evaluation" / cell.id, command="unveil reproduce", keep_previous=True,
+            roc_formats=("png",), arguments={"models": [str(cell.bundle)], "on": tests, **asdict(options),
+                                             "seed": experiment.seed})
+        for figure in written.roc:
+            run.store.put_file("roc", cell.id, "ROC", figure)
+        rows = result.rows
         summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"]))
-        _say(progress, f"  cell {number}/{len(cells)} {identifier}: balanced accuracy {summary}")
+        run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
 
-    # 5. Audit.
-    _say(progress, "[5/6] auditing")
-    audit_options = experiment.audit
-    audited_compositions = audit_options.compositions
-    if audited_compositions == "all":
-        audited_compositions = experiment.compositions
-    audit_sets = audit_options.test_sets
-    audited = [i for i, (_, _, composition, _) in cells.items() if composition in audited_compositions]
-    for number, identifier in enumerate(audited, start=1):
-        _, _, composition, run_dir = cells[identifier]
-        folder = out / "audit" / identifier
+
+def audit_cells(run: _Run, cells: list[Cell]) -> None:
+    """Step 5: audit the cells of the audited compositions (skipping those already audited)."""
+    from unveil.audit import audit
+
+    experiment, options = run.experiment, run.experiment.audit
+    compositions = experiment.compositions if options.compositions == "all" else options.compositions
+    audited = [cell for cell in cells if cell.composition in compositions]
+    for number, cell in enumerate(audited, start=1):
+        folder = run.out / "audit" / cell.id
         if (folder / "audit.json").is_file():
             continue
-        _say(progress, f"  audit {number}/{len(audited)} {identifier} on {', '.join(audit_sets or [composition])} ...")
-        result = audit(run_dir / "model", list(audit_sets or [composition]), folder, data=data,
-                       masks=audit_options.masks, cache=cache, thresholds=audit_options.thresholds,
-                       seed=experiment.seed, resamples=audit_options.resamples,
-                       saliency_samples=audit_options.saliency_samples, workers=workers,
-                       recipes=experiment.recipes, progress=True)
-        store.put_audit(identifier, result.verdicts)
+        test_sets = list(options.test_sets or [cell.composition])
+        run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
+        result = audit(cell.bundle, test_sets, folder, data=run.data, masks=options.masks, cache=run.cache,
+                       thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
+                       saliency_samples=options.saliency_samples, workers=run.workers, recipes=experiment.recipes,
+                       progress=True)
+        run.store.put_audit(cell.id, result.verdicts)
         for kind in ("tsne_by_source", "tsne_by_label"):
             if kind in result.files:
-                store.put_file(kind, identifier, kind.replace("_", " "), result.files[kind])
+                run.store.put_file(kind, cell.id, kind.replace("_", " "), result.files[kind])
         for index, overlay in enumerate(result.files.get("saliency_overlays", [])):
-            store.put_file("saliency", identifier, f"{index}:{Path(overlay).stem}", overlay)
+            run.store.put_file("saliency", cell.id, f"{index}:{Path(overlay).stem}", overlay)
         flags = ", ".join(f"{v.test} ({v.subject})" for v in result.flagged) or "none"
-        _say(progress, f"  audit {number}/{len(audited)} {identifier}: flags: {flags}")
+        run.say(f"  audit {number}/{len(audited)} {cell.id}: flags: {flags}")
 
-    # 6. Tables and report.
-    _say(progress, "[6/6] tables and report")
-    write_tables(store.wide_results(), out / "tables")
-    write_run_metadata(out / "reproduce.meta.json", "unveil reproduce", {
-        "experiment": str(experiment.source), "document": experiment.document, "jobs": parallel,
+
+def write_summary(run: _Run, started: float) -> None:
+    """Step 6 (first half): Table 2 and Tables A1..An from the store, and reproduce.meta.json."""
+    from unveil.evaluation.tables import write_tables
+
+    experiment = run.experiment
+    write_tables(run.store.wide_results(), run.out / "tables")
+    write_run_metadata(run.out / "reproduce.meta.json", "unveil reproduce", {
+        "experiment": str(experiment.source), "document": experiment.document, "jobs": run.parallel,
         "preprocess": asdict(experiment.preprocess)}, extra={"seconds": round(time.perf_counter() - started, 1)})
-    store.close()
+
+
+def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
+              report: bool = True, progress: Callable[[str], None] | None = None) -> Path:
+    """Run (or continue) every step of ``experiment`` into ``out``; return the results store path."""
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
+    with ResultsStore(out / "results.sqlite") as store:  # closed even when a step fails
+        store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
+                              "versions": environment_versions(), "document": experiment.document})
+        run = _Run(experiment, out, store, jobs if jobs is not None else experiment.jobs, workers, progress)
+        cells = plan_cells(experiment, out)
+        run.say("[1/6] data")
+        load_data(run)
+        run.say("[2/6] pre-training encoders")
+        encoders = pretrain_encoders(run)
+        run.say("[3/6] training cells")
+        train_cells(run, cells, encoders)
+        run.say("[4/6] evaluating every cell on every test set")
+        evaluate_cells(run, cells)
+        run.say("[5/6] auditing")
+        audit_cells(run, cells)
+        run.say("[6/6] tables and report")
+        write_summary(run, started)
     if report:
         from unveil.reports import write_report
 

@@ -204,6 +204,53 @@ class Predictor:
         array = np.clip(np.rint(np.stack(processed) * 255.0), 0, 255).astype(np.uint8)
         return kept, torch.from_numpy(array[:, None]), masks, errors
 
+    def _model_outputs(self, images: torch.Tensor, *, evidence: bool
+                       ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None]:
+        """Per image: the probability of the positive class, the OOD score, nearest training source and reason,
+        and (``evidence``) the Grad-CAM map."""
+        positive = self.bundle.positive_index
+        mean, std = self.bundle.normalization
+        features = encoder_features(self.bundle.model, images, mean, std)
+        probabilities = probabilities_from_features(self.bundle.model, features)[:, positive]
+        count = len(images)
+        distances, nearest = self.ood.distances(features, images) if self.ood else (
+            np.full(count, np.nan), ["" for _ in range(count)])
+        reasons = self.ood.explain(features, images) if self.ood else ["" for _ in range(count)]
+        maps = None
+        if evidence:
+            from unveil.audit.saliency import gradcam_maps
+
+            maps = gradcam_maps(self.bundle, images, positive)
+        return probabilities, distances, nearest, reasons, maps
+
+    def _row(self, path: Path, problems: list[str], mask: np.ndarray, probability: float, distance: float,
+             nearest: str, reason: str, overlay: str) -> dict[str, Any]:
+        """One scored image's CSV row: its decision unless a check failed (then flagged or rejected)."""
+        positive = self.bundle.positive_index
+        lung_problems = self.lung_check.problems(mask)
+        ood_flag = bool(self.ood is not None and distance > self.ood.threshold)
+        warnings = list(self.notes) + problems + lung_problems
+        if ood_flag:
+            warnings.append(f"out of distribution: score {distance:.1f} > {self.ood.threshold:.1f} "
+                            f"({reason}; nearest training source {nearest})")
+        if not np.isfinite(probability):
+            warnings.append("model output is not a finite probability")
+        failed = bool(warnings[len(self.notes):])
+        threshold = self.threshold.value
+        decision = self.bundle.classes[positive] if probability >= threshold else self.bundle.classes[1 - positive]
+        if failed and not (self.decide_anyway and np.isfinite(probability)):
+            decision = ""  # an implausible image gets no decision unless the user asks for one
+        return {
+            "file": str(path),
+            "status": ("flagged" if decision else "rejected") if failed else "ok",
+            "probability": round(probability, 6) if np.isfinite(probability) else None,
+            "decision": decision, "threshold": threshold, "threshold_rule": self.threshold.rule.value,
+            "lung_area": round(float(mask.mean()), 4), "lung_check": "ok" if not lung_problems else "implausible",
+            "ood_distance": None if np.isnan(distance) else round(float(distance), 3),
+            "ood_threshold": None if self.ood is None else round(self.ood.threshold, 3),
+            "nearest_source": nearest, "ood_flag": ood_flag, "warnings": "; ".join(warnings),
+            "overlay": overlay, "error": ""}
+
     def score(self, paths: Sequence[Path], *, evidence_dir: Path | None = None,
               start_index: int = 0) -> Iterator[dict[str, Any]]:
         """One CSV row per path (unreadable files included, with their error)."""
@@ -212,36 +259,10 @@ class Predictor:
         error_iter = iter(errors)
         rows: dict[int, dict[str, Any]] = {}
         if len(kept):
-            positive = self.bundle.positive_index
-            mean, std = self.bundle.normalization
-            features = encoder_features(self.bundle.model, images, mean, std)
-            probabilities = probabilities_from_features(self.bundle.model, features)[:, positive]
-            distances, nearest = self.ood.distances(features, images) if self.ood else (
-                np.full(len(kept), np.nan), ["" for _ in kept])
-            reasons = self.ood.explain(features, images) if self.ood else ["" for _ in kept]
-            maps = None
-            if evidence_dir is not None:
-                from unveil.audit.saliency import gradcam_maps
-
-                maps = gradcam_maps(self.bundle, images, positive)
-            threshold = self.threshold.value
+            probabilities, distances, nearest, reasons, maps = self._model_outputs(images,
+                                                                                  evidence=evidence_dir is not None)
             for row_index, position in enumerate(kept):
-                path = paths[position]
-                lung_problems = self.lung_check.problems(masks[row_index])
-                problems = self.input_problems[row_index] + lung_problems
-                ood_flag = bool(self.ood is not None and distances[row_index] > self.ood.threshold)
-                warnings = list(self.notes) + problems
-                if ood_flag:
-                    warnings.append(f"out of distribution: score {distances[row_index]:.1f} > {self.ood.threshold:.1f} "
-                                    f"({reasons[row_index]}; nearest training source {nearest[row_index]})")
-                probability = float(probabilities[row_index])
-                if not np.isfinite(probability):
-                    warnings.append("model output is not a finite probability")
-                failed = bool(warnings[len(self.notes):])
-                decision = self.bundle.classes[positive] if probability >= threshold else \
-                    self.bundle.classes[1 - positive]
-                if failed and not (self.decide_anyway and np.isfinite(probability)):
-                    decision = ""  # an implausible image gets no decision unless the user asks for one
+                path, probability = paths[position], float(probabilities[row_index])
                 overlay = ""
                 if maps is not None:
                     from unveil.audit.saliency import save_overlay
@@ -250,18 +271,8 @@ class Predictor:
                     save_overlay(images[row_index, 0].numpy(), maps[row_index], masks[row_index],
                                  f"{path.name[:40]}  p={probability:.2f}", target, display=displays[row_index])
                     overlay = str(target)
-                rows[position] = {
-                    "file": str(path),
-                    "status": ("flagged" if decision else "rejected") if failed else "ok",
-                    "probability": round(probability, 6) if np.isfinite(probability) else None,
-                    "decision": decision, "threshold": threshold,
-                    "threshold_rule": self.threshold.rule.value,
-                    "lung_area": round(float(masks[row_index].mean()), 4),
-                    "lung_check": "ok" if not lung_problems else "implausible",
-                    "ood_distance": None if np.isnan(distances[row_index]) else round(float(distances[row_index]), 3),
-                    "ood_threshold": None if self.ood is None else round(self.ood.threshold, 3),
-                    "nearest_source": nearest[row_index], "ood_flag": ood_flag, "warnings": "; ".join(warnings),
-                    "overlay": overlay, "error": ""}
+                rows[position] = self._row(path, self.input_problems[row_index], masks[row_index], probability,
+                                           distances[row_index], nearest[row_index], reasons[row_index], overlay)
         for position, path in enumerate(paths):
             if position in rows:
                 yield rows[position]

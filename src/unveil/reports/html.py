@@ -279,148 +279,8 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
 
 # --- page ----------------------------------------------------------------------------------------------------------
 
-TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="unveil {{ version }}">
-<title>unveil report: {{ name }}</title>
-<style>
-body { margin: 0; background: #f4f4f4; color: #1f1f1f; line-height: 1.45;
-       font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 1rem 2rem 3rem; background: #fff; }
-h1 { margin: .6rem 0 .2rem; } h2 { margin-top: 2.4rem; border-bottom: 2px solid #ddd; } h3 { margin-top: 1.6rem; }
-nav a { margin-right: .9rem; }
-.facts { color: #555; margin: 0; }
-table { border-collapse: collapse; margin: .5rem 0 1.2rem; font-size: .82rem; }
-th, td { border: 1px solid #bbb; padding: .25rem .5rem; text-align: left; vertical-align: top; }
-th { background: #eee; }
-.scroll { overflow-x: auto; } table.summary td, table.metrics td { white-space: nowrap; }
-tr.flagged td { background: #fde0dc; font-weight: 600; }
-.note { color: #777; font-style: italic; }
-.figures { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
-figure { margin: 0; } figcaption { font-size: .78rem; color: #555; }
-img { max-width: 100%; height: auto; } img.roc { width: 360px; } img.thumb { width: 150px; }
-pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .78rem; }
-code { font-size: .85em; }
-</style>
-</head>
-<body>
-{% macro picture(p, cls) %}
-{% if p.src %}<figure><img class="{{ cls }}" src="{{ p.src }}" alt="{{ p.label }}">
-<figcaption>{{ p.label }}</figcaption></figure>
-{% else %}<p class="note missing">{{ p.label }}: file not found (<code>{{ p.path }}</code>)</p>
-{% endif %}
-{% endmacro %}
-<main>
-<header id="header">
-<h1>{{ name }}</h1>
-<p class="facts">seed {{ seed }} · run finished {{ run_date }} · report written {{ written }} · unveil {{ version }}
-· {{ n_cells }} cell(s) × {{ n_tests }} test set(s) · <code>{{ results_dir }}</code></p>
-<nav><a href="#summary">Summary</a><a href="#heatmap">Heat map</a><a href="#tables">Tables</a><a href="#roc">ROC</a>
-<a href="#audit">Audit</a><a href="#datasets">Datasets</a><a href="#provenance">Provenance</a></nav>
-</header>
-
-<section id="summary">
-<h2>Table 2: balanced accuracy</h2>
-<p>Every model on every test set; 95 % interval from a patient-level bootstrap.</p>
-{% if summary %}<div class="scroll">{{ summary }}</div>{% else %}<p class="note">No results yet.</p>{% endif %}
-</section>
-
-<section id="heatmap">
-<h2>Cross-dataset heat map</h2>
-{% if heatmap %}<img src="{{ heatmap }}" alt="balanced accuracy per cell and test set">
-<p class="note">Colour scale 0.5 (chance) to 1; outlined: tested on the training composition.</p>
-{% else %}<p class="note">No results yet.</p>{% endif %}
-</section>
-
-<section id="tables">
-<h2>All metrics</h2>
-{% for table in tables %}<h3>{{ table.title }}</h3><div class="scroll">{{ table.html }}</div>
-{% else %}<p class="note">No results yet.</p>{% endfor %}
-</section>
-
-<section id="roc">
-<h2>ROC curves</h2>
-<div class="figures">
-{% for cell in roc %}{% for p in cell.pictures %}{{ picture(p, "roc") }}
-{% else %}<p class="note">{{ cell.label }}: no ROC figure recorded.</p>{% endfor %}
-{% else %}<p class="note">No cells.</p>{% endfor %}
-</div>
-</section>
-
-<section id="audit">
-<h2>Audit</h2>
-{% for cell in audits %}
-<h3>{{ cell.label }} <small>({{ cell.flags }} flag{{ "" if cell.flags == 1 else "s" }})</small></h3>
-{% if cell.summary %}<p class="summary"><strong>{{ cell.summary }}</strong></p>{% endif %}
-{% if cell.verdicts %}<table class="verdicts">
-<thead><tr><th>Test</th><th>Subject</th><th>Measure</th><th>Value [95 % CI]</th><th>Rule</th><th>Flagged</th>
-<th>Suggests</th>
-</tr></thead>
-<tbody>
-{% for v in cell.verdicts %}<tr{% if v.flagged %} class="flagged"{% endif %}><td>{{ v.test }}</td>
-<td>{{ v.subject }}</td><td>{{ v.measure }}</td>
-<td>{{ v.value }}</td><td>{{ v.rule }}</td><td>{{ v.flag }}</td><td>{{ v.suggests }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}<p class="note">No verdicts recorded.</p>{% endif %}
-{% if cell.tsne %}<div class="pair">{% for p in cell.tsne %}{{ picture(p, "tsne") }}{% endfor %}</div>{% endif %}
-{% if cell.saliency %}<h4>Saliency</h4>
-<div class="figures">{% for p in cell.saliency %}{{ picture(p, "thumb") }}{% endfor %}</div>{% endif %}
-{% else %}<p class="note">No cell was audited.</p>{% endfor %}
-</section>
-
-<section id="datasets">
-<h2>Datasets</h2>
-{% if datasets %}<table class="datasets">
-<thead><tr><th>Role</th><th>Source</th><th>Images</th><th>Patients</th><th>COVID+</th><th>COVID−</th><th>Findings</th>
-<th>Folder</th></tr></thead>
-<tbody>
-{% for d in datasets %}<tr><td title="{{ d.description }}">{{ d.role }}</td><td>{{ d.source }}</td>
-<td>{{ d.images }}</td><td>{{ d.patients }}</td><td>{{ d.covid_pos }}</td><td>{{ d.covid_neg }}</td>
-<td>{{ d.findings }}</td><td><code>{{ d.path }}</code></td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}<p class="note">No datasets recorded.</p>{% endif %}
-<h3>Training cells</h3>
-{% if cells %}<table class="cells">
-<thead><tr><th>Cell</th><th>Model</th><th>Training set</th><th>Roles</th><th>Composition</th><th>Status</th>
-<th>Seconds</th><th>Best epoch</th><th>Val AUC</th></tr></thead>
-<tbody>
-{% for c in cells %}<tr><td><code>{{ c.cell_id }}</code></td><td>{{ c.label }}</td><td>{{ c.training_set }}</td>
-<td>{{ c.roles }}</td><td>{{ c.description }}</td><td>{{ c.status }}</td><td>{{ c.seconds }}</td>
-<td>{{ c.best_epoch }}</td><td>{{ c.val_auc }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}<p class="note">No cells recorded.</p>{% endif %}
-</section>
-
-<section id="provenance">
-<h2>Provenance</h2>
-<p>Experiment file: <code>{{ source }}</code></p>
-{% if meta %}<details><summary>reproduce.meta.json</summary><pre>{{ meta }}</pre></details>
-{% else %}<p class="note">No reproduce.meta.json (the run has not finished its last step).</p>{% endif %}
-{% if versions %}<details><summary>Package versions</summary><pre>{{ versions }}</pre></details>{% endif %}
-{% if document %}<details><summary>Experiment document</summary><pre>{{ document }}</pre></details>{% endif %}
-</section>
-</main>
-<script>
-document.addEventListener("DOMContentLoaded", function () {
-  document.body.dataset.tables = String(document.querySelectorAll("table").length);
-  document.body.dataset.rendered = "yes";
-});
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  document.body.dataset.images = String(images.length);
-  document.body.dataset.brokenImages = String(images.filter(function (i) { return !i.naturalWidth; }).length);
-});
-</script>
-</body>
-</html>
-"""
+#: the page (Jinja2, autoescaped); a package file so that HTML and CSS are edited as such
+TEMPLATE = Path(__file__).with_name("report.html.j2")
 
 
 def render_report(results_dir: str | Path) -> str:
@@ -436,7 +296,7 @@ def render_report(results_dir: str | Path) -> str:
         raise ReportError(f"{database}: not a readable results store ({error})") from None
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
-    return environment.from_string(TEMPLATE).render(**context)
+    return environment.from_string(TEMPLATE.read_text(encoding="utf-8")).render(**context)
 
 
 def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -26,21 +25,28 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from unveil.errors import UnveilError
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
 from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, choose_threshold, fixed_threshold
-from unveil.training.config import THRESHOLD_OPTIONS, TrainConfig
+from unveil.training.checkpoint import (  # CheckpointError: re-exported
+    CheckpointError,  # noqa: F401
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
+from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, apply_affine, random_rigid_affine, to_model_input
+from unveil.training.device import (  # init_distributed, resolve_device: re-exported (the CLI, training/run.py)
+    bf16_supported,
+    init_distributed,  # noqa: F401
+    resolve_device,
+    world,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
-
-
-class CheckpointError(UnveilError, RuntimeError):
-    """A checkpoint cannot be resumed (unreadable, or from a different configuration)."""
 
 
 @dataclass
@@ -51,44 +57,6 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     val_probabilities: np.ndarray
     resumed_from_epoch: int
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
-    return device
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays off: any CUDA device, or a CPU with native bf16 (AVX512-BF16 / AMX)."""
-    if device.type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside ``torchrun``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> bool:
-    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-    return True
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -232,46 +200,170 @@ def epoch_line(run: str, record: dict[str, Any], epochs: int) -> str:
             f"{duration(record['train_seconds'])}{best}")
 
 
-def _save_checkpoint(path: Path, document: dict[str, Any]) -> None:
-    """Atomic: a kill during the write leaves the previous checkpoint intact."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(document, temporary)
-    os.replace(temporary, path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which and why
-        raise CheckpointError(f"{path}: not a readable unveil checkpoint ({type(error).__name__}: {error})") from None
-
-
-def check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    """A checkpoint continues only the same configuration, except ``epochs``: more extends the run
-    (the optimizer and LR schedule continue where they stopped, and the best epoch is chosen over
-    all epochs), fewer than already trained is refused. A cosine schedule spans the planned epochs,
-    so with it ``epochs`` cannot change."""
-    saved = dict(state.get("config") or {})
-    wanted = config.to_dict()
-    keys = dict.fromkeys([*saved, *wanted])
-    ignored = {"epochs", *THRESHOLD_OPTIONS}  # the threshold is chosen after training
-    differing = [key for key in keys if key not in ignored and saved.get(key) != wanted.get(key)]
-    if differing:
-        changes = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing)
-        raise CheckpointError(f"{path}: written by a run with a different configuration ({changes}); "
-                              "use a new run directory (or --no-resume to start over)")
-    done, planned = int(state["epoch"]), int(saved.get("epochs", config.epochs))
-    if config.epochs < done:
-        raise CheckpointError(f"{path}: {done} epoch(s) already trained, more than the {config.epochs} asked for; "
-                              f"ask for at least {done} (more extends the run), or use a new run directory "
-                              "(or --no-resume to start over)")
-    if config.epochs != planned and config.scheduler == "cosine":
-        raise CheckpointError(f"{path}: the cosine schedule spans the {planned} planned epoch(s), so epochs cannot "
-                              f"change to {config.epochs}; use a new run directory (or --no-resume)")
-
-
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Engine:
+    """What every step of one fit shares: the model (and its DDP wrapper), the optimisation, where it runs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    normalization: tuple[float, float]
+    network: torch.nn.Module | None = None  # the model, wrapped in DistributedDataParallel under torchrun
+    rank: int = 0
+    world_size: int = 1
+
+    def probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
+        return predict_probabilities(self.model, images, *self.normalization, device=self.device,
+                                     batch_size=batch_size, amp=self.amp, channels_last=self.channels_last)
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds besides the optimisation: every epoch's record and the best epoch so far."""
+
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    best_state: dict[str, torch.Tensor]
+    start_epoch: int = 0
+
+
+def _engine(model: torch.nn.Module, config: TrainConfig, normalization: tuple[float, float]) -> _Engine:
+    """Place the model on its device and build its optimizer, scheduler and loss."""
+    rank, world_size = world()
+    device = resolve_device(config.device)
+    channels_last = config.channels_last if config.channels_last is not None else True
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    return _Engine(model, optimizer, make_scheduler(optimizer, config), make_loss(config), device,
+                   config.amp and bf16_supported(device), channels_last, normalization, rank=rank,
+                   world_size=world_size)
+
+
+def _distribute(engine: _Engine) -> None:
+    """Wrap the model in DistributedDataParallel under torchrun (after a resume: DDP broadcasts rank 0's weights)."""
+    engine.network = engine.model
+    if engine.world_size > 1:
+        device = engine.device
+        engine.network = torch.nn.parallel.DistributedDataParallel(
+            engine.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -> _State:
+    """The state of the last checkpoint in ``run_dir`` (model, optimizer and scheduler restored), or a fresh
+    one; the metrics log is rewritten to match it."""
+    state = _State([], None, _cpu_state(engine.model))
+    path = run_dir / CHECKPOINT
+    if resume and path.exists():
+        saved = load_checkpoint(path)
+        check_resumable(saved, config, path)
+        engine.model.load_state_dict(saved["model"])
+        engine.optimizer.load_state_dict(saved["optimizer"])
+        if engine.scheduler is not None:
+            engine.scheduler.load_state_dict(saved["scheduler"])
+        state = _State(list(saved["history"]), saved["best"], saved["best_state"], int(saved["epoch"]))
+        if engine.rank == 0:
+            planned = int(saved["config"]["epochs"])
+            extended = f" (extended from {planned} to {config.epochs} epochs)" if planned != config.epochs else ""
+            progress_log.info("%s: resuming after epoch %d of %d%s", run_dir.name, state.start_epoch, config.epochs,
+                              extended)
+    if engine.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history), encoding="utf-8")
+    return state
+
+
+def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                 epoch: int, *, progress: bool, on_step: Callable[[int, int], None] | None) -> tuple[float, int]:
+    """One epoch of optimizer steps (``images``/``labels``: the training set on the device); returns the summed
+    loss and the number of images this rank saw."""
+    rank, world_size = engine.rank, engine.world_size
+    mean, std = engine.normalization
+    generator = epoch_generator(config.seed, epoch)
+    batches = list(torch.split(epoch_order(train.labels, config.sampler, generator), config.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2 * world_size:
+        batches = batches[:-1]  # a last batch too small to share (or for batch norm) is dropped
+    network = engine.network or engine.model
+    network.train()
+    total_loss, seen = 0.0, 0
+    bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                       enabled=progress and rank == 0)
+    for step, batch_indices in enumerate(bar):
+        theta = random_rigid_affine(len(batch_indices), generator, config.rotation_degrees, config.translate,
+                                    config.hflip)
+        mine = slice(rank, None, world_size)
+        local = batch_indices[mine].to(engine.device)
+        inputs = to_model_input(images[local], mean, std)
+        if config.rotation_degrees or config.translate or config.hflip:
+            inputs = apply_affine(inputs, theta[mine], (0.0 - mean) / std)
+        if engine.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.amp):
+            logits = network(inputs)
+        loss = engine.loss_fn(logits, labels[local])
+        engine.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.optimizer.step()
+        total_loss += float(loss.detach()) * len(local)
+        seen += len(local)
+        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
+        if on_step is not None:
+            on_step(epoch, step)
+    if world_size > 1:  # batch-norm statistics are per rank: take rank 0's so every rank validates alike
+        for buffer in engine.model.buffers():
+            dist.broadcast(buffer, src=0)
+    return total_loss, seen
+
+
+def _validate(engine: _Engine, val: ImageSet, config: TrainConfig, epoch: int, total_loss: float, seen: int,
+              seconds: float) -> dict[str, Any]:
+    """The epoch's record: training loss, validation loss and scores, learning rate and speed."""
+    probabilities = engine.probabilities(val.images, config.eval_batch_size)
+    val_loss = float(engine.loss_fn(torch.log(torch.as_tensor(probabilities).clamp_min(1e-12)).float(), val.labels))
+    scores = classification_scores(probabilities, val.labels.numpy(), config)
+    return {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in scores.items()},
+            "lr": float(engine.optimizer.param_groups[0]["lr"]), "train_seconds": round(seconds, 3),
+            "train_images_per_second": round(seen * engine.world_size / max(seconds, 1e-9), 2)}
+
+
+def _select(engine: _Engine, state: _State, record: dict[str, Any], selection: str) -> None:
+    """Keep the epoch's weights when they are the best so far; note the best epoch in ``record``."""
+    candidate = {"auc": record["val_auc"], "val_loss": record["val_loss"]}
+    if _is_better(candidate, state.best, selection):
+        state.best = {"epoch": record["epoch"], **candidate}
+        state.best_state = _cpu_state(engine.model)
+    record["best_epoch"] = state.best["epoch"]
+
+
+def _step_scheduler(engine: _Engine, val_loss: float) -> None:
+    if isinstance(engine.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        engine.scheduler.step(val_loss)
+    elif engine.scheduler is not None:
+        engine.scheduler.step()
+
+
+def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Path, record: dict[str, Any]) -> None:
+    """Rank 0: the checkpoint (atomic), one line of metrics.jsonl and the epoch's progress line."""
+    if engine.rank != 0:
+        return
+    save_checkpoint(run_dir / CHECKPOINT, {
+        "epoch": record["epoch"], "config": config.to_dict(), "model": _cpu_state(engine.model),
+        "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.scheduler.state_dict() if engine.scheduler else {},
+        "history": state.history, "best": state.best, "best_state": state.best_state})
+    with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record) + "\n")
+    progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
 
 
 def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainConfig, run_dir: str | Path, *,
@@ -282,120 +374,24 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt a run).
     """
     run_dir = Path(run_dir)
-    rank, world_size = world()
-    device = resolve_device(config.device)
-    channels_last = config.channels_last if config.channels_last is not None else True
-    amp = config.amp and bf16_supported(device)
-    mean, std = normalization
-    fill = (0.0 - mean) / std
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
-    loss_fn = make_loss(config)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state = _cpu_state(model)
-    start_epoch = 0
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        check_resumable(state, config, checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history, best, best_state = list(state["history"]), state["best"], state["best_state"]
-        start_epoch = int(state["epoch"])
-        if rank == 0:
-            planned = int(state["config"]["epochs"])
-            extended = f" (extended from {planned} to {config.epochs} epochs)" if planned != config.epochs else ""
-            progress_log.info("%s: resuming after epoch %d of %d%s", run_dir.name, start_epoch, config.epochs,
-                              extended)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
-
-    network: torch.nn.Module = model
-    if world_size > 1:
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    images_on_device = train.images.to(device)
-    labels_on_device = train.labels.to(device)
-    val_labels = val.labels.numpy()
-
-    for epoch in range(start_epoch, config.epochs):
+    engine = _engine(model, config, normalization)
+    state = _resume(engine, config, run_dir, resume)
+    _distribute(engine)
+    images, labels = train.images.to(engine.device), train.labels.to(engine.device)
+    for epoch in range(state.start_epoch, config.epochs):
         started = time.perf_counter()
-        generator = epoch_generator(config.seed, epoch)
-        order = epoch_order(train.labels, config.sampler, generator)
-        batches = list(torch.split(order, config.batch_size))
-        if len(batches) > 1 and len(batches[-1]) < 2 * world_size:
-            batches = batches[:-1]  # a last batch too small to share (or for batch norm) is dropped
-        network.train()
-        total_loss, seen = 0.0, 0
-        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                           enabled=progress and rank == 0)
-        for step, batch_indices in enumerate(bar):
-            theta = random_rigid_affine(len(batch_indices), generator, config.rotation_degrees, config.translate,
-                                        config.hflip)
-            mine = slice(rank, None, world_size)
-            local = batch_indices[mine].to(device)
-            inputs = to_model_input(images_on_device[local], mean, std)
-            if config.rotation_degrees or config.translate or config.hflip:
-                inputs = apply_affine(inputs, theta[mine], fill)
-            if channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = network(inputs)
-            loss = loss_fn(logits, labels_on_device[local])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(local)
-            seen += len(local)
-            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
-            if on_step is not None:
-                on_step(epoch, step)
-        train_seconds = time.perf_counter() - started
-        if world_size > 1:  # batch-norm statistics are per rank: take rank 0's so every rank validates alike
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
-
-        probabilities = predict_probabilities(model, val.images, mean, std, device=device,
-                                              batch_size=config.eval_batch_size, amp=amp,
-                                              channels_last=channels_last)
-        val_loss = float(loss_fn(torch.log(torch.as_tensor(probabilities).clamp_min(1e-12)).float(),
-                                 val.labels))
-        record = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
-                  **{f"val_{k}": v for k, v in classification_scores(probabilities, val_labels, config).items()},
-                  "lr": float(optimizer.param_groups[0]["lr"]), "train_seconds": round(train_seconds, 3),
-                  "train_images_per_second": round(seen * world_size / max(train_seconds, 1e-9), 2)}
-        candidate = {"auc": record["val_auc"], "val_loss": val_loss}
-        if _is_better(candidate, best, config.selection):
-            best = {"epoch": epoch + 1, **candidate}
-            best_state = _cpu_state(model)
-        record["best_epoch"] = best["epoch"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_loss)
-        elif scheduler is not None:
-            scheduler.step()
-        history.append(record)
-        if rank == 0:
-            _save_checkpoint(checkpoint_path, {
-                "epoch": epoch + 1, "config": config.to_dict(), "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
-                "history": history, "best": best, "best_state": best_state})
-            with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record) + "\n")
-            progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
-        if world_size > 1:
+        total_loss, seen = _train_epoch(engine, train, images, labels, config, epoch, progress=progress,
+                                        on_step=on_step)
+        record = _validate(engine, val, config, epoch, total_loss, seen, time.perf_counter() - started)
+        _select(engine, state, record, config.selection)
+        _step_scheduler(engine, record["val_loss"])
+        state.history.append(record)
+        _checkpoint(engine, state, config, run_dir, record)
+        if engine.world_size > 1:
             dist.barrier()
-
-    assert best is not None, "no epoch was run"
-    model.load_state_dict(best_state)
-    probabilities = predict_probabilities(model, val.images, mean, std, device=device,
-                                          batch_size=config.eval_batch_size, amp=amp, channels_last=channels_last)
-    best_metrics = next(h for h in history if h["epoch"] == best["epoch"])
-    return FitResult(int(best["epoch"]), best_metrics, history, best_state, probabilities, start_epoch)
+    if state.best is None:  # only when no epoch was asked for and none was resumed
+        raise ConfigError(f"{run_dir}: no epoch was trained (epochs = {config.epochs})")
+    model.load_state_dict(state.best_state)
+    best_metrics = next(h for h in state.history if h["epoch"] == state.best["epoch"])
+    return FitResult(int(state.best["epoch"]), best_metrics, state.history, state.best_state,
+                     engine.probabilities(val.images, config.eval_batch_size), state.start_epoch)

@@ -32,8 +32,8 @@ from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
 from unveil.training.config import TrainConfig
-from unveil.training.data import TrainingDataError, fit_normalization, load_image_set
-from unveil.training.loop import decision_threshold, fit, init_distributed, world
+from unveil.training.data import ImageSet, TrainingDataError, fit_normalization, load_image_set
+from unveil.training.loop import FitResult, decision_threshold, fit, init_distributed, world
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +96,10 @@ def ranks_in_sync(state: dict[str, torch.Tensor]) -> bool:
     return len(set(gathered)) == 1
 
 
-def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...],
-               positive_class: str | None, task: str, config: TrainConfig, preprocess: PreprocessSettings, *,
-               cache: Path | None, workers: int, progress: bool, resume: bool, encoder: Path | None,
-               init_weights: Path | None, data: dict[str, Any], strict: bool,
-               on_step: Callable[[int, int], None] | None = None) -> RunResult:
-    started = time.perf_counter()
-    init_distributed()
+def _image_sets(records: pd.DataFrame, classes: tuple[str, ...], config: TrainConfig, preprocess: PreprocessSettings,
+                *, cache: Path, workers: int, progress: bool, strict: bool) -> dict[str, ImageSet]:
+    """The train and val images, pre-processed into ``cache`` (by rank 0; the other ranks read its manifest)."""
     rank, world_size = world()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = cache or out / "cache"
-    preprocess = resolve_settings(replace(preprocess, size=config.image_size))
-    records = records.assign(label=labels)
     fitting = records[records["split"].isin(["train", "val"])].reset_index(drop=True)
     if rank == 0:
         report = preprocess_records(fitting, cache, preprocess, workers=workers, progress=progress, strict=strict)
@@ -121,40 +113,81 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
         if part.empty:
             raise TrainingDataError(f"the {split} split is empty: not enough patients to train")
         sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size)
-    skipped = sets["train"].skipped + sets["val"].skipped
+    return sets
 
+
+def _initial_model(config: TrainConfig, classes: tuple[str, ...], *, encoder: Path | None,
+                   init_weights: Path | None) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The model to fit (seeded), its encoder taken from a pre-training bundle when given; and that encoder's
+    provenance (None from scratch)."""
     torch.manual_seed(config.seed)
-    model = build_model(config.architecture, num_classes=len(classes), width=config.width,
-                        init_weights=init_weights)
-    encoder_info = None
-    if encoder is not None:
-        pretrained = load_bundle(encoder)
-        spec = pretrained.description
-        if spec["architecture"] != config.architecture or float(spec.get("width", 1.0)) != config.width:
-            raise TrainingDataError(f"{encoder}: encoder of a {spec['architecture']} (width {spec.get('width')}), "
-                                    f"not of the {config.architecture} (width {config.width}) being trained")
-        load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
-        # an encoder with a fixed input convention (torchxrayvision) keeps it when fine-tuned
-        model.input_normalization, model.encoder_source = pretrained.model.input_normalization, \
-            pretrained.model.encoder_source
-        encoder_info = {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
-                        "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
+    model = build_model(config.architecture, num_classes=len(classes), width=config.width, init_weights=init_weights)
+    if encoder is None:
+        return model, None
+    pretrained = load_bundle(encoder)
+    spec = pretrained.description
+    if spec["architecture"] != config.architecture or float(spec.get("width", 1.0)) != config.width:
+        raise TrainingDataError(f"{encoder}: encoder of a {spec['architecture']} (width {spec.get('width')}), "
+                                f"not of the {config.architecture} (width {config.width}) being trained")
+    load_encoder_state(model, pretrained.model.state_dict(), source=str(encoder))
+    # an encoder with a fixed input convention (torchxrayvision) keeps it when fine-tuned
+    model.input_normalization = pretrained.model.input_normalization
+    model.encoder_source = pretrained.model.encoder_source
+    return model, {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
+                   "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
 
+
+def _bundle_threshold(result: FitResult, val: ImageSet, classes: tuple[str, ...], positive_class: str | None,
+                      config: TrainConfig) -> ThresholdChoice:
+    """Chosen a priori on the selected epoch's validation predictions; a pre-training model decides by its most
+    probable class, so no threshold is used."""
+    if positive_class is None:
+        return replace(fixed_threshold(), description="unused: pre-training (most probable class)")
+    return decision_threshold(result.val_probabilities[:, classes.index(positive_class)], val.labels.numpy(), config)
+
+
+def _write_run(out: Path, model: torch.nn.Module, sets: dict[str, ImageSet], result: FitResult, *,
+               classes: tuple[str, ...], positive_class: str | None, threshold: ThresholdChoice, config: TrainConfig,
+               preprocess: PreprocessSettings, normalization: tuple[float, float], provenance: dict[str, Any],
+               arguments: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Rank 0: the bundle (with its OOD reference), val_predictions.csv, skipped.txt and run.meta.json."""
+    save_bundle(out / "model", model, width=config.width, classes=list(classes), positive_class=positive_class,
+                image_size=config.image_size, preprocess=preprocess, normalization=normalization, threshold=threshold,
+                provenance=provenance, state=result.best_state)
+    _save_ood_reference(out / "model", model, sets, normalization)
+    predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(label=sets["val"].labels.numpy())
+    for index, name in enumerate(classes):
+        predictions[f"p_{name}"] = result.val_probabilities[:, index]
+    write_text_atomic(out / "val_predictions.csv", predictions.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(out / "skipped.txt", "".join(f"{s}\n" for s in extra["skipped"]))
+    write_run_metadata(out / "run.meta.json", f"unveil {provenance['task'].split(':')[0]}", arguments, extra=extra)
+
+
+def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...],
+               positive_class: str | None, task: str, config: TrainConfig, preprocess: PreprocessSettings, *,
+               cache: Path | None, workers: int, progress: bool, resume: bool, encoder: Path | None,
+               init_weights: Path | None, data: dict[str, Any], strict: bool,
+               on_step: Callable[[int, int], None] | None = None) -> RunResult:
+    """Records with a ``split`` column -> images -> fit -> bundle and run files (rank 0)."""
+    started = time.perf_counter()
+    init_distributed()
+    rank, world_size = world()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache or out / "cache"
+    preprocess = resolve_settings(replace(preprocess, size=config.image_size))
+    records = records.assign(label=labels)
+    sets = _image_sets(records, classes, config, preprocess, cache=cache, workers=workers, progress=progress,
+                       strict=strict)
+    skipped = sets["train"].skipped + sets["val"].skipped
+    model, encoder_info = _initial_model(config, classes, encoder=encoder, init_weights=init_weights)
     check_image_size(model, config.image_size)
     normalization = model.input_normalization or fit_normalization(sets["train"].images)
-
-    split_hash = None
-    if rank == 0:
-        split_hash = write_split_file(out / "splits.csv", records, records["split"])
+    split_hash = write_split_file(out / "splits.csv", records, records["split"]) if rank == 0 else None
     result = fit(model, sets["train"], sets["val"], config, out, normalization=normalization, resume=resume,
                  progress=progress, on_step=on_step)
     counts = {split: s.class_counts() for split, s in sets.items()}
     in_sync = ranks_in_sync(result.best_state) if world_size > 1 else None
-    if positive_class is not None:  # chosen a priori on the selected epoch's validation predictions
-        threshold = decision_threshold(result.val_probabilities[:, classes.index(positive_class)],
-                                       sets["val"].labels.numpy(), config)
-    else:  # a pre-training model decides by its most probable class; no threshold is used
-        threshold = replace(fixed_threshold(), description="unused: pre-training (most probable class)")
+    threshold = _bundle_threshold(result, sets["val"], classes, positive_class, config)
     if rank == 0:
         provenance = {"task": task, "data": data, "split_file": "splits.csv", "split_sha256": split_hash,
                       "counts": counts, "skipped_images": len(skipped), "encoder_init": encoder_info,
@@ -162,24 +195,14 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                       "config": config.to_dict(), "seed": config.seed, "best_epoch": result.best_epoch,
                       "best_metrics": result.best_metrics, "world_size": world_size,
                       "ranks_in_sync": in_sync}
-        save_bundle(out / "model", model, width=config.width, classes=list(classes),
-                    positive_class=positive_class, image_size=config.image_size, preprocess=preprocess,
-                    normalization=normalization, threshold=threshold, provenance=provenance,
-                    state=result.best_state)
-        _save_ood_reference(out / "model", model, sets, normalization)
-        predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(
-            label=sets["val"].labels.numpy())
-        for index, name in enumerate(classes):
-            predictions[f"p_{name}"] = result.val_probabilities[:, index]
-        write_text_atomic(out / "val_predictions.csv", predictions.to_csv(index=False, lineterminator="\n"))
-        write_text_atomic(out / "skipped.txt", "".join(f"{s}\n" for s in skipped))
-        write_run_metadata(out / "run.meta.json", f"unveil {task.split(':')[0]}", {
-            "train": config.to_dict(), "preprocess": asdict(preprocess), "data": data,
-            "encoder": str(encoder) if encoder else None, "cache": str(cache)},
-            extra={"counts": counts, "skipped": skipped, "best_epoch": result.best_epoch,
-                   "best_metrics": result.best_metrics, "split_sha256": split_hash,
-                   "seconds": round(time.perf_counter() - started, 1), "world_size": world_size,
-                   "ranks_in_sync": in_sync})
+        _write_run(out, model, sets, result, classes=classes, positive_class=positive_class, threshold=threshold,
+                   config=config, preprocess=preprocess, normalization=normalization, provenance=provenance,
+                   arguments={"train": config.to_dict(), "preprocess": asdict(preprocess), "data": data,
+                              "encoder": str(encoder) if encoder else None, "cache": str(cache)},
+                   extra={"counts": counts, "skipped": skipped, "best_epoch": result.best_epoch,
+                          "best_metrics": result.best_metrics, "split_sha256": split_hash,
+                          "seconds": round(time.perf_counter() - started, 1), "world_size": world_size,
+                          "ranks_in_sync": in_sync})
     for line in skipped:
         log.warning("skipped: %s", line)
     log.info("decision threshold %.4f (%s)", threshold.value, threshold.description)

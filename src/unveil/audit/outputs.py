@@ -1,0 +1,113 @@
+"""The audit's files: Grad-CAM overlays, the per-image table, audit.json, audit.md and its metadata.
+
+Everything here is written atomically (a file by rename, the overlay folder by swapping folders), so an
+interrupted audit never leaves a half-written file or a mix of two runs' overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from unveil.audit.saliency import display_image, save_overlay
+from unveil.audit.verdict import AuditResult, summary_sentence
+from unveil.io import ImageReadError, read_image
+from unveil.provenance import write_run_metadata, write_text_atomic
+
+if TYPE_CHECKING:
+    from unveil.audit.run import AuditedImages
+
+
+def write_overlays(audited: AuditedImages, maps: np.ndarray, probability: np.ndarray, out: Path, *, seed: int,
+                   samples: int) -> list[str]:
+    """``samples`` Grad-CAM overlays per class into OUT/saliency; a rerun replaces the whole folder, so no
+    overlay of an earlier run is left beside the new ones."""
+    kept, labels, label_names = audited.records, audited.labels, audited.label_names
+    rng = np.random.default_rng(seed)
+    overlay_dir = out / "saliency"
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".saliency.", suffix=".tmp"))
+    overlays = []
+    try:
+        for value in np.unique(labels):
+            candidates = np.flatnonzero(labels == value)
+            for index in sorted(rng.choice(candidates, min(samples, len(candidates)), replace=False)):
+                name = f"{label_names[index]}_{index:05d}.png"
+                title = f"{kept.loc[index, 'source']} {label_names[index]} p={probability[index]:.2f}"
+                save_overlay(audited.images.images[index, 0].numpy(), maps[index], audited.lungs[index], title,
+                             staging / name, display=_display(kept.loc[index, "path"]))
+                overlays.append(str(overlay_dir / name))
+        _replace_folder(staging, overlay_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return overlays
+
+
+def write_audit_files(result: AuditResult, per_image: pd.DataFrame, out: Path, arguments: dict[str, Any]) -> None:
+    """audit_images.csv, audit.json, audit.md and audit.meta.json (``arguments``: what the run was asked)."""
+    write_text_atomic(out / "audit_images.csv", per_image.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(out / "audit.json", json.dumps(audit_document(result), indent=2, default=str) + "\n")
+    write_text_atomic(out / "audit.md", audit_markdown(result, out))
+    write_run_metadata(out / "audit.meta.json", "unveil audit", arguments, extra={"flagged": len(result.flagged)})
+
+
+def _display(path: str) -> np.ndarray | None:
+    """The original radiograph resized for an overlay; None (the pre-processed image is drawn) if unreadable."""
+    try:
+        return display_image(read_image(path).pixels)
+    except (ImageReadError, OSError):
+        return None
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put folder ``new`` in place of ``target`` (renames, so ``target`` is never half written)."""
+    new.chmod(0o755)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=".tmp"))
+        os.replace(target, old / target.name)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def _number(value: float) -> float | str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return "inf" if isinstance(value, float) and math.isinf(value) else value
+
+
+def audit_document(result: AuditResult) -> dict[str, Any]:
+    """Everything as JSON-ready data (NaN -> null)."""
+    verdicts = [{k: _number(v) if isinstance(v, float) else v for k, v in asdict(verdict).items()}
+                for verdict in result.verdicts]
+    return {"verdicts": verdicts, "flagged": len(result.flagged), "figures": result.figures, "files": result.files}
+
+
+def audit_markdown(result: AuditResult, out: Path) -> str:
+    """The section a report includes: the verdict table, then the pictures."""
+    summary = result.figures.get("summary") or summary_sentence((v.test, v.flagged) for v in result.verdicts)
+    lines = ["## Bias audit", "", f"**{summary}**", "",
+             f"{result.figures['images']} test images of {result.figures['patients']} "
+             f"patients ({', '.join(f'{k}: {v}' for k, v in result.figures['by_source'].items())}).", "",
+             "| test | subject | measure | value [95 % CI] | flag rule | flagged | what it suggests |",
+             "|---|---|---|---|---|---|---|"]
+    for v in result.verdicts:
+        value = "n/a" if math.isnan(v.value) else f"{v.value:.2f} [{v.low:.2f}, {v.high:.2f}]"
+        flag = "—" if v.flagged is None else ("**yes**" if v.flagged else "no")
+        cells = [v.test, v.subject, v.measure, value, v.threshold, flag, v.suggests]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    lines.append("")
+    for key in ("tsne_by_source", "tsne_by_label"):
+        if key in result.files:
+            lines.append(f"![{key}]({Path(result.files[key]).relative_to(out)})")
+    lines.append("")
+    return "\n".join(lines) + "\n"
