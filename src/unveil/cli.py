@@ -915,7 +915,7 @@ def audit_command(
 
 
 def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
-               report: bool) -> None:
+               report: bool, cluster: str | None = None) -> None:
     import time
 
     from unveil.audit import AuditError
@@ -935,7 +935,7 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 
     try:
         experiment = load_experiment(experiment_file, seed=seed)
-        store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say)
+        store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say, cluster=cluster)
     except (ExperimentError, RecipeError, DatasetLayoutError, TrainingDataError, EvaluationError, AuditError,
             BundleError, CheckpointError, ModelError, PreprocessError) as error:
         _fail(str(error))
@@ -947,9 +947,13 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 def reproduce_command(
     experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
-    jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
+    jobs: Annotated[int | None, typer.Option(
+        help="Cells trained in parallel processes, or the workers of --cluster local (default: the file's).")]
     = None,
     workers: WorkersOption = 2,
+    cluster: Annotated[str | None, typer.Option(
+        help="Pre-trainings and cells as tasks of a Dask cluster: 'local' (a LocalCluster of --jobs workers) or "
+             "a scheduler address (tcp://host:8786); see docs/cluster.md.")] = None,
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the experiment file's).")]
     = None,
@@ -967,7 +971,7 @@ def reproduce_command(
         return
     if out is None:
         _fail("reproduce needs --out FOLDER (or --show to print the experiment file)")
-    _reproduce(experiment, out, jobs, workers, seed, report)
+    _reproduce(experiment, out, jobs, workers, seed, report, cluster)
 
 
 @app.command("demo")

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,10 @@ class PretrainJob:
     def run(self) -> dict[str, Any]:
         from unveil.training import pretrain
 
+        attempt = _begin_attempt(self.run_dir)
         result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
                           classes=self.classes, workers=self.workers, progress=self.progress)
-        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch}
+        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch, **attempt}
 
 
 @dataclass(frozen=True)
@@ -138,14 +140,49 @@ class CellJob:
     def run(self) -> dict[str, Any]:
         from unveil.training import train
 
+        attempt = _begin_attempt(self.cell.run_dir)
         result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
                        preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
                        recipes=self.recipes, progress=self.progress)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
-                "val_auc": result.best_metrics.get("val_auc")}
+                "val_auc": result.best_metrics.get("val_auc"), **attempt}
 
 
 Job = PretrainJob | CellJob
+
+
+def attempt_note(result: dict[str, Any]) -> str:
+    """`` (attempt 2, resumed after epoch 3)`` for a job that did not finish in its first process, else ``""``."""
+    if result.get("attempt", 1) <= 1:
+        return ""
+    resumed = result.get("resumed_after_epoch", 0)
+    return f" (attempt {result['attempt']}, " + (f"resumed after epoch {resumed})" if resumed else "from scratch)")
+
+ATTEMPTS_LOG = "attempts.jsonl"
+
+
+def _begin_attempt(run_dir: Path) -> dict[str, Any]:
+    """Note in RUN_DIR/attempts.jsonl that a process starts (or restarts) this run: its number, host, pid and the
+    epoch its checkpoint already holds (0: from scratch). A cell whose worker was lost shows a second attempt
+    that resumed; the driver says so."""
+    import socket
+
+    import torch
+
+    checkpoint = run_dir / "checkpoint.pt"
+    resumed = 0
+    if checkpoint.is_file():
+        try:  # memory-mapped: only the epoch is read; train() itself checks the checkpoint
+            resumed = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        except Exception:  # unreadable: train() raises CheckpointError naming it
+            resumed = 0
+    log_path = run_dir / ATTEMPTS_LOG
+    earlier = log_path.read_text(encoding="utf-8") if log_path.is_file() else ""
+    attempt = {"attempt": earlier.count("\n") + 1, "host": socket.gethostname(), "pid": os.getpid(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_after_epoch": resumed}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(log_path, earlier + json.dumps(attempt) + "\n")
+    return {"attempt": attempt["attempt"], "resumed_after_epoch": resumed}
 
 
 def _set_threads(threads: int) -> None:
@@ -158,6 +195,14 @@ def _run_job(job: Job) -> dict[str, Any]:
     return job.run()
 
 
+def eta_note(started: float, finished: int, total: int) -> str:
+    """``; ETA 3.8 min for the 5 left`` (mean time per finished job since ``started``), or ``""``."""
+    if not finished or finished >= total:
+        return ""
+    left = (time.perf_counter() - started) / finished * (total - finished)
+    return f"; ETA {duration(left)} for the {total - finished} left"
+
+
 def _run_jobs(jobs: Sequence[Job], parallel: int, progress: Callable[[str], None] | None,
               on_done: Callable[[Any, dict[str, Any]], None], what: str = "cell") -> None:
     """Run every job, in ``parallel`` processes when > 1; ``on_done`` records each result as soon as it exists,
@@ -166,27 +211,26 @@ def _run_jobs(jobs: Sequence[Job], parallel: int, progress: Callable[[str], None
     started, total = time.perf_counter(), len(jobs)
 
     def eta(finished: int) -> str:
-        if not finished or finished == total:
-            return ""
-        left = (time.perf_counter() - started) / finished * (total - finished)
-        return f"; ETA {duration(left)} for the {total - finished} left"
+        return eta_note(started, finished, total)
 
     if parallel <= 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
             _say(progress, f"  {what} {index + 1}/{total} {job.name} ...")
             job_started = time.perf_counter()
-            on_done(job, job.run())
+            result = job.run()
+            on_done(job, result)
             _say(progress, f"  {what} {index + 1}/{total} {job.name} done in "
-                           f"{duration(time.perf_counter() - job_started)}{eta(index + 1)}")
+                           f"{duration(time.perf_counter() - job_started)}{attempt_note(result)}{eta(index + 1)}")
         return
     threads = max(1, (os.cpu_count() or 2) // parallel)
     _say(progress, f"  {total} {what}s, {parallel} at a time: {', '.join(job.name for job in jobs)}")
     with ProcessPoolExecutor(max_workers=parallel, initializer=_set_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(_run_job, job): job for job in jobs}
         for finished, future in enumerate(as_completed(futures), start=1):
-            on_done(futures[future], future.result())
+            result = future.result()
+            on_done(futures[future], result)
             _say(progress, f"  {what} {finished}/{total} {futures[future].name} done after "
-                           f"{duration(time.perf_counter() - started)}{eta(finished)}")
+                           f"{duration(time.perf_counter() - started)}{attempt_note(result)}{eta(finished)}")
 
 
 @dataclass
@@ -199,6 +243,7 @@ class _Run:
     parallel: int
     workers: int
     progress: Callable[[str], None] | None
+    cluster: str | None = None  # a Dask cluster ("local" or a scheduler address); None: this process or a pool
     data: dict[str, DataSpec] = field(default_factory=dict)
 
     @property
@@ -207,8 +252,8 @@ class _Run:
 
     @property
     def bars(self) -> bool:
-        """Progress bars (on a terminal) unless processes would draw over each other."""
-        return self.parallel <= 1
+        """Progress bars (on a terminal) unless processes would draw over each other (or run elsewhere)."""
+        return self.parallel <= 1 and self.cluster is None
 
     def say(self, message: str) -> None:
         _say(self.progress, message)
@@ -236,9 +281,9 @@ def load_data(run: _Run) -> None:
         run.say(f"  {role}: {spec.source}, {len(records)} images")
 
 
-def pretrain_encoders(run: _Run) -> dict[tuple[str, str], str]:
-    """Step 2: pre-train each encoder once per architecture (skipping finished ones); (label, architecture)
-    -> bundle path."""
+def plan_pretraining(run: _Run) -> tuple[dict[tuple[str, str], str], list[PretrainJob]]:
+    """Each encoder once per architecture: (label, architecture) -> bundle path, and the pre-trainings not
+    finished yet (no done.json)."""
     experiment = run.experiment
     encoders: dict[tuple[str, str], str] = {}
     pending = []
@@ -253,33 +298,57 @@ def pretrain_encoders(run: _Run) -> dict[tuple[str, str], str]:
                 f"{label}-{architecture}", [run.data[role] for role in experiment.pretraining_roles(label)], run_dir,
                 experiment.train_config(architecture, spec.training), experiment.preprocess, run.cache,
                 tuple(spec.classes) if spec.classes else None, run.workers, run.bars))
+    return encoders, pending
 
-    def done(job: Job, result: dict[str, Any]) -> None:
-        write_text_atomic(Path(result["bundle"]).parent / "done.json", json.dumps(result) + "\n")
 
-    _run_jobs(pending, run.parallel, run.progress, done, what="encoder")
+def pretrained(job: PretrainJob, result: dict[str, Any]) -> None:
+    """A pre-training finished: RUN_DIR/done.json (a rerun skips it)."""
+    write_text_atomic(job.run_dir / "done.json", json.dumps(result) + "\n")
+
+
+def pretrain_encoders(run: _Run) -> dict[tuple[str, str], str]:
+    """Step 2: pre-train each encoder once per architecture (skipping finished ones); (label, architecture)
+    -> bundle path."""
+    encoders, pending = plan_pretraining(run)
+    _run_jobs(pending, run.parallel, run.progress, pretrained, what="encoder")
     return encoders
+
+
+def plan_cell_jobs(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> list[CellJob]:
+    """The cells not done yet (marked done in the store, with their bundle), as jobs."""
+    experiment = run.experiment
+    recipes = experiment.recipe_book()
+    done = run.store.done_cells()
+    return [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
+                    experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
+                    encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars)
+            for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
+
+
+def record_cell(store: ResultsStore, job: CellJob, result: dict[str, Any]) -> None:
+    """A cell finished: its row in the results store (only the driver writes the store)."""
+    cell = job.cell
+    store.put_cell({"cell_id": cell.id, "architecture": cell.architecture, "encoder": cell.encoder,
+                    "training_set": cell.composition, "run_dir": str(cell.run_dir), "bundle": result["bundle"],
+                    "status": "done", "seconds": result["seconds"], "best_epoch": result["best_epoch"],
+                    "val_auc": result["val_auc"], "config": job.config.to_dict()})
 
 
 def train_cells(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> None:
     """Step 3: train every cell not yet done (a cell killed mid-training resumes from its checkpoint)."""
-    experiment = run.experiment
-    recipes = experiment.recipe_book()
-    done = run.store.done_cells()
-    pending = [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
-                       experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
-                       encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars)
-               for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
+    _run_jobs(plan_cell_jobs(run, cells, encoders), run.parallel, run.progress,
+              lambda job, result: record_cell(run.store, job, result))
 
-    def record(job: CellJob, result: dict[str, Any]) -> None:
-        cell = job.cell
-        run.store.put_cell({"cell_id": cell.id, "architecture": cell.architecture, "encoder": cell.encoder,
-                            "training_set": cell.composition, "run_dir": str(cell.run_dir),
-                            "bundle": result["bundle"], "status": "done", "seconds": result["seconds"],
-                            "best_epoch": result["best_epoch"], "val_auc": result["val_auc"],
-                            "config": job.config.to_dict()})
 
-    _run_jobs(pending, run.parallel, run.progress, record)
+def train_on_cluster(run: _Run, cells: list[Cell], client: Any) -> None:
+    """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`): a cell that needs an encoder
+    depends on its pre-training task; the driver records each result as it arrives."""
+    from unveil.experiments.cluster import run_grid
+
+    encoders, pretrainings = plan_pretraining(run)
+    run_grid(client, pretrainings, plan_cell_jobs(run, cells, encoders), on_pretrained=pretrained,
+             on_cell=lambda job, result: record_cell(run.store, job, result),
+             progress=run.progress)
 
 
 def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
@@ -347,27 +416,47 @@ def write_summary(run: _Run, started: float) -> None:
     write_tables(run.store.wide_results(), run.out / "tables")
     write_run_metadata(run.out / "reproduce.meta.json", "unveil reproduce", {
         "experiment": str(experiment.source), "document": experiment.document, "jobs": run.parallel,
+        "cluster": run.cluster,
         "preprocess": asdict(experiment.preprocess)}, extra={"seconds": round(time.perf_counter() - started, 1)})
 
 
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
-              report: bool = True, progress: Callable[[str], None] | None = None) -> Path:
-    """Run (or continue) every step of ``experiment`` into ``out``; return the results store path."""
+              report: bool = True, progress: Callable[[str], None] | None = None,
+              cluster: str | None = None) -> Path:
+    """Run (or continue) every step of ``experiment`` into ``out``; return the results store path.
+
+    ``jobs``: pre-trainings and cells at a time (processes; default: the file's ``jobs``); ``workers``: decoding
+    processes per job. ``cluster``: run pre-trainings and cells as tasks of a Dask cluster instead, ``"local"``
+    (a ``LocalCluster`` of ``jobs`` workers) or a scheduler address (``tcp://host:8786``); see docs/cluster.md.
+    Evaluation, audit, the store and the report stay in this process either way.
+    """
     started = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
-    with ResultsStore(out / "results.sqlite") as store:  # closed even when a step fails
+    parallel = jobs if jobs is not None else experiment.jobs
+    with ExitStack() as stack, ExitStack() as on_cluster:  # the store and a cluster closed even when a step fails
+        client = None
+        if cluster is not None:  # first: a wrong address fails before any work
+            from unveil.experiments.cluster import open_client
+
+            client = on_cluster.enter_context(open_client(cluster, parallel, progress))
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
+        store = stack.enter_context(ResultsStore(out / "results.sqlite"))
         store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
                               "versions": environment_versions(), "document": experiment.document})
-        run = _Run(experiment, out, store, jobs if jobs is not None else experiment.jobs, workers, progress)
+        run = _Run(experiment, out, store, parallel, workers, progress, cluster)
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
         load_data(run)
-        run.say("[2/6] pre-training encoders")
-        encoders = pretrain_encoders(run)
-        run.say("[3/6] training cells")
-        train_cells(run, cells, encoders)
+        if client is None:
+            run.say("[2/6] pre-training encoders")
+            encoders = pretrain_encoders(run)
+            run.say("[3/6] training cells")
+            train_cells(run, cells, encoders)
+        else:
+            run.say(f"[2-3/6] pre-training encoders and training cells on the Dask cluster ({cluster})")
+            train_on_cluster(run, cells, client)
+            on_cluster.close()  # evaluation and audit run here: a local cluster's workers are not needed any more
         run.say("[4/6] evaluating every cell on every test set")
         evaluate_cells(run, cells)
         run.say("[5/6] auditing")
