@@ -117,8 +117,8 @@ def test_cluster_gives_the_local_figures_and_survives_a_killed_worker(tmp_path):
     # The cell from the pre-trained encoder ran after its pre-training, from its bundle; the driver wrote done.json.
     assert (tmp_path / "dask" / "pretrain" / "B-conv8" / "done.json").is_file()
     meta = json.loads((tmp_path / "dask" / "cells" / "conv8-B-AB" / "run.meta.json").read_text())
-    assert "B-conv8" in json.dumps(meta["arguments"]["encoder"])
-    assert json.loads((tmp_path / "dask" / "reproduce.meta.json").read_text())["arguments"]["cluster"] == "local"
+    assert meta["config"]["encoder"] == str(tmp_path / "dask" / "pretrain" / "B-conv8" / "model")
+    assert json.loads((tmp_path / "dask" / "reproduce.meta.json").read_text())["config"]["cluster"] == "local"
 
 
 class _Future:

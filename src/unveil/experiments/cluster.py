@@ -146,10 +146,14 @@ def open_client(cluster: str, workers: int, progress: Callable[[str], None] | No
             gpu = torch.cuda.is_available()
             threads = max(1, torch.get_num_threads() // workers)
             stack.enter_context(_quiet("distributed"))  # the scheduler and nannies log here: warnings only
+            nanny = logging.getLogger("distributed.nanny")
+            stack.callback(nanny.setLevel, nanny.level)
             local = stack.enter_context(LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0, dashboard_address=None,
                 resources={GPU: 1} if gpu else None, env={"DASK_LOGGING__DISTRIBUTED": "warning"}))
             client = stack.enter_context(Client(local))
+            # On closing (callbacks run first): idle workers slow to exit (a big interpreter) are killed, quietly.
+            stack.callback(nanny.setLevel, logging.ERROR)
             _say(progress, f"  local Dask cluster: {workers} worker process(es), {threads} torch thread(s) each"
                            + (", one GPU resource each" if gpu else ""))
         else:
