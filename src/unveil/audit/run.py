@@ -160,10 +160,11 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
           masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
           recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
-          lung_convention: str | None = None, own: bool = True) -> AuditResult:
+          lung_convention: str | None = None, own: bool = True, options: dict[str, Any] | None = None) -> AuditResult:
     """Run the tests of ``model`` on its own composition's test split (``own``, rebuilt from its provenance)
     plus every set of ``test_sets``, in one feature space; write PNGs, JSON and Markdown.
-    ``lung_convention``: of the segmented masks (default: the one the model was trained with)."""
+    ``lung_convention``: of the segmented masks (default: the one the model was trained with).
+    ``options``: loader options of the ``SOURCE:PATH`` test sets."""
     if masks not in MASK_SOURCES:
         raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
     out = Path(out)
@@ -177,7 +178,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         raise AuditError("nothing to audit: give a test set with --on, or keep the model's own test split")
     parts, members = [], {}
     for name in test_sets:
-        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap)
+        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
+                                      options=options)
         members[name] = set(test_set.records["record_id"])  # a record may belong to several sets (AB, AC)
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
