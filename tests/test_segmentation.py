@@ -169,7 +169,8 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
                                  "--image-size", "32", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"]["train"] >= 4
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--lung-model", str(tmp_path / "run" / "lung_unet"),
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
                                  "--parts", str(tmp_path / "run" / "parts.csv"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
@@ -258,9 +259,10 @@ def test_cli_lungs_evaluate_renders_the_worst_overlays(tmp_path):
                                  "--image-size", "32", "--batch-size", "4", "--architecture", "unet8",
                                  "--exclude", "montgomery"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--lung-model", str(tmp_path / "run" / "lung_unet"),
-                                 "--worst", "2", "--overlays", str(tmp_path / "worst"), "--figures",
-                                 str(tmp_path / "figures.csv"), "--json"])
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
+                                 "--worst", "2", "--overlays", str(tmp_path / "worst"),
+                                 "--figures", str(tmp_path / "figures.csv"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["montgomery"]["images"] == 3 and summary["shenzhen"]["images"] == 3
