@@ -82,7 +82,7 @@ def _model_beside(parts: Path | None, lung_model: Path | None) -> Path | None:
     if lung_model is not None or parts is None:
         return lung_model
     if bundles_in(parts.parent):
-        typer.echo(f"lung model: the one of {parts.parent} (beside {parts.name})", err=True)
+        typer.echo(f"model: the lung model of {parts.parent} (beside {parts.name})", err=True)
         return parts.parent  # resolved like any run folder; several bundles and no lung_unet: refused
     typer.echo(f"note: no lung model beside {parts}; scoring the shipped model", err=True)
     return None
