@@ -179,3 +179,56 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     run = subprocess.run([sys.executable, "-c", script, "report", str(tmp_path)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert run.returncode == 1 and "Traceback" in run.stderr and "KeyError: 'a bug'" in run.stderr, run.stderr
+
+
+def _hospital_csv(root: Path) -> Path:
+    """A hospital CSV whose columns are not the loader's defaults (file, pid, diagnosis)."""
+    from PIL import Image
+
+    root.mkdir()
+    lines = ["file,pid,diagnosis"]
+    for i in range(6):
+        Image.new("L", (8, 8), i).save(root / f"img{i}.png")
+        lines.append(f"img{i}.png,P{i},{'positive' if i < 3 else 'negative'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+HOSPITAL_OPTIONS = ["-o", "path_column=file", "-o", "patient_column=pid", "-o", "label_column=diagnosis"]
+
+
+def test_evaluate_and_audit_pass_loader_options_to_test_sets_and_roles(monkeypatch, tmp_path):
+    """-o KEY=VALUE reaches the --on SOURCE:PATH test sets, -o ROLE.KEY=VALUE the role bound by --data."""
+    from unveil.evaluation import EvaluationError
+
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise EvaluationError("captured")
+
+    monkeypatch.setattr("unveil.evaluation.evaluate.evaluate_models", capture)
+    monkeypatch.setattr("unveil.audit.audit", capture)
+    common = [*HOSPITAL_OPTIONS, "--data", "C=rsna:/data/rsna", "-o", "C.csv=labels.csv"]
+    for command in (["evaluate", str(tmp_path), "--on", "hospital-csv:/x"],
+                    ["audit", str(tmp_path), "--out", str(tmp_path / "o"), "--on", "hospital-csv:/x"]):
+        seen.clear()
+        result = CliRunner().invoke(app, [*command, *common])
+        assert result.exit_code == 2 and "error: captured" in result.output, result.output
+        assert seen["options"] == {"path_column": "file", "patient_column": "pid", "label_column": "diagnosis"}
+        spec = seen["data"]["C"]
+        assert (spec.source, spec.root, spec.options) == ("rsna", "/data/rsna", {"csv": "labels.csv"})
+    unbound = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--on", "AB", "-o", "B.csv=x.csv"])
+    assert unbound.exit_code == 2 and "role(s) B that no --data ROLE=... binds" in unbound.output
+
+
+def test_a_hospital_csv_with_its_own_columns_is_a_test_set(tmp_path):
+    from unveil.data.sources import DatasetLayoutError
+    from unveil.evaluation.evaluate import build_test_set
+
+    root = _hospital_csv(tmp_path / "hospital")
+    test_set = build_test_set(f"hospital-csv:{root}", {}, seed=0, options={
+        "path_column": "file", "patient_column": "pid", "label_column": "diagnosis"})
+    assert len(test_set.records) == 6 and test_set.records["covid"].sum() == 3
+    with pytest.raises(DatasetLayoutError, match="no column"):  # the loader's defaults do not fit this CSV
+        build_test_set(f"hospital-csv:{root}", {}, seed=0)
