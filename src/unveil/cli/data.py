@@ -54,7 +54,7 @@ def data_check(
     from unveil.data.sources import load_source
 
     loads = [load_source(source, path, **plain_options(option))]
-    loads += [load_source(spec.source, spec.root) for spec in source_specs(also)]
+    loads += [load_source(spec.source, spec.root) for spec in source_specs(also, option="--with")]
     report = summarise(loads, read_images=not no_images, workers=workers, max_pixels=max_pixels)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
     if strict and report.has_problems:

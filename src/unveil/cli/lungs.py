@@ -27,8 +27,8 @@ from unveil.cli.options import (
 app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", **HELP_STYLE)
 
 
-def _pairs(values: list[str] | None) -> list[tuple[str, str]]:
-    return [(spec.source, spec.root) for spec in source_specs(values)]
+def _pairs(values: list[str] | None, option: str = "--data") -> list[tuple[str, str]]:
+    return [(spec.source, spec.root) for spec in source_specs(values, option=option)]
 
 
 @app.command("train")
@@ -69,7 +69,7 @@ def lungs_train(
                                 learning_rate=learning_rate or 3e-3, samples_per_epoch=samples_per_epoch,
                                 architecture=architecture, seed=seed)
     command = "unveil lungs train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unveil lungs train"
-    description = train_lung_model(_pairs(data), out, holdout=_pairs(holdout), config=config,
+    description = train_lung_model(_pairs(data), out, holdout=_pairs(holdout, "--holdout"), config=config,
                                    synthetic_images=synthetic, exclude=exclude or [], device=device, command=command)
     typer.echo(json.dumps({"bundle": str(out / "lung_unet.safetensors"), "validation": description["validation"],
                            "images": description["training"]["images"]}, indent=2))

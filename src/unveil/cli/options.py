@@ -119,15 +119,19 @@ def plain_options(items: list[str] | None) -> dict[str, Any]:
     return plain
 
 
-def source_spec(text: str, options: dict[str, Any] | None = None) -> DataSpec:
-    """``SOURCE:PATH`` (the one parser, :meth:`DataSpec.parse`) with loader options."""
-    from unveil.training import DataSpec  # torch: imported when a command runs, so --help stays fast
+def source_spec(text: str, options: dict[str, Any] | None = None, *, option: str = "--data") -> DataSpec:
+    """``SOURCE:PATH`` (the one parser, :meth:`DataSpec.parse`) with loader options; an error names ``option``."""
+    from unveil.training import DataSpec, TrainingDataError  # torch: loaded when a command runs, not for --help
 
-    return DataSpec.parse(text, options)
+    try:
+        return DataSpec.parse(text, options)
+    except TrainingDataError as error:
+        raise CommandLineError(f"{option}: {error}") from None
 
 
-def source_specs(values: list[str] | None, options: dict[str, Any] | None = None) -> list[DataSpec]:
-    return [source_spec(value, options) for value in values or []]
+def source_specs(values: list[str] | None, options: dict[str, Any] | None = None, *,
+                 option: str = "--data") -> list[DataSpec]:
+    return [source_spec(value, options, option=option) for value in values or []]
 
 
 def role_bindings(bindings: list[str] | None, items: list[str] | None,
