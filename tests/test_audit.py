@@ -194,7 +194,7 @@ def test_cli_audit_errors(tmp_path):
     result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a model bundle" in result.output
     result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o"),
-                                 "--threshold", "magic=3"])
+                                 "--audit-threshold", "magic=3"])
     assert result.exit_code == 2 and "source_probe" in result.output
 
 

@@ -171,10 +171,10 @@ def test_new_thresholds_on_the_cli_and_in_experiment_files(tmp_path):
 
     runner = CliRunner()
     base = ["audit", str(tmp_path), "--out", str(tmp_path / "o")]
-    refused = runner.invoke(app, [*base, "--threshold", "source_probe=none"])
+    refused = runner.invoke(app, [*base, "--audit-threshold", "source_probe=none"])
     assert refused.exit_code == 2 and "cannot be turned off" in refused.output
-    parsed = runner.invoke(app, [*base, "--threshold", "transfer_drop=0.2", "--threshold", "contamination=2",
-                                 "--threshold", "metadata_only_auc=none"])
+    parsed = runner.invoke(app, [*base, "--audit-threshold", "transfer_drop=0.2", "--audit-threshold",
+                                 "contamination=2", "--audit-threshold", "metadata_only_auc=none"])
     assert parsed.exit_code == 2 and "not a model bundle" in parsed.output  # thresholds parsed, then the bundle
     document = yaml.safe_load(experiment_path("demo").read_text())
     document.setdefault("audit", {})["thresholds"] = {"transfer_drop": 0.15, "metadata_only_auc": None}

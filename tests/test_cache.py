@@ -86,7 +86,7 @@ def test_bad_settings_are_refused():
 @pytest.mark.skipif(not default_model_path().is_file(), reason="shipped lung model not built")
 def test_cli_preprocess_with_the_shipped_segmenter(lungs, tmp_path):
     result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
-                                 "--size", "64", "--workers", "1"])
+                                 "--image-size", "64", "--workers", "1"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["counts"] == {"processed": 6} and document["failed"] == []
@@ -112,7 +112,7 @@ def test_the_lung_convention_is_resolved_checked_and_keyed(lungs, tmp_path):
     masks = {}
     for convention in described["conventions"]:
         result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
-                                     "--size", "64", "--workers", "1", "--lung-convention", convention])
+                                     "--image-size", "64", "--workers", "1", "--lung-convention", convention])
         assert result.exit_code == 0, result.output
         manifest = pd.read_csv(json.loads(result.stdout)["manifest"])
         masks[convention] = np.stack([np.asarray(Image.open(p)) for p in manifest["mask_path"]])

@@ -167,17 +167,18 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
     generate(config, tmp_path / "bench", seed=0)
     data = f"shenzhen:{tmp_path / 'bench' / 'lungs'}"
     result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--size", "32", "--batch-size", "4"])
+                                 "--image-size", "32", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"]["train"] >= 4
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
                                  "--parts", str(tmp_path / "run" / "parts.csv"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
         (tmp_path / "run" / "lung_unet.json").read_text())["training"]["images"]["test"]
     trained = json.loads(result.stdout)
     # a run folder is a model argument, and --parts alone scores the model beside it (not the shipped one)
-    for model in (["--model", str(tmp_path / "run")], []):
+    for model in (["--lung-model", str(tmp_path / "run")], []):
         again = runner.invoke(app, ["lungs", "evaluate", "--data", data, *model, "--parts",
                                     str(tmp_path / "run" / "parts.csv"), "--json"])
         assert again.exit_code == 0, again.output
@@ -196,7 +197,7 @@ def test_run_folder_and_missing_inputs(tmp_path):
     assert LungSegmenter.load(tmp_path / "run").input_size == 32
     with pytest.raises(SegmenterError, match="no lung bundle"):
         LungSegmenter.load(tmp_path)
-    result = runner.invoke(app, ["segment", str(tmp_path / "no_such_folder"), "--model", str(tmp_path / "run"),
+    result = runner.invoke(app, ["segment", str(tmp_path / "no_such_folder"), "--lung-model", str(tmp_path / "run"),
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no_such_folder" in result.output
     assert not (tmp_path / "out").exists()
@@ -259,12 +260,13 @@ def test_cli_lungs_evaluate_renders_the_worst_overlays(tmp_path):
     root = _lung_segmentation_set(tmp_path, count=6)
     data = f"lung-segmentation:{root}"
     result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--size", "32", "--batch-size", "4", "--architecture", "unet8",
+                                 "--image-size", "32", "--batch-size", "4", "--architecture", "unet8",
                                  "--exclude", "montgomery"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
-                                 "--worst", "2", "--overlays", str(tmp_path / "worst"), "--figures",
-                                 str(tmp_path / "figures.csv"), "--json"])
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
+                                 "--worst", "2", "--overlays", str(tmp_path / "worst"),
+                                 "--figures", str(tmp_path / "figures.csv"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["montgomery"]["images"] == 3 and summary["shenzhen"]["images"] == 3

@@ -17,6 +17,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -152,11 +153,13 @@ class AuditedImages:
 
 def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: dict[str, DataSpec] | None,
            masks: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
-           progress: bool, lung_convention: str | None) -> AuditedImages:
-    """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached)."""
+           progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
+    """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
+    ``options``: loader options of the ``SOURCE:PATH`` test sets."""
     parts, members = [], {}
     for name in test_sets:
-        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap)
+        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
+                                      options=options)
         members[name] = set(test_set.records["record_id"])
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
@@ -294,10 +297,11 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
           masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
           recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
-          lung_convention: str | None = None, own: bool = True) -> AuditResult:
+          lung_convention: str | None = None, own: bool = True, options: dict[str, Any] | None = None) -> AuditResult:
     """Run the tests of ``model`` on its own composition's test split (``own``, rebuilt from its provenance)
     plus every set of ``test_sets``, in one feature space; write PNGs, JSON and Markdown.
-    ``lung_convention``: of the segmented masks (default: the one the model was trained with)."""
+    ``lung_convention``: of the segmented masks (default: the one the model was trained with).
+    ``options``: loader options of the ``SOURCE:PATH`` test sets."""
     if masks not in MASK_SOURCES:
         raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
     out = Path(out)
@@ -305,7 +309,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     bundle = load_bundle(model)
     own_name, test_sets = _audited_sets(model, bundle, test_sets, own)
     audited = gather(bundle, test_sets, own_name, data=data, masks=masks, cache=cache, recipes=recipes,
-                     allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention)
+                     allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention,
+                     options=options)
     kept = audited.records
     result = AuditResult([], {"images": len(kept), "patients": int(len(set(audited.groups))),
                               "by_source": {str(k): int(v) for k, v in kept["source"].value_counts().items()},

@@ -35,7 +35,7 @@ from unveil.segmentation.fitting import (  # noqa: F401 - augment, _select: impo
     augment,
     fit,
 )
-from unveil.segmentation.infer import LungSegmenter, prepare_input
+from unveil.segmentation.infer import LungSegmenter, SegmenterError, prepare_input
 from unveil.segmentation.metrics import mask_figures
 from unveil.segmentation.model import (
     CONVENTIONS,
@@ -106,6 +106,18 @@ def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
                      "height": image.shape[0],
                      "width": image.shape[1], **mask_figures(predicted, truth)})
     return pd.DataFrame(rows)
+
+
+def held_out_records(records: pd.DataFrame, parts: str | Path) -> pd.DataFrame:
+    """``records`` less those a training run trained or validated on, by its ``parts.csv``: only its
+    'test' and 'excluded' records and records it never saw remain (an honest, held-out evaluation)."""
+    parts = Path(parts)
+    if not parts.is_file():
+        raise SegmenterError(f"{parts}: parts file not found")
+    table = pd.read_csv(parts)
+    held_out = set(table.loc[table["part"].isin(["test", "excluded"]), "record_id"])
+    trained = set(table["record_id"]) - held_out
+    return records[~records["record_id"].isin(trained)]
 
 
 def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, float]]:
