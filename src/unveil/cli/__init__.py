@@ -19,16 +19,6 @@ from unveil.cli import audit, data, evaluate, experiments, lungs, predict, synth
 from unveil.cli.options import HELP_STYLE
 from unveil.errors import UnveilError
 
-# Errors that report inputs a run could not use (exit 1, like --strict) rather than a mistake (exit 2); named,
-# not imported, so that `unveil --help` does not load torch.
-PARTIAL_FAILURES = {"unveil.preprocess.cache.PreprocessError", "unveil.inference.predict.PredictionError"}
-
-
-def exit_code(error: UnveilError) -> int:
-    """1 for a partial failure (some inputs unusable), 2 for any other user error."""
-    names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(error).__mro__}
-    return 1 if names & PARTIAL_FAILURES else 2
-
 
 class UnveilGroup(TyperGroup):
     """The root command group: turns a user's mistake (any UnveilError) into one line on stderr."""
@@ -38,7 +28,7 @@ class UnveilGroup(TyperGroup):
             return super().invoke(ctx)
         except UnveilError as error:
             typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(exit_code(error)) from None
+            raise typer.Exit(error.exit_code) from None
 
 
 app = typer.Typer(help="unveil: chest X-ray classifiers that are honest about small, biased data.",

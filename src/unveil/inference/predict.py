@@ -43,6 +43,8 @@ COLUMNS = ("file", "status", "probability", "decision", "threshold", "threshold_
 class PredictionError(UnveilError, RuntimeError):
     """Strict mode: some files could not be read (the message lists them)."""
 
+    exit_code = 1  # some inputs could not be used: a partial failure, not a mistake
+
 
 class MissingInputError(PredictionError):
     """An input file or folder does not exist (the message names it)."""

@@ -220,6 +220,8 @@ class PreprocessReport:
 class PreprocessError(UnveilError, RuntimeError):
     """Strict mode: some images could not be pre-processed (the message lists them)."""
 
+    exit_code = 1  # some inputs could not be used: a partial failure, not a mistake
+
 
 def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: PreprocessSettings = PreprocessSettings(),
                        *, workers: int = 1, progress: bool = False, strict: bool = False,
