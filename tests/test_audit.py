@@ -18,8 +18,9 @@ from unveil.audit.probes import linear_probe
 from unveil.audit.run import patient_bootstrap_mean
 from unveil.audit.saliency import lung_saliency_fraction
 from unveil.cli import app
+from unveil.data.spec import DataSpec
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, train
+from unveil.training import TrainConfig, train
 
 
 def test_occlusion_hides_the_grown_lungs_only():

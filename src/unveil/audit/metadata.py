@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from unveil.audit.probes import linear_probe
+from unveil.audit.verdict import Verdict
+
 #: pediatric below this age (years); the Kermany set (ChestXRay) is of children aged 1-5
 ADULT_AGE = 18.0
 
@@ -86,9 +89,6 @@ def metadata_verdicts(features: np.ndarray, records: pd.DataFrame, is_positive: 
                       resamples: int) -> tuple[list, dict]:
     """Feature probes per factor within each class (all audited images), and metadata-only baselines of the
     label on the model's own test split (``own``: a bool per image). Returns verdicts and figures."""
-    from unveil.audit.probes import linear_probe
-    from unveil.audit.verdict import Verdict
-
     table = metadata_table(records)
     verdicts, figures = [], {"probes": [], "only": [], "notes": []}
     for field_name in FIELDS[1:]:  # the source has its own probes

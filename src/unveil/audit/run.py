@@ -28,23 +28,25 @@ import pandas as pd
 from PIL import Image
 
 from unveil.audit.contamination import contamination_section
-from unveil.audit.embedding import encoder_features, plot_embedding, tsne_map
+from unveil.audit.embedding import plot_embedding, tsne_map
 from unveil.audit.infection import infection_verdicts
 from unveil.audit.metadata import metadata_verdicts
 from unveil.audit.occlusion import occlude, occlusion_masks
 from unveil.audit.probes import ProbeResult, linear_probe
-from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction, save_overlay
+from unveil.audit.saliency import lung_saliency_fraction, patient_bootstrap_mean
 from unveil.audit.transfer import own_composition, transfer_section
 from unveil.audit.verdict import Verdict, summary_sentence
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
+from unveil.explain.saliency import display_image, gradcam_maps, save_overlay
+from unveil.io import ImageReadError, read_image
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.provenance import write_run_metadata, write_text_atomic
 from unveil.training.bundle import load_bundle
-from unveil.training.loop import probabilities_from_features
-from unveil.training.run import DataSpec
+from unveil.training.loop import encoder_features, probabilities_from_features
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +98,6 @@ class AuditResult:
     @property
     def flagged(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.flagged]
-
-
-def patient_bootstrap_mean(values: np.ndarray, groups: np.ndarray, *, resamples: int, seed: int,
-                           confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean of per-image ``values`` with a percentile interval from resampling patients (nan ignored)."""
-    keep = ~np.isnan(values)
-    values, groups = values[keep], groups[keep]
-    if not len(values):
-        return math.nan, math.nan, math.nan
-    codes, inverse = np.unique(groups, return_inverse=True)
-    sums, counts = np.bincount(inverse, values, len(codes)), np.bincount(inverse, minlength=len(codes))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(codes), size=(resamples, len(codes)))
-    means = sums[draws].sum(1) / counts[draws].sum(1)
-    alpha = (1 - confidence) / 2 * 100
-    return float(values.mean()), float(np.percentile(means, alpha)), float(np.percentile(means, 100 - alpha))
 
 
 def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.ndarray:
@@ -206,7 +192,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     # 1. Feature map.
     stages = progress_bar(total=4, desc="audit", unit="test", enabled=progress)
     stages.set_postfix_str("t-SNE")
-    features = encoder_features(bundle, images.images)
+    features = encoder_features(bundle.model, images.images, *bundle.normalization)
     try:
         points = tsne_map(features, seed=seed)
         files["tsne_by_source"] = str(plot_embedding(points, kept["source"], "encoder features by source",
@@ -349,9 +335,6 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
 
 def _display(path: str) -> np.ndarray | None:
     """The original radiograph resized for an overlay; None (the pre-processed image is drawn) if unreadable."""
-    from unveil.audit.saliency import display_image
-    from unveil.io import ImageReadError, read_image
-
     try:
         return display_image(read_image(path).pixels)
     except (ImageReadError, OSError):

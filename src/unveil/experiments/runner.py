@@ -29,11 +29,18 @@ from typing import Any
 
 import pandas as pd
 
+from unveil.audit import audit
+from unveil.data.spec import DataSpec
+from unveil.evaluation.evaluate import evaluate_models
+from unveil.evaluation.store import ResultsStore
+from unveil.evaluation.tables import plot_roc_curves, write_tables
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
-from unveil.experiments.store import ResultsStore
 from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
-from unveil.training.run import DataSpec
+from unveil.reports import write_report
+from unveil.synth.config import load_config
+from unveil.synth.generate import dataset_roots, generate
+from unveil.training import pretrain, train
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +58,6 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
     data = dict(experiment.data)
     if experiment.synthetic is None:
         return data
-    from unveil.synth.config import load_config
-    from unveil.synth.generate import dataset_roots, generate
-
     synthetic = experiment.synthetic
     preset, scale = synthetic.preset, synthetic.scale
     config = load_config(preset)
@@ -84,8 +88,6 @@ def _set_threads(threads: int) -> None:
 
 
 def _pretrain_job(args: tuple) -> dict[str, Any]:
-    from unveil.training import pretrain
-
     specs, run_dir, config, preprocess, cache, classes, workers, bars = args
     result = pretrain(specs, run_dir, config=config, preprocess=preprocess, cache=cache, classes=classes,
                       workers=workers, progress=bars)
@@ -93,8 +95,6 @@ def _pretrain_job(args: tuple) -> dict[str, Any]:
 
 
 def _train_job(args: tuple) -> dict[str, Any]:
-    from unveil.training import train
-
     composition, bindings, run_dir, config, preprocess, cache, encoder, workers, recipes, bars = args
     result = train(composition, bindings, run_dir, config=config, preprocess=preprocess, encoder=encoder,
                    cache=cache, workers=workers, recipes=recipes, progress=bars)
@@ -137,10 +137,6 @@ def _run_jobs(function: Callable[[tuple], dict[str, Any]], jobs: list[tuple[str,
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
               report: bool = True, progress: Callable[[str], None] | None = None) -> Path:
     """Run (or continue) every step of ``experiment`` into ``out``; return the results store path."""
-    from unveil.audit import audit
-    from unveil.evaluation.evaluate import evaluate_models
-    from unveil.evaluation.tables import plot_roc_curves, write_tables
-
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,8 +269,6 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         "preprocess": asdict(experiment.preprocess)}, extra={"seconds": round(time.perf_counter() - started, 1)})
     store.close()
     if report:
-        from unveil.reports import write_report
-
         path = write_report(out)
         _say(progress, f"  report: {path}")
     return out / "results.sqlite"

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ from unveil.segmentation.model import (
     architecture_spec,
     build_network,
     convention_of,
-    save_bundle,
+    save_lung_bundle,
 )
+from unveil.synth.config import DatasetSpec, load_config
+from unveil.synth.generate import generate
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +260,6 @@ SYNTHETIC_SOURCE = "synthetic-lungs"
 def synthetic_lung_records(out: Path, images: int, *, size: int, seed: int) -> pd.DataFrame:
     """Generate ``images`` synthetic radiographs with masks (every `paper` signature, all findings)
     under ``out`` and return their records (source ``synthetic-lungs``, "visible" convention)."""
-    from dataclasses import replace
-
-    from unveil.synth.config import DatasetSpec, load_config
-    from unveil.synth.generate import generate
-
     config = load_config("paper")
     quarter = max(1, images // 4)
     spec = DatasetSpec("lungs", "shenzhen", tuple(s for s in config.signatures if s != "neutral"),
@@ -348,7 +345,7 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     figures_table = pd.concat(figures, ignore_index=True) if figures else pd.DataFrame()
     description["validation"] = {name: summarise_figures(group) for name, group in figures_table.groupby("part")} \
         if len(figures_table) else {}
-    save_bundle(out / "lung_unet", network, description)
+    save_lung_bundle(out / "lung_unet", network, description)
     figures_table.to_csv(out / "figures.csv", index=False)
     records[["record_id", "source", "patient_id", "part"]].to_csv(out / "parts.csv", index=False)
     return description
