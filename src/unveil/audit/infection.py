@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from unveil.audit.saliency import patient_bootstrap_mean
+from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.verdict import Verdict
 
 #: the record column holding the infection mask (0 = background, > 127 = infected), as the COVID-QU-Ex loader

@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.contamination import contamination_section
 from unveil.audit.embedding import plot_embedding, tsne_map
 from unveil.audit.infection import infection_verdicts
 from unveil.audit.metadata import metadata_verdicts
 from unveil.audit.occlusion import occlude, occlusion_masks
 from unveil.audit.probes import ProbeResult, linear_probe
-from unveil.audit.saliency import lung_saliency_fraction, patient_bootstrap_mean
+from unveil.audit.saliency import lung_saliency_fraction
 from unveil.audit.transfer import own_composition, transfer_section
 from unveil.audit.verdict import Verdict, summary_sentence
 from unveil.data.spec import DataSpec
