@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from unveil.audit.contamination import cross_pairs, near_duplicates
 from unveil.audit.infection import infection_mass_ratio, pointing_hits
 from unveil.audit.metadata import metadata_table, one_hot, probe_target
 from unveil.audit.transfer import ScoredSet, below_chance, compare_transfer, does_not_transfer
 from unveil.audit.verdict import summary_sentence
+from unveil.data.near_duplicates import cross_pairs, near_duplicates
 
 from conftest import shared
 
@@ -115,8 +115,9 @@ def test_realdata_shortcut_model_is_flagged(tmp_path):
     (by default) and COVID-QU-Ex + Figure 1 as external sets."""
     from unveil.audit import audit
     from unveil.cli import app
+    from unveil.data.spec import DataSpec
     from unveil.preprocess.cache import PreprocessSettings
-    from unveil.training import DataSpec, TrainConfig, train
+    from unveil.training import TrainConfig, train
 
     cohen, kermany = shared("covid-chestxray"), shared("chest_xray")
     qu_ex, figure1 = shared("covid-qu-ex"), shared("figure1")

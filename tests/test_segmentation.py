@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from unveil.cli import app
 from unveil.errors import UnveilError
 from unveil.segmentation import LungSegmenter, SegmenterError, default_model_path
-from unveil.segmentation.model import ARCHITECTURE, build_network, load_bundle, save_bundle
+from unveil.segmentation.model import ARCHITECTURE, build_network, load_lung_bundle, save_lung_bundle
 from unveil.segmentation.train import LungTrainingConfig, LungTrainingError, augment, fit, train_lung_model
 
 from conftest import shared
@@ -39,8 +39,8 @@ def tiny_pairs(n=12, size=32, seed=0):
 
 def test_bundle_round_trip_is_exact(tmp_path):
     network = build_network()
-    save_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
-    loaded, description = load_bundle(tmp_path / "m.safetensors")
+    save_lung_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
+    loaded, description = load_lung_bundle(tmp_path / "m.safetensors")
     for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert description["input"]["size"] == 64
@@ -193,7 +193,8 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
 
 
 def test_run_folder_and_missing_inputs(tmp_path):
-    save_bundle(tmp_path / "run" / "lung_unet", build_network(), {"architecture": ARCHITECTURE, "input": {"size": 32}})
+    save_lung_bundle(tmp_path / "run" / "lung_unet", build_network(),
+                     {"architecture": ARCHITECTURE, "input": {"size": 32}})
     assert LungSegmenter.load(tmp_path / "run").input_size == 32
     with pytest.raises(SegmenterError, match="no lung bundle"):
         LungSegmenter.load(tmp_path)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.contamination import contamination_section
-from unveil.audit.embedding import encoder_features, plot_embedding, tsne_map
+from unveil.audit.embedding import plot_embedding, tsne_map
 from unveil.audit.infection import infection_verdicts
 from unveil.audit.metadata import metadata_verdicts
 from unveil.audit.occlusion import occlude, occlusion_masks
@@ -35,7 +35,7 @@ from unveil.audit.outputs import (
     write_overlays,
 )
 from unveil.audit.probes import ProbeResult, linear_probe
-from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction
+from unveil.audit.saliency import lung_saliency_fraction
 from unveil.audit.transfer import own_composition, transfer_section
 from unveil.audit.verdict import (
     AuditResult,
@@ -46,15 +46,16 @@ from unveil.audit.verdict import (
     source_probe_verdict,
     summary_sentence,
 )
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
+from unveil.explain.saliency import gradcam_maps
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.data import ImageSet
-from unveil.training.loop import probabilities_from_features
-from unveil.training.run import DataSpec
+from unveil.training.loop import encoder_features, probabilities_from_features
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
                               "skipped": audited.images.skipped, "masks": masks, "thresholds": asdict(thresholds)})
     stages = progress_bar(total=4, desc="audit", unit="test", enabled=progress)
     stages.set_postfix_str("t-SNE")
-    features = encoder_features(bundle, audited.images.images)
+    features = encoder_features(bundle.model, audited.images.images, *bundle.normalization)
     points = feature_map(audited, features, out, result, seed=seed)
     stages.update()
     stages.set_postfix_str("probes")

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from unveil.data.compose import compose, load_recipes
+from unveil.data.near_duplicates import near_duplicates
 from unveil.data.records import patient_keys
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.evaluation.metrics import (
     PAPER_THRESHOLD,
@@ -40,7 +42,6 @@ from unveil.progress import bar as progress_bar
 from unveil.training.bundle import BundleError, ModelBundle, load_bundle
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, load_image_set
-from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,20 @@ def training_bindings(bundle: ModelBundle) -> dict[str, DataSpec]:
     roles = bundle.description.get("provenance", {}).get("data", {}).get("roles", {})
     return {role: DataSpec(spec["source"], spec["root"], dict(spec.get("options") or {}))
             for role, spec in roles.items()}
+
+
+def training_records(bundle: ModelBundle) -> pd.DataFrame:
+    """The model's training and validation images (record id, source, path), from its run folder's split file
+    and the datasets of its provenance; empty when the split file is not beside the bundle."""
+    if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
+        return pd.DataFrame(columns=["record_id", "source", "path"])
+    table = pd.read_csv(bundle.path.parent / "splits.csv", dtype=str, keep_default_na=False)
+    fitted = set(table.loc[table["split"].isin(["train", "val"]), "record_id"])
+    parts = [spec.load()[["record_id", "source", "path"]] for spec in training_bindings(bundle).values()]
+    if not parts:
+        return pd.DataFrame(columns=["record_id", "source", "path"])
+    records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id")
+    return records[records["record_id"].isin(fitted)].reset_index(drop=True)
 
 
 def _same_dataset(first: DataSpec, second: DataSpec) -> bool:
@@ -270,8 +285,6 @@ def _without_training_copies(bundle: ModelBundle, test_set: TestSet, policy: str
     a composition's test split is patient-exclusive by construction and checked by the audit)."""
     if test_set.origin.get("kind") != "dataset":
         return test_set.records, set()
-    from unveil.audit.contamination import near_duplicates, training_records
-
     pairs = near_duplicates(test_set.records, training_records(bundle), cache=cache, workers=workers)
     copies = set(pairs["record_id"])
     if copies and policy == "refuse":

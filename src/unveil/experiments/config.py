@@ -43,12 +43,12 @@ import yaml
 
 from unveil.audit.run import MASK_SOURCES, AuditThresholds
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.experiments.schema import Where, check_keys, choice, section, typed
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
-from unveil.training.run import DataSpec
 
 #: the roles a synthetic benchmark binds
 SYNTHETIC_ROLES = ("A", "B", "C", "D")

@@ -29,8 +29,9 @@ from PIL import Image
 
 from unveil.errors import UnveilError
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
 from unveil.provenance import file_sha256, write_text_atomic
+from unveil.segmentation import LungSegmenter, default_model_path
+from unveil.transforms import paper_pipeline, resize_image, resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
         raise ValueError(f"size must be in [16, 4096], got {settings.size}")
     if settings.mask != "segment":
         return PreprocessSettings(**{**asdict(settings), "model": None, "model_sha256": None, "convention": None})
-    from unveil.segmentation import default_model_path
-
     weights = Path(settings.model) if settings.model else default_model_path()
     if weights.suffix != ".safetensors":
         weights = weights.with_suffix(".safetensors")
@@ -158,8 +157,6 @@ def _init_worker(model_path: str | None, threads: int, max_pixels: int | None = 
 
     torch.set_num_threads(threads)
     if model_path is not None:
-        from unveil.segmentation import LungSegmenter
-
         _SEGMENTER = LungSegmenter.load(model_path)
 
 

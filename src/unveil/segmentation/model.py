@@ -66,7 +66,7 @@ def build_network(architecture: str | dict[str, Any] | None = None) -> torch.nn.
                 num_res_units=spec["num_res_units"], norm=spec["norm"])
 
 
-def save_bundle(path: str | Path, network: torch.nn.Module, description: dict[str, Any]) -> Path:
+def save_lung_bundle(path: str | Path, network: torch.nn.Module, description: dict[str, Any]) -> Path:
     """Write ``path.safetensors`` and ``path.json`` (atomically); returns the weights path."""
     path = Path(path).with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +106,9 @@ def resolve_bundle(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
-def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Read a bundle written by :func:`save_bundle` (no pickle involved); ``path`` as for :func:`resolve_bundle`."""
+def load_lung_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Read a bundle written by :func:`save_lung_bundle` (no pickle involved); ``path`` as for
+    :func:`resolve_bundle`."""
     base = resolve_bundle(path)
     description = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
     network = build_network(description.get("architecture"))

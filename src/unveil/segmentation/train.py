@@ -13,7 +13,7 @@ import csv
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,10 @@ from unveil.segmentation.model import (
     DEFAULT_CONVENTION,
     architecture_spec,
     convention_of,
-    save_bundle,
+    save_lung_bundle,
 )
+from unveil.synth.config import DatasetSpec, load_config
+from unveil.synth.generate import generate
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +145,6 @@ SYNTHETIC_SOURCE = "synthetic-lungs"
 def synthetic_lung_records(out: Path, images: int, *, size: int, seed: int) -> pd.DataFrame:
     """Generate ``images`` synthetic radiographs with masks (every `paper` signature, all findings)
     under ``out`` and return their records (source ``synthetic-lungs``, "visible" convention)."""
-    from dataclasses import replace
-
-    from unveil.synth.config import DatasetSpec, load_config
-    from unveil.synth.generate import generate
-
     config = load_config("paper")
     quarter = max(1, images // 4)
     spec = DatasetSpec("lungs", "shenzhen", tuple(s for s in config.signatures if s != "neutral"),
@@ -192,7 +189,7 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     figures_table = pd.concat(figures, ignore_index=True) if figures else pd.DataFrame()
     description["validation"] = {name: summarise_figures(group) for name, group in figures_table.groupby("part")} \
         if len(figures_table) else {}
-    save_bundle(out / "lung_unet", network, description)
+    save_lung_bundle(out / "lung_unet", network, description)
     figures_table.to_csv(out / "figures.csv", index=False)
     records[["record_id", "source", "patient_id", "part"]].to_csv(out / "parts.csv", index=False)
     return description

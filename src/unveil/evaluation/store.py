@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS
+from unveil.training.config import ConfigError, TrainConfig
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiment (key TEXT PRIMARY KEY, value TEXT);
@@ -57,8 +58,6 @@ def _real(value: Any) -> float | None:
 
 def _seed_and_recipe(config: Any) -> dict[str, Any]:
     """A cell's training seed and recipe key (for pooling seeds), from its stored configuration."""
-    from unveil.training.config import ConfigError, TrainConfig
-
     try:
         values = json.loads(config)
         return {"model_seed": values.get("seed"), "recipe_key": TrainConfig.from_dict(values).recipe_key()}
