@@ -14,6 +14,7 @@ from unveil.data.sources import load_source
 from unveil.preprocess.cache import (
     PreprocessError,
     PreprocessSettings,
+    PreprocessSettingsError,
     load_cached,
     preprocess_records,
     resolve_settings,
@@ -79,7 +80,7 @@ def test_failures_are_named_skipped_and_strict_fails(lungs, tmp_path):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="equalize"):
         resolve_settings(PreprocessSettings(equalize="magic"))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(PreprocessSettingsError, match="not found"):
         resolve_settings(PreprocessSettings(mask="segment", model="/nowhere/model.safetensors"))
 
 

@@ -153,7 +153,7 @@ class AuditedImages:
 
 
 def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: dict[str, DataSpec] | None,
-           masks: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
+           mask: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
            progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
     """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
     ``options``: loader options of the ``SOURCE:PATH`` test sets."""
@@ -168,7 +168,7 @@ def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: 
                         if own else None)
     cache = Path(cache) if cache else training_cache(bundle)
     images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
-    mask_settings = replace(bundle.preprocess_settings, mask=masks,
+    mask_settings = replace(bundle.preprocess_settings, mask=mask,
                             convention=lung_convention or bundle.preprocess_settings.convention)
     mask_report = preprocess_records(images.records, cache, mask_settings, workers=workers, progress=progress)
     lungs = load_masks(images.records, mask_report.manifest, bundle.image_size)
@@ -295,7 +295,7 @@ def _audited_sets(model: str | Path, bundle: ModelBundle, test_sets: list[str], 
 
 
 def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dict[str, DataSpec] | None = None,
-          masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
+          mask: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
           recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
           lung_convention: str | None = None, own: bool = True, options: dict[str, Any] | None = None) -> AuditResult:
@@ -303,19 +303,19 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     plus every set of ``test_sets``, in one feature space; write PNGs, JSON and Markdown.
     ``lung_convention``: of the segmented masks (default: the one the model was trained with).
     ``options``: loader options of the ``SOURCE:PATH`` test sets."""
-    if masks not in MASK_SOURCES:
-        raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
+    if mask not in MASK_SOURCES:
+        raise AuditError(f"mask must be one of {', '.join(MASK_SOURCES)}; got {mask!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model)
     own_name, test_sets = _audited_sets(model, bundle, test_sets, own)
-    audited = gather(bundle, test_sets, own_name, data=data, masks=masks, cache=cache, recipes=recipes,
+    audited = gather(bundle, test_sets, own_name, data=data, mask=mask, cache=cache, recipes=recipes,
                      allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention,
                      options=options)
     kept = audited.records
     result = AuditResult([], {"images": len(kept), "patients": int(len(set(audited.groups))),
                               "by_source": {str(k): int(v) for k, v in kept["source"].value_counts().items()},
-                              "skipped": audited.images.skipped, "masks": masks, "thresholds": asdict(thresholds)})
+                              "skipped": audited.images.skipped, "masks": mask, "thresholds": asdict(thresholds)})
     stages = progress_bar(total=4, desc="audit", unit="test", enabled=progress)
     stages.set_postfix_str("t-SNE")
     features = encoder_features(bundle.model, audited.images.images, *bundle.normalization)
@@ -346,6 +346,6 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         tsne_x=points[:, 0], tsne_y=points[:, 1], near_duplicate_of_training=duplicated)
     result.figures["summary"] = summary_sentence((v.test, v.flagged) for v in result.verdicts)
     write_audit_files(result, per_image, out, {
-        "model": str(model), "on": test_sets, "own": own_name, "masks": masks, "seed": seed, "resamples": resamples,
+        "model": str(model), "on": test_sets, "own": own_name, "masks": mask, "seed": seed, "resamples": resamples,
         "thresholds": asdict(thresholds), "cache": str(audited.cache)})
     return result

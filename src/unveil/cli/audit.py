@@ -88,7 +88,7 @@ def audit_command(
     from unveil.audit.run import audit_document
 
     plain, per_role = loader_options(option)
-    result = audit(model, on or [], out, data=bind_roles(data, per_role, recipes), masks=mask, cache=cache,
+    result = audit(model, on or [], out, data=bind_roles(data, per_role, recipes), mask=mask, cache=cache,
                    thresholds=audit_thresholds(audit_threshold), seed=seed, resamples=resamples,
                    saliency_samples=saliency_samples, workers=workers, allow_overlap=allow_overlap,
                    progress=not as_json, lung_convention=lung_convention, recipes=recipes, own=own, options=plain)

@@ -60,8 +60,8 @@ def evaluate_command(
     """Test every model on every test set: seven metrics, 95 % intervals, counts and threshold rule.
     --data ROLE=SOURCE:PATH binds a role the models were not trained with."""
     from unveil.evaluation.evaluate import evaluate_models
-    from unveil.evaluation.tables import json_rows, plot_roc_curves, summary_table, write_tables
-    from unveil.provenance import write_run_metadata, write_text_atomic
+    from unveil.evaluation.outputs import write_evaluation_outputs
+    from unveil.evaluation.tables import json_rows, summary_table
 
     threshold_rule, threshold_value = threshold_choice(threshold, threshold_rule)
     plain, per_role = loader_options(option)
@@ -71,15 +71,11 @@ def evaluate_command(
                           workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
                           progress=not as_json, duplicates=duplicates, options=plain)
     if out is not None:
-        write_tables(run.rows, out)
-        write_text_atomic(out / "predictions.csv", run.predictions.to_csv(index=False, lineterminator="\n"))
-        plot_roc_curves(run.predictions, out)
-        write_run_metadata(out / "evaluation.meta.json", "unveil evaluate", {
-            "models": [str(m) for m in models], "on": on, "data": data or [],
+        write_evaluation_outputs(run, out, arguments={
+            "models": [str(m) for m in models], "on": on, "data": data or [], "options": option or [],
             "threshold_rule": threshold_rule.value, "threshold": threshold_value,
             "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
-            "allow_overlap": allow_overlap, "rebind": rebind, "duplicates": duplicates},
-            extra={"skipped": run.skipped})
+            "allow_overlap": allow_overlap, "rebind": rebind, "duplicates": duplicates})
     if as_json:
         typer.echo(json.dumps(json_rows(run.rows), indent=2))
     else:

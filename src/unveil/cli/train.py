@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,7 +96,60 @@ SetOption = Annotated[list[str] | None, typer.Option(
                   "--set threshold_rule=fixed --set threshold_value=0.5 (default rule: youden on validation).")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when present.")]
 InitOption = Annotated[Path | None, typer.Option(
-    "--init-weights", help="Local torchvision state-dict file for the initial weights (never downloaded).")]
+    "--init-weights", help="Local state-dict file for the initial weights: torchvision, or a torchxrayvision "
+                           "DenseNet-121/ResNet-50 (never downloaded).")]
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What `pretrain` and `train` share, resolved from their common options."""
+
+    config: Any  # TrainConfig
+    preprocess: Any  # PreprocessSettings
+    cache: Path | None
+    workers: int
+    progress: bool
+    resume: bool
+    init_weights: Path | None
+
+    def arguments(self) -> dict[str, Any]:
+        return {"config": self.config, "preprocess": self.preprocess, "cache": self.cache, "workers": self.workers,
+                "progress": self.progress, "resume": self.resume, "init_weights": self.init_weights}
+
+
+def _shared_training_options(
+    *, arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
+    learning_rate: LearningRateOption = None, image_size: ImageSizeOption = None, device: DeviceOption = None,
+    config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
+    equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
+    workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
+    progress: ProgressOption = True, seed: SeedOption = 0,
+) -> TrainingRequest:
+    """The options every training command takes (declared once), as one request."""
+    from unveil.preprocess.cache import PreprocessSettings
+
+    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
+                              "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
+                             config, set_option)
+    return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
+                           cache, workers, progress, resume, init_weights)
+
+
+def training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Decorator: ``command`` declares only its own options and a keyword ``request``; the training options
+    shared by `pretrain` and `train` are added to its signature (what Typer reads) and given to it resolved,
+    as one :class:`TrainingRequest` (mednet's shared option decorators, with Typer's annotations)."""
+    shared = inspect.signature(_shared_training_options, eval_str=True).parameters
+    own = inspect.signature(command, eval_str=True)
+    parameters = [p for name, p in own.parameters.items() if name != "request"] + list(shared.values())
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        request = _shared_training_options(**{name: values.pop(name) for name in shared})
+        command(**values, request=request)
+
+    wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _run_training(action, **kwargs) -> None:
@@ -110,6 +167,7 @@ def _run_training(action, **kwargs) -> None:
                            "seconds": round(result.seconds, 1)}, indent=2))
 
 
+@training_options
 def pretrain_command(
     data: DataOption,
     out: OutOption,
@@ -117,27 +175,17 @@ def pretrain_command(
         help="Comma-separated findings to learn (default: chestxray normal,bacterial,viral; rsna normal,pneumonia).")
     ] = None,
     option: LoaderOption = None,
-    arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
-    learning_rate: LearningRateOption = None, image_size: ImageSizeOption = None, device: DeviceOption = None,
-    config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
-    equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
-    workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
-    progress: ProgressOption = True, seed: SeedOption = 0,
+    *, request: TrainingRequest,
 ) -> None:
     """Pre-train an encoder on a pneumonia task, on --data SOURCE:PATH (the paper: ChestXRay 3-class, or
     RSNA 2-class)."""
-    from unveil.preprocess.cache import PreprocessSettings
     from unveil.training import pretrain
 
-    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
-                              "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
-                             config, set_option)
-    _run_training(pretrain, data=source_specs(data, plain_options(option)), out=out, config=settings,
-                  preprocess=PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
-                  classes=tuple(c.strip() for c in classes.split(",")) if classes else None, cache=cache,
-                  workers=workers, progress=progress, resume=resume, init_weights=init_weights)
+    _run_training(pretrain, data=source_specs(data, plain_options(option)), out=out,
+                  classes=tuple(c.strip() for c in classes.split(",")) if classes else None, **request.arguments())
 
 
+@training_options
 def train_command(
     recipe: Annotated[str, typer.Argument(help="Training composition: A, AB, AC, AD, D (or one of --recipes).")],
     data: DataOption,
@@ -147,23 +195,11 @@ def train_command(
     ] = None,
     option: LoaderOption = None,
     recipes: RecipesOption = None,
-    arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
-    learning_rate: LearningRateOption = None, image_size: ImageSizeOption = None, device: DeviceOption = None,
-    config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
-    equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
-    workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
-    progress: ProgressOption = True, seed: SeedOption = 0,
+    *, request: TrainingRequest,
 ) -> None:
     """Fine-tune a COVID+/COVID- classifier on a composition, its roles bound with --data ROLE=SOURCE:PATH
     (encoder never frozen)."""
-    from unveil.preprocess.cache import PreprocessSettings
     from unveil.training import train
 
-    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
-                              "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
-                             config, set_option)
-    _run_training(train, recipe=recipe, data=role_bindings(data, option, recipes), out=out, config=settings,
-                  encoder=encoder, preprocess=PreprocessSettings(mask=mask, equalize=equalize,
-                                                                 convention=lung_convention),
-                  cache=cache, workers=workers, progress=progress, resume=resume, recipes=recipes,
-                  init_weights=init_weights)
+    _run_training(train, recipe=recipe, data=role_bindings(data, option, recipes), out=out, encoder=encoder,
+                  recipes=recipes, **request.arguments())

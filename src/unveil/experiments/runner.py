@@ -323,7 +323,7 @@ def audit_cells(run: _Run, cells: list[Cell]) -> None:
             continue
         test_sets = list(options.test_sets or [cell.composition])
         run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
-        result = audit(cell.bundle, test_sets, folder, data=run.data, masks=options.masks, cache=run.cache,
+        result = audit(cell.bundle, test_sets, folder, data=run.data, mask=options.mask, cache=run.cache,
                        thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
                        saliency_samples=options.saliency_samples, workers=run.workers, recipes=experiment.recipes,
                        progress=True)
