@@ -25,9 +25,10 @@ from markupsafe import Markup
 
 import unveil
 from unveil.audit.verdict import summary_sentence
+from unveil.data.compose import load_recipes
 from unveil.errors import UnveilError
+from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
-from unveil.experiments.store import ResultsStore
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 
@@ -170,8 +171,6 @@ def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
 def _recipes() -> Any:
     """The shipped composition recipes, or None (descriptions are a courtesy, never a reason to fail)."""
     try:
-        from unveil.data.compose import load_recipes
-
         return load_recipes()
     except Exception:  # any failure only drops the descriptions
         return None
