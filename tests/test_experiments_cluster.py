@@ -85,7 +85,7 @@ def _reproduce_within_timeout(*args: Any, **kwargs: Any) -> Path:
 
 
 @pytest.mark.slow
-def test_cluster_gives_the_local_figures_and_survives_a_killed_worker(tmp_path):
+def test_cluster_gives_the_local_figures_and_survives_a_killed_worker(tmp_path, monkeypatch):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(TINY))
     experiment = load_experiment(path)
@@ -119,6 +119,10 @@ def test_cluster_gives_the_local_figures_and_survives_a_killed_worker(tmp_path):
     meta = json.loads((tmp_path / "dask" / "cells" / "conv8-B-AB" / "run.meta.json").read_text())
     assert meta["config"]["encoder"] == str(tmp_path / "dask" / "pretrain" / "B-conv8" / "model")
     assert json.loads((tmp_path / "dask" / "reproduce.meta.json").read_text())["config"]["cluster"] == "local"
+
+    # A rerun has nothing left to train: it starts no cluster.
+    monkeypatch.setattr(cluster, "open_client", lambda *args, **kwargs: pytest.fail("a finished grid started one"))
+    reproduce(experiment, tmp_path / "dask", jobs=2, cluster="local", report=False)
 
 
 class _Future:

@@ -342,15 +342,17 @@ def train_cells(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], st
               lambda job, result: record_cell(run.store, job, result))
 
 
-def train_on_cluster(run: _Run, cells: list[Cell], client: Any) -> None:
+def train_on_cluster(run: _Run, cells: list[Cell], connect: Callable[[], Any]) -> None:
     """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`): a cell that needs an encoder
-    depends on its pre-training task; the driver records each result as it arrives."""
+    depends on its pre-training task; the driver records each result as it arrives. ``connect()`` gives the
+    client, only when there is something to run (a finished grid starts no local cluster)."""
     from unveil.experiments.cluster import run_grid
 
     encoders, pretrainings = plan_pretraining(run)
-    run_grid(client, pretrainings, plan_cell_jobs(run, cells, encoders), on_pretrained=pretrained,
-             on_cell=lambda job, result: record_cell(run.store, job, result),
-             progress=run.progress)
+    cell_jobs = plan_cell_jobs(run, cells, encoders)
+    if pretrainings or cell_jobs:
+        run_grid(connect(), pretrainings, cell_jobs, on_pretrained=pretrained,
+                 on_cell=lambda job, result: record_cell(run.store, job, result), progress=run.progress)
 
 
 def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
@@ -432,11 +434,21 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     out = Path(out)
     parallel = jobs if jobs is not None else experiment.jobs
     with ExitStack() as stack, ExitStack() as on_cluster:  # the store and a cluster closed even when a step fails
-        client = None
-        if cluster is not None:  # first: a wrong address fails before any work
+        clients: list[Any] = []
+
+        def connect() -> Any:
+            """The cluster's client, opened once (and closed with ``on_cluster``)."""
             from unveil.experiments.cluster import open_client
 
-            client = on_cluster.enter_context(open_client(cluster, parallel, progress))
+            if not clients:
+                clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
+            return clients[0]
+
+        if cluster is not None:  # first: a wrong value or address fails before any work
+            from unveil.experiments.cluster import LOCAL, check_cluster
+
+            if check_cluster(cluster) != LOCAL:
+                connect()
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
         store = stack.enter_context(ResultsStore(out / "results.sqlite"))
@@ -446,14 +458,14 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
         load_data(run)
-        if client is None:
+        if cluster is None:
             run.say("[2/6] pre-training encoders")
             encoders = pretrain_encoders(run)
             run.say("[3/6] training cells")
             train_cells(run, cells, encoders)
         else:
             run.say(f"[2-3/6] pre-training encoders and training cells on the Dask cluster ({cluster})")
-            train_on_cluster(run, cells, client)
+            train_on_cluster(run, cells, connect)
             on_cluster.close()  # evaluation and audit run here: a local cluster's workers are not needed any more
         run.say("[4/6] evaluating every cell on every test set")
         evaluate_cells(run, cells)
