@@ -119,7 +119,8 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
         part = fitting[fitting["split"] == split].reset_index(drop=True)
         if part.empty:
             raise TrainingDataError(f"the {split} split is empty: not enough patients to train")
-        sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size)
+        sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size,
+                                     cache=cache)  # memory-mapped from the cache
     skipped = sets["train"].skipped + sets["val"].skipped
     normalization = fit_normalization(sets["train"].images)
 
