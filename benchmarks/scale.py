@@ -9,7 +9,8 @@ For each N, in child processes (so each phase's memory is its own):
 
 - preprocess: ``preprocess_records`` (what ``unveil preprocess`` runs) into a fresh cache: images/s;
 - train: the manifest -> train/val image sets (90/10) -> one epoch of ``fit`` (``--arch``, ``--width``,
-  ``--size``): images/s of the epoch (validation not counted) and the time to load the sets. Path
+  ``--size``, ``--device``): images/s of the epoch (validation not counted), the time to load the sets,
+  and the data path alone (``gather_seconds``: every batch of an epoch indexed out of the set, no model). Path
   ``mmap`` (what training does) builds the array file on first use; ``memory`` decodes into RAM.
   With ``--repeats R`` each path trains R times at the first N, alternating the order; the fastest epoch is kept (the
   least disturbed by other work on the machine), the load time of the first (the build), the peak of all.
@@ -96,18 +97,26 @@ def child_train(args: argparse.Namespace) -> dict[str, Any]:
     normalization = fit_normalization(sets["train"].images)
     load_seconds = time.perf_counter() - started
     config = TrainConfig(architecture=args.arch, width=args.width, image_size=args.size, epochs=1,
-                         batch_size=args.batch_size, eval_batch_size=64, seed=args.seed)
+                         batch_size=args.batch_size, eval_batch_size=64, seed=args.seed, device=args.device)
+    order = torch.randperm(len(sets["train"]), generator=torch.Generator().manual_seed(args.seed))
+    started = time.perf_counter()  # the data path alone: every batch of an epoch taken from the set
+    for batch in torch.split(order, config.batch_size):
+        sets["train"].images[batch].float()
+    gather_seconds = time.perf_counter() - started
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, num_classes=len(classes), width=config.width)
     result = fit(model, sets["train"], sets["val"], config, Path(args.run), normalization=normalization, resume=False)
     epoch = result.history[-1]
+    train_images, val_images = len(sets["train"]), len(sets["val"])
+    del sets, model, result  # the peak memory must not count the sets twice
     started = time.perf_counter()  # a second run on the same set: the array file exists (mmap) or not (memory)
     load_image_set(records[~is_val].reset_index(drop=True), manifest, labels[~is_val], classes, size=args.size,
                    cache=cache)
     reload_seconds = time.perf_counter() - started
     return {"path": args.path, "load_seconds": load_seconds, "reload_seconds": reload_seconds,
-            "train_images": len(sets["train"]), "val_images": len(sets["val"]),
-            "epoch_seconds": epoch["train_seconds"], "images_per_second": epoch["train_images_per_second"]}
+            "train_images": train_images, "val_images": val_images,
+            "epoch_seconds": epoch["train_seconds"], "images_per_second": epoch["train_images_per_second"],
+            "gather_seconds": gather_seconds}
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -168,6 +177,10 @@ def main() -> None:
     parser.add_argument("--arch", default="conv8")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="training device (cpu, cuda, auto)")
+    parser.add_argument("--synth-images", type=int, default=None, help="images generated (default: the largest N)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="reuse each N's cache and manifest from an earlier run: train only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1,
                         help="training runs per path at the first N, where the paths' throughput is compared")
@@ -175,20 +188,26 @@ def main() -> None:
     from unveil.synth.generate import generate
 
     work = args.work.resolve()
-    root = work / f"synth-{max(args.images)}x{args.synth_size}"
+    generated = args.synth_images or max(args.images)
+    root = work / f"synth-{generated}x{args.synth_size}"
     if not (root / "synth.meta.json").is_file():
         started = time.perf_counter()
-        generate(synth_config(max(args.images), args.synth_size), root, seed=args.seed, workers=args.workers,
-                 overwrite=True)
-        print(f"generated {max(args.images)} images at {args.synth_size} px in {time.perf_counter() - started:.0f} s",
+        generate(synth_config(generated, args.synth_size), root, seed=args.seed, workers=args.workers, overwrite=True)
+        print(f"generated {generated} images at {args.synth_size} px in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
     common = ["--root", str(root), "--size", str(args.size), "--seed", str(args.seed)]
     rows = []
     for n in args.images:
         cache = work / f"cache-{n}-{args.size}-{args.mask}"
         row: dict[str, Any] = {"images": n}
-        row["preprocess"] = run_child("_preprocess", [*common, "--n", str(n), "--cache", str(cache),
-                                                      "--mask", args.mask, "--workers", str(args.workers)])
+        if args.train_only:
+            manifests = sorted(cache.glob("manifest-*.csv"))
+            if len(manifests) != 1:
+                raise SystemExit(f"{cache}: {len(manifests)} manifests; run without --train-only first")
+            row["preprocess"] = {"manifest": str(manifests[0])}
+        else:
+            row["preprocess"] = run_child("_preprocess", [*common, "--n", str(n), "--cache", str(cache),
+                                                          "--mask", args.mask, "--workers", str(args.workers)])
         paths = ["mmap", *(["memory"] if n in args.in_memory_at else [])]
         tries: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         # alternate the order: other work on the machine disturbs both paths alike
@@ -197,7 +216,8 @@ def main() -> None:
                 tries[path].append(run_child("_train", [
                     *common, "--n", str(n), "--cache", str(cache), "--manifest", row["preprocess"]["manifest"],
                     "--path", path, "--arch", args.arch, "--width", str(args.width),
-                    "--batch-size", str(args.batch_size), "--run", str(work / f"run-{n}-{path}")]))
+                    "--batch-size", str(args.batch_size), "--device", args.device,
+                    "--run", str(work / f"run-{n}-{path}")]))
         for path, results in tries.items():  # the fastest epoch (least disturbed), the first load (the build)
             best = max(results, key=lambda r: r["images_per_second"])
             row[f"train_{path}"] = {**best, "load_seconds": results[0]["load_seconds"],
@@ -220,21 +240,22 @@ def main() -> None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| N | phase | images/s | load s | peak RSS MB | peak anon MB | peak file MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| N | phase | images/s | load s | batch gather s | peak RSS MB | peak anon MB | peak file MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for phase in ("preprocess", "train_mmap", "train_memory"):
-            if phase in row:
+            if phase in row and "images_per_second" in row[phase]:
                 r = row[phase]
                 load = f"{r['load_seconds']:.1f}" if "load_seconds" in r else "-"
-                lines.append(f"| {row['images']} | {phase} | {r['images_per_second']:.1f} | {load} | "
+                gather = f"{r['gather_seconds']:.2f}" if "gather_seconds" in r else "-"
+                lines.append(f"| {row['images']} | {phase} | {r['images_per_second']:.1f} | {load} | {gather} | "
                              f"{r['peak_rss_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['peak_file_mb']:.0f} |")
     return "\n".join(lines)
 
 
 def child_main(phase: str, argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    for name in ("--root", "--cache", "--manifest", "--path", "--arch", "--run", "--mask"):
+    for name in ("--root", "--cache", "--manifest", "--path", "--arch", "--run", "--mask", "--device"):
         parser.add_argument(name)
     for name in ("--n", "--size", "--seed", "--workers", "--batch-size"):
         parser.add_argument(name, type=int, default=1)
