@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from unveil.audit import audit
+from unveil.data.spec import DataSpec
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.synth.config import load_config
 from unveil.synth.generate import dataset_roots, generate
-from unveil.data.spec import DataSpec
 from unveil.training import TrainConfig, train
 
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from unveil.audit import audit
-from unveil.preprocess.cache import PreprocessSettings
 from unveil.data.spec import DataSpec
+from unveil.preprocess.cache import PreprocessSettings
 from unveil.training import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

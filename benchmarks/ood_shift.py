@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unveil.data.spec import DataSpec
 from unveil.evaluation.evaluate import unseen_test_set
 from unveil.inference.predict import Predictor, expand_inputs
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.data.spec import DataSpec
 from unveil.training import TrainConfig, load_bundle, train
 
 CONFIG = TrainConfig(architecture="conv8", width=0.5, image_size=128, epochs=10, batch_size=32, lr=0.01)

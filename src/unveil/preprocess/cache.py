@@ -9,6 +9,8 @@ the run's manifest (or stops the run at the end with ``strict``).
 
 Layout: ``<cache>/<key[:2]>/<key>.png`` (16-bit gray, [0, 1] scaled to 0..65535) and
 ``<key>.mask.png`` (8-bit, 0/255, at the working size), plus ``manifest-<settings>.csv`` per run.
+Training reads an image set through one uint8 array file, ``<cache>/arrays/<set key>.npy``
+(N x 1 x S x S, built once from the PNGs, memory-mapped: see :func:`image_array`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from PIL import Image
 
 from unveil.errors import UnveilError
@@ -269,3 +274,103 @@ def _run(jobs: list, model: str | None, workers: int, progress: bool,
                              initargs=(model, 1, max_pixels, True)) as pool:
         iterator = pool.map(process_one, jobs, chunksize=4)
         yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)
+
+
+# --- image arrays: one memory-mapped uint8 file per image set -----------------------------------
+
+ARRAY_FOLDER = "arrays"
+_CACHED_NAME = re.compile(r"^([0-9a-f]{64})\.png$")
+
+
+class ImageArrayError(UnveilError, OSError):
+    """An image-array file cannot be built (not a cached image, not enough disk space)."""
+
+
+def content_key(image_path: str | Path) -> str:
+    """The content key of a cached image (its file name in the layout ``<key[:2]>/<key>.png``)."""
+    path = Path(image_path)
+    match = _CACHED_NAME.match(path.name)
+    if match is None or path.parent.name != match.group(1)[:2]:
+        raise ImageArrayError(f"{path}: not an image of the pre-processing cache (<key[:2]>/<key>.png); "
+                              "image arrays are built only from cached images")
+    return match.group(1)
+
+
+def cached_uint8(image_path: str | Path, size: int) -> np.ndarray:
+    """A cached image as training reads it: uint8 (0..255), resized to ``size`` x ``size`` if it differs."""
+    image = load_cached(image_path)
+    if image.shape != (size, size):
+        image = resize_image(image, (size, size))
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def array_path(cache: str | Path, image_paths: list[str], size: int) -> Path:
+    """Where the array of these cached images (in this order, at ``size``) lives: named by the SHA-256 of
+    their content keys and the size, so the same set maps to the same file in every run and rank."""
+    described = json.dumps({"size": int(size), "images": [content_key(p) for p in image_paths]})
+    digest = hashlib.sha256(described.encode()).hexdigest()[:32]
+    return Path(cache) / ARRAY_FOLDER / f"{digest}-{len(image_paths)}x{size}.npy"
+
+
+def image_array(cache: str | Path, image_paths: list[str], size: int) -> np.memmap:
+    """The cached images ``image_paths`` as one read-only memory-mapped uint8 array (N x 1 x S x S).
+
+    The ``.npy`` file is built on first use, image by image (memory stays flat however many images),
+    under a file lock (concurrent runs and DDP ranks build it once and map the same file, so the OS
+    page cache holds it once), and moved into place when complete. A damaged file is rebuilt. Rows
+    are in the order of ``image_paths``. Writing into the array fails: it is the file."""
+    if not image_paths:
+        raise ImageArrayError("no image to put in an image array")
+    path = array_path(cache, image_paths, size)
+    shape = (len(image_paths), 1, int(size), int(size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        array = _open_array(path, shape)
+        if array is None:
+            _write_array(path, image_paths, shape)
+            array = _open_array(path, shape)
+        if array is None:
+            raise ImageArrayError(f"{path}: written but unreadable as a {shape} uint8 array")
+    return array
+
+
+def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap | None:
+    """The array file mapped read-only, or None when absent or not the expected uint8 array."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        log.warning("%s: damaged image array (%s); rebuilding it", path, error)
+        return None
+    if array.dtype != np.uint8 or array.shape != shape:
+        log.warning("%s: holds a %s %s array, not uint8 %s; rebuilding it", path, array.dtype, array.shape, shape)
+        return None
+    return array
+
+
+def _write_array(path: Path, image_paths: list[str], shape: tuple[int, ...]) -> None:
+    """Stream the images into a temporary ``.npy`` file, one at a time, then rename it into place."""
+    needed = int(np.prod(shape)) + 4096
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise ImageArrayError(f"{path.parent}: the image array of {shape[0]} images at {shape[-1]} px needs "
+                              f"{_megabytes(needed)}, only {_megabytes(free)} free; free some space or use "
+                              "another cache folder")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    try:
+        with open(temporary, "wb") as stream:
+            np.lib.format.write_array_header_1_0(stream, header)
+            for image_path in image_paths:
+                stream.write(cached_uint8(image_path, shape[-1]).tobytes())
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"

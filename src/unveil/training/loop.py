@@ -1,4 +1,4 @@
-"""The training loop: in-memory batches, batch augmentation, checkpoint every epoch, exact resume.
+"""The training loop: batches from the (memory-mapped) image set, augmentation, checkpoints, exact resume.
 
 A run directory holds ``checkpoint.pt`` (written atomically after every epoch: weights, optimizer,
 scheduler, best weights, history) and ``metrics.jsonl`` (one line per epoch). Every random draw of
@@ -301,8 +301,9 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
         theta = random_rigid_affine(len(batch_indices), generator, config.rotation_degrees, config.translate,
                                     config.hflip)
         mine = slice(rank, None, world_size)
-        local = batch_indices[mine].to(engine.device)
-        inputs = to_model_input(images[local], mean, std)
+        local = batch_indices[mine]  # the batch is gathered on the host (the set may be a memory map), then moved
+        inputs = to_model_input(images[local].to(engine.device, non_blocking=True), mean, std)
+        local = local.to(engine.device)
         if config.rotation_degrees or config.translate or config.hflip:
             inputs = apply_affine(inputs, theta[mine], (0.0 - mean) / std)
         if engine.channels_last:
@@ -377,7 +378,7 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     engine = _engine(model, config, normalization)
     state = _resume(engine, config, run_dir, resume)
     _distribute(engine)
-    images, labels = train.images.to(engine.device), train.labels.to(engine.device)
+    images, labels = train.images, train.labels.to(engine.device)  # images stay on the host: one batch at a time
     for epoch in range(state.start_epoch, config.epochs):
         started = time.perf_counter()
         total_loss, seen = _train_epoch(engine, train, images, labels, config, epoch, progress=progress,

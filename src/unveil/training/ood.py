@@ -56,9 +56,10 @@ def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
     intensity on an 8 x 8 grid (the layout of the anatomy: lung shape, heart, ribs)."""
     array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     array = array.reshape(len(array), array.shape[-2], array.shape[-1])
-    x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
     rows = []
-    for image in x:
+    for stored in array:  # one image at a time: the set may be a memory map larger than RAM
+        image = stored.astype(np.float32) / scale
         inside = image[image > 1.5 / 255.0]
         inside = inside if inside.size >= 16 else image.ravel()
         histogram = np.histogram(image, bins=16, range=(0.0, 1.0))[0] / image.size
@@ -76,7 +77,7 @@ def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
         rows.append(np.concatenate([histogram, quantiles, [inside.mean(), inside.std(), (image > 1.5 / 255.0).mean(),
                                                            (image > 254.5 / 255.0).mean()],
                                     np.log(np.asarray(texture) + 1e-6), layout]))
-    return np.asarray(rows, dtype=np.float64).reshape(len(x), -1)
+    return np.asarray(rows, dtype=np.float64).reshape(len(array), -1)
 
 
 @dataclass

@@ -91,7 +91,8 @@ def _image_sets(records: pd.DataFrame, classes: tuple[str, ...], config: TrainCo
         part = fitting[fitting["split"] == split].reset_index(drop=True)
         if part.empty:
             raise TrainingDataError(f"the {split} split is empty: not enough patients to train")
-        sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size)
+        sets[split] = load_image_set(part, report.manifest, part["label"].to_numpy(), classes, size=config.image_size,
+                                     cache=cache)  # memory-mapped from the cache
     return sets
 
 
