@@ -915,7 +915,7 @@ def audit_command(
 
 
 def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
-               report: bool) -> None:
+               report: bool, data: list[str] | None = None) -> None:
     import time
 
     from unveil.audit import AuditError
@@ -935,6 +935,12 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 
     try:
         experiment = load_experiment(experiment_file, seed=seed)
+        if data:  # ROLE=PATH takes the role's default source from the experiment's recipes
+            from unveil.training import DataSpec
+
+            bindings = _parse_bindings(data, experiment.recipe_book())
+            experiment = load_experiment(experiment_file, seed=seed, data={
+                role: DataSpec(source, path) for role, (source, path) in bindings.items()})
         store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say)
     except (ExperimentError, RecipeError, DatasetLayoutError, TrainingDataError, EvaluationError, AuditError,
             BundleError, CheckpointError, ModelError, PreprocessError) as error:
@@ -945,7 +951,8 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 
 @app.command("reproduce")
 def reproduce_command(
-    experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
+    experiment: Annotated[str, typer.Argument(
+        help="Experiment YAML file, or a shipped one: demo, paper, public, public-full.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
     jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
     = None,
@@ -953,6 +960,9 @@ def reproduce_command(
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the experiment file's).")]
     = None,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", help="Bind or replace a role of the experiment: ROLE=SOURCE:PATH or ROLE=PATH "
+                             "(repeatable; a relative PATH is from the current folder).")] = None,
     show: Annotated[bool, typer.Option(
         "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
 ) -> None:
@@ -962,12 +972,14 @@ def reproduce_command(
 
         path = experiment_path(experiment)
         if not path.is_file():
-            _fail(f"{experiment}: no such experiment file (shipped: demo, paper)")
+            from unveil.experiments.config import SHIPPED
+
+            _fail(f"{experiment}: no such experiment file (shipped: {', '.join(SHIPPED)})")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
     if out is None:
         _fail("reproduce needs --out FOLDER (or --show to print the experiment file)")
-    _reproduce(experiment, out, jobs, workers, seed, report)
+    _reproduce(experiment, out, jobs, workers, seed, report, data)
 
 
 @app.command("demo")

@@ -222,6 +222,8 @@ def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
 def load_data(run: _Run) -> None:
     """Step 1: bind every role the grid needs (generating a synthetic benchmark if asked) and store the datasets."""
     experiment = run.experiment
+    for note in experiment.notes:
+        run.say(f"  note: {note}")
     run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
     needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
@@ -312,6 +314,13 @@ def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
         run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
 
 
+def external_sets(run: _Run, cell: Cell) -> list[str]:
+    """The audit's external roles as whole datasets (SOURCE:PATH), less the roles ``cell`` was trained on."""
+    trained_on = set(run.experiment.recipe_book().recipe(cell.composition).roles)
+    return [f"{run.data[role].source}:{run.data[role].root}" for role in run.experiment.audit.external
+            if role in run.data and role not in trained_on]
+
+
 def audit_cells(run: _Run, cells: list[Cell]) -> None:
     """Step 5: audit the cells of the audited compositions (skipping those already audited)."""
     from unveil.audit import audit
@@ -323,7 +332,7 @@ def audit_cells(run: _Run, cells: list[Cell]) -> None:
         folder = run.out / "audit" / cell.id
         if (folder / "audit.json").is_file():
             continue
-        test_sets = list(options.test_sets or [cell.composition])
+        test_sets = list(options.test_sets or [cell.composition]) + external_sets(run, cell)
         run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
         result = audit(cell.bundle, test_sets, folder, data=run.data, masks=options.masks, cache=run.cache,
                        thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
@@ -359,7 +368,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
     with ResultsStore(out / "results.sqlite") as store:  # closed even when a step fails
         store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
-                              "versions": environment_versions(), "document": experiment.document})
+                              "versions": environment_versions(), "document": experiment.document,
+                              "notes": experiment.notes})
         run = _Run(experiment, out, store, jobs if jobs is not None else experiment.jobs, workers, progress)
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
