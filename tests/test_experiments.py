@@ -286,7 +286,7 @@ def test_public_experiments_load_with_data_paths_from_the_current_folder(tmp_pat
     optional roles C and A, absent here, are left out with everything that needs them, each named."""
     monkeypatch.chdir(tmp_path)
     public = load_experiment("public")
-    assert public.data["D"].root == str(tmp_path / "../shared/data/covid-chestxray")
+    assert public.data["D"].root == str(tmp_path.parent / "shared/data/covid-chestxray")
     assert public.data["F"].source == "figure1" and set(public.data) == {"D", "B", "Q", "F"}
     assert public.recipes == experiment_path("public").with_name("public_recipes.yaml")
     assert public.compositions == ["D", "DB", "Q"] and public.tests == ["D", "DB", "Q", "F"]
@@ -335,7 +335,7 @@ def test_show_copy_of_public_finds_its_shipped_recipes(tmp_path):
     copy.write_text(shown.stdout, encoding="utf-8")
     experiment = load_experiment(copy)
     assert experiment.recipes == experiment_path("public").with_name("public_recipes.yaml")
-    assert experiment.data["D"].root == str(tmp_path / "../shared/data/covid-chestxray")  # the copy's folder
+    assert experiment.data["D"].root == str(tmp_path.parent / "shared/data/covid-chestxray")  # the copy's folder
 
 
 def test_cli_reproduce_data_binds_and_replaces_roles(tmp_path, monkeypatch):
@@ -380,6 +380,20 @@ def test_public_design_runs_on_the_real_samples(tmp_path):
         assert store.evaluated() == {("conv8-none-D", "D"), ("conv8-none-D", "F")}
         audits = store.table("audits")
     external = audits[audits["subject"].str.contains("figure1:", regex=False)]
-    assert not external.empty and "transfer" in set(external["test"])
+    assert {"transfer (AUC)", "below chance"} <= set(external["test"])
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Too wide to conclude" in html and "skipped composition DC: needs C" in html
+
+
+def test_external_audit_sets_leave_out_the_roles_a_cell_was_trained_on(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from unveil.experiments.runner import external_sets, plan_cells
+
+    monkeypatch.chdir(tmp_path)
+    experiment = load_experiment("public")
+    run = SimpleNamespace(experiment=experiment, data=experiment.data)
+    by_id = {cell.id: cell for cell in plan_cells(experiment, tmp_path)}
+    figure1, qu_ex = (f"{experiment.data[r].source}:{experiment.data[r].root}" for r in ("F", "Q"))
+    assert external_sets(run, by_id["conv8-B-DB"]) == [figure1, qu_ex]
+    assert external_sets(run, by_id["conv8-none-Q"]) == [figure1]  # Q is its own training data

@@ -157,9 +157,9 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("low, high, chance, expected", [
     (0.70, 0.85, True, None),                                        # narrow, above chance: conclusive
-    (0.55, 0.80, True, "width 0.25 > 0.20"),                         # wider than twice the transfer drop
+    (0.55, 0.80, True, "width 0.250 > 0.20"),                         # wider than twice the transfer drop
     (0.45, 0.60, True, "contains 0.5 (chance)"),                     # narrow but cannot be told from chance
-    (0.30, 0.90, True, "width 0.60 > 0.20; contains 0.5 (chance)"),
+    (0.30, 0.90, True, "width 0.600 > 0.20; contains 0.5 (chance)"),
     (0.45, 0.60, False, None),                                       # a drop: chance does not apply
     (0.60, 0.80, True, None),                                        # exactly 0.20 wide: still conclusive
     (math.nan, 0.9, True, "no interval (too few patients to resample)"),
@@ -198,7 +198,7 @@ def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
     listed = html[html.index('<ul class="too-wide">'):]
     listed = listed[:listed.index("</ul>")]
     assert "Conv8 / none / D on Test AC: 0.620 [0.310, 0.900]" in listed and "(9 patients)" in listed
-    assert "width 0.59 &gt; 0.20; contains 0.5 (chance)" in listed and "Test AB" not in listed
+    assert "width 0.590 &gt; 0.20; contains 0.5 (chance)" in listed and "Test AB" not in listed
     assert RULE.replace("'", "&#39;") in html
-    assert html.count("too wide to conclude: width 0.45 &gt; 0.20; contains 0.5 (chance)") == 1  # verdict F only
+    assert html.count("too wide to conclude: width 0.450 &gt; 0.20; contains 0.5 (chance)") == 1  # verdict F only
     assert "optional role C (rsna) not found: left out" in html

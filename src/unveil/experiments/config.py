@@ -41,6 +41,7 @@ such keys are refused with an explanation (the audit's test sets are ``test_sets
 
 from __future__ import annotations
 
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -381,14 +382,14 @@ def _leave_out_missing(experiment: Experiment, optional: set[str], book: RecipeB
                               "has no composition or no test set left")
 
 
-def _recipes_path(text: str, folder: Path) -> Path:
+def recipes_path(text: str, folder: Path) -> Path:
     """The ``recipes:`` file, relative to the experiment's folder; a bare name of a recipe file shipped with the
     experiments (``public_recipes.yaml``) that is not there names the shipped one, so a ``--show`` copy runs."""
     path = Path(text).expanduser()
     path = path if path.is_absolute() else folder / path
-    shipped = Path(__file__).with_name(text)
-    if not path.exists() and Path(text).name == text and text.endswith("_recipes.yaml") and shipped.is_file():
-        return shipped
+    if not path.exists() and Path(text).name == text and text.endswith("_recipes.yaml") and \
+            Path(__file__).with_name(text).is_file():
+        return Path(__file__).with_name(text)
     return path
 
 
@@ -404,7 +405,7 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
 
     def resolve(text: str, base: Path = data_base) -> str:
         root = Path(text).expanduser()
-        return str(root if root.is_absolute() else base / root)
+        return os.path.normpath(root if root.is_absolute() else base / root)  # no "x/../" in names and logs
 
     bindings, synthetic, bound, optional = _data(top, where, resolve)
     for role, spec in (data or {}).items():
@@ -412,7 +413,7 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
         optional.discard(role)
     bound |= set(data or {})
     preprocess = _preprocess(top, where, resolve)
-    recipes = _recipes_path(top.recipes, path.parent) if top.recipes is not None else None
+    recipes = recipes_path(top.recipes, path.parent) if top.recipes is not None else None
     try:
         book = load_recipes(recipes)
     except RecipeError as error:

@@ -199,12 +199,16 @@ def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
     return f"{text} [{bounds[0]}, {bounds[1]}]"
 
 
-def _recipes() -> Any:
-    """The shipped composition recipes, or None (descriptions are a courtesy, never a reason to fail)."""
+def _recipes(experiment: dict[str, Any]) -> Any:
+    """The experiment's composition recipes (its ``recipes:`` file, else the paper's Table 1), or None
+    (descriptions are a courtesy, never a reason to fail)."""
     try:
         from unveil.data.compose import load_recipes
+        from unveil.experiments.config import recipes_path
 
-        return load_recipes()
+        named = (_loads(experiment.get("document")) or {}).get("recipes")
+        source = experiment.get("source")
+        return load_recipes(recipes_path(named, Path(source).parent) if named and source else None)
     except Exception:  # any failure only drops the descriptions
         return None
 
@@ -282,7 +286,7 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
     cells = _ordered_cells(store.table("cells"))
     files = store.table("files")
     wide = store.wide_results()
-    recipes = _recipes()
+    recipes = _recipes(experiment)
 
     tables = []
     if not wide.empty:

@@ -44,7 +44,7 @@ def too_wide(low: Any, high: Any, *, chance: bool = True, max_width: float = MAX
     reasons = []
     width = round(high - low, 9)  # 0.8 - 0.6 is 0.20000000000000007 in floating point
     if width > max_width:
-        reasons.append(f"width {width:.2f} > {max_width:.2f}")
+        reasons.append(f"width {width:.3f} > {max_width:.2f}")
     if chance and low <= CHANCE <= high:
         reasons.append(f"contains {CHANCE:g} (chance)")
     return "; ".join(reasons) or None
