@@ -20,7 +20,8 @@ from unveil.audit import audit
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.synth.config import load_config
 from unveil.synth.generate import dataset_roots, generate
-from unveil.training import DataSpec, TrainConfig, train
+from unveil.data.spec import DataSpec
+from unveil.training import TrainConfig, train
 
 
 def run(preset: str, out: Path, *, size: int, scale: float, epochs: int, arch: str, width: float, seed: int,

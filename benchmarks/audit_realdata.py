@@ -17,7 +17,8 @@ from pathlib import Path
 
 from unveil.audit import audit
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, train
+from unveil.data.spec import DataSpec
+from unveil.training import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

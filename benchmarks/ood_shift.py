@@ -33,7 +33,8 @@ import torch
 from unveil.evaluation.evaluate import unseen_test_set
 from unveil.inference.predict import Predictor, expand_inputs
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, load_bundle, train
+from unveil.data.spec import DataSpec
+from unveil.training import TrainConfig, load_bundle, train
 
 CONFIG = TrainConfig(architecture="conv8", width=0.5, image_size=128, epochs=10, batch_size=32, lr=0.01)
 #: Real sets: name -> (folder under --shared, file pattern); COVID-QU-Ex keeps its masks beside the images.

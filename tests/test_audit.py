@@ -12,14 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from unveil.audit import AuditThresholds, audit
+from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.embedding import tsne_map
 from unveil.audit.occlusion import occlude, occlusion_masks
 from unveil.audit.probes import linear_probe
-from unveil.audit.run import patient_bootstrap_mean
 from unveil.audit.saliency import lung_saliency_fraction
 from unveil.cli import app
+from unveil.data.spec import DataSpec
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, train
+from unveil.training import TrainConfig, train
 
 
 def test_occlusion_hides_the_grown_lungs_only():
@@ -161,7 +162,7 @@ def test_overlay_is_drawn_on_the_original_radiograph_with_a_scale(tmp_path):
     from PIL import Image
 
     from unveil.audit.outputs import _replace_folder
-    from unveil.audit.saliency import display_image, save_overlay
+    from unveil.explain.saliency import display_image, save_overlay
 
     model_input = np.full((32, 32), 100, dtype=np.uint8)
     saliency = np.zeros((32, 32), dtype=np.float32)
@@ -194,7 +195,7 @@ def test_cli_audit_errors(tmp_path):
     result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a model bundle" in result.output
     result = runner.invoke(app, ["audit", str(tmp_path), "--on", "AB", "--out", str(tmp_path / "o"),
-                                 "--threshold", "magic=3"])
+                                 "--audit-threshold", "magic=3"])
     assert result.exit_code == 2 and "source_probe" in result.output
 
 

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from unveil.audit.contamination import cross_pairs, near_duplicates
 from unveil.audit.infection import infection_mass_ratio, pointing_hits
 from unveil.audit.metadata import metadata_table, one_hot, probe_target
 from unveil.audit.transfer import ScoredSet, below_chance, compare_transfer, does_not_transfer
 from unveil.audit.verdict import summary_sentence
+from unveil.data.near_duplicates import cross_pairs, near_duplicates
 
 from conftest import shared
 
@@ -115,8 +115,9 @@ def test_realdata_shortcut_model_is_flagged(tmp_path):
     (by default) and COVID-QU-Ex + Figure 1 as external sets."""
     from unveil.audit import audit
     from unveil.cli import app
+    from unveil.data.spec import DataSpec
     from unveil.preprocess.cache import PreprocessSettings
-    from unveil.training import DataSpec, TrainConfig, train
+    from unveil.training import TrainConfig, train
 
     cohen, kermany = shared("covid-chestxray"), shared("chest_xray")
     qu_ex, figure1 = shared("covid-qu-ex"), shared("figure1")
@@ -171,10 +172,10 @@ def test_new_thresholds_on_the_cli_and_in_experiment_files(tmp_path):
 
     runner = CliRunner()
     base = ["audit", str(tmp_path), "--out", str(tmp_path / "o")]
-    refused = runner.invoke(app, [*base, "--threshold", "source_probe=none"])
+    refused = runner.invoke(app, [*base, "--audit-threshold", "source_probe=none"])
     assert refused.exit_code == 2 and "cannot be turned off" in refused.output
-    parsed = runner.invoke(app, [*base, "--threshold", "transfer_drop=0.2", "--threshold", "contamination=2",
-                                 "--threshold", "metadata_only_auc=none"])
+    parsed = runner.invoke(app, [*base, "--audit-threshold", "transfer_drop=0.2", "--audit-threshold",
+                                 "contamination=2", "--audit-threshold", "metadata_only_auc=none"])
     assert parsed.exit_code == 2 and "not a model bundle" in parsed.output  # thresholds parsed, then the bundle
     document = yaml.safe_load(experiment_path("demo").read_text())
     document.setdefault("audit", {})["thresholds"] = {"transfer_drop": 0.15, "metadata_only_auc": None}

@@ -14,6 +14,7 @@ from unveil.data.sources import load_source
 from unveil.preprocess.cache import (
     PreprocessError,
     PreprocessSettings,
+    PreprocessSettingsError,
     load_cached,
     preprocess_records,
     resolve_settings,
@@ -79,14 +80,14 @@ def test_failures_are_named_skipped_and_strict_fails(lungs, tmp_path):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="equalize"):
         resolve_settings(PreprocessSettings(equalize="magic"))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(PreprocessSettingsError, match="not found"):
         resolve_settings(PreprocessSettings(mask="segment", model="/nowhere/model.safetensors"))
 
 
 @pytest.mark.skipif(not default_model_path().is_file(), reason="shipped lung model not built")
 def test_cli_preprocess_with_the_shipped_segmenter(lungs, tmp_path):
     result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
-                                 "--size", "64", "--workers", "1"])
+                                 "--image-size", "64", "--workers", "1"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["counts"] == {"processed": 6} and document["failed"] == []
@@ -112,7 +113,7 @@ def test_the_lung_convention_is_resolved_checked_and_keyed(lungs, tmp_path):
     masks = {}
     for convention in described["conventions"]:
         result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),
-                                     "--size", "64", "--workers", "1", "--lung-convention", convention])
+                                     "--image-size", "64", "--workers", "1", "--lung-convention", convention])
         assert result.exit_code == 0, result.output
         manifest = pd.read_csv(json.loads(result.stdout)["manifest"])
         masks[convention] = np.stack([np.asarray(Image.open(p)) for p in manifest["mask_path"]])

@@ -52,7 +52,7 @@ MARKDOWN = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
 SHELL = {"bash", "sh", "shell", "console"}
 
 # (pattern, replacement, why): the tiny stand-ins. {data} is the synthetic benchmark generated once
-# per session (`unveil synth generate --preset paper --scale 0.1 --size 64`: A-D in the real layouts).
+# per session (`unveil synth generate --preset paper --scale 0.1 --image-size 64`: A-D in the real layouts).
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"(?<![\w.-])/data/corda\b", "{data}/A", "CORDA (role A): the synthetic hospital set, hospital-csv layout"),
     (r"(?<![\w.-])/data/chest_xray\b", "{data}/B", "ChestXRay (role B): synthetic, Kermany folders"),
@@ -61,8 +61,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"(?<![\w.-])/data/new_xrays\b", "{data}/D/images", "new radiographs to score"),
     (r"--arch resnet18\b", "--arch conv8 --width 0.25 --image-size 32 --epochs 1",
      "a tiny model, one epoch, instead of a ResNet-18 at 224 px for 30 epochs"),
-    (r"--scale 1(?=\s|$)", "--scale 0.1 --size 64", "a tenth of the synthetic benchmark at 64 px"),
-    (r"--epochs 150\b", "--epochs 1 --samples-per-epoch 4 --size 64", "lung U-Net: one tiny epoch"),
+    (r"--scale 1(?=\s|$)", "--scale 0.1 --image-size 64", "a tenth of the synthetic benchmark at 64 px"),
+    (r"--epochs 150\b", "--epochs 1 --samples-per-epoch 4 --image-size 64", "lung U-Net: one tiny epoch"),
     (r"\bepochs=6\b", "epochs=1", "Python examples: one epoch"),
 ]
 # Real samples (../shared/data) a block may name, trimmed so the module stays within ~2 minutes.
@@ -209,7 +209,7 @@ def synthetic_data(tmp_path_factory) -> Path:
     """The stand-in for /data/...: the `paper` benchmark, a tenth of its size, at 64 px."""
     root = tmp_path_factory.mktemp("docs-data") / "bench"
     result = CliRunner().invoke(app, ["synth", "generate", "--out", str(root), "--preset", "paper", "--scale", "0.1",
-                                      "--size", "64", "--seed", "0"])
+                                      "--image-size", "64", "--seed", "0"])
     assert result.exit_code == 0, result.output
     return root
 

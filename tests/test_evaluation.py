@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from unveil.cli import app
+from unveil.data.spec import DataSpec
 from unveil.evaluation.evaluate import EvaluationError, build_test_set, evaluate_models, resolve_threshold
 from unveil.evaluation.metrics import METRICS, ThresholdRule, choose_threshold
 from unveil.evaluation.tables import (
@@ -24,7 +25,7 @@ from unveil.evaluation.tables import (
     write_tables,
 )
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, load_bundle, train
+from unveil.training import TrainConfig, load_bundle, train
 
 CONFIG = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=2, batch_size=16, eval_batch_size=32)
 

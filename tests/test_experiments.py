@@ -28,7 +28,7 @@ TINY = {
     "pretraining": {"B": {"data": ["B"], "training": {"epochs": 1}}},
     "grid": {"encoders": ["none", "B"], "architectures": ["conv8"], "compositions": ["AB"], "tests": ["AB", "AC"]},
     "evaluation": {"resamples": 50},
-    "audit": {"compositions": ["AB"], "test_sets": ["AB"], "masks": "segment", "resamples": 50, "saliency_samples": 1,
+    "audit": {"compositions": ["AB"], "test_sets": ["AB"], "mask": "segment", "resamples": 50, "saliency_samples": 1,
               "thresholds": {"min_images": 3}},
 }
 
@@ -76,7 +76,7 @@ def test_shipped_experiments_load():
     ({"audit": {"compositions": ["AB"], "thresholds": {"min_images": 2.5}}}, "audit.thresholds.min_images: should be"),
     ({"audit": {"compositions": ["AC"]}}, r"audit.compositions\[0\]: AC is not a training composition of the grid"),
     ({"audit": {"compositions": "some"}}, "audit.compositions: should be a valid list or 'all'"),
-    ({"audit": {"masks": "none"}}, "audit.masks: should be one of segment, truth"),
+    ({"audit": {"mask": "none"}}, "audit.mask: should be one of segment, truth"),
     ({"pretraining": {"B": {"data": ["B"], "training": {"lr": "fast"}}}}, "pretraining.B.training.lr: should be"),
     ({"pretraining": {"B": {"data": ["B"], "epochs": 3}}}, "pretraining.B.epochs: unknown key; known: data, training"),
     ({"jobs": 1.5}, "jobs: should be a valid integer"),

@@ -453,7 +453,7 @@ def png_declaring(path: Path, width: int, height: int) -> Path:
 
 
 def test_max_pixels_is_one_option_checked_before_decoding(bundle, tmp_path):
-    from unveil.cli import MaxPixelsOption
+    from unveil.cli.options import MaxPixelsOption
 
     bomb = png_declaring(tmp_path / "in" / "bomb.png", 9999, 9999)
     save_png(tmp_path / "in" / "a.png", radiograph())

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from unveil.cli import app
+from unveil.data.spec import DataSpec
 from unveil.inference import (
     ExportError,
     LungCheck,
@@ -23,9 +24,9 @@ from unveil.inference import (
     export_model,
     predict_files,
 )
-from unveil.inference.ood import fit_ood_reference
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, TrainConfig, load_bundle, train
+from unveil.training import TrainConfig, load_bundle, train
+from unveil.training.ood import fit_ood_reference
 
 
 def _two_lungs(size: int = 64) -> np.ndarray:

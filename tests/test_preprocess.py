@@ -5,7 +5,9 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from unveil.preprocess.transforms import (
+from unveil.segmentation.metrics import dice, hausdorff95, iou, mask_figures
+from unveil.segmentation.postprocess import clean_lung_mask, fill_holes, keep_largest_components
+from unveil.transforms import (
     ApplyLungMask,
     EqualizeHistogram,
     NormalizeIntensity,
@@ -18,8 +20,6 @@ from unveil.preprocess.transforms import (
     paper_pipeline,
     resize_mask,
 )
-from unveil.segmentation.metrics import dice, hausdorff95, iou, mask_figures
-from unveil.segmentation.postprocess import clean_lung_mask, fill_holes, keep_largest_components
 
 
 def ramp(n=32, power=3.0):

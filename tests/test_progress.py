@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -38,11 +39,20 @@ def test_bars_stay_quiet_off_a_terminal(capsys):
     assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
 
 
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    value: int
+
+    def run(self) -> dict:
+        return {"value": self.value}
+
+
 def test_run_jobs_numbers_every_cell_and_gives_an_eta():
     messages: list[str] = []
     done: list[str] = []
-    _run_jobs(lambda args: {"value": args[0]}, [("conv8-none-AB", (1,)), ("conv8-B-AB", (2,)), ("conv8-B-AC", (3,))],
-              1, messages.append, lambda name, result: done.append(name))
+    jobs = [_Job("conv8-none-AB", 1), _Job("conv8-B-AB", 2), _Job("conv8-B-AC", 3)]
+    _run_jobs(jobs, 1, messages.append, lambda job, result: done.append(job.name))
     assert done == ["conv8-none-AB", "conv8-B-AB", "conv8-B-AC"]
     assert messages[0] == "  cell 1/3 conv8-none-AB ..."
     assert re.fullmatch(r"  cell 1/3 conv8-none-AB done in \d+ s; ETA \d+ s for the 2 left", messages[1])

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from unveil.audit import Verdict
-from unveil.experiments.store import REPORTED_METRICS, ResultsStore
+from unveil.evaluation.store import REPORTED_METRICS, ResultsStore
 from unveil.reports import ReportError, write_report
 
 SECTIONS = ("header", "summary", "heatmap", "tables", "roc", "audit", "datasets", "provenance")

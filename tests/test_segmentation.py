@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from unveil.cli import app
 from unveil.errors import UnveilError
 from unveil.segmentation import LungSegmenter, SegmenterError, default_model_path
-from unveil.segmentation.model import ARCHITECTURE, build_network, load_bundle, save_bundle
+from unveil.segmentation.model import ARCHITECTURE, build_network, load_lung_bundle, save_lung_bundle
 from unveil.segmentation.train import LungTrainingConfig, LungTrainingError, augment, fit, train_lung_model
 
 from conftest import shared
@@ -39,8 +39,8 @@ def tiny_pairs(n=12, size=32, seed=0):
 
 def test_bundle_round_trip_is_exact(tmp_path):
     network = build_network()
-    save_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
-    loaded, description = load_bundle(tmp_path / "m.safetensors")
+    save_lung_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
+    loaded, description = load_lung_bundle(tmp_path / "m.safetensors")
     for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert description["input"]["size"] == 64
@@ -167,17 +167,18 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
     generate(config, tmp_path / "bench", seed=0)
     data = f"shenzhen:{tmp_path / 'bench' / 'lungs'}"
     result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--size", "32", "--batch-size", "4"])
+                                 "--image-size", "32", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"]["train"] >= 4
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
                                  "--parts", str(tmp_path / "run" / "parts.csv"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shenzhen"]["images"] == json.loads(
         (tmp_path / "run" / "lung_unet.json").read_text())["training"]["images"]["test"]
     trained = json.loads(result.stdout)
     # a run folder is a model argument, and --parts alone scores the model beside it (not the shipped one)
-    for model in (["--model", str(tmp_path / "run")], []):
+    for model in (["--lung-model", str(tmp_path / "run")], []):
         again = runner.invoke(app, ["lungs", "evaluate", "--data", data, *model, "--parts",
                                     str(tmp_path / "run" / "parts.csv"), "--json"])
         assert again.exit_code == 0, again.output
@@ -192,11 +193,12 @@ def test_cli_lungs_train_and_evaluate(tmp_path):
 
 
 def test_run_folder_and_missing_inputs(tmp_path):
-    save_bundle(tmp_path / "run" / "lung_unet", build_network(), {"architecture": ARCHITECTURE, "input": {"size": 32}})
+    save_lung_bundle(tmp_path / "run" / "lung_unet", build_network(),
+                     {"architecture": ARCHITECTURE, "input": {"size": 32}})
     assert LungSegmenter.load(tmp_path / "run").input_size == 32
     with pytest.raises(SegmenterError, match="no lung bundle"):
         LungSegmenter.load(tmp_path)
-    result = runner.invoke(app, ["segment", str(tmp_path / "no_such_folder"), "--model", str(tmp_path / "run"),
+    result = runner.invoke(app, ["segment", str(tmp_path / "no_such_folder"), "--lung-model", str(tmp_path / "run"),
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no_such_folder" in result.output
     assert not (tmp_path / "out").exists()
@@ -259,12 +261,13 @@ def test_cli_lungs_evaluate_renders_the_worst_overlays(tmp_path):
     root = _lung_segmentation_set(tmp_path, count=6)
     data = f"lung-segmentation:{root}"
     result = runner.invoke(app, ["lungs", "train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--size", "32", "--batch-size", "4", "--architecture", "unet8",
+                                 "--image-size", "32", "--batch-size", "4", "--architecture", "unet8",
                                  "--exclude", "montgomery"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["lungs", "evaluate", "--data", data, "--model", str(tmp_path / "run" / "lung_unet"),
-                                 "--worst", "2", "--overlays", str(tmp_path / "worst"), "--figures",
-                                 str(tmp_path / "figures.csv"), "--json"])
+    result = runner.invoke(app, ["lungs", "evaluate", "--data", data,
+                                 "--lung-model", str(tmp_path / "run" / "lung_unet"),
+                                 "--worst", "2", "--overlays", str(tmp_path / "worst"),
+                                 "--figures", str(tmp_path / "figures.csv"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["montgomery"]["images"] == 3 and summary["shenzhen"]["images"] == 3

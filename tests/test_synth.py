@@ -194,11 +194,11 @@ def test_same_seed_gives_byte_identical_output_whatever_the_workers(small_benchm
 def test_cli_generate_and_preview(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["synth", "generate", "--out", str(tmp_path / "b"), "--preset", "clean",
-                                 "--scale", "0.02", "--size", "48", "--seed", "1"])
+                                 "--scale", "0.02", "--image-size", "48", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "synth.meta.json").read_text())["seed"] == 1
     result = runner.invoke(app, ["synth", "preview", "--out", str(tmp_path / "p.png"), "--per-class", "1",
-                                 "--tile", "48", "--size", "64"])
+                                 "--tile", "48", "--image-size", "64"])
     assert result.exit_code == 0, result.output
     grid = Image.open(tmp_path / "p.png")
     assert grid.size[0] >= 4 * 48 and grid.size[1] >= 5 * 48

@@ -11,6 +11,10 @@ in unveil and keeps its traceback. Subclasses also derive from the closest built
 class UnveilError(Exception):
     """Base of every error caused by user input; its message is the whole explanation."""
 
+    #: the CLI's exit status: 2 for a mistake (bad option, file, layout...); 1 for a partial failure, where a
+    #: run could not use some of its inputs (like ``--strict``)
+    exit_code: int = 2
+
     def __str__(self) -> str:
         # KeyError-style reprs (quoted messages) never reach the user: the first argument is the message.
         return str(self.args[0]) if self.args else self.__class__.__name__

@@ -1,4 +1,5 @@
-"""Encoder features of pre-processed images, their t-SNE map, and the paper's Fig. 4 style plots."""
+"""The t-SNE map of encoder features (:func:`unveil.training.loop.encoder_features`) and the paper's Fig. 4 style
+plots."""
 
 from __future__ import annotations
 
@@ -6,22 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
-from unveil.training.bundle import ModelBundle
-
-
-def encoder_features(bundle: ModelBundle, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Features before the head (N x feature_dim): what transfer and probes see."""
-    from unveil.training.loop import encoder_features as features_of
-
-    mean, std = bundle.normalization
-    return features_of(bundle.model, images, mean, std, batch_size=batch_size)
 
 
 def tsne_map(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """2-D openTSNE embedding (PCA to 50 dimensions first, perplexity capped for small sets)."""
-    from openTSNE import TSNE
+    from openTSNE import TSNE  # lazy: openTSNE and matplotlib are slow to import; only the audit's maps need them
     from sklearn.decomposition import PCA
 
     n = len(features)

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from unveil.audit.bootstrap import patient_bootstrap_mean
+from unveil.audit.verdict import Verdict
 
 #: the record column holding the infection mask (0 = background, > 127 = infected), as the COVID-QU-Ex loader
 #: writes it
@@ -63,8 +64,6 @@ def infection_verdicts(maps: np.ndarray, records: pd.DataFrame, is_positive: np.
                        size: int, pointing_rule: float | None, seed: int, resamples: int) -> tuple[list, dict]:
     """Mass ratio and pointing game on the COVID+ images whose infection mask is not empty; nothing when the
     records carry no infection masks."""
-    from unveil.audit.verdict import Verdict
-
     if COLUMN not in records or not records[COLUMN].notna().any():
         return [], {}
     chosen = np.flatnonzero((is_positive == 1) & records[COLUMN].notna().to_numpy())

@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from unveil.audit.probes import linear_probe
+from unveil.audit.verdict import Verdict
+
 #: pediatric below this age (years); the Kermany set (ChestXRay) is of children aged 1-5
 ADULT_AGE = 18.0
 
@@ -100,9 +103,6 @@ def _feature_probe_verdicts(features: np.ndarray, table: pd.DataFrame, is_positi
                             figures: dict[str, list], *, probe_rule: float, min_images: int, seed: int,
                             resamples: int) -> list:
     """Per metadata factor and class: can a linear probe on the features tell the factor's levels apart?"""
-    from unveil.audit.probes import linear_probe
-    from unveil.audit.verdict import Verdict
-
     verdicts = []
     for field_name in FIELDS[1:]:  # the source has its own probes
         for value, within in ((0, "COVID-"), (1, "COVID+")):
@@ -138,9 +138,6 @@ def _metadata_only_verdicts(mine: pd.DataFrame, labels: np.ndarray, patients: np
                             *, only_rule: float | None, seed: int, resamples: int) -> list:
     """How well the label is predicted from the metadata alone (each informative field, then all together),
     on the model's own test split: the shortcut ceiling of these factors."""
-    from unveil.audit.probes import linear_probe
-    from unveil.audit.verdict import Verdict
-
     verdicts = []
     fields_here = informative_fields(mine)
     candidates = [(f, [f]) for f in fields_here]

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from unveil.audit.saliency import display_image, save_overlay
 from unveil.audit.verdict import AuditResult, summary_sentence
+from unveil.explain.saliency import display_image, save_overlay
 from unveil.io import ImageReadError, read_image
 from unveil.provenance import write_run_metadata, write_text_atomic
 

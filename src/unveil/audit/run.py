@@ -17,6 +17,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from PIL import Image
 
 from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.contamination import contamination_section
-from unveil.audit.embedding import encoder_features, plot_embedding, tsne_map
+from unveil.audit.embedding import plot_embedding, tsne_map
 from unveil.audit.infection import infection_verdicts
 from unveil.audit.metadata import metadata_verdicts
 from unveil.audit.occlusion import occlude, occlusion_masks
@@ -34,7 +35,7 @@ from unveil.audit.outputs import (
     write_overlays,
 )
 from unveil.audit.probes import ProbeResult, linear_probe
-from unveil.audit.saliency import gradcam_maps, lung_saliency_fraction
+from unveil.audit.saliency import lung_saliency_fraction
 from unveil.audit.transfer import own_composition, transfer_section
 from unveil.audit.verdict import (
     AuditResult,
@@ -45,15 +46,16 @@ from unveil.audit.verdict import (
     source_probe_verdict,
     summary_sentence,
 )
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
+from unveil.explain.saliency import gradcam_maps
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.data import ImageSet
-from unveil.training.loop import probabilities_from_features
-from unveil.training.run import DataSpec
+from unveil.training.loop import encoder_features, probabilities_from_features
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +153,14 @@ class AuditedImages:
 
 
 def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: dict[str, DataSpec] | None,
-           masks: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
-           progress: bool, lung_convention: str | None) -> AuditedImages:
-    """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached)."""
+           mask: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
+           progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
+    """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
+    ``options``: loader options of the ``SOURCE:PATH`` test sets."""
     parts, members = [], {}
     for name in test_sets:
-        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap)
+        test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
+                                      options=options)
         members[name] = set(test_set.records["record_id"])
         parts.append(test_set.records.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
@@ -164,7 +168,7 @@ def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: 
                         if own else None)
     cache = Path(cache) if cache else training_cache(bundle)
     images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
-    mask_settings = replace(bundle.preprocess_settings, mask=masks,
+    mask_settings = replace(bundle.preprocess_settings, mask=mask,
                             convention=lung_convention or bundle.preprocess_settings.convention)
     mask_report = preprocess_records(images.records, cache, mask_settings, workers=workers, progress=progress)
     lungs = load_masks(images.records, mask_report.manifest, bundle.image_size)
@@ -291,28 +295,30 @@ def _audited_sets(model: str | Path, bundle: ModelBundle, test_sets: list[str], 
 
 
 def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dict[str, DataSpec] | None = None,
-          masks: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
+          mask: str = "segment", cache: str | Path | None = None, thresholds: AuditThresholds = AuditThresholds(),
           seed: int = 0, resamples: int = 1000, saliency_samples: int = 4, workers: int = 1,
           recipes: str | Path | None = None, allow_overlap: bool = False, progress: bool = False,
-          lung_convention: str | None = None, own: bool = True) -> AuditResult:
+          lung_convention: str | None = None, own: bool = True, options: dict[str, Any] | None = None) -> AuditResult:
     """Run the tests of ``model`` on its own composition's test split (``own``, rebuilt from its provenance)
     plus every set of ``test_sets``, in one feature space; write PNGs, JSON and Markdown.
-    ``lung_convention``: of the segmented masks (default: the one the model was trained with)."""
-    if masks not in MASK_SOURCES:
-        raise AuditError(f"masks must be one of {', '.join(MASK_SOURCES)}; got {masks!r}")
+    ``lung_convention``: of the segmented masks (default: the one the model was trained with).
+    ``options``: loader options of the ``SOURCE:PATH`` test sets."""
+    if mask not in MASK_SOURCES:
+        raise AuditError(f"mask must be one of {', '.join(MASK_SOURCES)}; got {mask!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model)
     own_name, test_sets = _audited_sets(model, bundle, test_sets, own)
-    audited = gather(bundle, test_sets, own_name, data=data, masks=masks, cache=cache, recipes=recipes,
-                     allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention)
+    audited = gather(bundle, test_sets, own_name, data=data, mask=mask, cache=cache, recipes=recipes,
+                     allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention,
+                     options=options)
     kept = audited.records
     result = AuditResult([], {"images": len(kept), "patients": int(len(set(audited.groups))),
                               "by_source": {str(k): int(v) for k, v in kept["source"].value_counts().items()},
-                              "skipped": audited.images.skipped, "masks": masks, "thresholds": asdict(thresholds)})
+                              "skipped": audited.images.skipped, "masks": mask, "thresholds": asdict(thresholds)})
     stages = progress_bar(total=4, desc="audit", unit="test", enabled=progress)
     stages.set_postfix_str("t-SNE")
-    features = encoder_features(bundle, audited.images.images)
+    features = encoder_features(bundle.model, audited.images.images, *bundle.normalization)
     points = feature_map(audited, features, out, result, seed=seed)
     stages.update()
     stages.set_postfix_str("probes")
@@ -340,6 +346,6 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         tsne_x=points[:, 0], tsne_y=points[:, 1], near_duplicate_of_training=duplicated)
     result.figures["summary"] = summary_sentence((v.test, v.flagged) for v in result.verdicts)
     write_audit_files(result, per_image, out, {
-        "model": str(model), "on": test_sets, "own": own_name, "masks": masks, "seed": seed, "resamples": resamples,
+        "model": str(model), "on": test_sets, "own": own_name, "masks": mask, "seed": seed, "resamples": resamples,
         "thresholds": asdict(thresholds), "cache": str(audited.cache)})
     return result

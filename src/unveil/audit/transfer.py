@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unveil.audit.verdict import Verdict
 from unveil.evaluation.metrics import Evaluation, _bootstrap, _patient_codes, evaluate_scores
 
 #: the two metrics compared between the in-source test and each external set
@@ -114,8 +115,6 @@ def below_chance(transfer: Transfer, bound: float) -> bool:
 
 def transfer_verdicts(transfer: Transfer, *, drop: float, bound: float) -> list:
     """The three verdicts of one external set: AUC drop, balanced-accuracy drop, below chance."""
-    from unveil.audit.verdict import Verdict
-
     verdicts = []
     for name, label in (("roc_auc", "AUC"), ("balanced_accuracy", "balanced accuracy")):
         d = transfer.differences[name]

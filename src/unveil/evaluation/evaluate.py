@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from unveil.data.compose import compose, load_recipes
+from unveil.data.near_duplicates import near_duplicates
 from unveil.data.records import patient_keys
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.evaluation.metrics import (
     PAPER_THRESHOLD,
@@ -40,7 +42,6 @@ from unveil.progress import bar as progress_bar
 from unveil.training.bundle import BundleError, ModelBundle, load_bundle
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, load_image_set
-from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,20 @@ def training_bindings(bundle: ModelBundle) -> dict[str, DataSpec]:
             for role, spec in roles.items()}
 
 
+def training_records(bundle: ModelBundle) -> pd.DataFrame:
+    """The model's training and validation images (record id, source, path), from its run folder's split file
+    and the datasets of its provenance; empty when the split file is not beside the bundle."""
+    if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
+        return pd.DataFrame(columns=["record_id", "source", "path"])
+    table = pd.read_csv(bundle.path.parent / "splits.csv", dtype=str, keep_default_na=False)
+    fitted = set(table.loc[table["split"].isin(["train", "val"]), "record_id"])
+    parts = [spec.load()[["record_id", "source", "path"]] for spec in training_bindings(bundle).values()]
+    if not parts:
+        return pd.DataFrame(columns=["record_id", "source", "path"])
+    records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id")
+    return records[records["record_id"].isin(fitted)].reset_index(drop=True)
+
+
 def _same_dataset(first: DataSpec, second: DataSpec) -> bool:
     return first.source == second.source and Path(first.root).resolve() == Path(second.root).resolve()
 
@@ -151,10 +166,12 @@ def model_bindings(bundle: ModelBundle, data: dict[str, DataSpec] | None = None,
 
 
 def build_test_set(name: str, bindings: dict[str, DataSpec], *, seed: int, test_fraction: float = 0.3,
-                   val_fraction: float = 0.2, recipes: str | Path | None = None) -> TestSet:
-    """``name`` = a composition (its test split) or ``SOURCE:PATH`` (every labelled image of a dataset)."""
+                   val_fraction: float = 0.2, recipes: str | Path | None = None,
+                   options: dict[str, Any] | None = None) -> TestSet:
+    """``name`` = a composition (its test split) or ``SOURCE:PATH`` (every labelled image of a dataset, read
+    with the loader ``options``, e.g. a hospital CSV's ``label_column``)."""
     if ":" in name:
-        spec = DataSpec.parse(name)
+        spec = DataSpec.parse(name, options)
         records = spec.load()
         labelled = records[records["covid"].notna()].reset_index(drop=True)
         if labelled.empty:
@@ -228,22 +245,24 @@ def resolve_threshold(bundle: ModelBundle, rule: ThresholdRule | str = Threshold
 
 def unseen_test_set(bundle: ModelBundle, name: str, *, data: dict[str, DataSpec] | None = None,
                     recipes: str | Path | None = None, allow_overlap: bool = False,
-                    built: dict[tuple, TestSet] | None = None, rebind: bool = False) -> tuple[TestSet, int]:
+                    built: dict[tuple, TestSet] | None = None, rebind: bool = False,
+                    options: dict[str, Any] | None = None) -> tuple[TestSet, int]:
     """Test set ``name`` as seen by ``bundle`` (its seed, fractions and own data bindings; ``data`` adds
     roles it lacks, or replaces its own with ``rebind``), refused when it shares patients with the
     model's training/validation split (unless allowed). Returns the test set and the number of shared
     patients; the test set's origin says which dataset each role was bound to and how.
-    ``built`` memoises test sets."""
+    ``options``: loader options of a ``SOURCE:PATH`` test set. ``built`` memoises test sets."""
     provenance = bundle.description.get("provenance", {})
     described = provenance.get("data", {})
     chosen = model_bindings(bundle, data, rebind=rebind)
     bindings = chosen.specs
     key = (name, int(provenance.get("seed", 0)), described.get("test_fraction", 0.3),
-           described.get("val_fraction", 0.2), tuple(sorted((r, s.source, s.root) for r, s in bindings.items())))
+           described.get("val_fraction", 0.2), tuple(sorted((r, s.source, s.root) for r, s in bindings.items())),
+           repr(sorted((options or {}).items())))
     built = {} if built is None else built
     if key not in built:
         built[key] = build_test_set(name, bindings, seed=key[1], test_fraction=key[2], val_fraction=key[3],
-                                    recipes=recipes)
+                                    recipes=recipes, options=options)
     test_set = built[key]
     roles = list(test_set.origin.get("roles", {}))
     test_set = TestSet(test_set.name, test_set.records, {
@@ -266,8 +285,6 @@ def _without_training_copies(bundle: ModelBundle, test_set: TestSet, policy: str
     a composition's test split is patient-exclusive by construction and checked by the audit)."""
     if test_set.origin.get("kind") != "dataset":
         return test_set.records, set()
-    from unveil.audit.contamination import near_duplicates, training_records
-
     pairs = near_duplicates(test_set.records, training_records(bundle), cache=cache, workers=workers)
     copies = set(pairs["record_id"])
     if copies and policy == "refuse":
@@ -286,14 +303,16 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
                     cache: str | Path | None = None, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
                     threshold: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9, resamples: int = 2000,
                     seed: int = 0, workers: int = 1, recipes: str | Path | None = None, allow_overlap: bool = False,
-                    rebind: bool = False, progress: bool = False, duplicates: str = "refuse") -> EvaluationRun:
+                    rebind: bool = False, progress: bool = False, duplicates: str = "refuse",
+                    options: dict[str, Any] | None = None) -> EvaluationRun:
     """Evaluate each model on each test set, each model with its own role bindings; ``data`` binds roles
     a model was not trained with (``rebind``: also replaces the model's own, and the rows say so).
     ``threshold_rule``: ``bundle`` (the threshold chosen at training time), ``fixed`` (``threshold``),
     ``youden`` or ``sensitivity`` (re-chosen on the model's validation predictions).
     ``cache``: pre-processing cache (default: the one the model was trained with).
     ``duplicates``: what to do when a whole dataset holds near-duplicates of the model's training images:
-    ``refuse`` (an error naming them), ``flag`` (score them; column ``near_duplicate_of_training``), ``exclude``."""
+    ``refuse`` (an error naming them), ``flag`` (score them; column ``near_duplicate_of_training``), ``exclude``.
+    ``options``: loader options of the ``SOURCE:PATH`` test sets (e.g. a hospital CSV's column names)."""
     if duplicates not in DUPLICATE_POLICIES:
         raise EvaluationError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}; got {duplicates!r}")
     if not models or not test_sets:
@@ -313,7 +332,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
         model_cache = cache or training_cache(bundle)
         for name in test_sets:
             test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
-                                                built=built, rebind=rebind)
+                                                built=built, rebind=rebind, options=options)
             records, copies = _without_training_copies(bundle, test_set, duplicates, cache=model_cache,
                                                        workers=workers)
             scored, missed = score_records(bundle, records, cache=model_cache, workers=workers, progress=progress)

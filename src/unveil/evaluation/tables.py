@@ -81,7 +81,7 @@ def threshold_label(row: pd.Series) -> str:
     if threshold is None or pd.isna(threshold):
         return rule
     if rule == ThresholdRule.FIXED.value:
-        return f"fixed {float(threshold):g}"
+        return ThresholdRule.FIXED.describe(float(threshold))
     spread = row.get("threshold_sd")
     if spread is not None and not pd.isna(spread) and spread > 0:
         return f"{rule} {float(threshold):.3f} (mean)"

@@ -18,7 +18,7 @@ grid:
   compositions: [AB, AC]    # training compositions (Table 1)
   tests: [A, AB, AC]        # every cell is tested on all of these
 evaluation: {resamples: 1000, threshold_rule: bundle}
-audit: {compositions: [AB, AC], test_sets: [AB, AC], masks: segment, thresholds: {occlusion_auc: 0.7}}
+audit: {compositions: [AB, AC], test_sets: [AB, AC], mask: segment, thresholds: {occlusion_auc: 0.7}}
 jobs: 1                     # cells trained in parallel processes
 ```
 Relative paths are resolved against the experiment file's folder, except in a shipped experiment
@@ -52,12 +52,12 @@ import yaml
 
 from unveil.audit.run import MASK_SOURCES, AuditThresholds
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.experiments.schema import Where, check_keys, choice, section, typed
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
-from unveil.training.run import DataSpec
 
 #: the roles a synthetic benchmark binds
 SYNTHETIC_ROLES = ("A", "B", "C", "D")
@@ -125,7 +125,7 @@ class AuditSettings:
 
     compositions: list[str] | Literal["all"] = field(default_factory=list)
     test_sets: list[str] | None = None  # None: each cell's own training composition
-    masks: str = "segment"
+    mask: str = "segment"
     resamples: int = 1000
     saliency_samples: int = 2
     thresholds: AuditThresholds = field(default_factory=AuditThresholds)
@@ -308,13 +308,13 @@ def _check_pretraining(top: ExperimentFile, bound: set[str], where: Where) -> No
 
 
 def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: set[str], where: Where) -> None:
-    """``jobs``, the evaluation's threshold rule and the audit's masks, compositions and test sets."""
+    """``jobs``, the evaluation's threshold rule and the audit's mask, compositions and test sets."""
     if top.jobs < 1:
         raise where.error(("jobs",), f"should be at least 1; got {top.jobs}")
     choice(top.evaluation.threshold_rule, tuple(rule.value for rule in ThresholdRule),
            ("evaluation", "threshold_rule"), where)
     audit = top.audit
-    choice(audit.masks, MASK_SOURCES, ("audit", "masks"), where)
+    choice(audit.mask, MASK_SOURCES, ("audit", "mask"), where)
     if audit.compositions != "all":
         for index, name in enumerate(audit.compositions):
             if name not in top.grid.compositions:

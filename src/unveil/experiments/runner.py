@@ -27,13 +27,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from unveil.audit import audit
+from unveil.data.spec import DataSpec
+from unveil.evaluation.evaluate import evaluate_models
+from unveil.evaluation.outputs import write_evaluation_outputs
+from unveil.evaluation.store import ResultsStore
+from unveil.evaluation.tables import write_tables
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
-from unveil.experiments.store import ResultsStore
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.progress import duration, progress_log
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
+from unveil.reports import write_report
+from unveil.synth.config import load_config
+from unveil.synth.generate import dataset_roots, generate
+from unveil.training import pretrain, train
 from unveil.training.config import TrainConfig
-from unveil.training.run import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +59,6 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
     data = dict(experiment.data)
     if experiment.synthetic is None:
         return data
-    from unveil.synth.config import load_config
-    from unveil.synth.generate import dataset_roots, generate
-
     synthetic = experiment.synthetic
     preset, scale = synthetic.preset, synthetic.scale
     config = load_config(preset)
@@ -110,8 +115,6 @@ class PretrainJob:
     progress: bool
 
     def run(self) -> dict[str, Any]:
-        from unveil.training import pretrain
-
         result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
                           classes=self.classes, workers=self.workers, progress=self.progress)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch}
@@ -136,8 +139,6 @@ class CellJob:
         return self.cell.id
 
     def run(self) -> dict[str, Any]:
-        from unveil.training import train
-
         result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
                        preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
                        recipes=self.recipes, progress=self.progress)
@@ -287,8 +288,6 @@ def train_cells(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], st
 def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
     """Step 4: every cell on every test set it has not met yet; results in the store, files in
     OUT/evaluation/<cell>/ (the files of `unveil evaluate --out`)."""
-    from unveil.evaluation.evaluate import evaluate_models
-    from unveil.evaluation.outputs import write_evaluation_outputs
 
     experiment, options = run.experiment, run.experiment.evaluation
     evaluated = run.store.evaluated()
@@ -323,7 +322,6 @@ def external_sets(run: _Run, cell: Cell) -> list[str]:
 
 def audit_cells(run: _Run, cells: list[Cell]) -> None:
     """Step 5: audit the cells of the audited compositions (skipping those already audited)."""
-    from unveil.audit import audit
 
     experiment, options = run.experiment, run.experiment.audit
     compositions = experiment.compositions if options.compositions == "all" else options.compositions
@@ -334,7 +332,7 @@ def audit_cells(run: _Run, cells: list[Cell]) -> None:
             continue
         test_sets = list(options.test_sets or [cell.composition]) + external_sets(run, cell)
         run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
-        result = audit(cell.bundle, test_sets, folder, data=run.data, masks=options.masks, cache=run.cache,
+        result = audit(cell.bundle, test_sets, folder, data=run.data, mask=options.mask, cache=run.cache,
                        thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
                        saliency_samples=options.saliency_samples, workers=run.workers, recipes=experiment.recipes,
                        progress=True)
@@ -350,7 +348,6 @@ def audit_cells(run: _Run, cells: list[Cell]) -> None:
 
 def write_summary(run: _Run, started: float) -> None:
     """Step 6 (first half): Table 2 and Tables A1..An from the store, and reproduce.meta.json."""
-    from unveil.evaluation.tables import write_tables
 
     experiment = run.experiment
     write_tables(run.store.wide_results(), run.out / "tables")
@@ -369,7 +366,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     with ResultsStore(out / "results.sqlite") as store:  # closed even when a step fails
         store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
                               "versions": environment_versions(), "document": experiment.document,
-                              "notes": experiment.notes})
+                              "notes": experiment.notes,
+                              "recipes": str(experiment.recipes) if experiment.recipes else ""})
         run = _Run(experiment, out, store, jobs if jobs is not None else experiment.jobs, workers, progress)
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
@@ -385,8 +383,6 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         run.say("[6/6] tables and report")
         write_summary(run, started)
     if report:
-        from unveil.reports import write_report
-
         path = write_report(out)
         _say(progress, f"  report: {path}")
     return out / "results.sqlite"

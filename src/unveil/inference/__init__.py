@@ -1,8 +1,9 @@
 """Using trained models on new images: prediction with evidence and warnings, and export."""
 
 from unveil.inference.export import ExportError, export_model
-from unveil.inference.ood import OodReference, OodReferenceOutdated, fit_ood_reference, refit_ood_reference
+from unveil.inference.ood import refit_ood_reference
 from unveil.inference.predict import InputCheck, LungCheck, PredictionError, Predictor, predict_files
+from unveil.training.ood import OodReference, OodReferenceOutdated, fit_ood_reference
 
 __all__ = ["ExportError", "InputCheck", "LungCheck", "OodReference", "OodReferenceOutdated", "PredictionError",
            "Predictor", "export_model", "fit_ood_reference", "predict_files", "refit_ood_reference"]

@@ -25,14 +25,18 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from unveil.data.sources.base import IMAGE_SUFFIXES
 from unveil.errors import UnveilError
-from unveil.inference.ood import OodReference, OodReferenceOutdated
+from unveil.explain.saliency import display_image, gradcam_maps, save_overlay
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.io.outputs import OutputFolder
-from unveil.preprocess.transforms import paper_pipeline, resize_image
+from unveil.provenance import write_text_atomic
+from unveil.segmentation import LungSegmenter
 from unveil.thresholds import ThresholdChoice, ThresholdRule
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.loop import encoder_features, probabilities_from_features
+from unveil.training.ood import OodReference, OodReferenceOutdated
+from unveil.transforms import paper_pipeline, resize_image
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ COLUMNS = ("file", "status", "probability", "decision", "threshold", "threshold_
 
 class PredictionError(UnveilError, RuntimeError):
     """Strict mode: some files could not be read (the message lists them)."""
+
+    exit_code = 1  # some inputs could not be used: a partial failure, not a mistake
 
 
 class MissingInputError(PredictionError):
@@ -117,8 +123,6 @@ class PredictionSummary:
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given; folders searched recursively for image files (sorted). A path that does not exist is
     an error naming it (a mistyped folder must not yield an empty, successful run)."""
-    from unveil.data.sources.base import IMAGE_SUFFIXES
-
     missing = [str(p) for p in map(Path, inputs) if not p.exists()]
     if missing:
         raise MissingInputError(f"input path not found: {', '.join(missing)}")
@@ -144,8 +148,6 @@ class Predictor:
                  lung_convention: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  decide_anyway: bool = False) -> None:
         from monai.transforms import Compose
-
-        from unveil.segmentation import LungSegmenter
 
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
         if self.bundle.positive_index is None:
@@ -180,8 +182,6 @@ class Predictor:
                 ) -> tuple[list[int], torch.Tensor, np.ndarray, list[str]]:
         """Read and pre-process; returns the readable positions, uint8 images, lung masks, errors. With
         ``displays``, each readable original is also appended to it, resized for an overlay."""
-        from unveil.audit.saliency import display_image
-
         images, kept, errors = [], [], []
         self.input_problems: list[list[str]] = []  # per readable image, aligned with ``kept``
         for position, path in enumerate(paths):
@@ -218,8 +218,6 @@ class Predictor:
         reasons = self.ood.explain(features, images) if self.ood else ["" for _ in range(count)]
         maps = None
         if evidence:
-            from unveil.audit.saliency import gradcam_maps
-
             maps = gradcam_maps(self.bundle, images, positive)
         return probabilities, distances, nearest, reasons, maps
 
@@ -265,8 +263,6 @@ class Predictor:
                 path, probability = paths[position], float(probabilities[row_index])
                 overlay = ""
                 if maps is not None:
-                    from unveil.audit.saliency import save_overlay
-
                     target = evidence_dir / f"{start_index + position:06d}_{_safe_stem(path)}.png"
                     save_overlay(images[row_index, 0].numpy(), maps[row_index], masks[row_index],
                                  f"{path.name[:40]}  p={probability:.2f}", target, display=displays[row_index])
@@ -294,8 +290,6 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
     ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
     from tqdm import tqdm
-
-    from unveil.provenance import write_text_atomic
 
     files = expand_inputs(inputs)
     if not files:

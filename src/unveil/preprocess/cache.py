@@ -29,13 +29,18 @@ from PIL import Image
 
 from unveil.errors import UnveilError
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from unveil.preprocess.transforms import paper_pipeline, resize_image, resize_mask
 from unveil.provenance import file_sha256, write_text_atomic
+from unveil.segmentation import LungSegmenter, default_model_path
+from unveil.transforms import paper_pipeline, resize_image, resize_mask
 
 log = logging.getLogger(__name__)
 
 EQUALIZATIONS = ("global", "lungs", "clahe", "none")
 MASK_MODES = ("segment", "truth", "none")
+
+
+class PreprocessSettingsError(UnveilError, ValueError):
+    """A pre-processing setting is invalid, or the lung model it names cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -58,20 +63,18 @@ class PreprocessSettings:
 def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
     """Validate the settings and pin the segmentation model by content hash."""
     if settings.equalize not in EQUALIZATIONS:
-        raise ValueError(f"equalize must be one of {EQUALIZATIONS}, got {settings.equalize!r}")
+        raise PreprocessSettingsError(f"equalize must be one of {EQUALIZATIONS}, got {settings.equalize!r}")
     if settings.mask not in MASK_MODES:
-        raise ValueError(f"mask must be one of {MASK_MODES}, got {settings.mask!r}")
+        raise PreprocessSettingsError(f"mask must be one of {MASK_MODES}, got {settings.mask!r}")
     if not 16 <= settings.size <= 4096:
-        raise ValueError(f"size must be in [16, 4096], got {settings.size}")
+        raise PreprocessSettingsError(f"size must be in [16, 4096], got {settings.size}")
     if settings.mask != "segment":
         return PreprocessSettings(**{**asdict(settings), "model": None, "model_sha256": None, "convention": None})
-    from unveil.segmentation import default_model_path
-
     weights = Path(settings.model) if settings.model else default_model_path()
     if weights.suffix != ".safetensors":
         weights = weights.with_suffix(".safetensors")
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: segmentation model not found")
+        raise PreprocessSettingsError(f"{weights}: segmentation model not found")
     convention = _lung_convention(weights, settings.convention)
     return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": file_sha256(weights),
                                  "convention": convention})
@@ -83,14 +86,14 @@ def _lung_convention(weights: Path, asked: str | None) -> str:
     try:
         description = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{weights.with_suffix('.json')}: cannot read the lung model's description "
+        raise PreprocessSettingsError(f"{weights.with_suffix('.json')}: cannot read the lung model's description "
                                 f"({error})") from None
     known = [str(c) for c in description.get("conventions", ["visible"])]
     if asked is None:
         return str(description.get("default_convention", known[0]))
     if asked not in known:
-        raise ValueError(f"lung convention must be one of {', '.join(known)} (what this lung model knows); "
-                         f"got {asked!r}")
+        raise PreprocessSettingsError(f"lung convention must be one of {', '.join(known)} (what this lung model "
+                                      f"knows); got {asked!r}")
     return asked
 
 
@@ -158,8 +161,6 @@ def _init_worker(model_path: str | None, threads: int, max_pixels: int | None = 
 
     torch.set_num_threads(threads)
     if model_path is not None:
-        from unveil.segmentation import LungSegmenter
-
         _SEGMENTER = LungSegmenter.load(model_path)
 
 
@@ -219,6 +220,8 @@ class PreprocessReport:
 
 class PreprocessError(UnveilError, RuntimeError):
     """Strict mode: some images could not be pre-processed (the message lists them)."""
+
+    exit_code = 1  # some inputs could not be used: a partial failure, not a mistake
 
 
 def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: PreprocessSettings = PreprocessSettings(),

@@ -25,9 +25,10 @@ from markupsafe import Markup
 
 import unveil
 from unveil.audit.verdict import summary_sentence
+from unveil.data.compose import load_recipes
 from unveil.errors import UnveilError
+from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
-from unveil.experiments.store import ResultsStore
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 from unveil.reports.intervals import RULE, too_wide
@@ -203,12 +204,7 @@ def _recipes(experiment: dict[str, Any]) -> Any:
     """The experiment's composition recipes (its ``recipes:`` file, else the paper's Table 1), or None
     (descriptions are a courtesy, never a reason to fail)."""
     try:
-        from unveil.data.compose import load_recipes
-        from unveil.experiments.config import recipes_path
-
-        named = (_loads(experiment.get("document")) or {}).get("recipes")
-        source = experiment.get("source")
-        return load_recipes(recipes_path(named, Path(source).parent) if named and source else None)
+        return load_recipes(experiment.get("recipes") or None)  # the path `reproduce` recorded, if any
     except Exception:  # any failure only drops the descriptions
         return None
 

@@ -12,9 +12,9 @@ import torch
 from safetensors import SafetensorError
 
 from unveil.errors import UnveilError
-from unveil.preprocess.transforms import equalize_histogram, resize_image
-from unveil.segmentation.model import load_bundle, resolve_bundle
+from unveil.segmentation.model import load_lung_bundle, resolve_bundle
 from unveil.segmentation.postprocess import clean_lung_mask
+from unveil.transforms import equalize_histogram, resize_image
 
 #: Intensity standardisation of the network input (equalized images are uniform on [0, 1]).
 INPUT_MEAN, INPUT_STD = 0.5, 0.29
@@ -77,7 +77,7 @@ class LungSegmenter:
         except FileNotFoundError as error:
             raise SegmenterError(f"{error.filename}: {error.strerror}") from None
         try:
-            network, description = load_bundle(path)
+            network, description = load_lung_bundle(path)
         except FileNotFoundError as error:
             raise SegmenterError(f"{error.filename}: segmentation model file not found") from None
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-from unveil.preprocess.transforms import resize_mask
+from unveil.transforms import resize_mask
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -18,6 +18,7 @@ import torch
 from monai.networks.nets import UNet
 from safetensors.torch import load_file, save_file
 
+from unveil.errors import UnveilError
 from unveil.provenance import write_text_atomic
 
 #: Lung-mask sources disagree on what "lung" is: the V7 masks of COVID-ChestXRay include the lung
@@ -39,6 +40,10 @@ DEFAULT_ARCHITECTURE = "unet16"
 ARCHITECTURE = ARCHITECTURES[DEFAULT_ARCHITECTURE]
 
 
+class LungModelError(UnveilError, ValueError):
+    """A lung model (architecture name, bundle folder or files) cannot be used."""
+
+
 def architecture_spec(name_or_spec: str | dict[str, Any] | None) -> dict[str, Any]:
     """The architecture dict of a named size (:data:`ARCHITECTURES`), or ``name_or_spec`` itself."""
     if name_or_spec is None:
@@ -46,7 +51,7 @@ def architecture_spec(name_or_spec: str | dict[str, Any] | None) -> dict[str, An
     if isinstance(name_or_spec, dict):
         return dict(name_or_spec)
     if name_or_spec not in ARCHITECTURES:
-        raise ValueError(f"unknown lung network size {name_or_spec!r}; known: {', '.join(ARCHITECTURES)}")
+        raise LungModelError(f"unknown lung network size {name_or_spec!r}; known: {', '.join(ARCHITECTURES)}")
     return dict(ARCHITECTURES[name_or_spec])
 
 
@@ -60,13 +65,13 @@ def build_network(architecture: str | dict[str, Any] | None = None) -> torch.nn.
     default :data:`ARCHITECTURE`); outputs logits, one channel per convention."""
     spec = architecture_spec(architecture)
     if spec.pop("name", "monai.UNet") != "monai.UNet":
-        raise ValueError(f"unknown segmentation architecture {architecture!r}")
+        raise LungModelError(f"unknown segmentation architecture {architecture!r}")
     return UNet(spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"], out_channels=spec["out_channels"],
                 channels=tuple(spec["channels"]), strides=tuple(spec["strides"]),
                 num_res_units=spec["num_res_units"], norm=spec["norm"])
 
 
-def save_bundle(path: str | Path, network: torch.nn.Module, description: dict[str, Any]) -> Path:
+def save_lung_bundle(path: str | Path, network: torch.nn.Module, description: dict[str, Any]) -> Path:
     """Write ``path.safetensors`` and ``path.json`` (atomically); returns the weights path."""
     path = Path(path).with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,13 +106,14 @@ def resolve_bundle(path: str | Path) -> Path:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise FileNotFoundError(2, "no lung bundle (<name>.safetensors + <name>.json) in folder", str(path))
-        raise ValueError(f"{path}: several lung bundles ({', '.join(p.name for p in found)}); name one")
+            raise LungModelError(f"{path}: no lung bundle (<name>.safetensors + <name>.json) in this folder")
+        raise LungModelError(f"{path}: several lung bundles ({', '.join(p.name for p in found)}); name one")
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
-def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Read a bundle written by :func:`save_bundle` (no pickle involved); ``path`` as for :func:`resolve_bundle`."""
+def load_lung_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Read a bundle written by :func:`save_lung_bundle` (no pickle involved); ``path`` as for
+    :func:`resolve_bundle`."""
     base = resolve_bundle(path)
     description = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
     network = build_network(description.get("architecture"))

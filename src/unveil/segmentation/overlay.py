@@ -8,6 +8,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from unveil.io import read_image
+from unveil.segmentation.model import convention_of
+from unveil.segmentation.train import read_mask
+
 
 def contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """The mask's boundary pixels (``width`` pixels thick)."""
@@ -49,10 +53,6 @@ def write_worst_overlays(segmenter, records, figures, out: str | Path, count: in
     """``<out>/<rank>_<source>_<stem>.png`` comparison overlays (truth green, prediction red) of the
     ``count`` lowest-Dice rows of ``figures`` (from :func:`unveil.segmentation.train.evaluate`),
     each predicted in its source's convention."""
-    from unveil.io import read_image
-    from unveil.segmentation.model import convention_of
-    from unveil.segmentation.train import read_mask
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = records.set_index("record_id")

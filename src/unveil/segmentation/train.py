@@ -13,7 +13,7 @@ import csv
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,17 @@ from unveil.segmentation.fitting import (  # noqa: F401 - augment, _select: impo
     augment,
     fit,
 )
-from unveil.segmentation.infer import LungSegmenter, prepare_input
+from unveil.segmentation.infer import LungSegmenter, SegmenterError, prepare_input
 from unveil.segmentation.metrics import mask_figures
 from unveil.segmentation.model import (
     CONVENTIONS,
     DEFAULT_CONVENTION,
     architecture_spec,
     convention_of,
-    save_bundle,
+    save_lung_bundle,
 )
+from unveil.synth.config import DatasetSpec, load_config
+from unveil.synth.generate import generate
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,18 @@ def evaluate(segmenter: LungSegmenter, records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def held_out_records(records: pd.DataFrame, parts: str | Path) -> pd.DataFrame:
+    """``records`` less those a training run trained or validated on, by its ``parts.csv``: only its
+    'test' and 'excluded' records and records it never saw remain (an honest, held-out evaluation)."""
+    parts = Path(parts)
+    if not parts.is_file():
+        raise SegmenterError(f"{parts}: parts file not found")
+    table = pd.read_csv(parts)
+    held_out = set(table.loc[table["part"].isin(["test", "excluded"]), "record_id"])
+    trained = set(table["record_id"]) - held_out
+    return records[~records["record_id"].isin(trained)]
+
+
 def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per source and overall: mean, 10th percentile and minimum Dice, mean IoU, mean and median
     HD95 (pixels of a 256-pixel-wide resampling), with the convention each source was scored in."""
@@ -131,11 +145,6 @@ SYNTHETIC_SOURCE = "synthetic-lungs"
 def synthetic_lung_records(out: Path, images: int, *, size: int, seed: int) -> pd.DataFrame:
     """Generate ``images`` synthetic radiographs with masks (every `paper` signature, all findings)
     under ``out`` and return their records (source ``synthetic-lungs``, "visible" convention)."""
-    from dataclasses import replace
-
-    from unveil.synth.config import DatasetSpec, load_config
-    from unveil.synth.generate import generate
-
     config = load_config("paper")
     quarter = max(1, images // 4)
     spec = DatasetSpec("lungs", "shenzhen", tuple(s for s in config.signatures if s != "neutral"),
@@ -180,7 +189,7 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     figures_table = pd.concat(figures, ignore_index=True) if figures else pd.DataFrame()
     description["validation"] = {name: summarise_figures(group) for name, group in figures_table.groupby("part")} \
         if len(figures_table) else {}
-    save_bundle(out / "lung_unet", network, description)
+    save_lung_bundle(out / "lung_unet", network, description)
     figures_table.to_csv(out / "figures.csv", index=False)
     records[["record_id", "source", "patient_id", "part"]].to_csv(out / "parts.csv", index=False)
     return description

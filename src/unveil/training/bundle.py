@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from unveil.errors import UnveilError
-from unveil.models import CxrClassifier, ModelError, build_model
-from unveil.preprocess.cache import PreprocessSettings
+from unveil.models import MODEL_NAMES, CxrClassifier, ModelError, build_model
+from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.provenance import write_text_atomic
 from unveil.thresholds import ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
+from unveil.training.loop import predict_probabilities
 
 BUNDLE_FORMAT = "unveil-classifier"
 BUNDLE_VERSION = 1
@@ -151,8 +152,6 @@ class ModelBundle:
         bundle's size: uint8 0..255 or float [0, 1], S x S, N x S x S or N x 1 x S x S, numpy or torch
         (see :func:`model_images`; a wrong size raises :class:`BundleInputError`). fp32 by default, so
         results match exported models; ``amp``: bf16 autocast."""
-        from unveil.training.loop import predict_probabilities
-
         mean, std = self.normalization
         device = torch.device(device)
         self.model.to(device)
@@ -273,13 +272,10 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     (classes with num_classes, positive_class among classes); an edited threshold of NaN or 2, a std of 0 or an
     image size of 20000 would otherwise give confident nonsense or exhaust memory. Raises
     :class:`BundleFieldError` naming the file and the field."""
-    from unveil.models.registry import _BUILDERS
-    from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES
-
     path = Path(path)
     architecture = _field(description, path, "architecture", str)
-    if architecture not in _BUILDERS:
-        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(_BUILDERS))}, "
+    if architecture not in MODEL_NAMES:
+        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(MODEL_NAMES))}, "
                                f"got {architecture!r}")
     _number(description, path, "width", 0.0, 16.0, open_low=True, required=False)
     num_classes = _number(description, path, "num_classes", 1, 1000, integer=True)

@@ -116,4 +116,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError as error:  # a value of the wrong type met a comparison in __post_init__
+            raise ConfigError(f"training options: {error}") from None

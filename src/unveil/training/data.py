@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from unveil.errors import UnveilError
 from unveil.preprocess.cache import load_cached
-from unveil.preprocess.transforms import resize_image
+from unveil.transforms import resize_image
 
 
 class TrainingDataError(UnveilError, ValueError):

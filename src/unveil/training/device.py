@@ -7,6 +7,12 @@ import os
 import torch
 import torch.distributed as dist
 
+from unveil.errors import UnveilError
+
+
+class DeviceError(UnveilError, RuntimeError):
+    """The requested device does not exist on this machine (or is not a device name)."""
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> this rank's CUDA device when available, else CPU."""
@@ -14,9 +20,12 @@ def resolve_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
 
 

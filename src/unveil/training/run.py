@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 from unveil.data.compose import compose, load_recipes
 from unveil.data.records import concat_records
-from unveil.data.sources import load_source
+from unveil.data.spec import DataSpec
 from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, write_split_file
 from unveil.models import build_model, load_encoder_state
 from unveil.models.xrv import check_image_size
@@ -33,7 +33,8 @@ from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
 from unveil.training.config import TrainConfig
 from unveil.training.data import ImageSet, TrainingDataError, fit_normalization, load_image_set
-from unveil.training.loop import FitResult, decision_threshold, fit, init_distributed, world
+from unveil.training.loop import FitResult, decision_threshold, encoder_features, fit, init_distributed, world
+from unveil.training.ood import fit_ood_reference
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +43,6 @@ PRETRAIN_CLASSES = {"chestxray": ("normal", "bacterial", "viral"), "rsna": ("nor
 COVID_CLASSES = ("covid-", "covid+")
 #: The paper's dataset letters, for naming pre-trained encoders and tables.
 PAPER_LETTERS = {"hospital-csv": "A", "chestxray": "B", "rsna": "C", "covid-chestxray": "D"}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """One dataset to read: loader name, root folder, loader options."""
-
-    source: str
-    root: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", str(self.root))
-
-    @classmethod
-    def parse(cls, text: str, options: dict[str, Any] | None = None) -> DataSpec:
-        source, colon, root = text.partition(":")
-        if not colon or not source or not root:
-            raise TrainingDataError(f"expected SOURCE:PATH, got {text!r}")
-        return cls(source.strip(), root.strip(), dict(options or {}))
-
-    def load(self) -> pd.DataFrame:
-        return load_source(self.source, self.root, **self.options).records
 
 
 @dataclass
@@ -214,9 +193,6 @@ def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str,
                         normalization: tuple[float, float]) -> None:
     """Fit the out-of-distribution reference (training features and image statistics per source, threshold on
     validation)."""
-    from unveil.inference.ood import fit_ood_reference
-    from unveil.training.loop import encoder_features
-
     device = next(model.parameters()).device
     train_features = encoder_features(model, sets["train"].images, *normalization, device=device)
     val_features = encoder_features(model, sets["val"].images, *normalization, device=device)

@@ -26,7 +26,16 @@ from typing import Any
 
 import pandas as pd
 
+from unveil.errors import UnveilError
 from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS
+from unveil.training.config import ConfigError, TrainConfig
+
+#: the tables of a results store
+TABLES = ("experiment", "datasets", "cells", "results", "audits", "files")
+
+
+class StoreError(UnveilError, ValueError):
+    """A results store was asked for something it does not hold."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiment (key TEXT PRIMARY KEY, value TEXT);
@@ -57,8 +66,6 @@ def _real(value: Any) -> float | None:
 
 def _seed_and_recipe(config: Any) -> dict[str, Any]:
     """A cell's training seed and recipe key (for pooling seeds), from its stored configuration."""
-    from unveil.training.config import ConfigError, TrainConfig
-
     try:
         values = json.loads(config)
         return {"model_seed": values.get("seed"), "recipe_key": TrainConfig.from_dict(values).recipe_key()}
@@ -146,8 +153,8 @@ class ResultsStore:
                                                                                         str(path)))
 
     def table(self, name: str) -> pd.DataFrame:
-        if name not in ("experiment", "datasets", "cells", "results", "audits", "files"):
-            raise ValueError(f"no table {name!r} in the results store")
+        if name not in TABLES:
+            raise StoreError(f"no table {name!r} in the results store; tables: {', '.join(TABLES)}")
         return pd.read_sql_query(f"SELECT * FROM {name}", self.connection)
 
     def wide_results(self) -> pd.DataFrame:

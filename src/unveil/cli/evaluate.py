@@ -1,0 +1,123 @@
+"""`unveil evaluate` and `unveil tables`: test models, rebuild the paper's tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from unveil.cli.options import (
+    AllowOverlapOption,
+    CacheOption,
+    CommandLineError,
+    DataOption,
+    JsonOption,
+    LoaderOption,
+    RecipesOption,
+    ResamplesOption,
+    SeedOption,
+    TargetSensitivityOption,
+    ThresholdOption,
+    ThresholdRuleOption,
+    WorkersOption,
+    bind_roles,
+    loader_options,
+    threshold_choice,
+)
+from unveil.thresholds import ThresholdRule
+
+OnOption = Annotated[list[str], typer.Option(
+    "--on", help="Test set (repeatable): a composition name (its test split, e.g. AB) or SOURCE:PATH "
+                 "(every labelled image of a dataset, read with the --option KEY=VALUE loader options).")]
+
+
+def evaluate_command(
+    models: Annotated[list[Path], typer.Argument(help="Model bundles (OUT/model of `unveil train`).")],
+    on: OnOption,
+    data: DataOption = None,
+    option: LoaderOption = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX) and ROC curves.")] = None,
+    threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
+    threshold: ThresholdOption = None,
+    target_sensitivity: TargetSensitivityOption = 0.9,
+    rebind: Annotated[bool, typer.Option(
+        help="Let --data replace a role the model was trained with (default: each model keeps its own bindings "
+             "and --data only adds roles it lacks); the rows say which roles were rebound.")] = False,
+    resamples: ResamplesOption = 2000,
+    cache: CacheOption = None,
+    workers: WorkersOption = 2,
+    recipes: RecipesOption = None,
+    allow_overlap: AllowOverlapOption = False,
+    duplicates: Annotated[str, typer.Option(
+        help="External images that are near-duplicates of the model's training images: refuse (stop with an "
+             "error), flag (score them; a row column and a warning) or exclude (leave them out).")] = "refuse",
+    as_json: JsonOption = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Test every model on every test set: seven metrics, 95 % intervals, counts and threshold rule.
+    --data ROLE=SOURCE:PATH binds a role the models were not trained with."""
+    from unveil.evaluation.evaluate import evaluate_models
+    from unveil.evaluation.outputs import write_evaluation_outputs
+    from unveil.evaluation.tables import json_rows, summary_table
+
+    threshold_rule, threshold_value = threshold_choice(threshold, threshold_rule)
+    plain, per_role = loader_options(option)
+    run = evaluate_models([str(m) for m in models], on, data=bind_roles(data, per_role, recipes), cache=cache,
+                          threshold_rule=threshold_rule, threshold=threshold_value,
+                          target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
+                          workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
+                          progress=not as_json, duplicates=duplicates, options=plain)
+    if out is not None:
+        write_evaluation_outputs(run, out, arguments={
+            "models": [str(m) for m in models], "on": on, "data": data or [], "options": option or [],
+            "threshold_rule": threshold_rule.value, "threshold": threshold_value,
+            "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
+            "allow_overlap": allow_overlap, "rebind": rebind, "duplicates": duplicates})
+    if as_json:
+        typer.echo(json.dumps(json_rows(run.rows), indent=2))
+    else:
+        typer.echo(summary_table(run.rows).to_markdown(index=False))
+        if out is not None:
+            typer.echo(f"results, tables and ROC curves in {out}")
+    _notes(run)
+
+
+def _notes(run) -> None:
+    """Rebound roles, unused --data and near-duplicates of training images: one line each on stderr."""
+    for _, row in run.rows[run.rows["rebound"] != ""].iterrows():
+        typer.echo(f"note: {row['model']} on {row['test_set']}: role(s) {row['rebound']} rebound by --data "
+                   f"({row['bindings']})", err=True)
+    for _, row in run.rows[run.rows["bindings"].str.contains("--data not used")].iterrows():
+        typer.echo(f"note: {row['model']} on {row['test_set']} keeps its own bindings ({row['bindings']}); "
+                   "--rebind replaces them", err=True)
+    for _, row in run.rows[run.rows["near_duplicates_of_training"] > 0].iterrows():
+        done = "left out" if row["near_duplicates_excluded"] else "scored (flagged in predictions.csv)"
+        typer.echo(f"warning: {row['model']} on {row['test_set']}: {row['near_duplicates_of_training']} image(s) are "
+                   f"near-duplicates of its training images, {done}", err=True)
+    for line in run.skipped:
+        typer.echo(f"skipped: {line}", err=True)
+
+
+def tables_command(
+    results: Annotated[list[Path], typer.Argument(help="results.csv files of `unveil evaluate --out`.")],
+    out: Annotated[Path, typer.Option(help="Folder for Table 2 and Tables A1..An (CSV, Markdown, LaTeX).")],
+    aggregate_seeds: Annotated[bool, typer.Option(
+        help="Pool the runs of one cell that differ only by seed: mean ± half-width of the Student-t 95 % "
+             "interval over seeds (default: one row per model).")] = False,
+) -> None:
+    """Rebuild the paper's tables from one or several evaluation result files (one row per model)."""
+    import pandas as pd
+
+    from unveil.evaluation.tables import write_tables
+
+    frames = []
+    for path in results:
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError) as error:
+            raise CommandLineError(f"{path}: unreadable results file ({error})") from None
+    written = write_tables(pd.concat(frames, ignore_index=True), out, aggregate_seeds=aggregate_seeds)
+    typer.echo("\n".join(str(p) for p in written))

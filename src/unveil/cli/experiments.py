@@ -1,0 +1,97 @@
+"""`unveil reproduce`, `demo`, `report` and `results`: experiment grids and their results store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from unveil.cli.options import DataOption, LoaderOption, SeedOption, WorkersOption, require, role_bindings
+
+
+def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
+               report: bool, data: list[str] | None = None, option: list[str] | None = None) -> None:
+    import time
+
+    from unveil.experiments import load_experiment, reproduce
+    from unveil.progress import progress_log
+
+    started = time.perf_counter()
+
+    def say(message: str) -> None:  # stage and cell lines: stderr, always
+        progress_log.info("[%6.0f s] %s", time.perf_counter() - started, message)
+
+    experiment = load_experiment(experiment_file, seed=seed)
+    if data or option:  # ROLE=PATH: the role's default source in the experiment's recipes
+        experiment = load_experiment(experiment_file, seed=seed,
+                                     data=role_bindings(data, option, experiment.recipes))
+    store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say)
+    say("done")
+    typer.echo(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
+
+
+def reproduce_command(
+    experiment: Annotated[str, typer.Argument(
+        help="Experiment YAML file, or a shipped one: demo, paper, public, public-full.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Cells trained in parallel processes (default: the file's).")]
+    = None,
+    workers: WorkersOption = 2,
+    report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
+    seed: SeedOption = None,
+    data: DataOption = None,
+    option: LoaderOption = None,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
+) -> None:
+    """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report. Without
+    --seed, the experiment file's seed. --data ROLE=SOURCE:PATH (or ROLE=PATH) binds or replaces a role of the
+    experiment; a relative PATH is from the current folder."""
+    if show:
+        from unveil.experiments import experiment_path
+
+        path = experiment_path(experiment)
+        from unveil.experiments.config import SHIPPED
+
+        require(path.is_file(), f"{experiment}: no such experiment file (shipped: {', '.join(SHIPPED)})")
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    require(out is not None, "reproduce needs --out FOLDER (or --show to print the experiment file)")
+    _reproduce(experiment, out, jobs, workers, seed, report, data, option)
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    workers: WorkersOption = 2,
+    seed: SeedOption = 0,
+) -> None:
+    """The main job on the embedded synthetic data: the shipped `demo` experiment, end to end."""
+    _reproduce("demo", out, None, workers, seed, True)
+
+
+ResultsArgument = Annotated[Path, typer.Argument(
+    help="Output folder of `unveil reproduce` (holds results.sqlite).")]
+
+
+def report_command(
+    results: ResultsArgument,
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: RESULTS/report.html).")] = None,
+) -> None:
+    """Write the self-contained HTML report of an experiment."""
+    from unveil.reports import write_report
+
+    typer.echo(str(write_report(results, out)))
+
+
+def results_command(
+    results: ResultsArgument,
+    csv: Annotated[Path, typer.Option("--csv", help="Folder for one CSV per table of the results store.")],
+) -> None:
+    """Export the results store (SQLite) as CSV files."""
+    from unveil.experiments import ResultsStore
+
+    require((results / "results.sqlite").is_file(), f"{results}: no results.sqlite (run `unveil reproduce` first)")
+    with ResultsStore(results / "results.sqlite") as store:
+        for path in store.export_csv(csv):
+            typer.echo(str(path))

@@ -1,0 +1,183 @@
+"""The options shared by several commands, each declared once (name, type, help), and their parsers.
+
+A command takes a shared concept only through the alias below, so sibling commands cannot drift
+(tests/test_cli_help.py holds every alias's name, type and help equal wherever it appears).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from unveil.errors import UnveilError
+from unveil.thresholds import ThresholdRule
+
+if TYPE_CHECKING:
+    from unveil.training import DataSpec
+
+
+class CommandLineError(UnveilError, ValueError):
+    """A malformed option value (the message names the option and the value)."""
+
+
+# Help is Click's plain formatter (rich_markup_mode=None): it wraps help text to the terminal and never
+# cuts an option name, where rich's tables ellipsize long names at 80 columns.
+HELP_STYLE: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
+
+DataOption = Annotated[list[str] | None, typer.Option(
+    "--data", "-d", help="A dataset (repeatable): SOURCE:PATH, or ROLE=SOURCE:PATH on the commands that bind "
+                         "roles of a composition (ROLE=PATH: the role's default source).")]
+LoaderOption = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="Dataset loader option (repeatable): KEY=VALUE for the command's SOURCE:PATH "
+                           "datasets, ROLE.KEY=VALUE for a role bound with --data ROLE=...; e.g. "
+                           "-o label_column=diagnosis.")]
+RecipesOption = Annotated[Path | None, typer.Option(
+    "--recipes", help="Recipe YAML file of the compositions (default: the paper's Table 1).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+WorkersOption = Annotated[int, typer.Option(
+    "--workers", help="Worker processes (decoding, rendering or pre-processing images; the result does not "
+                      "depend on it).")]
+CacheOption = Annotated[Path | None, typer.Option(
+    "--cache", help="Pre-processing cache folder (content-addressed, shared by runs; default when training: "
+                    "OUT/cache, when testing a model: the one it was trained with).")]
+LungModelOption = Annotated[Path | None, typer.Option(
+    "--lung-model", help="Lung model: a bundle file, its base name or a `unveil lungs train` run folder "
+                         "(default: the one the inputs were made with, else the shipped model).")]
+LungConventionOption = Annotated[str | None, typer.Option(
+    "--lung-convention", help="Lung-mask convention: visible (lung field, heart excluded; the paper's) or full "
+                              "(lung behind the heart included). Default: the lung model's default.")]
+MaskOption = Annotated[str, typer.Option(
+    "--mask", help="Lung mask: segment (the lung model), truth (the dataset's masks) or none.")]
+EqualizeOption = Annotated[str, typer.Option(
+    "--equalize", help="Histogram equalization: global, lungs, clahe or none.")]
+MaxPixelsOption = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Refuse images whose header declares more pixels (width x height), before decoding "
+                                "(a guard against decompression bombs). Default: 50000000, e.g. 7000 x 7000; the "
+                                "largest radiograph detectors give about 4300 x 4300.")]
+ImageSizeOption = Annotated[int | None, typer.Option(
+    "--image-size", help="Image side in pixels the command works at (no default shown: the configuration's).")]
+LearningRateOption = Annotated[float | None, typer.Option(
+    "--learning-rate", help="Peak learning rate (no default shown: the configuration's).")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="Torch device: auto, cpu, cuda or cuda:N.")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+StrictOption = Annotated[bool, typer.Option(
+    "--strict", help="Exit with status 1 if any input file is unreadable, missing or invalid.")]
+ResamplesOption = Annotated[int, typer.Option(
+    "--resamples", help="Bootstrap resamples (of patients) for the 95 % intervals.")]
+AllowOverlapOption = Annotated[bool, typer.Option(
+    "--allow-overlap", help="Test even on patients of the model's own training or validation split.")]
+ThresholdRuleOption = Annotated[ThresholdRule, typer.Option(
+    "--threshold-rule", help="bundle (the threshold chosen at training time, recorded in the bundle), fixed "
+                             "(--threshold), youden or sensitivity (chosen a priori on the model's validation "
+                             "predictions).")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    "--threshold", help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
+TargetSensitivityOption = Annotated[float, typer.Option(
+    "--target-sensitivity", help="Target for --threshold-rule sensitivity.")]
+
+
+def key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings to a dict of raw strings (keys: dashes become underscores)."""
+    parsed: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CommandLineError(f"{option} expects KEY=VALUE, got {pair!r}")
+        parsed[key.strip().replace("-", "_")] = value
+    return parsed
+
+
+def loader_values(pairs: dict[str, str]) -> dict[str, Any]:
+    """Loader option values: comma-separated values become tuples."""
+    return {k: tuple(v.strip() for v in value.split(",")) if "," in value else value for k, value in pairs.items()}
+
+
+def loader_options(items: list[str] | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``--option`` values as (KEY=VALUE options for SOURCE:PATH datasets, ROLE.KEY=VALUE options per role)."""
+    plain: list[str] = []
+    per_role: dict[str, list[str]] = {}
+    for item in items or []:
+        head = item.partition("=")[0]
+        role, dot, rest = item.partition(".")
+        if dot and "." in head:
+            per_role.setdefault(role.strip(), []).append(rest)
+        else:
+            plain.append(item)
+    return (loader_values(key_values(plain, "--option")),
+            {role: loader_values(key_values(values, "--option")) for role, values in per_role.items()})
+
+
+def plain_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option`` of a command without roles: KEY=VALUE only."""
+    plain, per_role = loader_options(items)
+    if per_role:
+        raise CommandLineError(f"--option ROLE.KEY=VALUE needs --data ROLE=...; this command has no roles "
+                               f"(got role(s) {', '.join(per_role)})")
+    return plain
+
+
+def source_spec(text: str, options: dict[str, Any] | None = None, *, option: str = "--data") -> DataSpec:
+    """``SOURCE:PATH`` (the one parser, :meth:`DataSpec.parse`) with loader options; an error names ``option``."""
+    from unveil.training import DataSpec, TrainingDataError  # torch: loaded when a command runs, not for --help
+
+    try:
+        return DataSpec.parse(text, options)
+    except TrainingDataError as error:
+        raise CommandLineError(f"{option}: {error}") from None
+
+
+def source_specs(values: list[str] | None, options: dict[str, Any] | None = None, *,
+                 option: str = "--data") -> list[DataSpec]:
+    return [source_spec(value, options, option=option) for value in values or []]
+
+
+def role_bindings(bindings: list[str] | None, items: list[str] | None,
+                  recipes: Path | None) -> dict[str, DataSpec]:
+    """``--data ROLE=SOURCE:PATH`` (or ``ROLE=PATH``: the role's default source) with ``--option ROLE.KEY=VALUE``,
+    on a command whose datasets are all roles."""
+    plain, per_role = loader_options(items)
+    if plain:
+        raise CommandLineError(f"--option with --data ROLE=...: write ROLE.KEY=VALUE, got {', '.join(plain)}")
+    return bind_roles(bindings, per_role, recipes)
+
+
+def bind_roles(bindings: list[str] | None, per_role: dict[str, dict[str, Any]],
+               recipes: Path | None) -> dict[str, DataSpec]:
+    """``--data ROLE=SOURCE:PATH`` values with each role's loader options."""
+    from unveil.data.compose import load_recipes
+
+    book = load_recipes(recipes)
+    parsed: dict[str, DataSpec] = {}
+    for binding in bindings or []:
+        role, sep, rest = (part.strip() for part in binding.partition("="))
+        if not sep or not rest:
+            raise CommandLineError(f"--data expects ROLE=SOURCE:PATH or ROLE=PATH, got {binding!r}")
+        if ":" not in rest:  # ROLE=PATH: the role's default source
+            default = book.roles.get(role)
+            if default is None or not default.default_source:
+                raise CommandLineError(f"--data {binding!r}: role {role} has no default source; "
+                                       f"write {role}=SOURCE:PATH")
+            rest = f"{default.default_source}:{rest}"
+        parsed[role] = source_spec(rest, per_role.get(role))
+    unbound = sorted(set(per_role) - set(parsed))
+    if unbound:
+        raise CommandLineError(f"--option for role(s) {', '.join(unbound)} that no --data ROLE=... binds")
+    return parsed
+
+
+def threshold_choice(threshold: float | None, rule: ThresholdRule) -> tuple[ThresholdRule, float]:
+    """--threshold / --threshold-rule as (rule, fixed value): a --threshold alone means the fixed rule."""
+    if threshold is None:
+        return rule, 0.5
+    if rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
+        raise CommandLineError(f"--threshold is a fixed threshold; it does not go with --threshold-rule {rule.value}")
+    return ThresholdRule.FIXED, threshold
+
+
+def require(condition: bool, message: str) -> None:
+    """A user's mistake the library cannot see (an option combination): one line, exit 2."""
+    if not condition:
+        raise CommandLineError(message)

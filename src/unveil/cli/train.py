@@ -1,0 +1,205 @@
+"""`unveil preprocess`, `unveil pretrain` and `unveil train`: from datasets to a model bundle."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from unveil.cli.options import (
+    CacheOption,
+    CommandLineError,
+    DataOption,
+    DeviceOption,
+    EqualizeOption,
+    ImageSizeOption,
+    LearningRateOption,
+    LoaderOption,
+    LungConventionOption,
+    LungModelOption,
+    MaskOption,
+    MaxPixelsOption,
+    ProgressOption,
+    RecipesOption,
+    SeedOption,
+    StrictOption,
+    WorkersOption,
+    key_values,
+    plain_options,
+    role_bindings,
+    source_specs,
+)
+
+
+def preprocess(
+    source: Annotated[str, typer.Argument(help="Dataset source name.")],
+    path: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    cache: CacheOption,
+    option: LoaderOption = None,
+    image_size: ImageSizeOption = 256,
+    equalize: EqualizeOption = "global",
+    mask: MaskOption = "segment",
+    blur_radius: Annotated[float, typer.Option(help="Blur of the lung mask, pixels (the paper: 3).")] = 3.0,
+    lung_model: LungModelOption = None,
+    workers: WorkersOption = 2,
+    strict: StrictOption = False,
+    lung_convention: LungConventionOption = None,
+    max_pixels: MaxPixelsOption = 50_000_000,
+) -> None:
+    """Pre-process a dataset into the cache (equalize, segment, blurred mask, [0, 1]); a rerun is free."""
+    from unveil.data.sources import load_source
+    from unveil.preprocess.cache import PreprocessSettings, preprocess_records
+
+    records = load_source(source, path, **plain_options(option)).records
+    settings = PreprocessSettings(size=image_size or 256, equalize=equalize, mask=mask, blur_radius=blur_radius,
+                                  model=str(lung_model) if lung_model else None, convention=lung_convention)
+    report = preprocess_records(records, cache, settings, workers=workers, progress=True, strict=strict,
+                                max_pixels=max_pixels)
+    typer.echo(json.dumps({"manifest": str(report.manifest_path), "counts": report.counts(),
+                           "failed": report.failures}, indent=2))
+
+
+def _train_config(values: dict[str, Any], config_file: Path | None, overrides: list[str] | None):
+    """TrainConfig from a YAML file, then the explicit options, then --set KEY=VALUE overrides."""
+    import yaml
+
+    from unveil.training import TrainConfig
+
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CommandLineError(f"{config_file}: unreadable training configuration ({error})") from None
+        if not isinstance(loaded, dict):
+            raise CommandLineError(f"{config_file}: a training configuration is a mapping of option: value")
+        merged.update(loaded)
+    merged.update({k: v for k, v in values.items() if v is not None})
+    merged.update({key: yaml.safe_load(value) for key, value in key_values(overrides, "--set").items()})
+    return TrainConfig.from_dict(merged)
+
+
+OutOption = Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")]
+ArchOption = Annotated[str | None, typer.Option("--arch", help="resnet18, resnet50, densenet121, conv8 or covidnet.")]
+WidthOption = Annotated[float | None, typer.Option(help="Channel-width multiplier (conv8, covidnet).")]
+EpochsOption = Annotated[int | None, typer.Option(help="Epochs (default 30).")]
+BatchOption = Annotated[int | None, typer.Option(help="Global batch size (default 32).")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any training option KEY=VALUE (repeatable), e.g. --set loss=cross-entropy, "
+                  "--set threshold_rule=fixed --set threshold_value=0.5 (default rule: youden on validation).")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when present.")]
+InitOption = Annotated[Path | None, typer.Option(
+    "--init-weights", help="Local state-dict file for the initial weights: torchvision, or a torchxrayvision "
+                           "DenseNet-121/ResNet-50 (never downloaded).")]
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What `pretrain` and `train` share, resolved from their common options."""
+
+    config: Any  # TrainConfig
+    preprocess: Any  # PreprocessSettings
+    cache: Path | None
+    workers: int
+    progress: bool
+    resume: bool
+    init_weights: Path | None
+
+    def arguments(self) -> dict[str, Any]:
+        return {"config": self.config, "preprocess": self.preprocess, "cache": self.cache, "workers": self.workers,
+                "progress": self.progress, "resume": self.resume, "init_weights": self.init_weights}
+
+
+def _shared_training_options(
+    *, arch: ArchOption = None, width: WidthOption = None, epochs: EpochsOption = None, batch_size: BatchOption = None,
+    learning_rate: LearningRateOption = None, image_size: ImageSizeOption = None, device: DeviceOption = None,
+    config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
+    equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
+    workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
+    progress: ProgressOption = True, seed: SeedOption = 0,
+) -> TrainingRequest:
+    """The options every training command takes (declared once), as one request."""
+    from unveil.preprocess.cache import PreprocessSettings
+
+    settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
+                              "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
+                             config, set_option)
+    return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
+                           cache, workers, progress, resume, init_weights)
+
+
+def training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Decorator: ``command`` declares only its own options and a keyword ``request``; the training options
+    shared by `pretrain` and `train` are added to its signature (what Typer reads) and given to it resolved,
+    as one :class:`TrainingRequest` (mednet's shared option decorators, with Typer's annotations)."""
+    shared = inspect.signature(_shared_training_options, eval_str=True).parameters
+    own = inspect.signature(command, eval_str=True)
+    parameters = [p for name, p in own.parameters.items() if name != "request"] + list(shared.values())
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        request = _shared_training_options(**{name: values.pop(name) for name in shared})
+        command(**values, request=request)
+
+    wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _run_training(action, **kwargs) -> None:
+    from unveil.io.outputs import ensure_writable
+    from unveil.training.loop import world
+
+    ensure_writable(kwargs["out"])  # a read-only run folder: one line before any work, not a traceback
+    result = action(**kwargs)
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return
+    typer.echo(json.dumps({"out": str(result.out), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
+                           "best": {k: v for k, v in result.best_metrics.items() if k.startswith("val_")},
+                           "threshold": result.threshold.as_dict() if result.threshold else None,
+                           "counts": result.counts, "skipped": len(result.skipped),
+                           "seconds": round(result.seconds, 1)}, indent=2))
+
+
+@training_options
+def pretrain_command(
+    data: DataOption,
+    out: OutOption,
+    classes: Annotated[str | None, typer.Option(
+        help="Comma-separated findings to learn (default: chestxray normal,bacterial,viral; rsna normal,pneumonia).")
+    ] = None,
+    option: LoaderOption = None,
+    *, request: TrainingRequest,
+) -> None:
+    """Pre-train an encoder on a pneumonia task, on --data SOURCE:PATH (the paper: ChestXRay 3-class, or
+    RSNA 2-class)."""
+    from unveil.training import pretrain
+
+    _run_training(pretrain, data=source_specs(data, plain_options(option)), out=out,
+                  classes=tuple(c.strip() for c in classes.split(",")) if classes else None, **request.arguments())
+
+
+@training_options
+def train_command(
+    recipe: Annotated[str, typer.Argument(help="Training composition: A, AB, AC, AD, D (or one of --recipes).")],
+    data: DataOption,
+    out: OutOption,
+    encoder: Annotated[Path | None, typer.Option(
+        help="Pre-training bundle (OUT/model of `unveil pretrain`) to start the encoder from; default: scratch.")
+    ] = None,
+    option: LoaderOption = None,
+    recipes: RecipesOption = None,
+    *, request: TrainingRequest,
+) -> None:
+    """Fine-tune a COVID+/COVID- classifier on a composition, its roles bound with --data ROLE=SOURCE:PATH
+    (encoder never frozen)."""
+    from unveil.training import train
+
+    _run_training(train, recipe=recipe, data=role_bindings(data, option, recipes), out=out, encoder=encoder,
+                  recipes=recipes, **request.arguments())
