@@ -174,6 +174,7 @@ def test_too_wide_rule(low, high, chance, expected) -> None:
 def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
     """A result on few test patients is listed under the named rule (and marked in the verdicts); a narrow one
     is not."""
+    from unveil.experiments.config import experiment_path
     from unveil.reports.intervals import RULE
 
     results = tmp_path / "run"
@@ -184,7 +185,9 @@ def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
             rows.loc[index, [metric, f"{metric}_low", f"{metric}_high"]] = value, low, high
     rows.loc[1, "patients"] = 9
     with ResultsStore(results / "results.sqlite") as store:
-        store.set_experiment({"name": "public", "seed": 0, "notes": ["optional role C (rsna) not found: left out"]})
+        store.set_experiment({"name": "public", "seed": 0, "notes": ["optional role C (rsna) not found: left out"],
+                              "recipes": str(experiment_path("public").with_name("public_recipes.yaml"))})
+        store.put_dataset("Q", "covid-qu-ex", "/data/q", _records("covid-qu-ex", 4))
         store.put_cell({"cell_id": "conv8-none-D", "architecture": "conv8", "encoder": "none", "training_set": "D",
                         "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0, "best_epoch": 1,
                         "val_auc": 0.7, "config": {}})
@@ -202,3 +205,4 @@ def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
     assert RULE.replace("'", "&#39;") in html
     assert html.count("too wide to conclude: width 0.450 &gt; 0.20; contains 0.5 (chance)") == 1  # verdict F only
     assert "optional role C (rsna) not found: left out" in html
+    assert "COVID-QU-Ex: adult COVID+ / COVID- pooled" in html  # the experiment's own recipe file describes Q

@@ -49,11 +49,9 @@ def reproduce_command(
     --seed, the experiment file's seed. --data ROLE=SOURCE:PATH (or ROLE=PATH) binds or replaces a role of the
     experiment; a relative PATH is from the current folder."""
     if show:
-        from unveil.experiments import experiment_path
+        from unveil.experiments.config import SHIPPED, experiment_path
 
         path = experiment_path(experiment)
-        from unveil.experiments.config import SHIPPED
-
         require(path.is_file(), f"{experiment}: no such experiment file (shipped: {', '.join(SHIPPED)})")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return

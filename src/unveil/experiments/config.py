@@ -28,8 +28,9 @@ reproduce --data ROLE=SOURCE:PATH``) binds or replaces roles.
 
 A role marked ``optional: true`` whose folder does not exist is left out, and so is everything that
 needs it (compositions, test sets, encoders, audit sets), each named in ``Experiment.notes``; a
-required role's folder must exist. ``audit.external`` names roles whose every labelled image is an
-external audit set (transfer and source verdicts); a cell trained on such a role leaves it out.
+required role's missing folder is refused when the data are read. ``audit.external`` names roles
+whose every labelled image is an external audit set (transfer and source verdicts); a cell trained
+on such a role leaves it out.
 
 Every section is a typed dataclass below (``training`` takes the fields of
 :class:`~unveil.training.config.TrainConfig`, ``audit.thresholds`` those of
