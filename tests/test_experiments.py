@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from unveil.cli import app
 from unveil.evaluation.metrics import METRICS
 from unveil.experiments import ExperimentError, ResultsStore, load_experiment, reproduce
 from unveil.experiments.config import experiment_path
+from unveil.training import DataSpec
 
 TINY = {
     "name": "tiny",
@@ -277,3 +279,121 @@ def test_cli_reproduce_and_results_errors(tmp_path):
         result.output and not (tmp_path / "o").exists()
     result = runner.invoke(app, ["results", str(tmp_path), "--csv", str(tmp_path / "csv")])
     assert result.exit_code == 2 and "no results.sqlite" in result.output
+
+
+def test_public_experiments_load_with_data_paths_from_the_current_folder(tmp_path, monkeypatch):
+    """Shipped files resolve data paths against the current folder; the recipe file ships beside them; the
+    optional roles C and A, absent here, are left out with everything that needs them, each named."""
+    monkeypatch.chdir(tmp_path)
+    public = load_experiment("public")
+    assert public.data["D"].root == str(tmp_path.parent / "shared/data/covid-chestxray")
+    assert public.data["F"].source == "figure1" and set(public.data) == {"D", "B", "Q", "F"}
+    assert public.recipes == experiment_path("public").with_name("public_recipes.yaml")
+    assert public.compositions == ["D", "DB", "Q"] and public.tests == ["D", "DB", "Q", "F"]
+    assert public.encoders == ["none", "B"] and len(public.cells()) == 6
+    assert public.audit.compositions == ["D", "DB", "Q"] and public.audit.external == ["F", "Q"]
+    assert public.recipe_book().recipe("DB").roles == ("D", "B") and public.preprocess.size == 128
+    assert "skipped composition DC: needs C" in public.notes and "skipped encoder C: needs C" in public.notes
+    assert any(n.startswith("optional role A (hospital-csv) not found") for n in public.notes)
+    full = load_experiment("public-full")
+    assert full.train_config("resnet18").image_size == 224 and full.compositions == public.compositions
+
+
+def test_optional_roles_are_kept_when_found_or_bound(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rsna").mkdir()
+    bound = load_experiment("public", data={"C": DataSpec("rsna", "rsna")})
+    assert bound.data["C"] == DataSpec("rsna", "rsna") and "DC" in bound.compositions and "C" in bound.encoders
+    assert "A" not in bound.compositions and not any("role C" in note for note in bound.notes)
+
+
+def test_optional_role_leaving_no_grid_is_an_error(tmp_path):
+    document = {**TINY, "data": {"synthetic": TINY["data"]["synthetic"],
+                                 "E": {"source": "rsna", "path": "nowhere", "optional": True}},
+                "recipes": "recipes.yaml", "grid": {**TINY["grid"], "compositions": ["E"], "tests": ["E"]},
+                "audit": {}}
+    (tmp_path / "recipes.yaml").write_text(yaml.safe_dump({"recipes": {"E": {"bases": ["E"]}}}))
+    with pytest.raises(ExperimentError, match="without the optional role"):
+        load_experiment(write(tmp_path, document))
+
+
+@pytest.mark.parametrize("external, message", [
+    (["Z"], r"audit.external\[0\]: external audit set 'Z' is not a role data binds"),
+    (["A"], r"audit.external\[0\]: role A has loader options"),
+])
+def test_external_audit_roles_are_checked(tmp_path, external, message):
+    document = {**TINY, "data": {**TINY["data"], "A": {"source": "hospital-csv", "path": "a",
+                                                       "options": {"csv": "a.csv"}}},
+                "audit": {**TINY["audit"], "external": external}}
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(write(tmp_path, document))
+
+
+def test_show_copy_of_public_finds_its_shipped_recipes(tmp_path):
+    shown = CliRunner().invoke(app, ["reproduce", "--show", "public"])
+    copy = tmp_path / "my-public.yaml"
+    copy.write_text(shown.stdout, encoding="utf-8")
+    experiment = load_experiment(copy)
+    assert experiment.recipes == experiment_path("public").with_name("public_recipes.yaml")
+    assert experiment.data["D"].root == str(tmp_path.parent / "shared/data/covid-chestxray")  # the copy's folder
+
+
+def test_cli_reproduce_data_binds_and_replaces_roles(tmp_path, monkeypatch):
+    import unveil.experiments
+
+    seen = []
+    monkeypatch.setattr(unveil.experiments, "reproduce",
+                        lambda experiment, out, **kwargs: (seen.append(experiment), out / "results.sqlite")[1])
+    (tmp_path / "rsna").mkdir()
+    result = CliRunner().invoke(app, ["reproduce", "public", "--out", str(tmp_path / "o"), "--no-report",
+                                      "--data", f"C={tmp_path / 'rsna'}", "--data", "Q=covid-qu-ex:/elsewhere/q"])
+    assert result.exit_code == 0, result.output
+    experiment = seen[0]
+    assert experiment.data["C"] == DataSpec("rsna", str(tmp_path / "rsna"))  # ROLE=PATH: the recipes' source
+    assert experiment.data["Q"] == DataSpec("covid-qu-ex", "/elsewhere/q") and "DC" in experiment.compositions
+    bad = CliRunner().invoke(app, ["reproduce", "public", "--out", str(tmp_path / "o"), "--data", "C"])
+    assert bad.exit_code == 2 and "--data expects ROLE=SOURCE:PATH" in bad.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_public_design_runs_on_the_real_samples(tmp_path):
+    """The shipped public design, shrunk (one composition, 32 px, one epoch), on ../shared/data: D trained,
+    tested on D and on Figure 1's test split, audited with Figure 1 whole as an external set; the report
+    says which results are too wide to conclude from (a few dozen test patients)."""
+    from conftest import shared
+
+    document = yaml.safe_load(experiment_path("public").read_text(encoding="utf-8"))
+    document["recipes"] = str(experiment_path("public").with_name("public_recipes.yaml"))
+    for role, entry in document["data"].items():
+        entry["path"] = str(shared(".") / Path(entry["path"]).relative_to("../shared/data"))
+    document |= {"preprocess": {**document["preprocess"], "size": 32}, "training": {"width": 0.25, "epochs": 1},
+                 "pretraining": {}, "evaluation": {"resamples": 50},
+                 "grid": {"encoders": ["none"], "architectures": ["conv8"], "compositions": ["D", "DC"],
+                          "tests": ["D", "F"]},
+                 "audit": {**document["audit"], "compositions": ["D"], "external": ["F"], "resamples": 50,
+                           "saliency_samples": 1}}
+    experiment = load_experiment(write(tmp_path, document))
+    assert experiment.compositions == ["D"] and "skipped composition DC: needs C" in experiment.notes
+    store_path = reproduce(experiment, tmp_path / "out")
+    with ResultsStore(store_path) as store:
+        assert store.evaluated() == {("conv8-none-D", "D"), ("conv8-none-D", "F")}
+        audits = store.table("audits")
+    external = audits[audits["subject"].str.contains("figure1:", regex=False)]
+    assert {"transfer (AUC)", "below chance"} <= set(external["test"])
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Too wide to conclude" in html and "skipped composition DC: needs C" in html
+
+
+def test_external_audit_sets_leave_out_the_roles_a_cell_was_trained_on(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from unveil.experiments.runner import external_sets, plan_cells
+
+    monkeypatch.chdir(tmp_path)
+    experiment = load_experiment("public")
+    run = SimpleNamespace(experiment=experiment, data=experiment.data)
+    by_id = {cell.id: cell for cell in plan_cells(experiment, tmp_path)}
+    figure1, qu_ex = (f"{experiment.data[r].source}:{experiment.data[r].root}" for r in ("F", "Q"))
+    assert external_sets(run, by_id["conv8-B-DB"]) == [figure1, qu_ex]
+    assert external_sets(run, by_id["conv8-none-Q"]) == [figure1]  # Q is its own training data

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import unveil.experiments.cluster as cluster
 from unveil.cli import app
 from unveil.experiments import ExperimentError, ResultsStore, load_experiment, reproduce
-from unveil.experiments.runner import ATTEMPTS_LOG, Cell, CellJob, PretrainJob
+from unveil.experiments.jobs import ATTEMPTS_LOG, Cell, CellJob, PretrainJob
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.training.config import TrainConfig
 

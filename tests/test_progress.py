@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unveil.experiments.runner import _run_jobs
+from unveil.experiments.jobs import _run_jobs
 from unveil.progress import bar, configure_logging, duration, progress_log
 
 

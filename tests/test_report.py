@@ -153,3 +153,56 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     code, dom, console = render_in_chromium(broken, tmp_path / "profile-broken")
     assert code == 0 and 'data-rendered="yes"' in dom
     assert any("Uncaught" in line and "notDefined" in line for line in console), console
+
+
+@pytest.mark.parametrize("low, high, chance, expected", [
+    (0.70, 0.85, True, None),                                        # narrow, above chance: conclusive
+    (0.55, 0.80, True, "width 0.250 > 0.20"),                         # wider than twice the transfer drop
+    (0.45, 0.60, True, "contains 0.5 (chance)"),                     # narrow but cannot be told from chance
+    (0.30, 0.90, True, "width 0.600 > 0.20; contains 0.5 (chance)"),
+    (0.45, 0.60, False, None),                                       # a drop: chance does not apply
+    (0.60, 0.80, True, None),                                        # exactly 0.20 wide: still conclusive
+    (math.nan, 0.9, True, "no interval (too few patients to resample)"),
+    (None, None, True, "no interval (too few patients to resample)"),
+])
+def test_too_wide_rule(low, high, chance, expected) -> None:
+    from unveil.reports.intervals import too_wide
+
+    assert too_wide(low, high, chance=chance) == expected
+
+
+def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
+    """A result on few test patients is listed under the named rule (and marked in the verdicts); a narrow one
+    is not."""
+    from unveil.experiments.config import experiment_path
+    from unveil.reports.intervals import RULE
+
+    results = tmp_path / "run"
+    rows = _rows(0)
+    narrow, wide = {"balanced_accuracy": (0.80, 0.75, 0.85)}, {"balanced_accuracy": (0.62, 0.31, 0.90)}
+    for index, chosen in enumerate((narrow, wide)):
+        for metric, (value, low, high) in chosen.items():
+            rows.loc[index, [metric, f"{metric}_low", f"{metric}_high"]] = value, low, high
+    rows.loc[1, "patients"] = 9
+    with ResultsStore(results / "results.sqlite") as store:
+        store.set_experiment({"name": "public", "seed": 0, "notes": ["optional role C (rsna) not found: left out"],
+                              "recipes": str(experiment_path("public").with_name("public_recipes.yaml"))})
+        store.put_dataset("Q", "covid-qu-ex", "/data/q", _records("covid-qu-ex", 4))
+        store.put_cell({"cell_id": "conv8-none-D", "architecture": "conv8", "encoder": "none", "training_set": "D",
+                        "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0, "best_epoch": 1,
+                        "val_auc": 0.7, "config": {}})
+        store.put_results("conv8-none-D", rows, {"bundle": "b"})
+        store.put_audit("conv8-none-D", [
+            Verdict("transfer", "F", 0.58, 0.35, 0.80, "AUC below 0.5 flags", False, "", measure="ROC AUC (model, "
+                                                                                          "external set)"),
+            Verdict("transfer", "Q", 0.90, 0.85, 0.95, "AUC below 0.5 flags", False, "", measure="ROC AUC (model, "
+                                                                                           "external set)")])
+    html = write_report(results).read_text(encoding="utf-8")
+    listed = html[html.index('<ul class="too-wide">'):]
+    listed = listed[:listed.index("</ul>")]
+    assert "Conv8 / none / D on Test AC: 0.620 [0.310, 0.900]" in listed and "(9 patients)" in listed
+    assert "width 0.590 &gt; 0.20; contains 0.5 (chance)" in listed and "Test AB" not in listed
+    assert RULE.replace("'", "&#39;") in html
+    assert html.count("too wide to conclude: width 0.450 &gt; 0.20; contains 0.5 (chance)") == 1  # verdict F only
+    assert "optional role C (rsna) not found: left out" in html
+    assert "COVID-QU-Ex: adult COVID+ / COVID- pooled" in html  # the experiment's own recipe file describes Q

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from unveil.cli.options import SeedOption, WorkersOption, require
+from unveil.cli.options import DataOption, LoaderOption, SeedOption, WorkersOption, require, role_bindings
 
 
 def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
-               report: bool, cluster: str | None = None) -> None:
+               report: bool, cluster: str | None = None, data: list[str] | None = None,
+               option: list[str] | None = None) -> None:
     import time
 
     from unveil.experiments import load_experiment, reproduce
@@ -23,13 +24,17 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
         progress_log.info("[%6.0f s] %s", time.perf_counter() - started, message)
 
     experiment = load_experiment(experiment_file, seed=seed)
+    if data or option:  # ROLE=PATH: the role's default source in the experiment's recipes
+        experiment = load_experiment(experiment_file, seed=seed,
+                                     data=role_bindings(data, option, experiment.recipes))
     store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say, cluster=cluster)
     say("done")
     typer.echo(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
 
 
 def reproduce_command(
-    experiment: Annotated[str, typer.Argument(help="Experiment YAML file, or a shipped one: demo, paper.")],
+    experiment: Annotated[str, typer.Argument(
+        help="Experiment YAML file, or a shipped one: demo, paper, public, public-full.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
     jobs: Annotated[int | None, typer.Option(
         help="Cells trained in parallel processes, or the workers of --cluster local (default: the file's).")]
@@ -40,20 +45,23 @@ def reproduce_command(
              "a scheduler address (tcp://host:8786); see docs/cluster.md.")] = None,
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
     seed: SeedOption = None,
+    data: DataOption = None,
+    option: LoaderOption = None,
     show: Annotated[bool, typer.Option(
         "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
 ) -> None:
     """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report. Without
-    --seed, the experiment file's seed."""
+    --seed, the experiment file's seed. --data ROLE=SOURCE:PATH (or ROLE=PATH) binds or replaces a role of the
+    experiment; a relative PATH is from the current folder."""
     if show:
-        from unveil.experiments import experiment_path
+        from unveil.experiments.config import SHIPPED, experiment_path
 
         path = experiment_path(experiment)
-        require(path.is_file(), f"{experiment}: no such experiment file (shipped: demo, paper)")
+        require(path.is_file(), f"{experiment}: no such experiment file (shipped: {', '.join(SHIPPED)})")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
     require(out is not None, "reproduce needs --out FOLDER (or --show to print the experiment file)")
-    _reproduce(experiment, out, jobs, workers, seed, report, cluster)
+    _reproduce(experiment, out, jobs, workers, seed, report, cluster, data, option)
 
 
 def demo_command(

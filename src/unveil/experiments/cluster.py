@@ -32,7 +32,7 @@ from typing import Any
 from distributed import Client, WorkerPlugin
 
 from unveil.experiments.config import ExperimentError
-from unveil.experiments.runner import CellJob, Job, PretrainJob, _say, attempt_note, eta_note
+from unveil.experiments.jobs import CellJob, Job, PretrainJob, attempt_note, eta_note, report_step
 from unveil.progress import duration, progress_log
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def open_client(cluster: str, workers: int, progress: Callable[[str], None] | No
             client = stack.enter_context(Client(local))
             # On closing (callbacks run first): idle workers slow to exit (a big interpreter) are killed, quietly.
             stack.callback(nanny.setLevel, logging.ERROR)
-            _say(progress, f"  local Dask cluster: {workers} worker process(es), {threads} torch thread(s) each"
+            report_step(progress, f"  local Dask cluster: {workers} worker process(es), {threads} torch thread(s) each"
                            + (", one GPU resource each" if gpu else ""))
         else:
             try:
@@ -165,7 +165,7 @@ def open_client(cluster: str, workers: int, progress: Callable[[str], None] | No
             threads = None
             known = client.scheduler_info()["workers"].values()
             gpus = sum(1 for w in known if w.get("resources", {}).get(GPU, 0) > 0)
-            _say(progress, f"  Dask scheduler {cluster}: {len(known)} worker(s), {gpus} with a {GPU} resource")
+            report_step(progress, f"  Dask scheduler {cluster}: {len(known)} worker(s), {gpus} with a {GPU} resource")
         client.register_plugin(TorchThreads(threads))
         yield client
 
@@ -196,7 +196,8 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
         return {GPU: 1} if needs_gpu(job.config.device, gpu_workers) else None
 
     if not gpu_workers and any(resources(job) for job in (*pretrainings, *cells)):
-        _say(progress, f"  no worker offers a GPU yet: CUDA tasks wait for workers started with --resources {GPU}=1")
+        report_step(progress, "  no worker offers a GPU yet: CUDA tasks wait for workers started with "
+                              f"--resources {GPU}=1")
     futures: dict[Any, Job] = {}
     by_bundle: dict[str, Any] = {}
     for job in pretrainings:  # first, and first in priority: cells wait for them
@@ -208,7 +209,7 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
         after = by_bundle.get(job.encoder) if job.encoder else None  # None: from scratch, or pre-trained earlier
         futures[client.submit(cell_task, job, after, key=_key("cell", job, job.cell.run_dir),
                               resources=resources(job))] = job
-    _say(progress, f"  {len(pretrainings)} pre-training(s) and {len(cells)} cell(s) submitted")
+    report_step(progress, f"  {len(pretrainings)} pre-training(s) and {len(cells)} cell(s) submitted")
     started, finished = time.perf_counter(), {"encoder": 0, "cell": 0}
     totals = {"encoder": len(pretrainings), "cell": len(cells)}
     try:
@@ -226,7 +227,7 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
             else:
                 on_cell(job, result)
             finished[what] += 1
-            _say(progress, f"  {what} {finished[what]}/{totals[what]} {job.name} done after "
+            report_step(progress, f"  {what} {finished[what]}/{totals[what]} {job.name} done after "
                            f"{duration(time.perf_counter() - started)}{attempt_note(result)}"
                            f"{eta_note(started, finished[what], totals[what])}")
     finally:

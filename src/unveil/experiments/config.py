@@ -21,7 +21,16 @@ evaluation: {resamples: 1000, threshold_rule: bundle}
 audit: {compositions: [AB, AC], test_sets: [AB, AC], mask: segment, thresholds: {occlusion_auc: 0.7}}
 jobs: 1                     # cells trained in parallel processes
 ```
-Relative paths are resolved against the experiment file's folder.
+Relative paths are resolved against the experiment file's folder, except in a shipped experiment
+(``demo``, ``paper``, ``public``, ``public-full``), whose data paths resolve against the current
+directory (its ``recipes:`` file ships beside it). ``load_experiment(..., data=...)`` (``unveil
+reproduce --data ROLE=SOURCE:PATH``) binds or replaces roles.
+
+A role marked ``optional: true`` whose folder does not exist is left out, and so is everything that
+needs it (compositions, test sets, encoders, audit sets), each named in ``Experiment.notes``; a
+required role's missing folder is refused when the data are read. ``audit.external`` names roles
+whose every labelled image is an external audit set (transfer and source verdicts); a cell trained
+on such a role leaves it out.
 
 Every section is a typed dataclass below (``training`` takes the fields of
 :class:`~unveil.training.config.TrainConfig`, ``audit.thresholds`` those of
@@ -33,6 +42,7 @@ such keys are refused with an explanation (the audit's test sets are ``test_sets
 
 from __future__ import annotations
 
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -69,6 +79,7 @@ class DataRole:
     source: str
     path: str
     options: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False  # left out (with a note) when its folder does not exist
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ class AuditSettings:
     resamples: int = 1000
     saliency_samples: int = 2
     thresholds: AuditThresholds = field(default_factory=AuditThresholds)
+    #: roles whose every labelled image is an external audit set (SOURCE:PATH for `audit`), except for a cell
+    #: trained on that role
+    external: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,7 @@ class Experiment:
     recipes: Path | None = None  # custom recipe file; None: the paper's Table 1
     source: Path | None = None
     document: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was left out (optional roles not found) and why
 
     def train_config(self, architecture: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         values = {**self.training, **(overrides or {}), "architecture": architecture, "seed": self.seed,
@@ -178,15 +193,20 @@ class Experiment:
         return list(self.pretraining[label].data or [label])
 
 
-SHIPPED = ("demo", "paper")
+SHIPPED = ("demo", "paper", "public", "public-full")
 
 
 def experiment_path(name: str | Path) -> Path:
-    """A file path, or the name of a shipped experiment (``demo``, ``paper``)."""
+    """A file path, or the name of a shipped experiment (``demo``, ``paper``, ``public``, ``public-full``)."""
     path = Path(name)
     if not path.exists() and str(name) in SHIPPED:
         return Path(__file__).with_name(f"{name}.yaml")
     return path
+
+
+def is_shipped(path: Path) -> bool:
+    """Whether ``path`` is one of the experiment files shipped in the package."""
+    return path.resolve().parent == Path(__file__).resolve().parent and path.stem in SHIPPED
 
 
 def _training(values: dict[str, Any], path: tuple[Any, ...], where: Where) -> dict[str, Any]:
@@ -239,9 +259,11 @@ def _roles_bound(names: list[str], book: RecipeBook, bound: set[str], path: tupl
 
 
 def _data(top: ExperimentFile, where: Where, resolve: Callable[[str], str]
-          ) -> tuple[dict[str, DataSpec], SyntheticData | None, set[str]]:
-    """The ``data`` section: role bindings, an optional synthetic benchmark, and every role bound."""
+          ) -> tuple[dict[str, DataSpec], SyntheticData | None, set[str], set[str]]:
+    """The ``data`` section: role bindings, an optional synthetic benchmark, every role bound, and the
+    optional roles."""
     data: dict[str, DataSpec] = {}
+    optional: set[str] = set()
     synthetic = None
     for role, spec in top.data.items():
         if role == "synthetic":
@@ -249,9 +271,11 @@ def _data(top: ExperimentFile, where: Where, resolve: Callable[[str], str]
         else:
             entry = section(DataRole, spec, ("data", role), where)
             data[role] = DataSpec(entry.source, resolve(entry.path), dict(entry.options))
+            if entry.optional:
+                optional.add(role)
     if synthetic is None and not data:
         raise where.error(("data",), "needs datasets (A, B, C, D) or a synthetic benchmark")
-    return data, synthetic, set(data) | (set(SYNTHETIC_ROLES) if synthetic is not None else set())
+    return data, synthetic, set(data) | (set(SYNTHETIC_ROLES) if synthetic is not None else set()), optional
 
 
 def _preprocess(top: ExperimentFile, where: Where, resolve: Callable[[str], str]) -> PreprocessSettings:
@@ -298,6 +322,15 @@ def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: se
                 raise where.error(("audit", "compositions", index), f"{name} is not a training composition of the "
                                                                     f"grid ({', '.join(top.grid.compositions)})")
     _roles_bound(list(audit.test_sets or []), book, bound, ("audit", "test_sets"), where, "audit test set")
+    for index, role in enumerate(audit.external):
+        if role not in bound or role == "synthetic":
+            raise where.error(("audit", "external", index), f"external audit set {role!r} is not a role data "
+                                                            f"binds (bound: {', '.join(sorted(bound))})")
+        options = top.data.get(role, {}).get("options") if isinstance(top.data.get(role), dict) else None
+        if options:
+            raise where.error(("audit", "external", index), f"role {role} has loader options, but an external "
+                                                            "audit set is read as SOURCE:PATH with the loader's "
+                                                            "defaults")
 
 
 def _check_train_configs(experiment: Experiment, top: ExperimentFile, where: Where) -> None:
@@ -313,19 +346,75 @@ def _check_train_configs(experiment: Experiment, top: ExperimentFile, where: Whe
                 raise where.error(key, str(error)) from None
 
 
-def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
-    """Read and check an experiment file (or a shipped one by name); ``seed`` overrides the file's."""
+def _leave_out_missing(experiment: Experiment, optional: set[str], book: RecipeBook) -> None:
+    """Drop the optional roles whose folder does not exist, and everything that needs them (each named in
+    ``experiment.notes``); refuse a grid left with no composition or no test set."""
+    missing = sorted(role for role in optional if role in experiment.data and
+                     not Path(experiment.data[role].root).exists())
+    if not missing:
+        return
+    gone = set(missing)
+
+    def needs(name: str) -> bool:
+        return bool(gone & set(book.recipe(name).roles))
+
+    for role in missing:
+        spec = experiment.data.pop(role)
+        experiment.notes.append(f"optional role {role} ({spec.source}) not found at {spec.root}: left out "
+                                f"(bind it with --data {role}={spec.source}:PATH)")
+    left = {"composition": {c: book.recipe(c).roles for c in experiment.compositions if needs(c)},
+            "test set": {t: book.recipe(t).roles for t in experiment.tests if needs(t)},
+            "encoder": {e: experiment.pretraining_roles(e) for e in experiment.encoders
+                        if e != "none" and gone & set(experiment.pretraining_roles(e))}}
+    for what, names in left.items():
+        for name, roles in names.items():
+            experiment.notes.append(f"skipped {what} {name}: needs {', '.join(r for r in roles if r in gone)}")
+    experiment.compositions = [c for c in experiment.compositions if not needs(c)]
+    experiment.tests = [t for t in experiment.tests if not needs(t)]
+    experiment.encoders = [e for e in experiment.encoders if e not in left["encoder"]]
+    audit = experiment.audit
+    experiment.audit = replace(
+        audit, compositions=audit.compositions if audit.compositions == "all" else
+        [c for c in audit.compositions if c in experiment.compositions],
+        test_sets=None if audit.test_sets is None else [t for t in audit.test_sets if not needs(t)],
+        external=[r for r in audit.external if r not in gone])
+    if not experiment.compositions or not experiment.tests:
+        raise ExperimentError(f"{experiment.source}: without the optional role(s) {', '.join(missing)} the grid "
+                              "has no composition or no test set left")
+
+
+def recipes_path(text: str, folder: Path) -> Path:
+    """The ``recipes:`` file, relative to the experiment's folder; a bare name of a recipe file shipped with the
+    experiments (``public_recipes.yaml``) that is not there names the shipped one, so a ``--show`` copy runs."""
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else folder / path
+    if not path.exists() and Path(text).name == text and text.endswith("_recipes.yaml") and \
+            Path(__file__).with_name(text).is_file():
+        return Path(__file__).with_name(text)
+    return path
+
+
+def load_experiment(path: str | Path, *, seed: int | None = None,
+                    data: dict[str, DataSpec] | None = None) -> Experiment:
+    """Read and check an experiment file (or a shipped one by name); ``seed`` overrides the file's, ``data``
+    binds or replaces roles (``--data``). Relative data paths resolve against the file's folder, or against the
+    current directory for a shipped experiment."""
     path = experiment_path(path)
     document, where = _read(path)
     top = section(ExperimentFile, document, (), where)
+    data_base = Path.cwd() if is_shipped(path) else path.parent
 
-    def resolve(text: str) -> str:
+    def resolve(text: str, base: Path = data_base) -> str:
         root = Path(text).expanduser()
-        return str(root if root.is_absolute() else path.parent / root)
+        return os.path.normpath(root if root.is_absolute() else base / root)  # no "x/../" in names and logs
 
-    data, synthetic, bound = _data(top, where, resolve)
+    bindings, synthetic, bound, optional = _data(top, where, resolve)
+    for role, spec in (data or {}).items():
+        bindings[role] = spec
+        optional.discard(role)
+    bound |= set(data or {})
     preprocess = _preprocess(top, where, resolve)
-    recipes = Path(resolve(top.recipes)) if top.recipes is not None else None
+    recipes = recipes_path(top.recipes, path.parent) if top.recipes is not None else None
     try:
         book = load_recipes(recipes)
     except RecipeError as error:
@@ -336,9 +425,10 @@ def load_experiment(path: str | Path, *, seed: int | None = None) -> Experiment:
     _check_evaluation_and_audit(top, book, bound, where)
     grid = top.grid
     experiment = Experiment(
-        name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=data, synthetic=synthetic,
+        name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=bindings, synthetic=synthetic,
         preprocess=preprocess, training=training, pretraining=dict(top.pretraining), encoders=list(grid.encoders),
         architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
         evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
     _check_train_configs(experiment, top, where)
+    _leave_out_missing(experiment, optional, book)
     return experiment

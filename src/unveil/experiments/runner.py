@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,25 +32,22 @@ from unveil.evaluation.evaluate import evaluate_models
 from unveil.evaluation.outputs import write_evaluation_outputs
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import write_tables
+from unveil.experiments.cluster import LOCAL, check_cluster, open_client, run_grid
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
-from unveil.preprocess.cache import PreprocessSettings
-from unveil.progress import duration, progress_log
+from unveil.experiments.jobs import (
+    Cell,
+    CellJob,
+    PretrainJob,
+    _run_jobs,
+    cell_id,
+    report_step,
+)
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.reports import write_report
 from unveil.synth.config import load_config
 from unveil.synth.generate import dataset_roots, generate
-from unveil.training import pretrain, train
-from unveil.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-def _say(progress: Callable[[str], None] | None, message: str) -> None:
-    """A step line: through ``progress`` when given (the CLI adds the elapsed time), else ``unveil.progress``."""
-    if progress is not None:
-        progress(message)
-    else:
-        progress_log.info("%s", message)
-
 
 def resolve_data(experiment: Experiment, out: Path, workers: int,
                  progress: Callable[[str], None] | None = None) -> dict[str, DataSpec]:
@@ -71,168 +66,12 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
     current = json.loads(meta.read_text()) if meta.is_file() else {}
     if not meta.is_file() or {k: current.get(k) for k in wanted} != wanted or \
             current.get("config", {}).get("name") != config.name:
-        _say(progress, f"generating the synthetic '{config.name}' benchmark (scale {scale}, "
+        report_step(progress, f"generating the synthetic '{config.name}' benchmark (scale {scale}, "
                        f"{config.image_size} px) in {folder}")
         generate(config, folder, seed=experiment.seed, scale=scale, workers=workers, overwrite=True)
     roots = dataset_roots(folder)
     data.update({role: DataSpec(roots[role][0], str(roots[role][1])) for role in SYNTHETIC_ROLES if role in roots})
     return data
-
-
-def cell_id(architecture: str, encoder: str, composition: str) -> str:
-    return f"{architecture}-{encoder}-{composition}"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell: an architecture, an encoder (``none``: from scratch) and a training composition."""
-
-    architecture: str
-    encoder: str
-    composition: str
-    run_dir: Path
-
-    @property
-    def id(self) -> str:
-        return cell_id(self.architecture, self.encoder, self.composition)
-
-    @property
-    def bundle(self) -> Path:
-        return self.run_dir / "model"
-
-
-@dataclass(frozen=True)
-class PretrainJob:
-    """One encoder to pre-train (picklable: it may run in another process)."""
-
-    name: str
-    data: list[DataSpec]
-    run_dir: Path
-    config: TrainConfig
-    preprocess: PreprocessSettings
-    cache: Path
-    classes: tuple[str, ...] | None
-    workers: int
-    progress: bool
-
-    def run(self) -> dict[str, Any]:
-        attempt = _begin_attempt(self.run_dir)
-        result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
-                          classes=self.classes, workers=self.workers, progress=self.progress)
-        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch, **attempt}
-
-
-@dataclass(frozen=True)
-class CellJob:
-    """One grid cell to train (picklable: it may run in another process)."""
-
-    cell: Cell
-    bindings: dict[str, DataSpec]
-    config: TrainConfig
-    preprocess: PreprocessSettings
-    cache: Path
-    encoder: str | None  # the pre-trained encoder's bundle; None: from scratch
-    workers: int
-    recipes: Path | None
-    progress: bool
-
-    @property
-    def name(self) -> str:
-        return self.cell.id
-
-    def run(self) -> dict[str, Any]:
-        attempt = _begin_attempt(self.cell.run_dir)
-        result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
-                       preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
-                       recipes=self.recipes, progress=self.progress)
-        return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
-                "val_auc": result.best_metrics.get("val_auc"), **attempt}
-
-
-Job = PretrainJob | CellJob
-
-
-def attempt_note(result: dict[str, Any]) -> str:
-    """`` (attempt 2, resumed after epoch 3)`` for a job that did not finish in its first process, else ``""``."""
-    if result.get("attempt", 1) <= 1:
-        return ""
-    resumed = result.get("resumed_after_epoch", 0)
-    return f" (attempt {result['attempt']}, " + (f"resumed after epoch {resumed})" if resumed else "from scratch)")
-
-
-ATTEMPTS_LOG = "attempts.jsonl"  # in each run folder: one line per process that started or resumed the run
-
-
-def _begin_attempt(run_dir: Path) -> dict[str, Any]:
-    """Note in RUN_DIR/attempts.jsonl that a process starts (or restarts) this run: its number, host, pid and the
-    epoch its checkpoint already holds (0: from scratch). A cell whose worker was lost shows a second attempt
-    that resumed; the driver says so."""
-    import socket
-
-    import torch
-
-    checkpoint = run_dir / "checkpoint.pt"
-    resumed = 0
-    if checkpoint.is_file():
-        try:  # memory-mapped: only the epoch is read; train() itself checks the checkpoint
-            resumed = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-        except Exception:  # unreadable: train() raises CheckpointError naming it
-            resumed = 0
-    log_path = run_dir / ATTEMPTS_LOG
-    earlier = log_path.read_text(encoding="utf-8") if log_path.is_file() else ""
-    attempt = {"attempt": earlier.count("\n") + 1, "host": socket.gethostname(), "pid": os.getpid(),
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_after_epoch": resumed}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(log_path, earlier + json.dumps(attempt) + "\n")
-    return {"attempt": attempt["attempt"], "resumed_after_epoch": resumed}
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_job(job: Job) -> dict[str, Any]:
-    return job.run()
-
-
-def eta_note(started: float, finished: int, total: int) -> str:
-    """``; ETA 3.8 min for the 5 left`` (mean time per finished job since ``started``), or ``""``."""
-    if not finished or finished >= total:
-        return ""
-    left = (time.perf_counter() - started) / finished * (total - finished)
-    return f"; ETA {duration(left)} for the {total - finished} left"
-
-
-def _run_jobs(jobs: Sequence[Job], parallel: int, progress: Callable[[str], None] | None,
-              on_done: Callable[[Any, dict[str, Any]], None], what: str = "cell") -> None:
-    """Run every job, in ``parallel`` processes when > 1; ``on_done`` records each result as soon as it exists,
-    so a run killed later keeps what is finished. One line per job (``cell 3/8 conv8-B-AB``) with the time it
-    took and an ETA for the rest (mean time per finished job)."""
-    started, total = time.perf_counter(), len(jobs)
-
-    def eta(finished: int) -> str:
-        return eta_note(started, finished, total)
-
-    if parallel <= 1 or len(jobs) <= 1:
-        for index, job in enumerate(jobs):
-            _say(progress, f"  {what} {index + 1}/{total} {job.name} ...")
-            job_started = time.perf_counter()
-            result = job.run()
-            on_done(job, result)
-            _say(progress, f"  {what} {index + 1}/{total} {job.name} done in "
-                           f"{duration(time.perf_counter() - job_started)}{attempt_note(result)}{eta(index + 1)}")
-        return
-    threads = max(1, (os.cpu_count() or 2) // parallel)
-    _say(progress, f"  {total} {what}s, {parallel} at a time: {', '.join(job.name for job in jobs)}")
-    with ProcessPoolExecutor(max_workers=parallel, initializer=_set_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_job, job): job for job in jobs}
-        for finished, future in enumerate(as_completed(futures), start=1):
-            result = future.result()
-            on_done(futures[future], result)
-            _say(progress, f"  {what} {finished}/{total} {futures[future].name} done after "
-                           f"{duration(time.perf_counter() - started)}{attempt_note(result)}{eta(finished)}")
 
 
 @dataclass
@@ -258,7 +97,7 @@ class _Run:
         return self.parallel <= 1 and self.cluster is None
 
     def say(self, message: str) -> None:
-        _say(self.progress, message)
+        report_step(self.progress, message)
 
 
 def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
@@ -269,6 +108,8 @@ def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
 def load_data(run: _Run) -> None:
     """Step 1: bind every role the grid needs (generating a synthetic benchmark if asked) and store the datasets."""
     experiment = run.experiment
+    for note in experiment.notes:
+        run.say(f"  note: {note}")
     run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
     needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
@@ -346,8 +187,6 @@ def train_on_cluster(run: _Run, cells: list[Cell], connect: Callable[[], Any]) -
     """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`): a cell that needs an encoder
     depends on its pre-training task; the driver records each result as it arrives. ``connect()`` gives the
     client, only when there is something to run (a finished grid starts no local cluster)."""
-    from unveil.experiments.cluster import run_grid
-
     encoders, pretrainings = plan_pretraining(run)
     cell_jobs = plan_cell_jobs(run, cells, encoders)
     if pretrainings or cell_jobs:
@@ -383,6 +222,13 @@ def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
         run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
 
 
+def external_sets(run: _Run, cell: Cell) -> list[str]:
+    """The audit's external roles as whole datasets (SOURCE:PATH), less the roles ``cell`` was trained on."""
+    trained_on = set(run.experiment.recipe_book().recipe(cell.composition).roles)
+    return [f"{run.data[role].source}:{run.data[role].root}" for role in run.experiment.audit.external
+            if role in run.data and role not in trained_on]
+
+
 def audit_cells(run: _Run, cells: list[Cell]) -> None:
     """Step 5: audit the cells of the audited compositions (skipping those already audited)."""
 
@@ -393,7 +239,7 @@ def audit_cells(run: _Run, cells: list[Cell]) -> None:
         folder = run.out / "audit" / cell.id
         if (folder / "audit.json").is_file():
             continue
-        test_sets = list(options.test_sets or [cell.composition])
+        test_sets = list(options.test_sets or [cell.composition]) + external_sets(run, cell)
         run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
         result = audit(cell.bundle, test_sets, folder, data=run.data, mask=options.mask, cache=run.cache,
                        thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
@@ -438,22 +284,20 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
 
         def connect() -> Any:
             """The cluster's client, opened once (and closed with ``on_cluster``)."""
-            from unveil.experiments.cluster import open_client
-
             if not clients:
                 clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
             return clients[0]
 
         if cluster is not None:  # first: a wrong value or address fails before any work
-            from unveil.experiments.cluster import LOCAL, check_cluster
-
             if check_cluster(cluster) != LOCAL:
                 connect()
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
         store = stack.enter_context(ResultsStore(out / "results.sqlite"))
         store.set_experiment({"name": experiment.name, "seed": experiment.seed, "source": str(experiment.source),
-                              "versions": environment_versions(), "document": experiment.document})
+                              "versions": environment_versions(), "document": experiment.document,
+                              "notes": experiment.notes,
+                              "recipes": str(experiment.recipes) if experiment.recipes else ""})
         run = _Run(experiment, out, store, parallel, workers, progress, cluster)
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
@@ -475,7 +319,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         write_summary(run, started)
     if report:
         path = write_report(out)
-        _say(progress, f"  report: {path}")
+        report_step(progress, f"  report: {path}")
     return out / "results.sqlite"
 
 

@@ -31,6 +31,7 @@ from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
+from unveil.reports.intervals import RULE, too_wide
 
 MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
               ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -131,6 +132,7 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
     matrix = wide.pivot_table(index="model", columns="test_set", values="balanced_accuracy", aggfunc="first",
                               dropna=False).reindex(index=order, columns=tests)
     identity = wide.drop_duplicates("model").set_index("model")
+    wide_open = {(r["model"], r["test_set"]) for r in _inconclusive(wide)}
     labels = [_cell_label(*identity.loc[m, ["architecture", "encoder", "training_set"]]) for m in order]
 
     cmap = colormaps["RdYlGn"].with_extremes(bad="#e4e4e4")
@@ -147,7 +149,9 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
                 continue
             red, green, blue, _ = cmap(norm(value))
             dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            mark = "?" if (model, test) in wide_open else ""  # too wide to conclude (reports.intervals)
+            axis.text(j, i, f"{value:.2f}{mark}", ha="center", va="center", fontsize=8,
+                      color="white" if dark else "black")
             if str(identity.loc[model, "training_set"]) == str(test):  # tested on its own composition
                 # inset, so that neighbouring cells do not look outlined too
                 axis.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="black", linewidth=2))
@@ -160,6 +164,34 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _inconclusive(wide: pd.DataFrame, metric: str = "balanced_accuracy") -> list[dict[str, Any]]:
+    """(model, test set) results whose ``metric`` interval is too wide to conclude from (reports.intervals)."""
+    if wide.empty or metric not in wide:
+        return []
+    found = []
+    for _, row in wide.sort_values(["model", "test_set"]).iterrows():
+        why = too_wide(row.get(f"{metric}_low"), row.get(f"{metric}_high"))
+        if why is not None:
+            found.append({"model": row["model"], "test_set": row["test_set"],
+                          "label": _cell_label(row["architecture"], row["encoder"], row["training_set"]),
+                          "value": _interval(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high")),
+                          "patients": int(row["patients"]) if "patients" in row and not _missing(row["patients"])
+                          else None, "why": why})
+    return found
+
+
+def _verdict_interval(measure: str, low: Any, high: Any) -> str:
+    """The too-wide note of an audit verdict: AUC and balanced accuracy against chance and the width, a drop
+    against the width only; counts and ratios have none."""
+    if measure.startswith(("ROC AUC", "balanced accuracy")):
+        why = too_wide(low, high)
+    elif " drop " in f" {measure} ":
+        why = too_wide(low, high, chance=False)
+    else:
+        return ""
+    return f"too wide to conclude: {why}" if why else ""
+
+
 def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
     text = format_value(None if _missing(value) else float(value), digits)
     if _missing(low) and _missing(high):
@@ -168,10 +200,11 @@ def _interval(value: Any, low: Any, high: Any, digits: int = 3) -> str:
     return f"{text} [{bounds[0]}, {bounds[1]}]"
 
 
-def _recipes() -> Any:
-    """The shipped composition recipes, or None (descriptions are a courtesy, never a reason to fail)."""
+def _recipes(experiment: dict[str, Any]) -> Any:
+    """The experiment's composition recipes (its ``recipes:`` file, else the paper's Table 1), or None
+    (descriptions are a courtesy, never a reason to fail)."""
     try:
-        return load_recipes()
+        return load_recipes(experiment.get("recipes") or None)  # the path `reproduce` recorded, if any
     except Exception:  # any failure only drops the descriptions
         return None
 
@@ -229,6 +262,7 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
             measure = v["measure"] if "measure" in v and not _missing(v["measure"]) else ""
             verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged), "measure": measure,
                              "value": _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
+                             "interval": _verdict_interval(str(measure), v["low"], v["high"]),
                              "flag": "—" if flagged is None else "yes" if flagged else "no",
                              "suggests": v["suggests"] or ""})
         sections.append({"cell_id": cell_id, "label": labels.get(cell_id, cell_id), "verdicts": verdicts,
@@ -248,7 +282,7 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
     cells = _ordered_cells(store.table("cells"))
     files = store.table("files")
     wide = store.wide_results()
-    recipes = _recipes()
+    recipes = _recipes(experiment)
 
     tables = []
     if not wide.empty:
@@ -267,6 +301,8 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
         "results_dir": str(results_dir), "n_cells": len(cells),
         "n_tests": int(wide["test_set"].nunique()) if not wide.empty else 0,
         "summary": _html_table(summary_table(wide), "summary") if not wide.empty else None,
+        "inconclusive": _inconclusive(wide), "interval_rule": RULE,
+        "notes": _loads(experiment.get("notes", "[]")) or [],
         "heatmap": _heatmap(wide, cells), "tables": tables, "roc": roc,
         "audits": _audits(store, cells, files, results_dir),
         "datasets": _datasets(store, recipes), "cells": _cells(cells, recipes),
