@@ -47,15 +47,23 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from unveil.audit.run import MASK_SOURCES, AuditThresholds
+from unveil.audit.run import MASK_SOURCES
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
 from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
 from unveil.experiments.schema import Where, check_keys, choice, section, typed
+from unveil.experiments.sections import (
+    AuditSettings,
+    DataRole,
+    EvaluationSettings,
+    ExperimentFile,
+    PretrainingRun,
+    SyntheticData,
+)
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
@@ -70,87 +78,6 @@ COMPUTED_PREPROCESS = ("model_sha256",)
 
 class ExperimentError(UnveilError, ValueError):
     """An invalid experiment file (the message names the file, the line and the key)."""
-
-
-@dataclass(frozen=True)
-class DataRole:
-    """One role's dataset: a loader (``unveil data check`` names them), its root and loader options."""
-
-    source: str
-    path: str
-    options: dict[str, Any] = field(default_factory=dict)
-    optional: bool = False  # left out (with a note) when its folder does not exist
-
-
-@dataclass(frozen=True)
-class SyntheticData:
-    """A synthetic benchmark generated into OUT/data, binding roles A, B, C and D."""
-
-    preset: str = "paper"
-    scale: float = 1.0
-    image_size: int | None = None  # None: the preset's
-
-
-@dataclass(frozen=True)
-class PretrainingRun:
-    """One pre-trained encoder: the roles it learns from (default: its label) and TrainConfig overrides."""
-
-    data: list[str] | None = None
-    training: dict[str, Any] = field(default_factory=dict)
-    classes: list[str] | None = None  # None: the source's default classes
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The training cells (architecture x encoder x composition) and the test sets every cell meets."""
-
-    architectures: list[str]
-    compositions: list[str]
-    tests: list[str]
-    encoders: list[str] = field(default_factory=lambda: ["none"])
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """How every cell is scored on every test set (``unveil evaluate``'s options)."""
-
-    resamples: int = 2000
-    threshold_rule: str = "bundle"
-    threshold: float = 0.5
-    target_sensitivity: float = 0.9
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """Which cells are audited (by training composition, or ``all``) and on which test sets."""
-
-    compositions: list[str] | Literal["all"] = field(default_factory=list)
-    test_sets: list[str] | None = None  # None: each cell's own training composition
-    mask: str = "segment"
-    resamples: int = 1000
-    saliency_samples: int = 2
-    thresholds: AuditThresholds = field(default_factory=AuditThresholds)
-    #: roles whose every labelled image is an external audit set (SOURCE:PATH for `audit`), except for a cell
-    #: trained on that role
-    external: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ExperimentFile:
-    """The top level of an experiment file."""
-
-    data: dict[str, Any]
-    grid: Grid
-    name: str | None = None
-    description: str = ""
-    seed: int = 0
-    recipes: str | None = None
-    preprocess: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    pretraining: dict[str, PretrainingRun] = field(default_factory=dict)
-    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
-    audit: AuditSettings = field(default_factory=AuditSettings)
-    jobs: int = 1
 
 
 @dataclass
