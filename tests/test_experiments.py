@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -397,3 +398,34 @@ def test_external_audit_sets_leave_out_the_roles_a_cell_was_trained_on(tmp_path,
     figure1, qu_ex = (f"{experiment.data[r].source}:{experiment.data[r].root}" for r in ("F", "Q"))
     assert external_sets(run, by_id["conv8-B-DB"]) == [figure1, qu_ex]
     assert external_sets(run, by_id["conv8-none-Q"]) == [figure1]  # Q is its own training data
+
+
+def test_an_encoder_from_a_weights_file_is_pretrained_from_it_or_used_as_it_is(tmp_path):
+    """`pretraining: X: {init_weights: FILE}` pre-trains starting from FILE; with `data: []` the cells start
+    from FILE directly (e.g. a torchxrayvision encoder against the paper's pneumonia pre-training)."""
+    from types import SimpleNamespace
+
+    from unveil.experiments.runner import plan_cell_jobs, plan_cells, plan_pretraining
+    from unveil.models import build_model
+
+    torch.save(build_model("conv8", num_classes=2, width=0.25).state_dict(), tmp_path / "weights.pt")
+    document = {**TINY, "pretraining": {"B": {"data": ["B"], "init_weights": "weights.pt"},
+                                        "X": {"data": [], "init_weights": "weights.pt"}},
+                "grid": {**TINY["grid"], "encoders": ["none", "B", "X"]}}
+    experiment = load_experiment(write(tmp_path, document))
+    assert experiment.pretraining["X"].init_weights == str(tmp_path / "weights.pt")  # resolved like every path
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        run = SimpleNamespace(experiment=experiment, out=tmp_path, data={"A": None, "B": None}, cache=tmp_path / "c",
+                              workers=1, bars=False, store=store)
+        encoders, pending = plan_pretraining(run)
+        assert [job.name for job in pending] == ["B-conv8"] and pending[0].init_weights.endswith("weights.pt")
+        jobs = {job.name: job for job in plan_cell_jobs(run, plan_cells(experiment, tmp_path), encoders)}
+    assert jobs["conv8-X-AB"].encoder is None and jobs["conv8-X-AB"].init_weights.endswith("weights.pt")
+    assert jobs["conv8-B-AB"].encoder.endswith("B-conv8/model") and jobs["conv8-B-AB"].init_weights is None
+    assert jobs["conv8-none-AB"].encoder is None and jobs["conv8-none-AB"].init_weights is None
+    missing = {**document, "pretraining": {**document["pretraining"], "X": {"data": [], "init_weights": "nope.pt"}}}
+    with pytest.raises(ExperimentError, match=r"pretraining.X.init_weights: no such weights file: .*nope.pt"):
+        load_experiment(write(tmp_path, missing, "missing.yaml"))
+    empty = {**document, "pretraining": {**document["pretraining"], "X": {"data": []}}}
+    with pytest.raises(ExperimentError, match="pretraining.X.data: no data to pre-train on and no init_weights"):
+        load_experiment(write(tmp_path, empty, "empty.yaml"))

@@ -117,7 +117,9 @@ class Experiment:
         return load_recipes(self.recipes)
 
     def pretraining_roles(self, label: str) -> list[str]:
-        return list(self.pretraining[label].data or [label])
+        """The roles encoder ``label`` is pre-trained on: its ``data`` (``[]``: none, it is a weights file)."""
+        data = self.pretraining[label].data
+        return [label] if data is None else list(data)
 
 
 SHIPPED = ("demo", "paper", "public", "public-full")
@@ -226,13 +228,29 @@ def _check_grid(top: ExperimentFile, book: RecipeBook, bound: set[str], where: W
 
 def _check_pretraining(top: ExperimentFile, bound: set[str], where: Where) -> None:
     for label, run in top.pretraining.items():
-        roles = run.data or [label]
+        roles = [label] if run.data is None else run.data
+        if not roles and run.init_weights is None:
+            raise where.error(("pretraining", label, "data"), "no data to pre-train on and no init_weights to start "
+                                                              "from: give one of them")
         for index, role in enumerate(roles):
             if role not in bound:
                 key = ("pretraining", label, "data", index) if run.data else ("pretraining", label)
                 raise where.error(key, f"pre-training on role {role}, which data does not bind "
                                        f"(bound: {', '.join(sorted(bound))})")
         _training(run.training, ("pretraining", label, "training"), where)
+
+
+def _weights_resolved(top: ExperimentFile, where: Where, resolve: Callable[[str], str]) -> dict[str, PretrainingRun]:
+    """The pre-training entries with their ``init_weights`` resolved like every path, and checked to exist."""
+    runs = {}
+    for label, run in top.pretraining.items():
+        if run.init_weights is not None:
+            weights = resolve(run.init_weights)
+            if not Path(weights).is_file():
+                raise where.error(("pretraining", label, "init_weights"), f"no such weights file: {weights}")
+            run = replace(run, init_weights=weights)
+        runs[label] = run
+    return runs
 
 
 def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: set[str], where: Where) -> None:
@@ -353,7 +371,8 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
     grid = top.grid
     experiment = Experiment(
         name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=bindings, synthetic=synthetic,
-        preprocess=preprocess, training=training, pretraining=dict(top.pretraining), encoders=list(grid.encoders),
+        preprocess=preprocess, training=training, pretraining=_weights_resolved(top, where, resolve),
+        encoders=list(grid.encoders),
         architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
         evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
     _check_train_configs(experiment, top, where)

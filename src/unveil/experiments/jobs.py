@@ -66,11 +66,13 @@ class PretrainJob:
     classes: tuple[str, ...] | None
     workers: int
     progress: bool
+    init_weights: str | None = None  # a weights file the encoder starts from (torchvision / torchxrayvision)
 
     def run(self) -> dict[str, Any]:
         attempt = _begin_attempt(self.run_dir)
         result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
-                          classes=self.classes, workers=self.workers, progress=self.progress)
+                          classes=self.classes, workers=self.workers, progress=self.progress,
+                          init_weights=self.init_weights)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch, **attempt}
 
 
@@ -87,6 +89,7 @@ class CellJob:
     workers: int
     recipes: Path | None
     progress: bool
+    init_weights: str | None = None  # an encoder used as it is, from a weights file (no pre-training run)
 
     @property
     def name(self) -> str:
@@ -96,7 +99,7 @@ class CellJob:
         attempt = _begin_attempt(self.cell.run_dir)
         result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
                        preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
-                       recipes=self.recipes, progress=self.progress)
+                       recipes=self.recipes, progress=self.progress, init_weights=self.init_weights)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
                 "val_auc": result.best_metrics.get("val_auc"), **attempt}
 

@@ -132,6 +132,8 @@ def plan_pretraining(run: _Run) -> tuple[dict[tuple[str, str], str], list[Pretra
     pending = []
     for label in (e for e in experiment.encoders if e != "none"):
         spec = experiment.pretraining[label]
+        if not experiment.pretraining_roles(label):
+            continue  # a weights file used as it is: the cells start from it (plan_cell_jobs)
         for architecture in experiment.architectures:
             run_dir = run.out / "pretrain" / f"{label}-{architecture}"
             encoders[(label, architecture)] = str(run_dir / "model")
@@ -140,7 +142,7 @@ def plan_pretraining(run: _Run) -> tuple[dict[tuple[str, str], str], list[Pretra
             pending.append(PretrainJob(
                 f"{label}-{architecture}", [run.data[role] for role in experiment.pretraining_roles(label)], run_dir,
                 experiment.train_config(architecture, spec.training), experiment.preprocess, run.cache,
-                tuple(spec.classes) if spec.classes else None, run.workers, run.bars))
+                tuple(spec.classes) if spec.classes else None, run.workers, run.bars, spec.init_weights))
     return encoders, pending
 
 
@@ -162,9 +164,16 @@ def plan_cell_jobs(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str],
     experiment = run.experiment
     recipes = experiment.recipe_book()
     done = run.store.done_cells()
+
+    def weights_file(encoder: str) -> str | None:  # an encoder with no pre-training run starts from its file
+        if encoder == "none" or experiment.pretraining_roles(encoder):
+            return None
+        return experiment.pretraining[encoder].init_weights
+
     return [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
                     experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
-                    encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars)
+                    encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars,
+                    weights_file(cell.encoder))
             for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
 
 

@@ -31,11 +31,14 @@ class SyntheticData:
 
 @dataclass(frozen=True)
 class PretrainingRun:
-    """One pre-trained encoder: the roles it learns from (default: its label) and TrainConfig overrides."""
+    """One pre-trained encoder: the roles it learns from (default: its label) and TrainConfig overrides.
+    ``init_weights``: a local weights file the encoder starts from (a torchvision or torchxrayvision state dict;
+    never downloaded); with ``data: []`` the cells start from that file directly, with no pre-training run."""
 
     data: list[str] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     classes: list[str] | None = None  # None: the source's default classes
+    init_weights: str | None = None
 
 
 @dataclass(frozen=True)
