@@ -163,6 +163,7 @@ def _run_training(action, **kwargs) -> None:
     typer.echo(json.dumps({"out": str(result.out), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
                            "best": {k: v for k, v in result.best_metrics.items() if k.startswith("val_")},
                            "threshold": result.threshold.as_dict() if result.threshold else None,
+                           "collapse": result.collapse.as_dict() if result.collapse else None,
                            "counts": result.counts, "skipped": len(result.skipped),
                            "seconds": round(result.seconds, 1)}, indent=2))
 

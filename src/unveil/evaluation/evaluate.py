@@ -329,6 +329,8 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
         bundle = load_bundle(model_path)
         identity = {**model_identity(bundle), "model": names[str(model_path)]}
         chosen = resolve_threshold(bundle, threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
+        if bundle.collapse_reason:  # still evaluated (its AUC is evidence), but every row says it
+            log.warning("%s: %s", identity["model"], bundle.collapse_reason)
         model_cache = cache or training_cache(bundle)
         for name in test_sets:
             test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
@@ -346,7 +348,8 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
                          "rebound": ",".join(test_set.origin.get("rebound", [])),
                          "skipped_images": len(missed), "overlap_patients": overlap,
                          "near_duplicates_of_training": len(copies),
-                         "near_duplicates_excluded": len(copies) if duplicates == "exclude" else 0, **result.as_row(),
+                         "near_duplicates_excluded": len(copies) if duplicates == "exclude" else 0,
+                         "model_collapsed": bundle.collapse_reason, **result.as_row(),
                          **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed})
             decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
                                 bundle.classes[1 - bundle.positive_index])

@@ -5,7 +5,9 @@ equalization, lung segmentation with the shipped or given lung model, blurred ma
 scored, and checked: a lung mask whose area or shape is implausible, or encoder features far from
 every training source (out of distribution), is ``rejected``: its probability is recorded but it gets
 no decision, with the reason in ``warnings`` (``decide_anyway`` decides it anyway, status ``flagged``).
-Files stream through in batches, so memory stays flat for folders of thousands; unreadable files are
+A bundle recorded as collapsed at training (validation probabilities of negligible spread,
+:mod:`unveil.training.collapse`) gives no image a decision, for the same reason. Files stream through
+in batches, so memory stays flat for folders of thousands; unreadable files are
 listed and skipped (or stop the run with ``strict``). Outputs go through
 :class:`unveil.io.outputs.OutputFolder`: an output folder overlapping the inputs is refused, one run
 at a time, and ``predictions.csv``/``evidence/`` replace the previous ones only when the run completes.
@@ -227,7 +229,8 @@ class Predictor:
         positive = self.bundle.positive_index
         lung_problems = self.lung_check.problems(mask)
         ood_flag = bool(self.ood is not None and distance > self.ood.threshold)
-        warnings = list(self.notes) + problems + lung_problems
+        collapsed = [self.bundle.collapse_reason] if self.bundle.collapse_reason else []  # no image can pass
+        warnings = list(self.notes) + collapsed + problems + lung_problems
         if ood_flag:
             warnings.append(f"out of distribution: score {distance:.1f} > {self.ood.threshold:.1f} "
                             f"({reason}; nearest training source {nearest})")

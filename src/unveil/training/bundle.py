@@ -23,6 +23,7 @@ from unveil.models import MODEL_NAMES, CxrClassifier, ModelError, build_model
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.provenance import write_text_atomic
 from unveil.thresholds import ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
+from unveil.training.collapse import CollapseCheck
 from unveil.training.loop import predict_probabilities
 
 BUNDLE_FORMAT = "unveil-classifier"
@@ -138,6 +139,13 @@ class ModelBundle:
             raise BundleError(f"{self.path}: {error}") from None
 
     @property
+    def collapse_reason(self) -> str:
+        """Why the model's decisions cannot be trusted at all (its validation probabilities had negligible
+        spread when trained), or "" (not collapsed, or a bundle written before the check)."""
+        record = self.description.get("collapse") or {}
+        return str(record.get("reason") or "model collapsed") if record.get("collapsed") else ""
+
+    @property
     def positive_index(self) -> int | None:
         positive = self.description.get("positive_class")
         return self.classes.index(positive) if positive is not None else None
@@ -167,9 +175,11 @@ def model_spec(model: CxrClassifier, width: float) -> dict[str, Any]:
 def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, classes: list[str],
                 positive_class: str | None, image_size: int, preprocess: PreprocessSettings,
                 normalization: tuple[float, float], threshold: ThresholdChoice | None = None,
-                provenance: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+                provenance: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None,
+                collapse: CollapseCheck | None = None) -> Path:
     """Write ``model.safetensors`` + ``bundle.json`` into ``directory`` (each file atomically).
-    ``threshold``: the decision threshold and its rule (default: the fixed 0.5)."""
+    ``threshold``: the decision threshold and its rule (default: the fixed 0.5); ``collapse``: the spread check
+    of its validation probabilities (absent: not checked)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -193,8 +203,11 @@ def save_bundle(directory: str | Path, model: CxrClassifier, *, width: float, cl
                           f"fixed by the encoder's source ({(model.encoder_source or {}).get('format')})"},
         "encoder_source": model.encoder_source,
         "threshold": (threshold or fixed_threshold()).as_dict(),
+        "scoring_precision": "float32",
         "provenance": provenance or {},
     }
+    if collapse is not None:
+        description["collapse"] = collapse.as_dict()
     text = json.dumps(description, indent=2, sort_keys=True, default=str) + "\n"
     write_text_atomic(directory / DESCRIPTION_FILE, text)
     return directory
@@ -314,6 +327,9 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     except (ValueError, TypeError) as error:
         raise BundleFieldError(f"{path}: field threshold.rule: {error}") from None
     _field(description, path, "provenance", dict, required=False)
+    if _field(description, path, "collapse", dict, required=False, nullable=True) is not None:
+        _field(description, path, "collapse.collapsed", bool)
+        _field(description, path, "collapse.reason", str, required=False)
     source = _field(description, path, "encoder_source", dict, required=False, nullable=True)
     if source is not None and "normalization" in source:  # an encoder with a fixed input convention
         fixed = (_number(description, path, "encoder_source.normalization.mean", -1e4, 1e4),

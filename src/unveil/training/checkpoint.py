@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from unveil.errors import UnveilError
-from unveil.training.config import THRESHOLD_OPTIONS, TrainConfig
+from unveil.training.config import AFTER_TRAINING, TrainConfig
 
 
 class CheckpointError(UnveilError, RuntimeError):
@@ -38,7 +38,7 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, path: Path) -> N
     saved = dict(state.get("config") or {})
     wanted = config.to_dict()
     keys = dict.fromkeys([*saved, *wanted])
-    ignored = {"epochs", *THRESHOLD_OPTIONS}  # the threshold is chosen after training
+    ignored = {"epochs", *AFTER_TRAINING}  # the threshold and the collapse check come after training
     differing = [key for key in keys if key not in ignored and saved.get(key) != wanted.get(key)]
     if differing:
         changes = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing)

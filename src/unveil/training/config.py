@@ -7,6 +7,7 @@ from typing import Any
 
 from unveil.errors import UnveilError
 from unveil.thresholds import ThresholdRule, fixed_threshold
+from unveil.training.collapse import DEFAULT_COLLAPSE_TOLERANCE
 
 LOSSES = ("focal", "cross-entropy")
 OPTIMIZERS = ("sgd", "adam")
@@ -16,6 +17,8 @@ SAMPLERS = ("shuffle", "balanced")
 
 
 THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
+#: Options applied after the weights are trained (a checkpoint resumes under other values).
+AFTER_TRAINING = (*THRESHOLD_OPTIONS, "collapse_tolerance")
 #: Options that do not make a different model (seed aside, only speed or hardware).
 NOT_RECIPE = ("seed", "device", "amp", "channels_last", "eval_batch_size")
 
@@ -38,6 +41,14 @@ class TrainConfig:
     where a fixed 0.5 can make every decision one-sided), ``fixed`` (``threshold_value``, the paper's 0.5)
     or ``sensitivity`` (the highest threshold reaching ``target_sensitivity``). It does not change the
     weights, so a checkpoint resumes under another rule.
+
+    Batch-norm statistics are recomputed after every epoch on up to ``bn_recalibration_images`` training
+    images, without augmentation ("precise BN": the running averages of a few steps are far from the
+    statistics the weights produce, and on a small set they decide every score). With 0 they are the running
+    averages, and an epoch is eligible for selection only once they have seen enough steps to forget their
+    initial values. Validation, the threshold, evaluation and prediction all score in fp32 (``amp`` speeds
+    training steps only), so the threshold is chosen in the precision it is applied in. A model whose
+    validation probabilities have a standard deviation below ``collapse_tolerance`` is recorded as collapsed.
     """
 
     architecture: str = "resnet18"
@@ -67,6 +78,8 @@ class TrainConfig:
     threshold_rule: str = ThresholdRule.YOUDEN.value  # youden | fixed | sensitivity
     threshold_value: float = 0.5  # for threshold_rule fixed
     target_sensitivity: float = 0.9  # for threshold_rule sensitivity
+    bn_recalibration_images: int = 4096  # precise BN after every epoch (0: keep the running averages)
+    collapse_tolerance: float = DEFAULT_COLLAPSE_TOLERANCE  # validation probability std below it: collapsed
 
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "loss": LOSSES, "scheduler": SCHEDULERS, "selection": SELECTIONS,
@@ -77,6 +90,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.bn_recalibration_images < 0:
+            raise ConfigError(f"bn_recalibration_images must be 0 (off) or more; got {self.bn_recalibration_images}")
+        if not 0 <= self.collapse_tolerance < 1:
+            raise ConfigError(f"collapse_tolerance must lie in [0, 1); got {self.collapse_tolerance}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive; got {self.lr}")
         if not 0 <= self.translate < 0.5 or not 0 <= self.rotation_degrees <= 45:
@@ -98,8 +115,8 @@ class TrainConfig:
         are chosen after training, so they may differ (older checkpoints lack them)."""
         if not isinstance(other, dict):
             return False
-        mine = {k: v for k, v in self.to_dict().items() if k not in THRESHOLD_OPTIONS}
-        return mine == {k: v for k, v in other.items() if k not in THRESHOLD_OPTIONS}
+        mine = {k: v for k, v in self.to_dict().items() if k not in AFTER_TRAINING}
+        return mine == {k: v for k, v in other.items() if k not in AFTER_TRAINING}
 
     def recipe_key(self) -> str:
         """A short hash of every option except the seed and the hardware ones: runs with equal keys differ

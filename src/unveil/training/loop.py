@@ -34,6 +34,7 @@ from unveil.training.checkpoint import (  # CheckpointError: re-exported
     load_checkpoint,
     save_checkpoint,
 )
+from unveil.training.collapse import check_collapse
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, apply_affine, random_rigid_affine, to_model_input
 from unveil.training.device import (  # init_distributed, resolve_device: re-exported (the CLI, training/run.py)
@@ -192,12 +193,13 @@ def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selec
 
 
 def epoch_line(run: str, record: dict[str, Any], epochs: int) -> str:
-    """One finished epoch in one line: ``run epoch 3/15: train loss .., val loss .., AUC .., BA .., lr .., 12 s``."""
+    """One finished epoch in one line: ``run epoch 3/15: train loss .., val loss .., AUC .., BA .., spread .., lr ..,
+    12 s`` (spread: standard deviation of the validation probabilities; near 0, the model has collapsed)."""
     best = " (best so far)" if record["best_epoch"] == record["epoch"] else ""
     return (f"{run} epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, "
             f"val loss {record['val_loss']:.4f}, val AUC {record['val_auc']:.3f}, "
-            f"val BA {record['val_balanced_accuracy']:.3f}, lr {record['lr']:.2g}, "
-            f"{duration(record['train_seconds'])}{best}")
+            f"val BA {record['val_balanced_accuracy']:.3f}, val spread {record.get('val_spread', math.nan):.2g}, "
+            f"lr {record['lr']:.2g}, {duration(record['train_seconds'])}{best}")
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -221,8 +223,10 @@ class _Engine:
     world_size: int = 1
 
     def probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
+        """Validation scores in fp32 whatever ``amp``: the threshold chosen on them is applied by ``evaluate``
+        and ``predict`` in fp32, and bf16 scores of a model near 0.5 rank the images differently."""
         return predict_probabilities(self.model, images, *self.normalization, device=self.device,
-                                     batch_size=batch_size, amp=self.amp, channels_last=self.channels_last)
+                                     batch_size=batch_size, amp=False, channels_last=self.channels_last)
 
 
 @dataclass
@@ -283,9 +287,10 @@ def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -
 
 
 def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-                 epoch: int, *, progress: bool, on_step: Callable[[int, int], None] | None) -> tuple[float, int]:
-    """One epoch of optimizer steps (``images``/``labels``: the training set on the device); returns the summed
-    loss and the number of images this rank saw."""
+                 epoch: int, *, progress: bool,
+                 on_step: Callable[[int, int], None] | None) -> tuple[float, int, int, int]:
+    """One epoch of optimizer steps (``images``/``labels``: the training set on the device), then precise BN;
+    returns the summed loss, the number of images this rank saw, the steps and the images BN was computed on."""
     rank, world_size = engine.rank, engine.world_size
     mean, std = engine.normalization
     generator = epoch_generator(config.seed, epoch)
@@ -319,29 +324,92 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
         if on_step is not None:
             on_step(epoch, step)
+    bn_images = recalibrate_batch_norm(engine, images, config)
     if world_size > 1:  # batch-norm statistics are per rank: take rank 0's so every rank validates alike
         for buffer in engine.model.buffers():
             dist.broadcast(buffer, src=0)
-    return total_loss, seen
+    return total_loss, seen, len(batches), bn_images
 
 
-def _validate(engine: _Engine, val: ImageSet, config: TrainConfig, epoch: int, total_loss: float, seen: int,
-              seconds: float) -> dict[str, Any]:
-    """The epoch's record: training loss, validation loss and scores, learning rate and speed."""
+def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibrate_batch_norm(engine: _Engine, images: torch.Tensor, config: TrainConfig) -> int:
+    """Precise BN: recompute every batch-norm layer's statistics as the average over batches of up to
+    ``config.bn_recalibration_images`` training images (a fixed draw of the seed, un-augmented, in training
+    batches), weights untouched; returns the number of images used (0: off, or no batch norm).
+
+    With 54 images (2 steps an epoch) the running averages of an early epoch still hold mostly their initial
+    values (variance 0.70 where the batches had 0.0023), and every image then scores alike. The pass is
+    torch's own ``swa_utils.update_bn``; it is deterministic, so resuming stays exact."""
+    if not config.bn_recalibration_images or not batch_norm_layers(engine.model):
+        return 0
+    from torch.optim.swa_utils import update_bn
+
+    count = min(len(images), config.bn_recalibration_images)
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))[:count]
+    mean, std = engine.normalization
+
+    def batches():
+        for indices in torch.split(chosen, config.batch_size):
+            batch = to_model_input(images[indices].to(engine.device, non_blocking=True), mean, std)
+            yield batch.contiguous(memory_format=torch.channels_last) if engine.channels_last else batch
+
+    with torch.no_grad():
+        update_bn(batches(), engine.model, device=None)
+    return count
+
+
+def running_bn_steps_needed(model: torch.nn.Module, weight: float = 0.05) -> int:
+    """Optimizer steps after which the running batch-norm averages keep under ``weight`` of their initial
+    values: (1 - momentum)^steps <= weight (29 steps at torch's momentum 0.1)."""
+    momenta = [m.momentum for m in batch_norm_layers(model) if m.momentum]
+    if not momenta:
+        return 0
+    return math.ceil(math.log(weight) / math.log(1.0 - min(momenta)))
+
+
+def _validate(engine: _Engine, val: ImageSet, config: TrainConfig, epoch: int, trained: tuple[float, int, int, int],
+              steps_before: int, seconds: float) -> dict[str, Any]:
+    """The epoch's record: training loss, validation loss and scores (fp32), the spread of the validation
+    probabilities, what the batch-norm statistics were computed on, learning rate and speed."""
+    total_loss, seen, steps, bn_images = trained
     probabilities = engine.probabilities(val.images, config.eval_batch_size)
     val_loss = float(engine.loss_fn(torch.log(torch.as_tensor(probabilities).clamp_min(1e-12)).float(), val.labels))
     scores = classification_scores(probabilities, val.labels.numpy(), config)
     return {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
             **{f"val_{k}": v for k, v in scores.items()},
+            "val_spread": check_collapse(probabilities, tolerance=config.collapse_tolerance,
+                                         positive_index=1 if probabilities.shape[1] == 2 else None).spread,
+            "optimizer_steps": steps_before + steps, "bn_statistics_images": bn_images,
             "lr": float(engine.optimizer.param_groups[0]["lr"]), "train_seconds": round(seconds, 3),
             "train_images_per_second": round(seen * engine.world_size / max(seconds, 1e-9), 2)}
 
 
+def bn_statistics_settled(record: dict[str, Any], steps_needed: int) -> bool:
+    """May this epoch be selected? Its batch-norm statistics were recomputed (precise BN), or their running
+    averages have seen ``steps_needed`` steps (records written before these fields: yes)."""
+    return bool(record.get("bn_statistics_images", 1)) or int(record.get("optimizer_steps", steps_needed)) >= \
+        steps_needed
+
+
 def _select(engine: _Engine, state: _State, record: dict[str, Any], selection: str) -> None:
-    """Keep the epoch's weights when they are the best so far; note the best epoch in ``record``."""
+    """Keep the epoch's weights when they are the best so far among epochs whose batch-norm statistics have
+    settled (an unsettled epoch is kept only until a settled one exists: ``provisional``); note the best
+    epoch in ``record``."""
+    settled = bn_statistics_settled(record, running_bn_steps_needed(engine.model))
+    record["selectable"] = settled
     candidate = {"auc": record["val_auc"], "val_loss": record["val_loss"]}
-    if _is_better(candidate, state.best, selection):
-        state.best = {"epoch": record["epoch"], **candidate}
+    provisional = state.best is not None and state.best.get("provisional", False)
+    if state.best is None or (settled and provisional):
+        better = True  # the first epoch, or the first settled one after unsettled ones
+    elif settled or provisional:  # compared with its peers: settled with settled, unsettled with unsettled
+        better = _is_better(candidate, state.best, selection)
+    else:
+        better = False  # an unsettled epoch never replaces a settled one
+    if better:
+        state.best = {"epoch": record["epoch"], **candidate, **({} if settled else {"provisional": True})}
         state.best_state = _cpu_state(engine.model)
     record["best_epoch"] = state.best["epoch"]
 
@@ -381,9 +449,9 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     images, labels = train.images, train.labels.to(engine.device)  # images stay on the host: one batch at a time
     for epoch in range(state.start_epoch, config.epochs):
         started = time.perf_counter()
-        total_loss, seen = _train_epoch(engine, train, images, labels, config, epoch, progress=progress,
-                                        on_step=on_step)
-        record = _validate(engine, val, config, epoch, total_loss, seen, time.perf_counter() - started)
+        trained = _train_epoch(engine, train, images, labels, config, epoch, progress=progress, on_step=on_step)
+        steps_before = int(state.history[-1].get("optimizer_steps", 0)) if state.history else 0
+        record = _validate(engine, val, config, epoch, trained, steps_before, time.perf_counter() - started)
         _select(engine, state, record, config.selection)
         _step_scheduler(engine, record["val_loss"])
         state.history.append(record)
@@ -392,6 +460,11 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
             dist.barrier()
     if state.best is None:  # only when no epoch was asked for and none was resumed
         raise ConfigError(f"{run_dir}: no epoch was trained (epochs = {config.epochs})")
+    if state.best.get("provisional") and engine.rank == 0:
+        log.warning("%s: no epoch's batch-norm statistics settled (running averages after %d of the %d steps "
+                    "needed, bn_recalibration_images = 0): epoch %d kept, its scores are unreliable", run_dir.name,
+                    state.history[-1].get("optimizer_steps", 0), running_bn_steps_needed(engine.model),
+                    state.best["epoch"])
     model.load_state_dict(state.best_state)
     best_metrics = next(h for h in state.history if h["epoch"] == state.best["epoch"])
     return FitResult(int(state.best["epoch"]), best_metrics, state.history, state.best_state,

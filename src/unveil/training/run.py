@@ -31,6 +31,7 @@ from unveil.preprocess.cache import PreprocessSettings, preprocess_records, reso
 from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+from unveil.training.collapse import CollapseCheck, check_collapse
 from unveil.training.config import TrainConfig
 from unveil.training.data import ImageSet, TrainingDataError, fit_normalization, load_image_set
 from unveil.training.loop import FitResult, decision_threshold, encoder_features, fit, init_distributed, world
@@ -55,6 +56,7 @@ class RunResult:
     skipped: list[str]
     seconds: float
     threshold: ThresholdChoice | None = None  # the bundle's decision threshold and its rule
+    collapse: CollapseCheck | None = None  # the spread of the selected epoch's validation probabilities
 
 
 def encoder_label(description: dict[str, Any]) -> str:
@@ -127,13 +129,14 @@ def _bundle_threshold(result: FitResult, val: ImageSet, classes: tuple[str, ...]
 
 
 def _write_run(out: Path, model: torch.nn.Module, sets: dict[str, ImageSet], result: FitResult, *,
-               classes: tuple[str, ...], positive_class: str | None, threshold: ThresholdChoice, config: TrainConfig,
+               classes: tuple[str, ...], positive_class: str | None, threshold: ThresholdChoice,
+               collapse: CollapseCheck, config: TrainConfig,
                preprocess: PreprocessSettings, normalization: tuple[float, float], provenance: dict[str, Any],
                arguments: dict[str, Any], extra: dict[str, Any]) -> None:
     """Rank 0: the bundle (with its OOD reference), val_predictions.csv, skipped.txt and run.meta.json."""
     save_bundle(out / "model", model, width=config.width, classes=list(classes), positive_class=positive_class,
                 image_size=config.image_size, preprocess=preprocess, normalization=normalization, threshold=threshold,
-                provenance=provenance, state=result.best_state)
+                provenance=provenance, state=result.best_state, collapse=collapse)
     _save_ood_reference(out / "model", model, sets, normalization)
     predictions = sets["val"].records[["record_id", "source", "patient_id"]].assign(label=sets["val"].labels.numpy())
     for index, name in enumerate(classes):
@@ -168,26 +171,33 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
     counts = {split: s.class_counts() for split, s in sets.items()}
     in_sync = ranks_in_sync(result.best_state) if world_size > 1 else None
     threshold = _bundle_threshold(result, sets["val"], classes, positive_class, config)
+    collapse = check_collapse(result.val_probabilities, tolerance=config.collapse_tolerance,
+                              positive_index=classes.index(positive_class) if positive_class else None)
     if rank == 0:
         provenance = {"task": task, "data": data, "split_file": "splits.csv", "split_sha256": split_hash,
                       "counts": counts, "skipped_images": len(skipped), "encoder_init": encoder_info,
                       "init_weights": str(init_weights) if init_weights else None,
                       "config": config.to_dict(), "seed": config.seed, "best_epoch": result.best_epoch,
                       "best_metrics": result.best_metrics, "world_size": world_size,
-                      "ranks_in_sync": in_sync}
+                      "ranks_in_sync": in_sync, "scoring_precision": "float32",
+                      "bn_statistics_images": result.best_metrics.get("bn_statistics_images")}
         _write_run(out, model, sets, result, classes=classes, positive_class=positive_class, threshold=threshold,
+                   collapse=collapse,
                    config=config, preprocess=preprocess, normalization=normalization, provenance=provenance,
                    arguments={"train": config.to_dict(), "preprocess": asdict(preprocess), "data": data,
                               "encoder": str(encoder) if encoder else None, "cache": str(cache)},
                    extra={"counts": counts, "skipped": skipped, "best_epoch": result.best_epoch,
                           "best_metrics": result.best_metrics, "split_sha256": split_hash,
                           "seconds": round(time.perf_counter() - started, 1), "world_size": world_size,
-                          "ranks_in_sync": in_sync})
+                          "ranks_in_sync": in_sync, "collapse": collapse.as_dict()})
     for line in skipped:
         log.warning("skipped: %s", line)
     log.info("decision threshold %.4f (%s)", threshold.value, threshold.description)
+    if collapse.collapsed:
+        log.warning("%s: %s (best epoch %d); `unveil predict` will give it no decision", out.name, collapse.reason,
+                    result.best_epoch)
     return RunResult(out, out / "model", result.best_epoch, result.best_metrics, counts, skipped,
-                     time.perf_counter() - started, threshold)
+                     time.perf_counter() - started, threshold, collapse)
 
 
 def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str, Any],
