@@ -84,6 +84,27 @@ def test_bad_settings_are_refused():
         resolve_settings(PreprocessSettings(mask="segment", model="/nowhere/model.safetensors"))
 
 
+def test_preprocess_into_a_log_file_prints_lines_not_a_bar(lungs, tmp_path):
+    """stderr redirected (a log, CI, Slurm): time-stamped start, interval and end lines; no tqdm bar."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    log = tmp_path / "preprocess.log"
+    env = {**os.environ, "UNVEIL_PROGRESS_INTERVAL": "0.01"}
+    with open(log, "w") as stream:
+        done = subprocess.run([sys.executable, "-m", "unveil.cli", "preprocess", "shenzhen", str(lungs), "--cache",
+                               str(tmp_path / "cache"), "--image-size", "64", "--workers", "1"], stderr=stream,
+                              stdout=subprocess.PIPE, env=env, timeout=300)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(stamp + r" preprocess: started \(6 img\)", text)
+    assert re.search(stamp + r" preprocess: done, 6 img in \d+ s", text)
+    assert "\r" not in text and "img/s]" not in text
+
+
 @pytest.mark.skipif(not default_model_path().is_file(), reason="shipped lung model not built")
 def test_cli_preprocess_with_the_shipped_segmenter(lungs, tmp_path):
     result = runner.invoke(app, ["preprocess", "shenzhen", str(lungs), "--cache", str(tmp_path / "cache"),

@@ -37,7 +37,49 @@ def test_step_lines_reach_stderr_bare_and_once(cli_logging, capsys):
 def test_bars_stay_quiet_off_a_terminal(capsys):
     for _ in bar(range(3), desc="work"):
         pass
-    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal, and no handler shows step lines
+
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
+
+def test_off_a_terminal_a_phase_prints_time_stamped_lines_not_a_bar(cli_logging, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setenv("UNVEIL_PROGRESS_INTERVAL", "0.05")
+    for _ in bar(range(3), desc="preprocess", unit="img"):
+        time.sleep(0.12)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert re.fullmatch(STAMP + r" preprocess: started \(3 img\)", lines[0])
+    assert re.fullmatch(STAMP + r" preprocess: done, 3 img in 0 s", lines[-1])
+    middle = lines[1:-1]
+    assert middle and all(re.fullmatch(STAMP + r" preprocess: \d/3 img \(\d+ %\), [\d.]+ img/s(, ETA .+)?", line)
+                          for line in middle)
+    assert "\r" not in err and "it/s]" not in err and "|" not in err  # no tqdm bar in a redirected file
+
+
+def test_nested_bars_print_only_interval_lines_and_phases_their_duration(cli_logging, capsys, monkeypatch):
+    import time
+
+    from unveil.progress import phase
+
+    monkeypatch.setenv("UNVEIL_PROGRESS_INTERVAL", "0.05")
+    progress = bar(total=4, desc="epoch 1/2", unit="batch", leave=False)
+    progress.update(2)
+    progress.set_postfix(loss="0.1234")
+    time.sleep(0.08)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "started" not in err and "done" not in err
+    assert re.search(STAMP + r" epoch 1/2: 2/4 batch \(50 %\), .* ETA .*, loss=0.1234", err)
+    with phase("export onnx"):
+        time.sleep(0.08)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("export onnx: started") and "export onnx: running, 0 s so far" in "\n".join(lines)
+    assert lines[-1].endswith("export onnx: done, in 0 s")
+    time.sleep(0.12)  # the heartbeat stopped with the phase
+    assert capsys.readouterr().err == ""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,11 @@
 Two channels, both on stderr so that stdout stays machine-readable:
 
 - **bars** (:func:`bar`, tqdm): drawn only on a terminal, for steps longer than a few seconds
-  (pre-processing, training epochs, evaluation, audit stages);
+  (pre-processing, training epochs, evaluation, audit stages, prediction). When stderr is not a
+  terminal (a log file, CI, Slurm) no bar is drawn; the same call gives time-stamped lines instead
+  (:class:`LineProgress`): one when the phase starts, one every ``UNVEIL_PROGRESS_INTERVAL`` seconds
+  (default 30) with the count, rate and ETA, and one when it ends. :func:`phase` does the same for
+  work without countable steps (export);
 - **step lines** (:data:`progress_log`, the ``unveil.progress`` logger): one line per finished
   epoch (validation loss, AUC, balanced accuracy) or experiment cell. The CLI always shows them
   (:func:`configure_logging`); from Python, enable them with
@@ -15,13 +19,19 @@ Lines are written with ``tqdm.write`` so that they never tear a bar in progress.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 PROGRESS_LOGGER = "unveil.progress"
+DEFAULT_INTERVAL = 30.0
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 T = TypeVar("T")
@@ -57,10 +67,120 @@ def configure_logging(verbose: bool = False) -> None:
     progress_log.setLevel(logging.INFO)
 
 
-def bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **options: Any) -> tqdm:
-    """A tqdm bar on stderr with rate and ETA; drawn only when ``enabled`` and stderr is a terminal."""
+def bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **options: Any) -> tqdm | LineProgress:
+    """Progress of ``enabled`` work on stderr: a tqdm bar with rate and ETA on a terminal, time-stamped
+    lines (:class:`LineProgress`, the same calls) anywhere else; nothing when not ``enabled``."""
+    if enabled and not _stderr_is_terminal():
+        return LineProgress(iterable, **options)
     options.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=None if enabled else True, file=sys.stderr, **options)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def progress_interval() -> float:
+    """Seconds between two lines of a phase in progress (``UNVEIL_PROGRESS_INTERVAL``, default 30)."""
+    try:
+        value = float(os.environ.get("UNVEIL_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class LineProgress:
+    """A tqdm bar's twin for logs: ``2026-12-03 07:01:12 preprocess: started (212 img)``, then every interval
+    ``... preprocess: 96/212 img (45 %), 3.1 img/s, ETA 37 s``, and ``... preprocess: done, 212 img in 68 s``.
+
+    Lines go to :data:`progress_log` (the CLI shows them on stderr). A nested bar (``leave=False``, e.g. the
+    batches of one epoch, whose end the epoch line reports) prints only its interval lines. The interval lines
+    come from a daemon thread, so one long step (a t-SNE) still shows it is alive. Accepts and ignores tqdm's
+    display options."""
+
+    def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", leave: bool = True, interval: float | None = None, **_display: Any) -> None:
+        self.iterable = iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.desc, self.unit, self.leave = desc or "progress", unit, leave
+        self.n, self.postfix = 0, ""
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._closed = False
+        if leave:
+            size = f" ({self.total} {unit})" if self.total is not None else ""
+            progress_log.info("%s %s: started%s", _stamp(), self.desc, size)
+        self._beat = threading.Thread(target=self._heartbeat, args=(interval or progress_interval(),), daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            progress_log.info("%s %s: %s", _stamp(), self.desc, self.status())
+
+    def status(self) -> str:
+        """``96/212 img (45 %), 3.1 img/s, ETA 37 s[, postfix]``"""
+        elapsed = time.perf_counter() - self.started
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            text = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f} %), {rate:.3g} {self.unit}/s"
+            if 0 < self.n < self.total and rate > 0:
+                text += f", ETA {duration((self.total - self.n) / rate)}"
+        elif self.n:
+            text = f"{self.n} {self.unit}, {duration(elapsed)} so far"
+        else:
+            text = f"running, {duration(elapsed)} so far"
+        return text + (f", {self.postfix}" if self.postfix else "")
+
+    def __iter__(self):
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update()
+        finally:
+            self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_postfix_str(self, text: str = "") -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self.leave:
+            count = f"{self.n} {self.unit} " if self.n or self.total is not None else ""
+            progress_log.info("%s %s: done, %sin %s", _stamp(), self.desc, count,
+                              duration(time.perf_counter() - self.started))
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def phase(desc: str, *, enabled: bool = True) -> Iterator[None]:
+    """A phase without countable steps (an export): a start line, a line every interval while it runs, an end
+    line with its duration, on any stderr (a terminal too: there is no bar to draw)."""
+    if not enabled:
+        yield
+        return
+    with LineProgress(desc=desc, unit="step"):
+        yield
 
 
 def duration(seconds: float) -> str:

@@ -65,9 +65,11 @@ def export_command(
 ) -> None:
     """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
     from unveil.inference import export_model
+    from unveil.progress import phase
     from unveil.training.bundle import resolve_bundle_dir
 
     target = out or resolve_bundle_dir(model) / ("model.onnx" if format == "onnx" else "model.pt")
-    description = export_model(model, format, target)
+    with phase(f"export {format}"):
+        description = export_model(model, format, target)
     typer.echo(json.dumps({"file": str(target), "format": format,
                            "max_abs_difference_vs_pytorch": description["max_abs_difference_vs_pytorch"]}, indent=2))

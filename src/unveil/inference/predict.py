@@ -32,6 +32,7 @@ from unveil.errors import UnveilError
 from unveil.explain.saliency import display_image, gradcam_maps, save_overlay
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.io.outputs import OutputFolder
+from unveil.progress import bar as progress_bar
 from unveil.provenance import write_text_atomic
 from unveil.segmentation import LungSegmenter
 from unveil.thresholds import ThresholdChoice, ThresholdRule
@@ -292,8 +293,6 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     (no decision) unless ``decide_anyway``; ``max_pixels`` refuses larger images before decoding.
     Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
     ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
-    from tqdm import tqdm
-
     files = expand_inputs(inputs)
     if not files:
         raise PredictionError("no image files found in " + ", ".join(map(str, inputs)))
@@ -308,7 +307,7 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         if evidence_dir is not None:
             evidence_dir.mkdir()
         with open(staged.stage / "predictions.csv", "w", newline="", encoding="utf-8") as stream, \
-                tqdm(total=len(files), unit="img", desc="predict", disable=not progress) as bar:
+                progress_bar(total=len(files), unit="img", desc="predict", enabled=progress) as bar:
             writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()
             for start in range(0, len(files), batch_size):

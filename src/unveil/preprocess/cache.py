@@ -34,6 +34,7 @@ from PIL import Image
 
 from unveil.errors import UnveilError
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from unveil.progress import bar as progress_bar
 from unveil.provenance import file_sha256, write_text_atomic
 from unveil.segmentation import LungSegmenter, default_model_path
 from unveil.transforms import paper_pipeline, resize_image, resize_mask
@@ -260,20 +261,18 @@ def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: Prepr
 
 def _run(jobs: list, model: str | None, workers: int, progress: bool,
          max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
-
     if workers <= 1:
         import torch
 
         # this process: keep its thread setting
         _init_worker(model, threads=torch.get_num_threads(), max_pixels=max_pixels)
         iterator: Any = map(process_one, jobs)
-        yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)
+        yield from progress_bar(iterator, total=len(jobs), unit="img", desc="preprocess", enabled=progress)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                              initargs=(model, 1, max_pixels, True)) as pool:
         iterator = pool.map(process_one, jobs, chunksize=4)
-        yield from tqdm(iterator, total=len(jobs), unit="img", desc="preprocess", disable=None if progress else True)
+        yield from progress_bar(iterator, total=len(jobs), unit="img", desc="preprocess", enabled=progress)
 
 
 # --- image arrays: one memory-mapped uint8 file per image set -----------------------------------
