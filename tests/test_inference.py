@@ -238,6 +238,9 @@ def test_export_and_predict_cli(model, tmp_path):
     result = runner.invoke(app, ["export", str(model["bundle"]), "--format", "onnx", "--out",
                                  str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"exported onnx: {tmp_path / 'm.onnx'} (verified: probabilities within ")
+    result = runner.invoke(app, ["export", str(model["bundle"]), "--format", "onnx", "--out",
+                                 str(tmp_path / "m2.onnx"), "--json"])
     assert json.loads(result.stdout)["max_abs_difference_vs_pytorch"] <= 1e-4
     bad = runner.invoke(app, ["export", str(model["bundle"]), "--format", "tflite"])
     assert bad.exit_code == 2 and "onnx, torchscript" in bad.output
@@ -256,6 +259,10 @@ def test_export_and_predict_cli(model, tmp_path):
     a_file = model["data"]["A"].load()["path"].iloc[0]
     result = runner.invoke(app, ["predict", str(run_folder), a_file, "--out", str(tmp_path / "r"), "--no-evidence"])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("scored 1 image(s): ") and "decision threshold " in result.stdout
+    assert f"predictions: {tmp_path / 'r' / 'predictions.csv'}" in result.stdout
+    result = runner.invoke(app, ["predict", str(run_folder), a_file, "--out", str(tmp_path / "r"), "--no-evidence",
+                                 "--json"])
     assert json.loads(result.stdout)["scored"] == 1
 
 

@@ -397,9 +397,15 @@ def test_cli_train_takes_the_threshold_rule(benchmark, tmp_path):
     a, b = (f"{role}={benchmark[role].source}:{benchmark[role].root}" for role in ("A", "B"))
     common = ["train", "AB", "--data", a, "--data", b, "--mask", "none", "--arch", "conv8", "--width", "0.25",
               "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-progress"]
-    result = runner.invoke(app, [*common, "--out", str(tmp_path / "y"), "--set", "threshold_rule=youden"])
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "y"), "--set", "threshold_rule=youden", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["threshold"]["rule"] == "youden"
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "y2"), "--set", "threshold_rule=fixed"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # a readable summary without --json
+    assert lines[0].startswith("trained in ") and " train " in lines[0] and " val " in lines[0]
+    assert lines[1].startswith("best epoch 1: validation AUC ") and "spread of the probabilities" in lines[1]
+    assert lines[2] == "decision threshold 0.5000 (fixed 0.5)" and lines[-1] == f"bundle: {tmp_path / 'y2' / 'model'}"
     result = runner.invoke(app, [*common, "--out", str(tmp_path / "z"), "--set", "threshold_rule=otsu"])
     assert result.exit_code == 2 and "unknown threshold rule 'otsu'" in result.output
 

@@ -10,6 +10,7 @@ import typer
 
 from unveil.cli.lungs import require_paths
 from unveil.cli.options import (
+    JsonOption,
     LungConventionOption,
     LungModelOption,
     MaxPixelsOption,
@@ -40,6 +41,7 @@ def predict_command(
     decide_anyway: Annotated[bool, typer.Option(
         "--decide-anyway", help="Also decide images that fail the lung-mask or out-of-distribution check (status "
                                 "flagged); by default they are rejected: probability, reason, no decision.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Score new images: probability, decision at the bundle's threshold (or one chosen by --threshold /
     --threshold-rule), lung check, OOD check (failing images are rejected). The lung model defaults to the
@@ -53,7 +55,7 @@ def predict_command(
                             strict=strict, progress=True, threshold_rule=rule, threshold=value,
                             target_sensitivity=target_sensitivity, lung_convention=lung_convention,
                             max_pixels=max_pixels, decide_anyway=decide_anyway)
-    typer.echo(json.dumps(summary.as_dict(), indent=2))
+    typer.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.to_text())
     for line in summary.unreadable:
         typer.echo(f"skipped: {line}", err=True)
 
@@ -62,6 +64,7 @@ def export_command(
     model: ModelArgument,
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file (default: MODEL/model.onnx or model.pt).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
     from unveil.inference import export_model
@@ -71,5 +74,9 @@ def export_command(
     target = out or resolve_bundle_dir(model) / ("model.onnx" if format == "onnx" else "model.pt")
     with phase(f"export {format}"):
         description = export_model(model, format, target)
-    typer.echo(json.dumps({"file": str(target), "format": format,
-                           "max_abs_difference_vs_pytorch": description["max_abs_difference_vs_pytorch"]}, indent=2))
+    difference = description["max_abs_difference_vs_pytorch"]
+    if as_json:
+        typer.echo(json.dumps({"file": str(target), "format": format, "max_abs_difference_vs_pytorch": difference},
+                              indent=2))
+    else:
+        typer.echo(f"exported {format}: {target} (verified: probabilities within {difference:.2g} of PyTorch)")

@@ -18,6 +18,7 @@ from unveil.cli.options import (
     DataOption,
     DeviceOption,
     EqualizeOption,
+    JsonOption,
     ImageSizeOption,
     LearningRateOption,
     LoaderOption,
@@ -111,6 +112,7 @@ class TrainingRequest:
     progress: bool
     resume: bool
     init_weights: Path | None
+    as_json: bool = False  # the summary as JSON on stdout (else readable lines)
 
     def arguments(self) -> dict[str, Any]:
         return {"config": self.config, "preprocess": self.preprocess, "cache": self.cache, "workers": self.workers,
@@ -123,7 +125,7 @@ def _shared_training_options(
     config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
     equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
     workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
-    progress: ProgressOption = True, seed: SeedOption = 0,
+    progress: ProgressOption = True, seed: SeedOption = 0, as_json: JsonOption = False,
 ) -> TrainingRequest:
     """The options every training command takes (declared once), as one request."""
     from unveil.preprocess.cache import PreprocessSettings
@@ -132,7 +134,7 @@ def _shared_training_options(
                               "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
                              config, set_option)
     return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
-                           cache, workers, progress, resume, init_weights)
+                           cache, workers, progress, resume, init_weights, as_json)
 
 
 def training_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -152,7 +154,7 @@ def training_options(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _run_training(action, **kwargs) -> None:
+def _run_training(action, as_json: bool, **kwargs) -> None:
     from unveil.io.outputs import ensure_writable
     from unveil.training.loop import world
 
@@ -160,12 +162,7 @@ def _run_training(action, **kwargs) -> None:
     result = action(**kwargs)
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return
-    typer.echo(json.dumps({"out": str(result.out), "bundle": str(result.bundle), "best_epoch": result.best_epoch,
-                           "best": {k: v for k, v in result.best_metrics.items() if k.startswith("val_")},
-                           "threshold": result.threshold.as_dict() if result.threshold else None,
-                           "collapse": result.collapse.as_dict() if result.collapse else None,
-                           "counts": result.counts, "skipped": len(result.skipped),
-                           "seconds": round(result.seconds, 1)}, indent=2))
+    typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.summary())
 
 
 @training_options
@@ -182,7 +179,7 @@ def pretrain_command(
     RSNA 2-class)."""
     from unveil.training import pretrain
 
-    _run_training(pretrain, data=source_specs(data, plain_options(option)), out=out,
+    _run_training(pretrain, request.as_json, data=source_specs(data, plain_options(option)), out=out,
                   classes=tuple(c.strip() for c in classes.split(",")) if classes else None, **request.arguments())
 
 
@@ -202,5 +199,5 @@ def train_command(
     (encoder never frozen)."""
     from unveil.training import train
 
-    _run_training(train, recipe=recipe, data=role_bindings(data, option, recipes), out=out, encoder=encoder,
-                  recipes=recipes, **request.arguments())
+    _run_training(train, request.as_json, recipe=recipe, data=role_bindings(data, option, recipes), out=out,
+                  encoder=encoder, recipes=recipes, **request.arguments())

@@ -116,6 +116,18 @@ class PredictionSummary:
     csv: Path | None = None
     threshold: dict[str, Any] | None = None  # the decision threshold used and its rule
 
+    def to_text(self) -> str:
+        """What a user reads at the end of `unveil predict`."""
+        decided = self.scored - self.rejected
+        lines = [f"scored {self.scored} image(s)" + (f", {len(self.unreadable)} unreadable" if self.unreadable else "")
+                 + f": {decided} decided ({self.positives} positive), {self.rejected} rejected without a decision",
+                 f"checks: {self.lung_flagged} implausible lung mask(s), {self.ood_flagged} out of distribution"]
+        if self.threshold is not None:
+            lines.append(f"decision threshold {float(self.threshold['value']):.4f} "
+                         f"({self.threshold.get('description') or self.threshold.get('rule')})")
+        lines.append(f"predictions: {self.csv}")
+        return "\n".join(lines)
+
     def as_dict(self) -> dict[str, Any]:
         return {"scored": self.scored, "unreadable": len(self.unreadable), "positives": self.positives,
                 "ood_flagged": self.ood_flagged, "lung_flagged": self.lung_flagged,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +29,7 @@ from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, w
 from unveil.models import build_model, load_encoder_state
 from unveil.models.xrv import check_image_size
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
+from unveil.progress import duration
 from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
@@ -57,6 +59,33 @@ class RunResult:
     seconds: float
     threshold: ThresholdChoice | None = None  # the bundle's decision threshold and its rule
     collapse: CollapseCheck | None = None  # the spread of the selected epoch's validation probabilities
+
+    def summary(self) -> str:
+        """What a user reads at the end of `unveil train`/`pretrain`: counts, the selected epoch and its
+        validation figures, the threshold and its rule, warnings, where the bundle is, the elapsed time."""
+        counts = ", ".join(f"{split} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"
+                           for split, c in self.counts.items())
+        best = self.best_metrics
+        lines = [f"trained in {duration(self.seconds)}: {counts}",
+                 f"best epoch {self.best_epoch}: validation AUC {best.get('val_auc', math.nan):.3f}, balanced "
+                 f"accuracy {best.get('val_balanced_accuracy', math.nan):.3f}, spread of the probabilities "
+                 f"{best.get('val_spread', math.nan):.3g}"]
+        if self.threshold is not None:
+            lines.append(f"decision threshold {self.threshold.value:.4f} ({self.threshold.description})")
+        if self.collapse is not None and self.collapse.collapsed:
+            lines.append(f"WARNING: {self.collapse.reason}; `unveil predict` gives it no decision")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} image(s) skipped (listed in {self.out / 'skipped.txt'})")
+        lines.append(f"bundle: {self.bundle}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document of `unveil train --json`."""
+        return {"out": str(self.out), "bundle": str(self.bundle), "best_epoch": self.best_epoch,
+                "best": {k: v for k, v in self.best_metrics.items() if k.startswith("val_")},
+                "threshold": self.threshold.as_dict() if self.threshold else None,
+                "collapse": self.collapse.as_dict() if self.collapse else None,
+                "counts": self.counts, "skipped": len(self.skipped), "seconds": round(self.seconds, 1)}
 
 
 def encoder_label(description: dict[str, Any]) -> str:
