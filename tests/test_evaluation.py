@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from unveil.cli import app
 from unveil.data.spec import DataSpec
 from unveil.evaluation.evaluate import EvaluationError, build_test_set, evaluate_models, resolve_threshold
-from unveil.evaluation.metrics import METRICS, ThresholdRule, choose_threshold
+from unveil.evaluation.metrics import METRICS, ThresholdRule, choose_threshold, evaluate_scores
 from unveil.evaluation.tables import (
     TableError,
     architecture_tables,
@@ -148,6 +149,67 @@ def test_tables_in_the_papers_layout(tmp_path):
     back = pd.read_csv(tmp_path / "results.csv")
     assert np.isinf(back.loc[0, "dor"])  # raw numbers survive the CSV
     assert json_rows(rows)[0]["dor"] == "inf" and json_rows(rows)[2]["roc_auc"] is None
+
+
+def _scored_rows() -> pd.DataFrame:
+    """Rows of evaluate_scores on COVID+-only test sets of 12 patients: none found, all found, and 9 found."""
+    identity = {"architecture": "conv8", "encoder": "none", "training_set": "AB", "test_set": "D"}
+    rows = []
+    for model, found in (("none-found", 0), ("all-found", 12), ("most-found", 9)):
+        scores = np.r_[np.full(found, 0.9), np.full(12 - found, 0.1)]
+        row = evaluate_scores(np.ones(12, dtype=int), scores, np.arange(12), resamples=200, seed=0).as_row()
+        rows.append({**identity, "model": model, **row})
+    return pd.DataFrame(rows)
+
+
+def test_tables_show_wilson_intervals_for_proportions_and_n_a_where_a_class_is_missing(tmp_path):
+    rows = _scored_rows()
+    table = architecture_tables(rows)["conv8"].set_index("Model")
+    # 0/12 and 12/12: the Wilson interval, not the bootstrap's [0.00, 0.00] and [1.00, 1.00].
+    assert table.loc["none-found", "Sensitivity"] == "0.00 [0.00, 0.24]"
+    assert table.loc["all-found", "Sensitivity"] == "1.00 [0.76, 1.00]"
+    assert table.loc["most-found", "Accuracy"] == "0.75 [0.47, 0.91]"  # Wilson 9/12: [0.4677, 0.9111]
+    # Bootstrap for F1; n/a for every metric that needs COVID- images (no continuity-corrected DOR of 3.52).
+    assert table.loc["all-found", "F1"] == "1.00 [1.00, 1.00]"
+    for label in ("Specificity", "BA", "AUC", "DOR", "DOR (HA)"):
+        assert set(table[label]) == {"n/a"}, label
+    write_tables(rows, tmp_path)
+    markdown = (tmp_path / "tableA1_conv8.md").read_text()
+    assert "Sensitivity, Specificity, Accuracy: Wilson score interval on the patient-effective sample size" in markdown
+    assert "F1, BA, AUC, DOR, DOR (HA): patient bootstrap, percentile" in markdown
+    assert ("- most-found on Test D: Specificity: undefined: no COVID- images; BA, AUC, DOR, DOR (HA): undefined: "
+            "no COVID- images (it needs COVID+ and COVID- images)\n") in markdown
+    assert "| 0.00 [0.00, 0.24]" in markdown and "| n/a " in markdown
+    latex = (tmp_path / "tableA1_conv8.tex").read_text()
+    assert "95 \\% CI: Sensitivity" in latex and " 95 % " not in latex  # a bare % would end the caption
+    assert "& n/a &" in latex and "DOR (HA): undefined: no COVID- images" in latex
+    assert "BA: undefined: no COVID- images" in (tmp_path / "table2.md").read_text()
+    # results.csv keeps both intervals of every proportion.
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert list(back["sensitivity_high"]) == [0.0, 1.0, pytest.approx(back.loc[2, "sensitivity_high"])]
+    assert back.loc[0, "sensitivity_wilson_high"] == pytest.approx(0.2425, abs=1e-4)
+    assert (back["sensitivity_design_effect"] == 1.0).all() and back["dor_corrected"].isna().all()
+
+
+def test_a_model_missing_from_a_test_set_is_a_dash_everywhere(tmp_path):
+    rows = _rows().iloc[[0, 1, 2]]  # m on AB and AC, c on AC only
+    summary = summary_table(rows).set_index("Model")
+    assert summary.loc["c", "Test AB"] == "—" and summary.loc["c", "Test AC"] == "0.80 [0.70, 0.90]"
+    write_tables(rows, tmp_path)
+    assert re.search(r"^\| c .*\| —\s+\| 0\.80 \[0\.70, 0\.90\] \|$", (tmp_path / "table2.md").read_text(), re.M)
+    assert "& --- &" in (tmp_path / "table2.tex").read_text() and "nan" not in (tmp_path / "table2.tex").read_text()
+
+
+def test_pooled_seeds_drop_the_per_run_intervals():
+    from unveil.evaluation.tables import undefined_notes
+
+    rows = _scored_rows().iloc[[2, 2]].assign(model=["s0", "s1"], model_seed=[0, 1], recipe_key="k")
+    pooled = pool_seeds(rows)
+    assert not [c for c in pooled.columns if c.endswith(("_low", "_high", "_low_half_width", "_high_half_width"))]
+    assert architecture_tables(pooled)["conv8"].iloc[0]["Sensitivity"] == "0.75 ± 0.00"
+    assert undefined_notes(pooled) == [
+        "s0 + s1 on Test D: Specificity: undefined: no COVID- images; BA, AUC, DOR, DOR (HA): undefined: no COVID- "
+        "images (it needs COVID+ and COVID- images)"]
 
 
 def test_roc_curves_are_written(tmp_path):

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
 from unveil.errors import UnveilError
@@ -115,7 +116,10 @@ def test_dor_never_raises_or_warns():
             confusion = Confusion(*cells)
             point_metrics(confusion)
             corrected = dor_haldane(confusion)
-            assert math.isfinite(corrected) and corrected > 0
+            if confusion.positives and confusion.negatives:
+                assert math.isfinite(corrected) and corrected > 0
+            else:  # one class: no odds ratio, corrected or not
+                assert math.isnan(corrected)
         for se, sp in itertools.product((0.0, 0.5, 1.0), repeat=2):
             dor_from_rates(se, sp)
 
@@ -244,7 +248,9 @@ def test_dor_notes_in_evaluation():
     assert "upper bound infinite" in dor.note
     corrected = no_false_positives.metrics["dor_corrected"]
     assert corrected.value == pytest.approx(3.5 * 4.5 / (0.5 * 1.5))
-    assert all(math.isfinite(v) for v in (corrected.low, corrected.high)) and corrected.note is None
+    assert all(math.isfinite(v) for v in (corrected.low, corrected.high))
+    # A resample with one class has no (corrected) DOR: it is left out, and the note says so.
+    assert re.fullmatch(r"interval from \d+ of 300 resamples \(the others held one class only\)", corrected.note)
 
     perfect = evaluate_scores(labels, [0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.3, 0.4], patients, resamples=50)
     assert "no false positives and no false negatives" in perfect.metrics["dor"].note
@@ -260,7 +266,66 @@ def test_dor_notes_in_evaluation():
 
     nothing_at_all = evaluate_scores([0, 0], [0.1, 0.2], [1, 2], resamples=50)
     assert math.isnan(nothing_at_all.metrics["f1"].value)
-    assert nothing_at_all.metrics["f1"].note == "undefined: no COVID+ images and none predicted COVID+"
+    assert nothing_at_all.metrics["f1"].note == "undefined: no COVID+ images"
+
+
+def _wilson(successes: int, n: int) -> tuple[float, float]:
+    interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def test_proportion_intervals_are_patient_aware_wilson_intervals():
+    # 12 COVID+ images, none found. One image per patient: the plain Wilson interval, [0, 0.2425], where the
+    # percentile bootstrap collapses to [0, 0].
+    labels, missed = np.ones(12, dtype=int), np.full(12, 0.2)
+    alone = evaluate_scores(labels, missed, np.arange(12), resamples=200).as_row()
+    assert (alone["sensitivity_low"], alone["sensitivity_high"]) == (0.0, 0.0)
+    assert (alone["sensitivity_wilson_low"], alone["sensitivity_wilson_high"]) == _wilson(0, 12)
+    assert alone["sensitivity_wilson_high"] == pytest.approx(0.2425, abs=1e-4)
+    # The same 12 images from 3 patients of 4: 0 of 12 images is 0 of 3 patients, [0, 0.5615].
+    grouped = evaluate_scores(labels, missed, np.repeat(np.arange(3), 4), resamples=200).as_row()
+    assert grouped["sensitivity_wilson_high"] == pytest.approx(_wilson(0, 3)[1], abs=1e-12)
+    assert grouped["accuracy_wilson_high"] == pytest.approx(_wilson(0, 3)[1], abs=1e-12)
+    assert (alone["sensitivity_design_effect"], grouped["sensitivity_design_effect"]) == (1.0, 4.0)
+
+
+def test_clustering_widens_the_proportion_interval_and_independence_gives_plain_wilson():
+    # 4 COVID+ patients x 3 images, the first two found on every image; 6 COVID- patients of one image each.
+    labels = np.r_[np.ones(12, dtype=int), np.zeros(6, dtype=int)]
+    scores = np.r_[np.full(6, 0.9), np.full(6, 0.1), [0.1, 0.1, 0.1, 0.1, 0.9, 0.9]]
+    clustered = evaluate_scores(labels, scores, np.r_[np.repeat(np.arange(4), 3), np.arange(4, 10)], resamples=100)
+    independent = evaluate_scores(labels, scores, np.arange(18), resamples=100)
+    sensitivity, plain = clustered.metrics["sensitivity"], independent.metrics["sensitivity"]
+    assert (plain.wilson_low, plain.wilson_high) == _wilson(6, 12)
+    # n = 12, x = 6, a = (3, 3, 0, 0), m = 3: sum (12 a_i - 6 * 3)^2 / (12 * 6 * 6) = 4 * 18^2 / 432 = 3, so
+    # n_eff = 4 and the interval is Wilson's for 2 of 4.
+    assert (sensitivity.wilson_low, sensitivity.wilson_high) == pytest.approx(_wilson(2, 4), abs=1e-12)
+    assert sensitivity.wilson_low < plain.wilson_low and sensitivity.wilson_high > plain.wilson_high
+    # Specificity: one image per COVID- patient in both, so the same plain Wilson interval.
+    assert (clustered.metrics["specificity"].wilson_low, clustered.metrics["specificity"].wilson_high) == \
+        _wilson(4, 6)
+    assert (sensitivity.design_effect, clustered.metrics["specificity"].design_effect) == (3.0, 1.0)
+
+
+def test_metrics_needing_both_classes_are_nan_with_a_note_when_one_is_missing():
+    # COVID+ only: sensitivity and F1 exist; specificity, BA, AUC, the DOR and its corrected form do not (the
+    # Haldane-Anscombe correction alone gave (tp + 0.5) / (fn + 0.5) = 3.4 here).
+    positives = evaluate_scores(np.ones(10, dtype=int), np.r_[np.full(8, 0.9), np.full(2, 0.1)], np.arange(10),
+                                resamples=200).metrics
+    assert positives["sensitivity"].value == 0.8 and positives["f1"].value == pytest.approx(16 / 18)
+    for name in ("dor_corrected", "dor", "specificity", "balanced_accuracy", "roc_auc"):
+        metric = positives[name]
+        assert math.isnan(metric.value) and math.isnan(metric.low) and math.isnan(metric.high), name
+        assert metric.note.startswith("undefined: no COVID- images"), (name, metric.note)
+    assert positives["dor_corrected"].note == "undefined: no COVID- images (it needs COVID+ and COVID- images)"
+    # COVID- only, with a false positive: specificity exists; F1 is not 0 but undefined.
+    negatives = evaluate_scores(np.zeros(6, dtype=int), [0.9, 0.1, 0.1, 0.1, 0.1, 0.1], np.arange(6),
+                                resamples=200).metrics
+    assert negatives["specificity"].value == pytest.approx(5 / 6)
+    for name in ("sensitivity", "f1", "balanced_accuracy", "roc_auc", "dor", "dor_corrected"):
+        assert math.isnan(negatives[name].value), name
+        assert negatives[name].note.startswith("undefined: no COVID+ images"), (name, negatives[name].note)
+    assert math.isnan(metrics_at_paper_threshold(np.zeros(6, dtype=int), [0.9, 0.1, 0.1, 0.1, 0.1, 0.1])["f1_at_0.5"])
 
 
 def test_as_row_is_flat():

@@ -206,3 +206,60 @@ def test_report_names_the_results_too_wide_to_conclude(tmp_path: Path) -> None:
     assert html.count("too wide to conclude: width 0.450 &gt; 0.20; contains 0.5 (chance)") == 1  # verdict F only
     assert "optional role C (rsna) not found: left out" in html
     assert "COVID-QU-Ex: adult COVID+ / COVID- pooled" in html  # the experiment's own recipe file describes Q
+
+
+def test_report_tables_show_wilson_intervals_and_why_a_value_is_n_a(tmp_path: Path) -> None:
+    """Rows of real evaluations on a COVID+-only test set, through the store: the proportions carry their Wilson
+    interval (the bootstrap's [0.00, 0.00] at 0/12 is not shown), the two-class metrics are n/a with the reason."""
+    import numpy as np
+
+    from unveil.evaluation.metrics import evaluate_scores
+
+    results = tmp_path / "run"
+    labels = np.ones(12, dtype=int)
+    with ResultsStore(results / "results.sqlite") as store:
+        for cell_id, found in (("conv8-none-AB", 0), ("conv8-B-AB", 9)):
+            scores = np.r_[np.full(found, 0.9), np.full(12 - found, 0.1)]
+            row = evaluate_scores(labels, scores, np.repeat(np.arange(6), 2), resamples=200).as_row()
+            store.put_cell({"cell_id": cell_id, "architecture": "conv8", "encoder": cell_id.split("-")[1],
+                            "training_set": "AB", "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0,
+                            "best_epoch": 1, "val_auc": 0.7, "config": {}})
+            store.put_results(cell_id, pd.DataFrame([{**row, "test_set": "D", "resamples": 200, "seed": 0}]),
+                              {"bundle": "b"})
+        wide = store.wide_results().set_index("model")
+    html = write_report(results).read_text(encoding="utf-8")
+    tables = html[html.index('id="tables"'):html.index('id="roc"')]
+    assert tables.count("<td>0.00 [0.00, 0.39]</td>") == 2  # sensitivity and accuracy of the first row
+    assert tables.count("[0.00, 0.00]") == 1  # F1 only: it keeps the patient bootstrap
+    assert "Sensitivity, Specificity, Accuracy: Wilson score interval on the patient-effective sample size" in tables
+    assert "F1, BA, AUC, DOR, DOR (HA): patient bootstrap, percentile" in tables
+    assert tables.count("<td>n/a</td>") == 2 * 5  # specificity, BA, AUC, DOR, DOR (HA) of both rows
+    assert ("conv8-none-AB on Test D: Specificity: undefined: no COVID- images; BA, AUC, DOR, DOR (HA): undefined: "
+            "no COVID- images (it needs COVID+ and COVID- images)") in tables
+    # An undefined balanced accuracy is listed with its reason, not as "too few patients to resample".
+    listed = html[html.index('<ul class="too-wide">'):]
+    listed = listed[:listed.index("</ul>")]
+    assert "on Test D: n/a (12 patients)" not in listed and "too few patients" not in listed
+    assert "n/a (6 patients): undefined: no COVID- images (it needs COVID+ and COVID- images)" in listed
+    # 6 patients x 2 images, all missed: 0 of 6 patients (design effect 2), not 0 of 12 independent images.
+    assert wide.loc["conv8-none-AB", "sensitivity_wilson_high"] == pytest.approx(0.3903, abs=1e-4)  # 3.84 / 9.84
+    assert wide.loc["conv8-none-AB", "sensitivity_design_effect"] == 2.0
+    assert wide.loc["conv8-none-AB", "sensitivity_high"] == 0.0  # the bootstrap bound stays in the store
+
+
+def test_a_store_written_before_design_effects_opens_and_takes_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    from unveil.evaluation.store import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as connection:  # the results table as it was, without design_effect
+        connection.executescript(SCHEMA.replace("provenance TEXT, design_effect REAL,", "provenance TEXT,"))
+    with ResultsStore(path) as store:
+        store.put_cell({"cell_id": "c", "architecture": "conv8", "encoder": "none", "training_set": "AB",
+                        "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0, "best_epoch": 1,
+                        "val_auc": 0.7, "config": {}})
+        store.put_results("c", _rows(0), {"bundle": "b"})
+        assert "design_effect" in store.table("results")
+        wide = store.wide_results()
+    assert wide.loc[0, "sensitivity_wilson_low"] == pytest.approx(wide.loc[0, "sensitivity"] - 0.06)

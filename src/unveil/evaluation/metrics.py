@@ -4,14 +4,17 @@ Tartaglione et al. (2020) report sensitivity, specificity, F1, accuracy, balance
 and the diagnostic odds ratio (DOR) at threshold 0.5, without intervals. Here every metric comes with
 a 95 % percentile interval from a *cluster* bootstrap over patients: several images of one patient
 are not independent, so resampling images would give intervals that are too narrow. Sensitivity,
-specificity and accuracy also get Wilson intervals, which treat images as independent (a reference
-point, narrower than the bootstrap when patients contribute several images).
+specificity and accuracy also get a patient-aware Wilson interval (:mod:`unveil.evaluation.proportions`:
+Wilson on images / design effect), which, unlike the percentile bootstrap, does not collapse to [0, 0]
+at 0/n or [1, 1] at n/n; the tables show it for those three metrics, the bootstrap for the others.
 
 Conventions: COVID+ is the positive class (label 1); an image is predicted positive iff its score is
->= the threshold. Undefined values (sensitivity with no COVID+ images, ...) are ``nan``; the DOR is
-``inf`` when no false positives or no false negatives occur, and its Haldane-Anscombe corrected form
-(0.5 added to every cell) is reported beside it as ``dor_corrected``. Each value carries a note that
-says why it is nan/inf or why its interval is partial.
+>= the threshold. Undefined values are ``nan``: sensitivity and F1 need COVID+ images, specificity
+COVID- images, and balanced accuracy, ROC AUC, the DOR and its corrected form need both (a
+continuity correction alone is no odds ratio). The DOR is ``inf`` when no false positives or no false
+negatives occur, and its Haldane-Anscombe corrected form (0.5 added to every cell) is reported beside
+it as ``dor_corrected``. Each value carries a note that says why it is nan/inf or why its interval is
+partial.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from unveil.evaluation.bootstrap import (  # noqa: F401 - WeightedAUC, _percenti
     percentile_interval,
     resample_patients,
 )
+from unveil.evaluation.proportions import patient_wilson_interval
 from unveil.thresholds import (  # noqa: F401 - re-exported: the evaluation layer names them too
     PAPER_THRESHOLD,
     ThresholdChoice,
@@ -50,7 +54,8 @@ AT_PAPER_THRESHOLD: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accu
 AT_PAPER_SUFFIX = "_at_0.5"
 
 # The threshold vocabulary lives in unveil.thresholds (training chooses with it too); re-exported here.
-__all__ = ["AT_PAPER_SUFFIX", "AT_PAPER_THRESHOLD", "METRICS", "PAPER_THRESHOLD", "PROPORTIONS", "REPORTED",
+__all__ = ["AT_PAPER_SUFFIX", "AT_PAPER_THRESHOLD", "BOTH_CLASSES", "METRICS", "PAPER_THRESHOLD", "PROPORTIONS",
+           "REPORTED",
            "Confusion", "Evaluation", "MetricOptionError", "MetricValue", "ThresholdChoice", "ThresholdRule",
            "choose_threshold", "dor_from_rates", "dor_haldane", "dor_range_from_rounded", "evaluate_scores",
            "fixed_threshold",
@@ -61,8 +66,10 @@ _NO_NEGATIVES = "no COVID- images"
 # Why a metric is undefined in a bootstrap resample (used in the interval notes).
 _RESAMPLE_REASON = {"sensitivity": "held no COVID+ images", "specificity": "held no COVID- images",
                     "balanced_accuracy": "held one class only", "roc_auc": "held one class only",
-                    "f1": "held no COVID+ images and no positive predictions",
-                    "dor": "had tp*tn = fp*fn = 0", "accuracy": "were empty"}
+                    "f1": "held no COVID+ images", "dor": "held one class only or had tp*tn = fp*fn = 0",
+                    "dor_corrected": "held one class only", "accuracy": "were empty"}
+#: Metrics that need COVID+ and COVID- images: nan (never a continuity-corrected number) with one class.
+BOTH_CLASSES: tuple[str, ...] = ("balanced_accuracy", "roc_auc", "dor", "dor_corrected")
 _CELL_NAMES = {"tp": "true positives", "fp": "false positives", "tn": "true negatives", "fn": "false negatives"}
 _WeightedAUC = WeightedAUC  # the name tests and older callers use
 
@@ -104,17 +111,20 @@ class Confusion:
 
 def _metrics_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
     """Every threshold metric from (arrays of) counts; 0/0 gives nan and x/0 gives inf, which is
-    exactly the DOR convention (inf when fp*fn == 0 < tp*tn, nan when both products are 0)."""
+    exactly the DOR convention (inf when fp*fn == 0 < tp*tn, nan when both products are 0). F1 is nan
+    without COVID+ images, the DOR and its corrected form without COVID+ or without COVID- images."""
     tp, fp, tn, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, tn, fn))
+    has_positives, has_negatives = tp + fn > 0, tn + fp > 0
+    both = has_positives & has_negatives
     with np.errstate(divide="ignore", invalid="ignore"):
         sensitivity = tp / (tp + fn)
         specificity = tn / (tn + fp)
         return {"sensitivity": sensitivity, "specificity": specificity,
-                "f1": 2 * tp / (2 * tp + fp + fn),
+                "f1": np.where(has_positives, 2 * tp / (2 * tp + fp + fn), np.nan),
                 "accuracy": (tp + tn) / (tp + fp + tn + fn),
                 "balanced_accuracy": (sensitivity + specificity) / 2,
-                "dor": (tp * tn) / (fp * fn),
-                "dor_corrected": ((tp + 0.5) * (tn + 0.5)) / ((fp + 0.5) * (fn + 0.5))}
+                "dor": np.where(both, (tp * tn) / (fp * fn), np.nan),
+                "dor_corrected": np.where(both, ((tp + 0.5) * (tn + 0.5)) / ((fp + 0.5) * (fn + 0.5)), np.nan)}
 
 
 def point_metrics(confusion: Confusion) -> dict[str, float]:
@@ -124,7 +134,8 @@ def point_metrics(confusion: Confusion) -> dict[str, float]:
 
 
 def dor_haldane(confusion: Confusion) -> float:
-    """Haldane-Anscombe DOR: 0.5 added to every cell, so it is finite and > 0 even with zero cells."""
+    """Haldane-Anscombe DOR: 0.5 added to every cell, so it is finite and > 0 even with zero cells; nan when
+    COVID+ or COVID- images are missing (the correction alone would make up an odds ratio)."""
     return float(_metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)["dor_corrected"])
 
 
@@ -149,7 +160,8 @@ def dor_range_from_rounded(sensitivity: float, specificity: float, decimals: int
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (images taken as independent); (nan, nan) for n == 0."""
+    """Wilson score interval for a binomial proportion (images taken as independent); (nan, nan) for n == 0.
+    The evaluation uses the patient-aware form, :func:`unveil.evaluation.proportions.patient_wilson_interval`."""
     if n < 0 or not 0 <= successes <= max(n, 0):
         raise ValueError(f"need 0 <= successes <= n; got successes={successes}, n={n}")
     if n == 0:
@@ -160,8 +172,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One metric: point estimate, bootstrap percentile interval, Wilson interval (proportions only), and a
-    note saying why the value is nan/inf or why the interval is missing or partial."""
+    """One metric: point estimate, patient-bootstrap percentile interval (``low``, ``high``), for the
+    proportions the patient-aware Wilson interval and the design effect it used, and a note saying why the
+    value is nan/inf or why the interval is missing or partial."""
 
     name: str
     value: float
@@ -170,6 +183,7 @@ class MetricValue:
     wilson_low: float | None = None
     wilson_high: float | None = None
     note: str | None = None
+    design_effect: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +205,8 @@ class Evaluation:
 
     def as_row(self) -> dict[str, object]:
         """A flat dict (one table row): threshold, counts, confusion cells, and per metric m the columns
-        m, m_low, m_high, m_wilson_low/m_wilson_high (proportions only) and m_note."""
+        m, m_low, m_high (patient bootstrap), for the proportions m_wilson_low/m_wilson_high (patient-aware
+        Wilson) and m_design_effect, and m_note."""
         c = self.confusion
         row: dict[str, object] = {
             "threshold": self.threshold, "threshold_rule": self.threshold_rule.value,
@@ -202,7 +217,8 @@ class Evaluation:
         for name, metric in self.metrics.items():
             row.update({name: metric.value, f"{name}_low": metric.low, f"{name}_high": metric.high})
             if name in PROPORTIONS:
-                row.update({f"{name}_wilson_low": metric.wilson_low, f"{name}_wilson_high": metric.wilson_high})
+                row.update({f"{name}_wilson_low": metric.wilson_low, f"{name}_wilson_high": metric.wilson_high,
+                            f"{name}_design_effect": metric.design_effect})
             row[f"{name}_note"] = metric.note
         return row
 
@@ -237,9 +253,11 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     both_classes = confusion.positives > 0 and confusion.negatives > 0
     points["roc_auc"] = float(roc_auc_score(y, s)) if both_classes else math.nan
 
-    draws = _bootstrap(y, s, s >= threshold, codes, n_patients, resamples, np.random.default_rng(seed))
-    metrics = {name: _metric_value(name, points[name], draws[name], confusion, confidence, resamples)
-               for name in REPORTED}
+    predicted = s >= threshold
+    draws = _bootstrap(y, s, predicted, codes, n_patients, resamples, np.random.default_rng(seed))
+    per_patient = _per_patient_counts(y, predicted, codes, n_patients)
+    metrics = {name: _metric_value(name, points[name], draws[name], confusion, confidence, resamples,
+                                   per_patient.get(name)) for name in REPORTED}
 
     return Evaluation(
         threshold=threshold, threshold_rule=rule, threshold_description=description, confusion=confusion,
@@ -252,22 +270,31 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
                    "method": "percentile"})
 
 
+def _per_patient_counts(y: np.ndarray, predicted: np.ndarray, codes: np.ndarray,
+                        n_patients: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per proportion, each patient's (successes, trials): found COVID+ of COVID+ images (sensitivity),
+    cleared COVID- of COVID- images (specificity), right of all images (accuracy)."""
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(codes[mask], minlength=n_patients)
+    positive, negative = y == 1, y == 0
+    return {"sensitivity": (count(positive & predicted), count(positive)),
+            "specificity": (count(negative & ~predicted), count(negative)),
+            "accuracy": (count(positive == predicted), count(np.ones_like(positive)))}
+
+
 def _metric_value(name: str, point: float, draws: np.ndarray, confusion: Confusion, confidence: float,
-                  resamples: int) -> MetricValue:
-    """One metric's point value, bootstrap interval, Wilson interval (proportions) and notes."""
+                  resamples: int, per_patient: tuple[np.ndarray, np.ndarray] | None = None) -> MetricValue:
+    """One metric's point value, bootstrap interval, patient-aware Wilson interval (proportions, from their
+    per-patient successes and trials) and notes."""
     interval = percentile_interval(draws, (1 - confidence) / 2, resamples,
                                    undefined_reason=_RESAMPLE_REASON.get(name, "had it undefined"))
-    wilson_low = wilson_high = None
-    if name in PROPORTIONS:
-        successes, n = {"sensitivity": (confusion.tp, confusion.positives),
-                        "specificity": (confusion.tn, confusion.negatives),
-                        "accuracy": (confusion.tp + confusion.tn, confusion.total)}[name]
-        wilson_low, wilson_high = wilson_interval(successes, n, confidence)
+    wilson = patient_wilson_interval(*per_patient, confidence) if per_patient is not None else None
     # Undefined at the point and in every resample: the point note already says why.
     interval_note = None if math.isnan(point) and interval.undefined_in_every_resample else interval.note
     notes = [note for note in (_point_note(name, point, confusion), interval_note) if note]
-    return MetricValue(name=name, value=point, low=interval.low, high=interval.high, wilson_low=wilson_low,
-                       wilson_high=wilson_high, note="; ".join(notes) or None)
+    return MetricValue(name=name, value=point, low=interval.low, high=interval.high,
+                       wilson_low=wilson.low if wilson else None, wilson_high=wilson.high if wilson else None,
+                       note="; ".join(notes) or None, design_effect=wilson.design_effect if wilson else None)
 
 
 def metrics_at_paper_threshold(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
@@ -294,6 +321,8 @@ def _bootstrap(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes: np.nd
 def _point_note(name: str, value: float, confusion: Confusion) -> str | None:
     """Why a point estimate is nan, inf or zero (DOR), or None when it is an ordinary number."""
     missing = _NO_POSITIVES if confusion.positives == 0 else _NO_NEGATIVES if confusion.negatives == 0 else None
+    if name in BOTH_CLASSES and missing:
+        return f"undefined: {missing} (it needs COVID+ and COVID- images)"
     if name == "dor":
         corrected = "Haldane-Anscombe corrected estimate given as dor_corrected"
         zero = [cell for cell in ("tp", "fp", "tn", "fn") if getattr(confusion, cell) == 0]
@@ -307,7 +336,7 @@ def _point_note(name: str, value: float, confusion: Confusion) -> str | None:
     if not math.isnan(value):
         return None
     if name == "f1":
-        return "undefined: no COVID+ images and none predicted COVID+"
+        return f"undefined: {_NO_POSITIVES}"
     if name == "accuracy":
         return "undefined: no images"
     if name == "sensitivity":

@@ -7,7 +7,10 @@ Tables
   val_auc, config)``: one training cell of the grid.
 - ``results(cell_id, test_set, metric, value, low, high, wilson_low, wilson_high, note, images, patients,
   positive_images, negative_images, tp, fp, tn, fn, threshold, threshold_rule, resamples, seed,
-  provenance)``: one row per (cell, test set, metric). NaN is stored as NULL, infinity as a REAL inf.
+  provenance, design_effect)``: one row per (cell, test set, metric). ``low``/``high``: patient bootstrap;
+  ``wilson_low``/``wilson_high``/``design_effect``: the patient-aware Wilson interval of the proportions
+  (sensitivity, specificity, accuracy; NULL for the other metrics). NaN is stored as NULL, infinity as a
+  REAL inf.
   The metrics include ``*_at_0.5`` (sensitivity, specificity, F1, accuracy, balanced accuracy at the
   fixed 0.5, point values) beside the ones at the cell's own threshold.
 - ``audits(cell_id, test, subject, value, low, high, rule, flagged, suggests, measure)``: ``measure`` says
@@ -27,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from unveil.errors import UnveilError
-from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS, PROPORTIONS
 from unveil.training.config import ConfigError, TrainConfig
 
 #: the tables of a results store
@@ -46,13 +49,17 @@ CREATE TABLE IF NOT EXISTS cells (cell_id TEXT PRIMARY KEY, architecture TEXT, e
 CREATE TABLE IF NOT EXISTS results (cell_id TEXT, test_set TEXT, metric TEXT, value REAL, low REAL, high REAL,
     wilson_low REAL, wilson_high REAL, note TEXT, images INTEGER, patients INTEGER, positive_images INTEGER,
     negative_images INTEGER, tp INTEGER, fp INTEGER, tn INTEGER, fn INTEGER, threshold REAL, threshold_rule TEXT,
-    resamples INTEGER, seed INTEGER, provenance TEXT, PRIMARY KEY (cell_id, test_set, metric));
+    resamples INTEGER, seed INTEGER, provenance TEXT, design_effect REAL, PRIMARY KEY (cell_id, test_set, metric));
 CREATE TABLE IF NOT EXISTS audits (cell_id TEXT, test TEXT, subject TEXT, value REAL, low REAL, high REAL,
     rule TEXT, flagged INTEGER, suggests TEXT, measure TEXT, PRIMARY KEY (cell_id, test, subject));
 CREATE TABLE IF NOT EXISTS files (kind TEXT, cell_id TEXT, label TEXT, path TEXT, PRIMARY KEY (kind, cell_id, label));
 """
 REPORTED_METRICS = (*METRICS, "dor_corrected", *(f"{m}{AT_PAPER_SUFFIX}" for m in AT_PAPER_THRESHOLD))
 COUNT_COLUMNS = ("images", "patients", "positive_images", "negative_images", "tp", "fp", "tn", "fn")
+RESULT_COLUMNS = ("cell_id", "test_set", "metric", "value", "low", "high", "wilson_low", "wilson_high", "note",
+                  *COUNT_COLUMNS, "threshold", "threshold_rule", "resamples", "seed", "provenance", "design_effect")
+#: Columns added to a table after its first release: (table, column, type), added to an older store on opening.
+ADDED_COLUMNS = (("audits", "measure", "TEXT"), ("results", "design_effect", "REAL"))
 
 
 def _real(value: Any) -> float | None:
@@ -81,10 +88,10 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(self.path, timeout=60)
         self.connection.executescript(SCHEMA)
-        columns = {row[1] for row in self.connection.execute("PRAGMA table_info(audits)")}
-        if "measure" not in columns:  # a store written before verdicts named their measure
-            with self.connection:
-                self.connection.execute("ALTER TABLE audits ADD COLUMN measure TEXT")
+        for table, column, kind in ADDED_COLUMNS:  # a store written before verdicts named their measure, ...
+            if column not in {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}:
+                with self.connection:
+                    self.connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.connection.close()
@@ -134,9 +141,11 @@ class ResultsStore:
                     _real(row.get(f"{metric}_wilson_high")),
                     None if pd.isna(row.get(f"{metric}_note")) else str(row.get(f"{metric}_note")),
                     *(int(row[c]) for c in COUNT_COLUMNS), float(row["threshold"]), str(row["threshold_rule"]),
-                    int(row["resamples"]), int(row["seed"]), json.dumps(provenance, default=str)))
+                    int(row["resamples"]), int(row["seed"]), json.dumps(provenance, default=str),
+                    _real(row.get(f"{metric}_design_effect"))))
         with self.connection:
-            self.connection.executemany(f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * 22)})", records)
+            self.connection.executemany(f"INSERT OR REPLACE INTO results ({', '.join(RESULT_COLUMNS)}) VALUES "
+                                        f"({', '.join('?' * len(RESULT_COLUMNS))})", records)
 
     def put_audit(self, cell_id: str, verdicts: Iterable[Any]) -> None:
         with self.connection:
@@ -158,8 +167,9 @@ class ResultsStore:
         return pd.read_sql_query(f"SELECT * FROM {name}", self.connection)
 
     def wide_results(self) -> pd.DataFrame:
-        """One row per (cell, test set) with ``metric``, ``metric_low``, ``metric_high``, ``metric_note`` and
-        the cell's identity: the layout the tables module expects."""
+        """One row per (cell, test set) with ``metric``, ``metric_low``, ``metric_high``, ``metric_note``, for
+        the proportions ``metric_wilson_low``/``_wilson_high``/``_design_effect``, and the cell's identity: the
+        layout the tables module expects (the columns of `evaluate_models` rows)."""
         long = self.table("results")
         if long.empty:
             return pd.DataFrame()
@@ -175,7 +185,11 @@ class ResultsStore:
                                    "threshold": first["threshold"], "threshold_rule": first["threshold_rule"]}
             for _, metric in group.iterrows():
                 name = metric["metric"]
-                for suffix, column in (("", "value"), ("_low", "low"), ("_high", "high"), ("_note", "note")):
+                columns = [("", "value"), ("_low", "low"), ("_high", "high"), ("_note", "note")]
+                if name in PROPORTIONS:
+                    columns += [("_wilson_low", "wilson_low"), ("_wilson_high", "wilson_high"),
+                                ("_design_effect", "design_effect")]
+                for suffix, column in columns:
                     value = metric[column]
                     row[name + suffix] = math.nan if value is None and suffix != "_note" else value
             rows.append(row)

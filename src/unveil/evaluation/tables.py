@@ -8,6 +8,11 @@
   seven metrics with intervals, the Haldane-Anscombe corrected DOR (finite when the paper's is
   infinite), the threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
 
+Intervals: sensitivity, specificity and accuracy show the patient-aware Wilson interval (columns
+``m_wilson_low``/``m_wilson_high``; the percentile bootstrap collapses to [0, 0] at 0/n), every other
+metric the patient bootstrap (``m_low``/``m_high``); the captions say so. An undefined value prints
+``n/a`` and the note saying why is listed under the table (and kept in the row's ``m_note``).
+
 Every row names its model; two models are never merged into one row. Runs of one cell that differ
 only by seed are pooled only on request (``aggregate_seeds``, :func:`pool_seeds`): mean ± the
 half-width of a Student-t 95 % interval over the seeds.
@@ -23,7 +28,8 @@ import pandas as pd
 
 from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import distinct_names
-from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, ThresholdRule
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, PROPORTIONS, ThresholdRule
+from unveil.evaluation.proportions import METHOD as WILSON_METHOD
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 
@@ -36,6 +42,13 @@ ARCHITECTURE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "densene
                       "conv8": "Conv8", "covidnet": "COVID-Net"}
 FORMATS = ("csv", "md", "tex")
 SEED_INTERVAL = "mean ± half-width of the Student-t 95 % interval over seeds"
+#: How each metric's 95 % interval is computed (captions, report); see :func:`interval_columns`.
+BOOTSTRAP_METHOD = "patient bootstrap, percentile"
+INTERVAL_METHODS = {"Sensitivity, Specificity, Accuracy": WILSON_METHOD,
+                    "F1, BA, AUC, DOR, DOR (HA)": BOOTSTRAP_METHOD}
+#: What a cell without a number means (captions, report).
+UNDEFINED_LEGEND = "n/a: undefined (why: listed under the table)"
+NOT_EVALUATED_LEGEND = "—: not evaluated"
 
 
 class TableError(UnveilError, ValueError):
@@ -50,13 +63,28 @@ def format_value(value: float, digits: int = 2, infinity: str = "∞") -> str:
     return f"{value:.{digits}f}"
 
 
+def interval_columns(metric: str) -> tuple[str, str]:
+    """The row columns holding ``metric``'s interval: the patient-aware Wilson bounds for the proportions
+    (sensitivity, specificity, accuracy), the patient-bootstrap percentile bounds for the others."""
+    if metric in PROPORTIONS:
+        return f"{metric}_wilson_low", f"{metric}_wilson_high"
+    return f"{metric}_low", f"{metric}_high"
+
+
+def interval_captions() -> str:
+    """``95 % CI: Sensitivity, ... Wilson ...; F1, ... patient bootstrap``: which interval each column shows."""
+    return "95 % CI: " + "; ".join(f"{columns}: {method}" for columns, method in INTERVAL_METHODS.items())
+
+
 def format_with_interval(row: pd.Series, metric: str, infinity: str = "∞") -> str:
+    """``0.80 [0.70, 0.90]`` (the interval of :func:`interval_columns`), ``0.80 ± 0.05`` for pooled seeds,
+    the point alone without an interval, ``n/a`` when undefined."""
     digits = 2
     point = format_value(row[metric], digits, infinity)
     if _seeds(row) > 1:  # pooled seeds: mean ± half-width
         half = row.get(f"{metric}_half_width")
         return point if half is None or pd.isna(half) else f"{point} ± {format_value(half, digits, infinity)}"
-    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    low, high = (row.get(column) for column in interval_columns(metric))
     if pd.isna(row[metric]) or low is None or high is None or (pd.isna(low) and pd.isna(high)):
         return point
     return f"{point} [{format_value(low, digits, infinity)}, {format_value(high, digits, infinity)}]"
@@ -130,7 +158,7 @@ def summary_table(rows: pd.DataFrame, metric: str = "balanced_accuracy", infinit
     pivot = table.pivot_table(index=index, columns="test_set", values="value", aggfunc=_only, sort=False)
     pivot.index.names = ["Model", "Architecture", "Pre-trained", "Trained on", "Threshold rule"]
     pivot.columns = [f"Test {c}" for c in pivot.columns]
-    return pivot.reset_index()
+    return pivot.fillna("—").reset_index()  # a model not evaluated on a test set
 
 
 def _only(values: pd.Series) -> str:
@@ -170,7 +198,8 @@ def architecture_tables(rows: pd.DataFrame, infinity: str = "∞") -> dict[str, 
 def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     """Pool the runs of one cell that differ only by seed: per (architecture, encoder, training set, recipe,
     threshold rule, test set), every metric's mean over seeds, its ``_half_width`` (Student-t 95 %, nan
-    for one seed), ``n_seeds``, ``seeds`` and the ``model`` names pooled. Refuses two runs with one seed."""
+    for one seed), the seeds' distinct ``_note``s, ``n_seeds``, ``seeds`` and the ``model`` names pooled
+    (not the per-run interval bounds). Refuses two runs with one seed."""
     from scipy.stats import t as student_t
 
     if "model_seed" not in rows:
@@ -179,8 +208,12 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(model=model_labels(rows))
     keys = [k for k in ("architecture", "encoder", "training_set", "recipe_key", "threshold_rule", "test_set")
             if k in rows]
+    # Per-run interval bounds are not pooled: the seeds' spread replaces them.
+    bounds = {column for metric in (*METRICS, "dor_corrected") for column in (
+        f"{metric}_low", f"{metric}_high", f"{metric}_wilson_low", f"{metric}_wilson_high")}
+    notes = [c for c in rows.columns if c.endswith("_note")]
     numeric = [c for c in rows.columns if c not in keys and pd.api.types.is_numeric_dtype(rows[c])
-               and c not in ("model_seed", "seed", "resamples")]
+               and c not in ("model_seed", "seed", "resamples") and c not in bounds and c not in notes]
     pooled = []
     for key, group in rows.groupby(keys, sort=False, dropna=False):
         seeds = group["model_seed"].tolist()
@@ -198,50 +231,99 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
             else:
                 row[f"{column}_half_width"] = math.nan
         row["threshold_sd"] = float(np.std(group["threshold"], ddof=0)) if "threshold" in group else math.nan
+        for column in notes:  # the seeds' distinct notes, so that a pooled n/a still says why
+            distinct = list(dict.fromkeys(v for v in group[column] if isinstance(v, str) and v))
+            row[column] = " | ".join(distinct) if distinct else None
         row.update({"model": " + ".join(group["model"]), "n_seeds": n,
                     "seeds": ", ".join(str(s) for s in sorted(seeds, key=str)), "interval": SEED_INTERVAL})
-        for metric in (*METRICS, "dor_corrected"):
-            row.pop(f"{metric}_low", None)
-            row.pop(f"{metric}_high", None)
         pooled.append(row)
     return pd.DataFrame(pooled)
 
 
-def _latex(table: pd.DataFrame, caption: str, label: str) -> str:
+def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] = (*METRICS, "dor_corrected")) -> list[str]:
+    """Why each ``n/a`` of a table is undefined, one line per row, metrics with one note together: ``m on
+    Test D: Specificity: undefined: no COVID- images; BA, AUC: ...`` (the rows' ``m_note``), in table order."""
+    lines = []
+    for _, row in _order(rows).iterrows():
+        by_note: dict[str, list[str]] = {}
+        for metric in metrics:
+            value, note = row.get(metric), row.get(f"{metric}_note")
+            if metric in row and pd.isna(value) and isinstance(note, str) and note:
+                by_note.setdefault(note, []).append(LABELS.get(metric, "DOR (HA)"))
+        if by_note:
+            parts = [f"{', '.join(labels)}: {note}" for note, labels in by_note.items()]
+            lines.append(f"{row['_model']} on Test {row['test_set']}: " + "; ".join(parts))
+    return lines
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "∞": r"$\infty$", "±": r"$\pm$",
+        "—": "---"}
+
+
+def tex_escape(text: object) -> str:
+    """``text`` for LaTeX: its special characters escaped (a bare ``%`` would comment out the rest of a
+    caption), infinity, ± and the em dash spelled for LaTeX."""
+    return "".join(_TEX.get(character, character) for character in str(text))
+
+
+def _latex(table: pd.DataFrame, caption: str, label: str, notes: list[str] | None = None) -> str:
     escaped = table.copy()
-    escaped.columns = [str(c).replace("_", r"\_") for c in escaped.columns]
+    escaped.columns = [tex_escape(c) for c in escaped.columns]
     for column in escaped.columns:
-        escaped[column] = escaped[column].map(lambda v: str(v).replace("_", r"\_").replace("∞", r"$\infty$"))
-    return escaped.style.hide(axis="index").to_latex(caption=caption, label=label, hrules=True,
+        escaped[column] = escaped[column].map(tex_escape)
+    text = escaped.style.hide(axis="index").to_latex(caption=tex_escape(caption), label=label, hrules=True,
                                                      column_format="l" * len(escaped.columns))
+    if notes:
+        lines = "\\\\\n".join(tex_escape(note) for note in notes)
+        text += f"\\begin{{flushleft}}\\footnotesize\n{lines}\n\\end{{flushleft}}\n"
+    return text
+
+
+def _markdown(table: pd.DataFrame, caption: str, notes: list[str]) -> str:
+    text = f"**{caption}**\n\n" + table.to_markdown(index=False) + "\n"
+    if not notes:
+        return text
+    # Markdown would read "tp*tn and fp*fn" as emphasis: the asterisks are escaped.
+    return text + "\n" + "".join("- " + note.replace("*", r"\*") + "\n" for note in notes)
+
+
+def named_tables(rows: pd.DataFrame, *, pooled: bool = False) -> dict[str, tuple[str, pd.DataFrame, list[str]]]:
+    """Per file stem (``table2``, ``tableA1_resnet18``, ...): caption, table and the notes on its ``n/a``
+    cells. ``pooled``: ``rows`` are :func:`pool_seeds` rows (mean ± half-width over seeds)."""
+    threshold_note = ("threshold chosen a priori on each model's validation split by the rule shown; "
+                      "'at 0.5': the same at the paper's fixed 0.5, where the threshold differs")
+    if pooled:
+        summary_values = table_values = "mean ± half-width of the Student-t 95 % interval over the seeds of each cell"
+    else:
+        summary_values, table_values = f"95 % CI, {BOOTSTRAP_METHOD}", interval_captions()
+    named = {"table2": (f"Table 2: balanced accuracy of every model on every test set ({summary_values}; "
+                        f"{threshold_note}; {UNDEFINED_LEGEND}; {NOT_EVALUATED_LEGEND})", summary_table(rows),
+                        undefined_notes(rows, ("balanced_accuracy",)))}
+    ordered = _order(rows)
+    for index, (architecture, table) in enumerate(architecture_tables(rows).items(), 1):
+        title = ARCHITECTURE_NAMES.get(architecture, architecture)
+        group = ordered[ordered["architecture"].astype(str) == architecture].drop(columns="_model")
+        named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, model x test set ({table_values}; "
+                                                  f"{threshold_note}; {UNDEFINED_LEGEND})", table,
+                                                  undefined_notes(group))
+    return named
 
 
 def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = FORMATS, *,
                  aggregate_seeds: bool = False) -> list[Path]:
-    """Write Table 2 and Tables A1..An; CSV keeps raw numbers (every column of ``rows``).
-    ``aggregate_seeds``: pool the seeds of each cell (mean ± t-interval half-width; ``results_by_cell.csv``)."""
+    """Write Table 2 and Tables A1..An; CSV keeps raw numbers (every column of ``rows``: both the bootstrap
+    and the Wilson bounds, the notes). ``aggregate_seeds``: pool the seeds of each cell (mean ± t-interval
+    half-width; ``results_by_cell.csv``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     tabulated = pool_seeds(rows) if aggregate_seeds else rows
-    if aggregate_seeds:
-        values = "mean ± half-width of the Student-t 95 % interval over the seeds of each cell"
-    else:
-        values = "95 % CI, patient bootstrap"
-    threshold_note = ("threshold chosen a priori on each model's validation split by the rule shown; "
-                      "'at 0.5': the same at the paper's fixed 0.5, where the threshold differs")
-    named = {"table2": (f"Table 2: balanced accuracy of every model on every test set ({values}; {threshold_note})",
-                        summary_table(tabulated))}
-    for index, (architecture, table) in enumerate(architecture_tables(tabulated).items(), 1):
-        title = ARCHITECTURE_NAMES.get(architecture, architecture)
-        named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, model x test set ({values}; "
-                                                  f"{threshold_note})", table)
-    for stem, (caption, table) in named.items():
+    for stem, (caption, table, notes) in named_tables(tabulated, pooled=aggregate_seeds).items():
         if "md" in formats:
-            text = f"**{caption}**\n\n" + table.to_markdown(index=False) + "\n"
-            written.append(write_text_atomic(out / f"{stem}.md", text))
+            written.append(write_text_atomic(out / f"{stem}.md", _markdown(table, caption, notes)))
         if "tex" in formats:
-            written.append(write_text_atomic(out / f"{stem}.tex", _latex(table, caption, f"tab:{stem}")))
+            written.append(write_text_atomic(out / f"{stem}.tex", _latex(table, caption, f"tab:{stem}", notes)))
     if "csv" in formats:
         written.append(write_text_atomic(out / "results.csv", rows.to_csv(index=False, lineterminator="\n")))
         if aggregate_seeds:

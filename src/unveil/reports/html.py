@@ -28,7 +28,14 @@ from unveil.audit.verdict import summary_sentence
 from unveil.data.compose import load_recipes
 from unveil.errors import UnveilError
 from unveil.evaluation.store import ResultsStore
-from unveil.evaluation.tables import ARCHITECTURE_NAMES, architecture_tables, format_value, summary_table
+from unveil.evaluation.tables import (
+    ARCHITECTURE_NAMES,
+    NOT_EVALUATED_LEGEND,
+    UNDEFINED_LEGEND,
+    format_value,
+    interval_captions,
+    named_tables,
+)
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
 from unveil.reports.intervals import RULE, too_wide
@@ -170,7 +177,11 @@ def _inconclusive(wide: pd.DataFrame, metric: str = "balanced_accuracy") -> list
         return []
     found = []
     for _, row in wide.sort_values(["model", "test_set"]).iterrows():
-        why = too_wide(row.get(f"{metric}_low"), row.get(f"{metric}_high"))
+        if _missing(row[metric]):  # undefined (one class only, ...): say why, not "too few patients"
+            note = row.get(f"{metric}_note")
+            why = note if isinstance(note, str) and note else "undefined"
+        else:
+            why = too_wide(row.get(f"{metric}_low"), row.get(f"{metric}_high"))
         if why is not None:
             found.append({"model": row["model"], "test_set": row["test_set"],
                           "label": _cell_label(row["architecture"], row["encoder"], row["training_set"]),
@@ -284,11 +295,14 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
     wide = store.wide_results()
     recipes = _recipes(experiment)
 
-    tables = []
+    tables, summary = [], None
     if not wide.empty:
-        for index, (architecture, table) in enumerate(architecture_tables(wide).items(), 1):
-            tables.append({"title": f"Table A{index}: {_architecture(architecture)}",
-                           "html": _html_table(table, "metrics")})
+        named = named_tables(wide)
+        _, table2, table2_notes = named.pop("table2")
+        summary = {"html": _html_table(table2, "summary"), "notes": table2_notes}
+        for index, (stem, (_, table, notes)) in enumerate(named.items(), 1):
+            tables.append({"title": f"Table A{index}: {_architecture(stem.split('_', 1)[1])}",
+                           "html": _html_table(table, "metrics"), "notes": notes})
     roc = []
     for _, cell in cells.iterrows():
         label = _cell_label(cell["architecture"], cell["encoder"], cell["training_set"])
@@ -300,7 +314,8 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "n_cells": len(cells),
         "n_tests": int(wide["test_set"].nunique()) if not wide.empty else 0,
-        "summary": _html_table(summary_table(wide), "summary") if not wide.empty else None,
+        "summary": summary, "intervals": interval_captions(),
+        "legend": f"{UNDEFINED_LEGEND}; {NOT_EVALUATED_LEGEND}",
         "inconclusive": _inconclusive(wide), "interval_rule": RULE,
         "notes": _loads(experiment.get("notes", "[]")) or [],
         "heatmap": _heatmap(wide, cells), "tables": tables, "roc": roc,
