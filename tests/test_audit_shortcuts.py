@@ -132,7 +132,8 @@ def test_realdata_shortcut_model_is_flagged(tmp_path):
     for verdict in result.verdicts:
         by_test.setdefault(verdict.test, []).append(verdict)
     # the source probe, on the model's own sources (not only on the external sets)
-    own = [v for v in by_test["source probe"] if v.subject.startswith("chestxray vs covid-chestxray")]
+    own = [v for v in by_test["source probe"]
+           if v.subject.startswith("chestxray (test split of AB) vs covid-chestxray (test split of AB)")]
     assert own and own[0].flagged and own[0].low <= own[0].value <= own[0].high
     # the transfer verdict, with the interval of the drop above 0
     transfer = [v for v in by_test["transfer (AUC)"] + by_test["transfer (balanced accuracy)"] if v.flagged]

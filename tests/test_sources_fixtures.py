@@ -485,3 +485,50 @@ def test_original_split_keeps_the_sources_own_parts(tmp_path):
         "Val/Non-COVID/Non_COVID (7)": "val", "Test/COVID-19/covid_9": "test"}
     with pytest.raises(SplitError, match="original_split"):
         original_split(records.drop(columns="original_split"))
+
+
+# ------------------------------------------------------------------------------- ChestXRay (Kermany)
+
+
+def _kermany_fixture(root: Path) -> Path:
+    """Mendeley's train/ and test/ folders, as published: the same person number (and exam id) recurs in both, with
+    another diagnosis (person1: bacterial in train/, viral in test/); val/ is Kaggle's, carved out of train/."""
+    names = ("train/PNEUMONIA/person1_bacteria_1.jpeg", "train/PNEUMONIA/person1_bacteria_2.jpeg",
+             "train/NORMAL/IM-0001-0001.jpeg", "val/PNEUMONIA/person7_virus_30.jpeg",
+             "test/PNEUMONIA/person1_virus_6.jpeg", "test/PNEUMONIA/person1_virus_7.jpeg",
+             "test/NORMAL/IM-0001-0001.jpeg")
+    for seed, name in enumerate(names):
+        _png(root / name, _image(seed, 32))
+    return root
+
+
+def test_kermany_person_ids_are_scoped_per_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from unveil.cli import app
+    from unveil.data.leakage import LeakageError, check_leakage
+    from unveil.data.splits import original_split
+
+    root = _kermany_fixture(tmp_path / "chest_xray")
+    records = load_source("chestxray", root).records
+    patients = dict(zip(records["record_id"].str.removeprefix("chestxray/"), records["patient_id"]))
+    assert patients["train/PNEUMONIA/person1_bacteria_2.jpeg"] == "person1"
+    assert patients["test/PNEUMONIA/person1_virus_6.jpeg"] == "person1 (test)"  # another child than train's person1
+    assert patients["test/NORMAL/IM-0001-0001.jpeg"] == "IM-0001 (test)"
+    assert patients["val/PNEUMONIA/person7_virus_30.jpeg"] == "person7"  # val/ shares train/'s numbering
+    assert records["patient_id"].nunique() == 5
+    check_leakage(records.assign(split=original_split(records)))  # the official parts: no patient in two of them
+    split = CliRunner().invoke(app, ["data", "split", "chestxray", str(root), "--out", str(tmp_path / "s.csv"),
+                                     "--respect-original-split"])
+    assert split.exit_code == 0, split.output
+
+    # the other reading, on request: one id, one child, whatever the folder
+    shared = load_source("chestxray", root, shared_patient_ids="yes").records
+    assert set(shared["patient_id"]) == {"person1", "IM-0001", "person7"}
+    with pytest.raises(LeakageError, match="chestxray::person1 in test\\+train"):
+        check_leakage(shared.assign(split=original_split(shared)))
+    refused = CliRunner().invoke(app, ["data", "split", "chestxray", str(root), "--out", str(tmp_path / "t.csv"),
+                                       "--respect-original-split", "-o", "shared_patient_ids=true"])
+    assert refused.exit_code != 0 and "in more than one split" in refused.output
+    with pytest.raises(DatasetLayoutError, match="loader option shared_patient_ids='maybe': expected true or false"):
+        load_source("chestxray", root, shared_patient_ids="maybe")

@@ -14,19 +14,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unveil.audit.verdict import Verdict
+from unveil.audit.verdict import COUNT, NOT_CHECKED, Verdict
 from unveil.data.fingerprints import NEAR_DUPLICATE_DISTANCE
 from unveil.data.near_duplicates import near_duplicates
 from unveil.evaluation.evaluate import training_records
 from unveil.training.bundle import ModelBundle
 
+#: what a contamination verdict counts (a count: printed "1 of 180 images", no interval)
+MEASURE = f"{COUNT}test images that duplicate a training image"
 
-def contamination_verdict(test_set: str, images: int, pairs: pd.DataFrame, *, rule: int, checked: bool):
-    """The verdict of one test set: how many of its images are (near-)copies of training images."""
+
+def contamination_verdict(test_set: str, images: int, pairs: pd.DataFrame, *, rule: int, checked: bool) -> Verdict:
+    """The verdict of one test set: how many of its ``images`` are (near-)copies of training images, a count out
+    of ``images`` (``Verdict.total``) with no interval: it is counted, not estimated."""
     if not checked:
         return Verdict("contamination", f"{test_set} vs training images", float("nan"), float("nan"), float("nan"),
-                       "not checked", None, "the model's split file is not beside its bundle: its training images are "
-                       "unknown", measure="test images that duplicate training images")
+                       NOT_CHECKED, None, "the model's split file is not beside its bundle: its training images are "
+                       "unknown", measure=MEASURE, total=images)
     copies = int(pairs["record_id"].nunique()) if len(pairs) else 0
     exact = int(pairs.loc[pairs["exact"], "record_id"].nunique()) if len(pairs) else 0
     flagged = bool(copies >= rule)
@@ -36,7 +40,8 @@ def contamination_verdict(test_set: str, images: int, pairs: pd.DataFrame, *, ru
         (f"{copies} of {images} images ({exact} byte-identical) are near-duplicates of the model's training images "
          f"(pHash within {NEAR_DUPLICATE_DISTANCE} bits): their scores are not independent evidence; `unveil "
          "evaluate` refuses them unless --duplicates flag or exclude") if flagged else
-        f"none of {images} images duplicates a training image", measure="test images that duplicate training images")
+        f"{'none' if copies == 0 else copies} of {images} images duplicates a training image", measure=MEASURE,
+        total=images)
 
 
 def contamination_section(bundle: ModelBundle, records: pd.DataFrame, members: dict[str, set[str]], thresholds,

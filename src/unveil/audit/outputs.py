@@ -86,9 +86,9 @@ def _number(value: float) -> float | str | None:
 
 
 def audit_document(result: AuditResult) -> dict[str, Any]:
-    """Everything as JSON-ready data (NaN -> null)."""
-    verdicts = [{k: _number(v) if isinstance(v, float) else v for k, v in asdict(verdict).items()}
-                for verdict in result.verdicts]
+    """Everything as JSON-ready data (NaN -> null); each verdict also as printed (``shown``, ``state``)."""
+    verdicts = [{**{k: _number(v) if isinstance(v, float) else v for k, v in asdict(verdict).items()},
+                 "shown": verdict.shown, "state": verdict.state} for verdict in result.verdicts]
     return {"verdicts": verdicts, "flagged": len(result.flagged), "figures": result.figures, "files": result.files}
 
 
@@ -101,9 +101,8 @@ def audit_markdown(result: AuditResult, out: Path) -> str:
              "| test | subject | measure | value [95 % CI] | flag rule | flagged | what it suggests |",
              "|---|---|---|---|---|---|---|"]
     for v in result.verdicts:
-        value = "n/a" if math.isnan(v.value) else f"{v.value:.2f} [{v.low:.2f}, {v.high:.2f}]"
-        flag = "—" if v.flagged is None else ("**yes**" if v.flagged else "no")
-        cells = [v.test, v.subject, v.measure, value, v.threshold, flag, v.suggests]
+        flag = {"FLAGGED": "**yes**", "ok": "no", "informative": "—"}.get(v.state, v.state)
+        cells = [v.test, v.subject, v.measure, v.shown, v.threshold, flag, v.suggests]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     lines.append("")
     for key in ("tsne_by_source", "tsne_by_label"):

@@ -6,7 +6,8 @@ it is compared with and what it suggests — no single score:
 1. feature map: t-SNE of the encoder features, coloured by source and by label (the paper's Fig. 4);
 2. source identifiability: a cross-validated linear probe telling two sources apart *within one
    class* (and, for reference, the same probe predicting the label);
-3. lung occlusion: the model's AUC with the lung fields replaced by a neutral fill;
+3. lung occlusion: the model's AUC with the lung content replaced by a neutral fill (on lung-masked input: the
+   lungs' silhouette kept, the content hidden; see :mod:`unveil.audit.occlusion`);
 4. saliency: the share of Grad-CAM mass inside the lung mask.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from unveil.audit.bootstrap import patient_bootstrap_mean
@@ -28,7 +30,14 @@ from unveil.audit.contamination import contamination_section
 from unveil.audit.embedding import plot_embedding, tsne_map
 from unveil.audit.infection import infection_verdicts
 from unveil.audit.metadata import metadata_verdicts
-from unveil.audit.occlusion import occlude, occlusion_masks
+from unveil.audit.occlusion import (
+    lung_mean,
+    occlude,
+    occlusion_masks,
+    same_for_every_image,
+    silhouettes,
+    soft_silhouettes,
+)
 from unveil.audit.outputs import (
     audit_document,  # noqa: F401 (re-exported: `unveil audit --json` uses it)
     write_audit_files,
@@ -41,8 +50,10 @@ from unveil.audit.verdict import (
     AuditResult,
     Verdict,
     label_probe_verdict,
+    occlusion_not_applicable,
     occlusion_verdict,
     saliency_verdict,
+    separation_kept,
     source_probe_verdict,
     summary_sentence,
 )
@@ -113,11 +124,11 @@ def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.n
 
 
 def _probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str,
-                   training_sources: set[str] | None = None) -> Verdict:
-    """A source probe flags when it separates two of the model's own training sources (the shortcut a model
-    can learn); a probe involving an external set measures a shift, shown as evidence (see the transfer test).
-    ``training_sources`` None: every pair may flag (no own test split to tell them apart)."""
-    external = training_sources is not None and not {probe.negative, probe.positive} <= training_sources
+                   training_groups: set[str] | None = None) -> Verdict:
+    """A source probe flags when it separates two groups of the model's own test split (two of its training
+    sources: the shortcut a model can learn); a probe involving an external set measures a shift, shown as
+    evidence (see the transfer test). ``training_groups`` None: every pair may flag (no own test split)."""
+    external = training_groups is not None and not {probe.negative, probe.positive} <= training_groups
     return source_probe_verdict(probe, thresholds.source_probe, within, external=external)
 
 
@@ -126,12 +137,13 @@ class AuditedImages:
     """The audited images, gathered once (step 0); every test reads them and none changes them."""
 
     bundle: ModelBundle
-    records: pd.DataFrame  # one row per image, with ``test_set`` (the first audited set that holds it)
+    records: pd.DataFrame  # one row per image, with ``test_set`` (the first audited set that holds it), ``audited_as``
     images: ImageSet  # pre-processed as the model saw them
-    lungs: np.ndarray  # bool lung masks, N x size x size
+    lungs: np.ndarray  # bool lung masks (``--mask``), N x size x size
+    model_masks: np.ndarray | None  # the masks the model's own pre-processing cut its input with (None: mask=none)
     members: dict[str, set[str]]  # record ids of each audited set (a record may be in several: AB, AC)
     own: str | None  # the model's own composition, audited on its test split
-    training_sources: set[str] | None  # sources of the own test split (None: every source pair may flag)
+    training_groups: set[str] | None  # probe groups of the own test split (None: every group pair may flag)
     cache: Path
 
     @property
@@ -152,27 +164,55 @@ class AuditedImages:
         return np.where(self.is_positive == 1, "COVID+", "COVID-")
 
 
+def audited_as(records: pd.DataFrame, kinds: dict[str, str]) -> pd.Series:
+    """Per image, the group the source probes compare, named by the role of the set that holds it (``test_set``),
+    so one source in two sets is two groups, never one: "chestxray (test split of AB)" for a composition's test
+    split ("hospital-csv (A, test split of AD)" where two of its roles share a source), the set's own name for a
+    whole dataset ("chestxray:/data/other"). ``kinds``: "composition" or "dataset" per set."""
+    role = records["role"].astype("string") if "role" in records else pd.Series(pd.NA, index=records.index)
+    shared = records.assign(role=role).groupby(["test_set", "source"])["role"].transform("nunique") > 1
+    split = "test split of " + records["test_set"].astype(str)
+    names = np.where(shared, records["source"] + " (" + role.fillna("?") + ", " + split + ")",
+                     records["source"] + " (" + split + ")")
+    whole = records["test_set"].map(kinds).eq("dataset")
+    return pd.Series(np.where(whole, records["test_set"], names), index=records.index, name="audited_as")
+
+
+def _distinct_ids(part: pd.DataFrame, seen: dict[str, str], name: str) -> pd.DataFrame:
+    """``part`` with every record id that already names another file (two datasets of one source hold the same
+    relative path, e.g. two hospitals' ``images/1.png``) made distinct by the set's name: two images, never one."""
+    other = part["record_id"].map(seen)
+    clash = other.notna() & (other != part["path"])
+    if clash.any():
+        part = part.assign(record_id=part["record_id"].where(~clash, part["record_id"] + f" ({name})"))
+    seen.update(zip(part["record_id"], part["path"]))
+    return part
+
+
 def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: dict[str, DataSpec] | None,
            mask: str, cache: str | Path | None, recipes: str | Path | None, allow_overlap: bool, workers: int,
            progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
     """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
     ``options``: loader options of the ``SOURCE:PATH`` test sets."""
-    parts, members = [], {}
+    parts, members, kinds, seen = [], {}, {}, {}
     for name in test_sets:
         test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
                                       options=options)
-        members[name] = set(test_set.records["record_id"])
-        parts.append(test_set.records.assign(test_set=name))
+        part = _distinct_ids(test_set.records, seen, name)
+        members[name], kinds[name] = set(part["record_id"]), str(test_set.origin.get("kind", "composition"))
+        parts.append(part.assign(test_set=name))
     records = pd.concat(parts, ignore_index=True).drop_duplicates("record_id").reset_index(drop=True)
-    training_sources = (set(records.loc[records["record_id"].isin(members[own]), "source"].astype(str))
-                        if own else None)
+    records["audited_as"] = audited_as(records, kinds)
+    training_groups = (set(records.loc[records["record_id"].isin(members[own]), "audited_as"].astype(str))
+                       if own else None)
     cache = Path(cache) if cache else training_cache(bundle)
-    images, _ = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
-    mask_settings = replace(bundle.preprocess_settings, mask=mask,
-                            convention=lung_convention or bundle.preprocess_settings.convention)
+    images, manifest = cached_images(bundle, records, cache=cache, workers=workers, progress=progress)
+    settings = bundle.preprocess_settings
+    model_masks = None if settings.mask == "none" else load_masks(images.records, manifest, settings.size)
+    mask_settings = replace(settings, mask=mask, convention=lung_convention or settings.convention)
     mask_report = preprocess_records(images.records, cache, mask_settings, workers=workers, progress=progress)
     lungs = load_masks(images.records, mask_report.manifest, bundle.image_size)
-    return AuditedImages(bundle, images.records, images, lungs, members, own, training_sources, cache)
+    return AuditedImages(bundle, images.records, images, lungs, model_masks, members, own, training_groups, cache)
 
 
 def feature_map(audited: AuditedImages, features: np.ndarray, out: Path, result: AuditResult, *,
@@ -194,7 +234,8 @@ def feature_map(audited: AuditedImages, features: np.ndarray, out: Path, result:
 
 def probe_tests(audited: AuditedImages, features: np.ndarray, thresholds: AuditThresholds, result: AuditResult, *,
                 seed: int, resamples: int) -> None:
-    """Test 2: the label probe (reference), then a source probe for every pair of sources within each class."""
+    """Test 2: the label probe (reference), then a source probe for every pair of groups (a source within one
+    audited set, :func:`audited_as`) within each class."""
     kept, is_positive, groups = audited.records, audited.is_positive, audited.groups
     probes = []
     try:
@@ -206,40 +247,75 @@ def probe_tests(audited: AuditedImages, features: np.ndarray, thresholds: AuditT
         result.figures["label_probe_note"] = str(error)
     for value, within in ((0, "COVID-"), (1, "COVID+")):
         in_class = is_positive == value
-        sources = kept.loc[in_class, "source"].value_counts()
+        sources = kept.loc[in_class, "audited_as"].value_counts()
         sources = sorted(s for s, n in sources.items() if n >= thresholds.min_images)
         for first, second in itertools.combinations(sources, 2):
-            chosen = in_class & kept["source"].isin([first, second]).to_numpy()
+            chosen = in_class & kept["audited_as"].isin([first, second]).to_numpy()
             try:
-                probe = linear_probe(features[chosen], (kept.loc[chosen, "source"] == second).to_numpy(),
+                probe = linear_probe(features[chosen], (kept.loc[chosen, "audited_as"] == second).to_numpy(),
                                      groups[chosen], name=f"source {within}", negative=first, positive=second,
                                      seed=seed, resamples=resamples)
             except ValueError as error:
                 result.figures.setdefault("probe_notes", []).append(str(error))
                 continue
             probes.append(probe.figures())
-            result.verdicts.append(_probe_verdict(probe, thresholds, within, audited.training_sources))
+            result.verdicts.append(_probe_verdict(probe, thresholds, within, audited.training_groups))
     result.figures["probes"] = probes
+
+
+def occluded_inputs(audited: AuditedImages, fill: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The images with the lung content hidden, and how (``variant``, ``fill``, ...). The model's input already
+    masked (black outside its blurred lung mask): the "silhouette" variant, the content replaced by one ``fill``
+    (default: the mean lung intensity of the audited input) inside that same blurred mask. Otherwise "lungs
+    hidden": the lungs (grown by size/64 px) replaced by the training mean, the rest of the radiograph kept."""
+    bundle, images = audited.bundle, audited.images.images
+    if audited.model_masks is not None:
+        settings = bundle.preprocess_settings
+        soft = soft_silhouettes(audited.model_masks, settings.blur_radius, bundle.image_size)
+        fill = lung_mean(images, soft) if fill is None else fill
+        return silhouettes(soft, fill), {"variant": "silhouette", "fill": fill, "blur_radius_px": settings.blur_radius,
+                                         "lung_fraction": float((soft >= 0.5).mean())}
+    fill = int(round(bundle.normalization[0] * 255)) if fill is None else fill
+    dilation = max(1, bundle.image_size // 64)
+    hidden = occlusion_masks(audited.lungs, dilation=dilation)
+    return occlude(images, hidden, fill), {"variant": "lungs hidden", "fill": fill, "dilation_px": dilation,
+                                           "hidden_fraction": float(hidden.mean())}
+
+
+def _not_applicable(occluded: torch.Tensor, figures: dict[str, Any]) -> str | None:
+    """Why the occlusion test cannot flag on these inputs whatever the model does, or None."""
+    if same_for_every_image(occluded):
+        what = ("every image has the same lung silhouette" if figures["variant"] == "silhouette" else
+                "the grown lung masks cover the whole image")
+        return (f"with the lung content hidden the model gets the same input for every image ({what}): its output "
+                "cannot tell the classes apart, whatever it learned")
+    if figures["variant"] == "lungs hidden" and figures["hidden_fraction"] == 0:
+        return "no lung pixel was found to hide: the images are the model's own input"
+    return None
 
 
 def occlusion_test(audited: AuditedImages, original: np.ndarray, thresholds: AuditThresholds, result: AuditResult,
                    *, seed: int, resamples: int) -> np.ndarray:
-    """Test 3: the model's AUC with the (slightly grown) lung fields hidden behind the training mean; returns
-    the probabilities with the lungs hidden."""
+    """Test 3: the model's AUC with the lung content hidden (:func:`occluded_inputs`; "not applicable", with the
+    reason, when nothing is left to separate the classes with); returns the probabilities with the lungs hidden."""
     bundle, is_positive, groups = audited.bundle, audited.is_positive, audited.groups
-    fill = int(round(bundle.normalization[0] * 255))
-    dilation = max(1, bundle.image_size // 64)
-    hidden = occlusion_masks(audited.lungs, dilation=dilation)
-    occluded = bundle.predict_probabilities(occlude(audited.images.images, hidden, fill))[:, bundle.positive_index]
+    images, figures = occluded_inputs(audited)
+    occluded = bundle.predict_probabilities(images)[:, bundle.positive_index]
     if len(np.unique(is_positive)) != 2:
         result.figures["occlusion_note"] = "one class only among the audited images: no AUC"
         return occluded
     before = evaluate_scores(is_positive, original, groups, resamples=resamples, seed=seed).metrics["roc_auc"]
+    result.figures["occlusion"] = {**figures, "auc": before.value}
+    reason = _not_applicable(images, figures)
+    if reason is not None:
+        result.figures["occlusion"]["not_applicable"] = reason
+        result.verdicts.append(occlusion_not_applicable(figures["variant"], reason))
+        return occluded
     after = evaluate_scores(is_positive, occluded, groups, resamples=resamples, seed=seed).metrics["roc_auc"]
-    result.figures["occlusion"] = {"auc": before.value, "auc_occluded": after.value, "auc_occluded_low": after.low,
-                                   "auc_occluded_high": after.high, "fill": fill, "dilation_px": dilation,
-                                   "hidden_fraction": float(hidden.mean())}
-    result.verdicts.append(occlusion_verdict(before.value, after, thresholds.occlusion_auc))
+    result.figures["occlusion"].update(auc_occluded=after.value, auc_occluded_low=after.low,
+                                       auc_occluded_high=after.high,
+                                       separation_kept=separation_kept(before.value, after.value))
+    result.verdicts.append(occlusion_verdict(before.value, after, thresholds.occlusion_auc, figures["variant"]))
     return occluded
 
 
@@ -341,7 +417,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     stages.update()
     stages.close()
 
-    per_image = kept[["record_id", "source", "patient_id", "test_set"]].assign(
+    per_image = kept[["record_id", "source", "patient_id", "test_set", "audited_as"]].assign(
         label=audited.is_positive, probability=original, probability_lungs_hidden=occluded, lung_saliency=inside,
         tsne_x=points[:, 0], tsne_y=points[:, 1], near_duplicate_of_training=duplicated)
     result.figures["summary"] = summary_sentence((v.test, v.flagged) for v in result.verdicts)

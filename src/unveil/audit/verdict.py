@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,35 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from unveil.audit.probes import ProbeResult
     from unveil.evaluation.metrics import MetricValue
+
+
+#: the rule text of a test that cannot say anything on these inputs (the verdict's ``suggests`` says why)
+NOT_APPLICABLE = "not applicable"
+#: the rule text of a test whose inputs are missing (e.g. the model's training images are unknown)
+NOT_CHECKED = "not checked"
+#: a measure that starts so is a count of images (``Verdict.total``: out of how many), never an estimate
+COUNT = "number of "
+
+
+def is_count(measure: str) -> bool:
+    """Whether a verdict's ``measure`` is a count of images (printed "1 of 180 images", with no interval)."""
+    return str(measure).startswith(COUNT)
+
+
+def value_text(value: float | None, low: float | None, high: float | None, *, measure: str = "",
+               total: int | None = None, digits: int = 2) -> str:
+    """A verdict's value as a reader sees it: a count as "k of n images" (no interval: it is not an estimate),
+    otherwise "v [low, high]" (bounds left out when unknown); "n/a" when there is no value."""
+    def missing(x: float | None) -> bool:
+        return x is None or (isinstance(x, float) and math.isnan(x))
+
+    if missing(value):
+        return "n/a"
+    if is_count(measure):
+        count = int(round(float(value)))
+        return f"{count} of {total} images" if total is not None else f"{count} image{'' if count == 1 else 's'}"
+    text = f"{value:.{digits}f}"
+    return text if missing(low) and missing(high) else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 @dataclass
@@ -19,9 +49,22 @@ class Verdict:
     low: float
     high: float
     threshold: str
-    flagged: bool | None  # None: informative only
+    flagged: bool | None  # None: informative only, or not applicable / not checked (see ``state``)
     suggests: str
-    measure: str = ""  # what ``value`` is: ROC AUC, balanced accuracy, a ratio ...
+    measure: str = ""  # what ``value`` is: ROC AUC, balanced accuracy, a ratio, a number of images ...
+    total: int | None = None  # for a count: out of how many images
+
+    @property
+    def shown(self) -> str:
+        """The value as printed: "0.88 [0.80, 0.95]", "1 of 180 images", "n/a"."""
+        return value_text(self.value, self.low, self.high, measure=self.measure, total=self.total)
+
+    @property
+    def state(self) -> str:
+        """FLAGGED, ok, informative, not applicable or not checked: what the flag column says."""
+        if self.flagged is not None:
+            return "FLAGGED" if self.flagged else "ok"
+        return next((t for t in (NOT_APPLICABLE, NOT_CHECKED) if self.threshold.startswith(t)), "informative")
 
 
 @dataclass
@@ -40,8 +83,8 @@ class AuditResult:
 #: what a fired flag of each test means, in a reviewer's words
 MEANINGS: dict[str, str] = {
     "source probe": "the features tell the datasets apart within a class, so the model can read the hospital",
-    "lung occlusion": "the model still separates the classes with the lungs hidden, so it uses evidence outside "
-                      "the lungs",
+    "lung occlusion": "the model still separates the classes with the lung content hidden, so it uses evidence other "
+                      "than the lungs' content (outside them, or on lung-masked images the lungs' shape and size)",
     "transfer (AUC)": "its ranking of COVID+ over COVID- degrades on other sets, so its in-source figures do not "
                       "carry over",
     "transfer (balanced accuracy)": "its decisions degrade on other sets at its own threshold",
@@ -119,14 +162,45 @@ def label_probe_verdict(metric: MetricValue) -> Verdict:
                    measure="ROC AUC (linear probe, out of fold)")
 
 
-def occlusion_verdict(before: float, after: MetricValue, rule: float) -> Verdict:
-    """The model's AUC with the lungs hidden (``after``; ``before``: with them): flags at ``rule`` or above."""
+#: the two variants of the occlusion test: (subject, what is hidden) by variant
+OCCLUSION_VARIANTS = {"lungs hidden": "lungs hidden",
+                      "silhouette": "lung content hidden, silhouette kept"}
+
+
+def separation_kept(before: float, after: float) -> float:
+    """The share of the model's separation above chance (AUC - 0.5) left with the lung content hidden; NaN when
+    the model does not rank COVID+ above COVID- to begin with."""
+    return (after - 0.5) / (before - 0.5) if before > 0.5 else math.nan
+
+
+def occlusion_verdict(before: float, after: MetricValue, rule: float, variant: str = "lungs hidden") -> Verdict:
+    """The model's AUC with the lungs hidden (``after``; ``before``: with them): flags at ``rule`` or above.
+    ``variant`` "silhouette" (lung-masked input): the lung content is hidden and what remains is the mask's shape
+    and size, so a flag reads the silhouette, and evidence outside the lungs is not tested (none is left)."""
+    hidden = OCCLUSION_VARIANTS[variant]
     flagged = bool(after.value >= rule)
-    suggests = (f"with the lungs hidden the model still separates the classes (AUC {after.value:.2f}, "
-                f"{before:.2f} with them): it uses evidence outside the lungs" if flagged else
-                f"hiding the lungs takes the AUC from {before:.2f} to {after.value:.2f}")
-    return Verdict("lung occlusion", "COVID- vs COVID+ (lungs hidden)", after.value, after.low, after.high,
-                   f"AUC >= {rule:g} flags", flagged, suggests, measure="ROC AUC (model, lungs hidden)")
+    change = f"AUC {after.value:.2f} with the {hidden}, {before:.2f} with the image as the model sees it"
+    if variant == "silhouette":
+        kept = (f", keeping {separation_kept(before, after.value):.0%} of the model's separation above chance"
+                if before > 0.5 else "")
+        suggests = (f"{change}: the lungs' silhouette alone (shape and size, e.g. pediatric vs adult lungs) separates "
+                    f"the classes{kept}, a shortcut" if flagged else
+                    f"{change}: the silhouette alone stays under the rule{kept}") + (
+            "; evidence outside the lungs is not tested: the lung masking of the pre-processing removed it")
+    else:
+        suggests = (f"with the lungs hidden the model still separates the classes ({change}): it uses evidence "
+                    "outside the lungs" if flagged else f"hiding the lungs takes the AUC from {before:.2f} to "
+                    f"{after.value:.2f}")
+    return Verdict("lung occlusion", f"COVID- vs COVID+ ({hidden})", after.value, after.low, after.high,
+                   f"AUC >= {rule:g} flags", flagged, suggests, measure=f"ROC AUC (model, {hidden})")
+
+
+def occlusion_not_applicable(variant: str, reason: str) -> Verdict:
+    """The occlusion test when it cannot flag whatever the model does (``reason``): never "ok"."""
+    hidden = OCCLUSION_VARIANTS[variant]
+    return Verdict("lung occlusion", f"COVID- vs COVID+ ({hidden})", math.nan, math.nan, math.nan,
+                   f"{NOT_APPLICABLE}: nothing is left to separate the classes with", None,
+                   f"not applicable: {reason}", measure=f"ROC AUC (model, {hidden})")
 
 
 def saliency_verdict(mean: float, low: float, high: float, *, share: float, lung_area: float, layer: str,

@@ -97,7 +97,6 @@ def audit_command(
         return
     typer.echo(result.figures["summary"])
     for verdict in result.verdicts:
-        flag = "informative" if verdict.flagged is None else ("FLAGGED" if verdict.flagged else "ok")
-        typer.echo(f"{verdict.test:28s} {verdict.subject:38s} {verdict.measure}: {verdict.value:.3f} "
-                   f"[{verdict.low:.3f}, {verdict.high:.3f}]  {flag:11s} {verdict.suggests}")
+        typer.echo(f"{verdict.test:28s} {verdict.subject:38s} {verdict.measure}: {verdict.shown}  "
+                   f"{verdict.state:14s} {verdict.suggests}")
     typer.echo(f"{len(result.flagged)} flag(s); figures in {out}")

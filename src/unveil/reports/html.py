@@ -24,7 +24,7 @@ import pandas as pd
 from markupsafe import Markup
 
 import unveil
-from unveil.audit.verdict import summary_sentence
+from unveil.audit.verdict import is_count, summary_sentence, value_text
 from unveil.data.compose import load_recipes
 from unveil.errors import UnveilError
 from unveil.evaluation.store import ResultsStore
@@ -272,7 +272,9 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
             fired.append((str(v["test"]), flagged))
             measure = v["measure"] if "measure" in v and not _missing(v["measure"]) else ""
             verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged), "measure": measure,
-                             "value": _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
+                             "value": value_text(None if _missing(v["value"]) else float(v["value"]), None, None,
+                                                 measure=str(measure)) if is_count(str(measure))
+                             else _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
                              "interval": _verdict_interval(str(measure), v["low"], v["high"]),
                              "flag": "—" if flagged is None else "yes" if flagged else "no",
                              "suggests": v["suggests"] or ""})
