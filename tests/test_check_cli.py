@@ -187,3 +187,44 @@ def test_cli_split_errors_are_clear(tmp_path):
     result = runner.invoke(app, ["data", "split", "chestxray", str(root), "--out", str(tmp_path / "s.csv"),
                                  "--stratify", "colour"])
     assert result.exit_code == 2 and "colour" in result.output
+
+
+@pytest.mark.realdata
+def test_a_hospitals_csv_and_dicom_export_load_end_to_end(tmp_path):
+    """Issue 24: a CSV of 60 COVID-ChestXRay positives and 60 Kermany negatives (absolute paths, labels
+    positive / normal) and a DICOM export with one malformed file: `data check` loads every good row of each,
+    names the malformed file once with its reason, and never shows a PatientID."""
+    import pandas as pd
+
+    cohen = shared("covid-chestxray")
+    metadata = pd.read_csv(cohen / "metadata.csv", dtype=str, keep_default_na=False)
+    covid = metadata[metadata["finding"].str.contains("COVID-19") & (metadata["modality"] == "X-ray")]
+    covid = covid.drop_duplicates("filename").head(60)
+    normals = sorted((shared("chest_xray") / "train" / "NORMAL").glob("*.jpeg"))[:60]
+    lines = ["path,patient,label"] + [f"{cohen / 'images' / f},{p},positive" for f, p in
+                                      zip(covid["filename"], covid["patientid"])]
+    lines += [f"{path},{path.stem},normal" for path in normals]
+    (tmp_path / "hospital").mkdir()
+    (tmp_path / "hospital" / "labels.csv").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["data", "check", "hospital-csv", str(tmp_path / "hospital" / "labels.csv"),
+                                 "--json", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (len(covid), len(normals), document["records"]) == (60, 60, 120)
+    assert document["by_covid"] == {"covid+": 60, "covid-": 60} and document["by_class"] == {"covid": 60, "normal": 60}
+    assert document["invalid"] == document["missing"] == document["unreadable"] == []
+
+    from test_sources_dicom import FILES, SECRETS, write_export
+    from unveil.data.sources import load_source
+
+    export = tmp_path / "export"
+    write_export(export)
+    result = runner.invoke(app, ["data", "check", "dicom-folder", str(export)])
+    assert result.exit_code == 0, result.output
+    assert f"records: {len(FILES)}" in result.output and "unreadable: 1" in result.output
+    assert result.output.count("broken.dcm") == 1
+    broken = next(line for line in result.output.splitlines() if "broken.dcm" in line)
+    assert "DICOM" in broken and len(broken.split(": ", 1)[1]) > 20  # the reason, on the same line
+    records = load_source("dicom-folder", export).records
+    for secret in SECRETS:
+        assert secret[:16] not in result.output and secret[:16] not in records.astype(str).to_csv()

@@ -244,16 +244,18 @@ def test_a_file_listed_twice_or_outside_the_root_is_one_record(tmp_path):
         assert list(load_source("covid-chestxray", written).records["patient_id"]) == ["p1"]
 
 
-def test_hospital_csv_refuses_paths_outside_its_root(tmp_path):
+def test_hospital_csv_refuses_paths_outside_its_root_when_told(tmp_path):
+    """A hospital CSV's paths are its author's explicit choice (read wherever they point, issue 24); the user can
+    still refuse files outside the CSV's folder with allow_outside=false."""
     from unveil.data.sources import load_source
 
     save_png(tmp_path / "elsewhere" / "x.png", radiograph(1))
     save_png(tmp_path / "hospital" / "a.png", radiograph(2))
     (tmp_path / "hospital" / "labels.csv").write_text("path,patient,label\na.png,P1,1\n../elsewhere/x.png,P2,0\n")
-    loaded = load_source("hospital-csv", tmp_path / "hospital")
+    loaded = load_source("hospital-csv", tmp_path / "hospital", allow_outside="false")
     assert list(loaded.records["patient_id"]) == ["P1"]
     assert any("leaves the dataset root" in issue.problem for issue in loaded.issues)
-    assert len(load_source("hospital-csv", tmp_path / "hospital", allow_outside="true").records) == 2
+    assert len(load_source("hospital-csv", tmp_path / "hospital").records) == 2
 
 
 def test_duplicate_images_never_reach_two_splits(tmp_path):

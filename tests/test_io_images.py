@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from unveil.io import (
     ImageInfo,
     ImageReadError,
     LoadedImage,
+    has_dicom_preamble,
     image_to_uint8,
     images,
+    read_dicom_header,
     read_image,
     write_dicom,
 )
@@ -274,6 +277,31 @@ def test_dicom_patient_fields_never_exposed(tmp_path: Path) -> None:
     error = expect_error(path, "pixel data")
     for secret in secrets:
         assert secret not in str(error) and secret not in repr(error)
+
+
+def test_dicom_writer_header_and_header_reader(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """write_dicom sets further elements by keyword; read_dicom_header reads only those asked for, never the
+    pixels, and a value it reads (a PatientID too long for its VR) reaches no warning and no log record."""
+    secret = "ZZSECRETID" * 7
+    with warnings.catch_warnings():  # pydicom warns on writing a value longer than VR LO allows
+        warnings.simplefilter("ignore")
+        path = write_dicom(tmp_path / "no-suffix", STORED_12, view="PA",
+                           header={"Manufacturer": "Acme", "InstitutionName": "North General", "PatientID": secret})
+    caplog.clear()
+    caplog.set_level("DEBUG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        header = read_dicom_header(path, ["PatientID", "Manufacturer", "InstitutionName", "StationName", "Rows",
+                                          "MediaStorageSOPClassUID"])
+    assert header == {"PatientID": secret, "Manufacturer": "Acme", "InstitutionName": "North General",
+                      "StationName": None, "Rows": "2", "MediaStorageSOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1"}
+    assert caught == [] and secret not in caplog.text
+    assert has_dicom_preamble(path) and not has_dicom_preamble(save(tmp_path, "x.png", noise_image((4, 4))))
+    with pytest.raises(ImageReadError, match="cannot be opened"):
+        has_dicom_preamble(tmp_path / "absent")
+    for bad in ({"NoSuchKeyword": "x"}, {"SOPInstanceUID": "1.2"}, {"ViewPosition": "AP"}):
+        with pytest.raises(ValueError, match="write_dicom"):
+            write_dicom(tmp_path / "bad.dcm", STORED_12, header=bad)
 
 
 # --------------------------------------------------------------------------------------- bad input

@@ -356,6 +356,101 @@ def test_bad_loader_option_values_are_user_errors(tmp_path):
         assert truthy(value) is expected
 
 
+def _csv_set(root: Path, lines: list[str], images: int = 4) -> Path:
+    """A folder of ``images`` PNGs (x0.png...) and labels.csv with ``lines`` (header first)."""
+    for seed in range(images):
+        _png(root / f"x{seed}.png", _image(seed))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_hospital_csv_takes_absolute_paths_and_files_outside_its_folder(tmp_path):
+    """Paths in the CSV are the user's explicit choice: absolute or outside the CSV's folder, they load."""
+    elsewhere = [_png(tmp_path / "elsewhere" / f"e{i}.png", _image(10 + i)) for i in range(2)]
+    root = _csv_set(tmp_path / "h", ["path,patient,label", "x0.png,P0,positive", f"{elsewhere[0]},P1,normal",
+                                     "../elsewhere/e1.png,P2,negative"], images=1)
+    loaded = hospital_csv.load(root / "labels.csv")
+    assert not loaded.issues and len(loaded.records) == 3
+    rows = {Path(p).name: r for p, r in zip(loaded.records["path"], loaded.records.to_dict("records"))}
+    assert rows["e0.png"]["record_id"] == "hospital-csv/../elsewhere/e0.png"
+    assert rows["e1.png"]["path"] == str(elsewhere[1].resolve())
+    kept_in = hospital_csv.load(root, allow_outside="false")  # still refusable, by the user
+    assert list(kept_in.records["patient_id"]) == ["P0"] and sum(i.count for i in kept_in.issues) == 2
+
+
+@pytest.mark.parametrize(("word", "covid", "finding"), [
+    ("positive", 1, "covid"), (" COVID ", 1, "covid"), ("Covid-19", 1, "covid"), ("covid19", 1, "covid"),
+    ("1", 1, "covid"), ("yes", 1, "covid"), ("TRUE", 1, "covid"),
+    ("negative", 0, "unknown"), ("normal", 0, "normal"), ("Healthy", 0, "normal"), ("non-covid", 0, "unknown"),
+    ("Non COVID", 0, "unknown"), ("0", 0, "unknown"), ("no", 0, "unknown"), ("false", 0, "unknown"),
+])
+def test_hospital_csv_reads_the_label_words_clinicians_use(tmp_path, word, covid, finding):
+    root = _csv_set(tmp_path / "h", ["path,patient,label", f"x0.png,P0,{word}"], images=1)
+    record = hospital_csv.load(root).records.iloc[0]
+    assert (record["covid"], record["finding"], record["label"]) == (covid, finding, word.strip())
+
+
+def test_hospital_csv_refuses_other_labels_naming_value_row_and_option(tmp_path):
+    root = _csv_set(tmp_path / "h", ["path,patient,diagnosis", "x0.png,P0,positive", "x1.png,P1,sano",
+                                     "x2.png,P2,maybe", "x3.png,P3,sano"])
+    loaded = hospital_csv.load(root, label_column="diagnosis")
+    assert len(loaded.records) == 1
+    sano = next(i for i in loaded.issues if "'sano'" in i.problem)
+    assert sano.count == 2 and "row 3" in sano.problem and "row 5" in sano.problem and "labels.csv" in sano.problem
+    assert "'diagnosis'" in sano.problem and "negative_labels" in sano.problem and "positive_labels" in sano.problem
+    mapped = hospital_csv.load(root, label_column="diagnosis", negative_labels="Sano")  # one word, from -o
+    assert sorted(mapped.records["patient_id"]) == ["P0", "P1", "P3"]
+    assert set(mapped.records.loc[mapped.records["patient_id"] == "P1", "finding"]) == {"unknown"}
+    with pytest.raises(DatasetLayoutError, match=r"'normal'.*positive_labels.*negative"):
+        hospital_csv.load(root, label_column="diagnosis", positive_labels="normal")
+
+
+def test_hospital_csv_a_repeated_problem_is_one_issue_with_its_count(tmp_path):
+    lines = ["path,patient,label", "x0.png,P0,1"] + [f"gone{i}.png,Q{i},0" for i in range(30)]
+    loaded = hospital_csv.load(_csv_set(tmp_path / "h", lines, images=1))
+    assert len(loaded.issues) == 1
+    issue = loaded.issues[0]
+    assert (issue.kind, issue.count) == ("missing", 30) and issue.to_dict()["count"] == 30
+    assert "gone0.png" in issue.path and "30" in issue.problem
+    from unveil.data.check import summarise
+
+    text = summarise([loaded], read_images=False).to_text()
+    assert "missing: 30" in text and text.count("does not exist") == 1
+
+
+def test_hospital_csv_without_a_single_record_is_an_error_naming_the_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from unveil.cli import app
+
+    root = _csv_set(tmp_path / "h", ["path,patient,label"] + [f"gone{i}.png,Q{i},0" for i in range(5)])
+    with pytest.raises(DatasetLayoutError, match=r"labels\.csv: none of its 5 rows gave a record.*does not exist"):
+        hospital_csv.load(root)
+    result = CliRunner().invoke(app, ["data", "check", "hospital-csv", str(root / "labels.csv")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "labels.csv" in result.output
+
+
+def test_hospital_csv_site_column_gives_the_audit_two_locations(tmp_path):
+    """Several hospitals in one CSV: the site reaches the record table's location, which the audit's metadata
+    probes and metadata-only baselines read (source stays the loader's name: patients are keyed by it)."""
+    from unveil.audit.metadata import informative_fields, metadata_table, probe_target
+
+    lines = ["path,patient,label,site"] + [f"x{i}.png,P{i},{'positive' if i % 2 else 'normal'},"
+                                           f"{'north' if i < 3 else 'south'}" for i in range(6)]
+    loaded = hospital_csv.load(_csv_set(tmp_path / "h", lines, images=6))
+    assert loaded.records["location"].value_counts().to_dict() == {"north": 3, "south": 3}
+    assert set(loaded.records["source"]) == {"hospital-csv"}
+    table = metadata_table(loaded.records)
+    assert "location" in informative_fields(table)
+    assert probe_target(table["location"], min_images=3)[:2] in {("north", "south"), ("south", "north")}
+    renamed = lines[:1] + [line.replace("north", "") for line in lines[1:]]
+    (tmp_path / "h" / "labels.csv").write_text("\n".join(renamed).replace(",site", ",Hospital") + "\n")
+    named = hospital_csv.load(tmp_path / "h", site_column="hospital")
+    assert named.records["location"].isna().sum() == 3 and set(named.records["location"].dropna()) == {"south"}
+    with pytest.raises(DatasetLayoutError, match="no column 'ward' .*site_column"):
+        hospital_csv.load(tmp_path / "h", site_column="ward")
+
+
 # ---------------------------------------------------------------------------------- registry
 
 

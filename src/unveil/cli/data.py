@@ -28,8 +28,9 @@ app = typer.Typer(help="Load, check, split and compose datasets.", **HELP_STYLE)
 
 SourceArgument = Annotated[str, typer.Argument(
     help="Dataset source: covid-chestxray, figure1, chestxray, rsna, montgomery, shenzhen, lung-segmentation, "
-         "covid-qu-ex, hospital-csv.")]
-PathArgument = Annotated[Path, typer.Argument(help="Dataset root folder (or the CSV, for hospital-csv).")]
+         "covid-qu-ex, hospital-csv, dicom-folder (docs/datasets.md).")]
+PathArgument = Annotated[Path, typer.Argument(help="Dataset root folder (or the CSV, for hospital-csv; the export's "
+                                                   "folder, for dicom-folder).")]
 TestFractionOption = Annotated[float, typer.Option(help="Share of patients in test.")]
 ValFractionOption = Annotated[float, typer.Option(help="Share of the remaining patients in validation.")]
 

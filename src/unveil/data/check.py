@@ -75,7 +75,7 @@ class DatasetReport:
             lines.append("excluded by design: " + ", ".join(f"{k}: {v}" for k, v in self.excluded.items()))
         for title, issues in (("unreadable", self.unreadable), ("missing", self.missing),
                               ("invalid", self.invalid)):
-            lines.append(f"{title}: {len(issues)}")
+            lines.append(f"{title}: {sum(issue.count for issue in issues)}")  # a merged issue counts its repeats
             lines.extend(f"  {issue.path}: {issue.problem}" for issue in issues)
         lines.append(f"exact duplicate groups: {len(self.duplicates['exact'])}")
         lines.extend(f"  {' = '.join(g)}" for g in self.duplicates["exact"])

@@ -10,7 +10,8 @@ Required columns
                    ``"<source>/<path relative to the dataset root>"``.
 ``source``         str, the dataset's registry name (``covid-chestxray``, ``chestxray``, ...).
 ``path``           str, absolute path of the image file.
-``patient_id``     str, the source's own patient identifier (never a DICOM patient field).
+``patient_id``     str, the source's own patient identifier (never a raw DICOM patient field: ``dicom-folder``
+                   stores a keyed hash of PatientID).
                    Patients are only comparable within a source: group by :func:`patient_keys`.
 ``covid``          nullable Int8: 1 COVID-19 positive, 0 negative, <NA> unknown.
 ``finding``        one of :data:`FINDINGS`; ``source_finding`` keeps the source's own string.
@@ -27,8 +28,11 @@ Optional columns (absent or <NA> where a source has no such thing)
 ``original_split``       str, the part a source itself assigns (``train``/``val``/``test``) or <NA>.
 ``patient_known``        bool; False where the source publishes no patient ids and ``patient_id`` is
                          only the image id (splits of such a source are image-exclusive).
+``location``             str, the hospital, site or city of the image (COVID-ChestXRay's ``location``,
+                         ``hospital-csv``'s site column, ``dicom-folder``'s InstitutionName) or <NA>; the
+                         audit's metadata probes read it, so several sites of one source are told apart.
 
-Loaders may add further columns (``location``, ``license``, ``exam_id``...); they ride along.
+Loaders may add further columns (``license``, ``exam_id``, ``manufacturer``...); they ride along.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 
 #: Documented optional columns (see the module docstring).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("infection_mask_path", "original_split", "patient_known")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("infection_mask_path", "original_split", "patient_known", "location")
 
 _STRING_COLUMNS = ("record_id", "source", "path", "patient_id", "finding", "source_finding",
                    "view", "source_view", "sex", "mask_path", "infection_mask_path")

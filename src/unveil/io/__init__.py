@@ -1,5 +1,6 @@
 """Image input/output: read any supported radiograph as gray float32, write test DICOMs."""
 
+from unveil.io.dicom import has_dicom_preamble, read_dicom_header
 from unveil.io.dicom_writer import write_dicom
 from unveil.io.images import (
     DEFAULT_MAX_PIXELS,
@@ -15,7 +16,9 @@ __all__ = [
     "ImageInfo",
     "ImageReadError",
     "LoadedImage",
+    "has_dicom_preamble",
     "image_to_uint8",
+    "read_dicom_header",
     "read_image",
     "write_dicom",
 ]

@@ -5,13 +5,19 @@ The file is parsed with a fixed allow-list of technical tags, so patient fields 
 values go through the modality LUT, then the VOI LUT or window (min-max without one), then MONOCHROME1
 inversion. Only the exceptions pydicom documents for malformed files become an
 :class:`~unveil.io.ImageReadError`; any other exception is a bug and propagates.
+
+:func:`read_dicom_header` is for loaders that index a folder of DICOM files (``dicom-folder``): it reads the
+elements a loader names, never the pixels, and converts them where pydicom's warnings and logs are silenced,
+so that a value it reads (a PatientID to pseudonymise) never reaches a log or a message.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -62,6 +68,45 @@ _PIXEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFErro
 _REQUIRED = {"BitsAllocated": "(0028,0100) Bits Allocated", "PhotometricInterpretation":
              "(0028,0004) Photometric Interpretation"}
 _REQUIRED_INTEGER = {"BitsStored": "(0028,0101) Bits Stored", "PixelRepresentation": "(0028,0103) Pixel Representation"}
+
+
+#: a DICOM Part 10 file has "DICM" after a 128-byte preamble, whatever its name
+DICM_OFFSET = 128
+
+
+def has_dicom_preamble(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is DICOM by content ("DICM" at byte 128, any suffix or none); a file that cannot be opened
+    is an :class:`ImageReadError` naming it."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(DICM_OFFSET + 4)[DICM_OFFSET:] == b"DICM"
+    except OSError as exc:
+        raise ImageReadError(str(path), f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
+
+
+def read_dicom_header(path: str | os.PathLike[str], keywords: Sequence[str]) -> dict[str, str | None]:
+    """The text of ``keywords`` (dataset or file-meta elements; None when absent or blank), pixels never read.
+
+    Only the named elements are parsed. A file pydicom cannot parse, or an element it cannot convert, is an
+    :class:`ImageReadError` naming the file and the element, never a value; pydicom's own warnings and log
+    records (which can quote values) are silenced for the read."""
+    name = str(path)
+    with warnings.catch_warnings(), _quiet_pydicom_decoders():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=list(keywords))
+        except _PARSE_ERRORS as exc:
+            raise ImageReadError(name, f"DICOM header cannot be parsed ({describe(exc)})") from None
+        meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
+        values: dict[str, str | None] = {}
+        for keyword in keywords:
+            try:
+                value = ds.get(keyword) if keyword in ds else meta.get(keyword)
+                text = None if value is None else " ".join(str(value).split())
+            except _PARSE_ERRORS as exc:  # the type only: a conversion message can quote the value
+                raise ImageReadError(name, f"DICOM element {keyword} cannot be read ({type(exc).__name__})") from None
+            values[keyword] = text or None
+    return values
 
 
 def read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: bool) -> LoadedImage | None:

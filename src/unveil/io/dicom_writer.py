@@ -1,16 +1,19 @@
 """Write a grayscale radiograph as a real DICOM file (Digital X-Ray storage) with pydicom.
 
-Used by test fixtures and by the synthetic benchmark to produce sources in DICOM layouts (RSNA).
-Only technical attributes are written: no patient name, birth date or other identifying field.
+Used by test fixtures and by the synthetic benchmark to produce sources in DICOM layouts (RSNA, a hospital's
+DICOM export). Only technical attributes are written unless ``header`` asks for more (a fixture's PatientID,
+Manufacturer, InstitutionName...): no patient name, birth date or other identifying field by default.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -31,13 +34,17 @@ def write_dicom(
     window_width: float | None = None,
     signed: bool = False,
     uid_seed: str | None = None,
+    header: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``pixels`` (2-D integers already in stored-value units) to ``path`` atomically.
 
     ``pixels`` must fit in ``bits_stored`` bits (unsigned, or two's complement when ``signed``).
     ``uid_seed`` makes the generated UIDs deterministic (same seed -> byte-identical file).
+    ``header``: further text elements by DICOM keyword (``{"PatientID": "P1", "Manufacturer": "Acme"}``);
+    an unknown keyword or one the writer sets itself (UIDs, pixel attributes) is a ValueError.
     """
     array = _stored_values(pixels, bits_stored, photometric, signed)
+    extra = _header_elements(header or {})
 
     def uid(suffix: str) -> str:
         return generate_uid(entropy_srcs=[uid_seed, suffix]) if uid_seed is not None else generate_uid()
@@ -46,6 +53,8 @@ def write_dicom(
     dataset = _dx_dataset(path, uid)
     if view:
         dataset.ViewPosition = view
+    for keyword, value in extra.items():
+        setattr(dataset, keyword, value)
     _set_pixels(dataset, array, bits_stored, photometric, signed)
     if rescale_slope is not None or rescale_intercept is not None:
         dataset.RescaleSlope = f"{1.0 if rescale_slope is None else rescale_slope:g}"
@@ -72,6 +81,24 @@ def _stored_values(pixels: np.ndarray, bits_stored: int, photometric: str, signe
     if array.size and (array.min() < low or array.max() > high):
         raise ValueError(f"pixel values [{array.min()}, {array.max()}] do not fit {bits_stored} bits stored")
     return array
+
+
+#: Elements ``header`` may not set: the writer sets them, and a mismatch would make a file that lies.
+_WRITER_SET = frozenset({"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns",
+                         "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+                         "PixelRepresentation", "PixelData", "ViewPosition"})
+
+
+def _header_elements(header: Mapping[str, str]) -> dict[str, str]:
+    """``header`` checked: known DICOM keywords of text elements, none that the writer sets itself."""
+    for keyword in header:
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"write_dicom: {keyword!r} is not a DICOM keyword")
+        if keyword in _WRITER_SET:
+            raise ValueError(f"write_dicom: {keyword} is set by the writer (use its own argument, e.g. view=)")
+        if dictionary_VR(keyword) in {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}:
+            raise ValueError(f"write_dicom: {keyword} is not a text element")
+    return {keyword: str(value) for keyword, value in header.items()}
 
 
 def _dx_dataset(path: Path, uid) -> FileDataset:

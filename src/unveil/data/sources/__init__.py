@@ -26,6 +26,7 @@ SOURCES: dict[str, str] = {
     "montgomery": "unveil.data.sources.montgomery",
     "shenzhen": "unveil.data.sources.shenzhen",
     "hospital-csv": "unveil.data.sources.hospital_csv",
+    "dicom-folder": "unveil.data.sources.dicom_folder",
     "lung-segmentation": "unveil.data.sources.lung_segmentation",
     "covid-qu-ex": "unveil.data.sources.covid_qu_ex",
 }
@@ -42,6 +43,9 @@ ALIASES: dict[str, str] = {
     "hospital": "hospital-csv",
     "corda": "hospital-csv",
     "csv": "hospital-csv",
+    "dicom": "dicom-folder",
+    "dicom_folder": "dicom-folder",
+    "pacs": "dicom-folder",
     "lung_segmentation": "lung-segmentation",
     "chest-xray-masks-and-labels": "lung-segmentation",
     "covid_qu_ex": "covid-qu-ex",

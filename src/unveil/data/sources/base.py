@@ -26,14 +26,45 @@ class UnknownSourceError(DatasetLayoutError):
 
 @dataclass(frozen=True)
 class DataIssue:
-    """One problem with one file or row; reported, never silently dropped."""
+    """One problem with one file or row; reported, never silently dropped. ``count`` > 1: the same problem on
+    that many files or rows, reported once (the first is named, the others listed in ``problem``)."""
 
     path: str
     problem: str
     kind: IssueKind = "invalid"
+    count: int = 1
 
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "problem": self.problem, "kind": self.kind}
+    def to_dict(self) -> dict[str, str | int]:
+        return {"path": self.path, "problem": self.problem, "kind": self.kind, "count": self.count}
+
+
+class IssueLog:
+    """Collects a load's issues and merges repeats of one problem, so that 120 rows with the same mistake are one
+    issue with its count (named by its first occurrence, with the next few places listed), not 120 lines."""
+
+    #: places listed in a merged issue after the first
+    SHOWN = 5
+
+    def __init__(self) -> None:
+        self._groups: dict[object, list[tuple[str, DataIssue]]] = {}
+
+    def add(self, key: object, where: str, issue: DataIssue) -> None:
+        """Record ``issue`` (found at ``where``, e.g. "row 7"); issues with an equal ``key`` are one problem."""
+        self._groups.setdefault(key, []).append((where, issue))
+
+    def issues(self) -> list[DataIssue]:
+        """One issue per problem, in the order the problems were first seen."""
+        merged = []
+        for entries in self._groups.values():
+            first = entries[0][1]
+            if len(entries) == 1:
+                merged.append(first)
+                continue
+            others = [where for where, _ in entries[1:]]
+            listed = ", ".join(others[:self.SHOWN]) + (", ..." if len(others) > self.SHOWN else "")
+            merged.append(DataIssue(first.path, f"{first.problem} ({len(entries)} times; also {listed})", first.kind,
+                                    len(entries)))
+        return merged
 
 
 @dataclass
@@ -138,6 +169,33 @@ def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
             raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
                                      "the loader option allow_outside=true)")
     return path
+
+
+def find_column(table: pd.DataFrame, name: str | None, csv_path: Path, option: str, *,
+                required: bool) -> str | None:
+    """The CSV column called ``name`` (exact, else case-insensitive); a layout error naming the loader ``option``
+    and listing the CSV's columns when it is absent and ``required``."""
+    if name is None:
+        return None
+    columns = [str(c) for c in table.columns]
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.strip().lower() == name.strip().lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if not required:
+        return None
+    raise DatasetLayoutError(f"{csv_path}: no column {name!r} (option {option}); the CSV has columns: "
+                             f"{', '.join(repr(c) for c in columns)}")
+
+
+def find_file(root: Path, name: str | Path, what: str) -> Path:
+    """A file a loader option names: a relative name is looked up under ``root`` first, then from the working
+    folder; a layout error naming it when it does not exist."""
+    path = Path(name).expanduser()
+    if not path.is_absolute() and (root / path).is_file():
+        path = root / path
+    return require_path(path.absolute(), what)
 
 
 def require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...] | list[str]) -> None:
