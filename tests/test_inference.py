@@ -153,7 +153,7 @@ def test_predict_threshold_options(model, tmp_path):
     def predict(*options: str) -> pd.DataFrame:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
         result = runner.invoke(app, ["predict", str(model["bundle"]), *files, "--out", str(out), "--no-evidence",
-                                     *options])
+                                     "--json", *options])
         assert result.exit_code == 0, result.output
         table = pd.read_csv(out / "predictions.csv")
         assert json.loads(result.stdout[result.stdout.index("{"):])["threshold"]["value"] == table["threshold"][0]

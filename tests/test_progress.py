@@ -34,10 +34,34 @@ def test_step_lines_reach_stderr_bare_and_once(cli_logging, capsys):
     assert captured.out == "" and captured.err == "cell 1/2 conv8-B-AB\n"
 
 
-def test_bars_stay_quiet_off_a_terminal(capsys):
+def test_no_bar_is_drawn_off_a_terminal(cli_logging, capsys):
     for _ in bar(range(3), desc="work"):
         pass
-    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal, and no handler shows step lines
+    err = capsys.readouterr().err  # pytest's stderr is not a terminal
+    assert "\r" not in err and "it/s]" not in err and "%|" not in err
+    for _ in bar(range(3), desc="quiet", enabled=False):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_a_phase_left_open_by_an_exception_stops_its_heartbeat(monkeypatch):
+    import gc
+    import threading
+    import time
+
+    monkeypatch.setenv("UNVEIL_PROGRESS_INTERVAL", "0.02")
+    before = threading.active_count()
+
+    def failing() -> None:
+        progress = bar(total=3, desc="evaluate")
+        progress.update()
+        raise RuntimeError("a test set failed")
+
+    with pytest.raises(RuntimeError):
+        failing()
+    gc.collect()
+    time.sleep(0.1)
+    assert threading.active_count() == before
 
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"

@@ -439,7 +439,7 @@ def test_torchrun_two_processes_gloo(benchmark, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "unveil.cli", "train", "AB", "--data", f"A={a.source}:{a.root}", "--data",
                f"B={b.source}:{b.root}", "--out", str(tmp_path / "ddp"), "--arch", "conv8", "--width", "0.25",
-               "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--mask", "none", "--no-progress"]
+               "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--mask", "none", "--no-progress", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -117,12 +118,14 @@ class LineProgress:
         if leave:
             size = f" ({self.total} {unit})" if self.total is not None else ""
             progress_log.info("%s %s: started%s", _stamp(), self.desc, size)
-        self._beat = threading.Thread(target=self._heartbeat, args=(interval or progress_interval(),), daemon=True)
+        self._beat = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._stop,
+                                                               interval or progress_interval()), daemon=True)
         self._beat.start()
 
-    def _heartbeat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            progress_log.info("%s %s: %s", _stamp(), self.desc, self.status())
+    def __del__(self) -> None:  # a phase abandoned by an exception stops its heartbeat once it is collected
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
     def status(self) -> str:
         """``96/212 img (45 %), 3.1 img/s, ETA 37 s[, postfix]``"""
@@ -170,6 +173,17 @@ class LineProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _heartbeat(progress: weakref.ref[LineProgress], stop: threading.Event, interval: float) -> None:
+    """Every ``interval`` seconds, one line of ``progress``; holds it only weakly, so that a phase left open (an
+    exception between creation and ``close``) is collected and its thread ends."""
+    while not stop.wait(interval):
+        current = progress()
+        if current is None:
+            return
+        progress_log.info("%s %s: %s", _stamp(), current.desc, current.status())
+        del current
 
 
 @contextmanager
