@@ -111,7 +111,7 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
     own = ("chestxray (test split of AB)", "hospital-csv (test split of AB)")  # the model's own sources
     probe = next(p for p in paper.figures["probes"] if p["name"] == "source COVID-"
                  and {p["negative"], p["positive"]} == set(own))
-    assert probe["accuracy"]["value"] >= 0.9
+    assert probe["balanced_accuracy"]["value"] >= 0.9  # the measure the source-probe verdict reads
     assert _verdict(paper, "source probe", " vs ".join(own)).flagged
     assert _verdict(paper, "lung occlusion").flagged
     assert _verdict(paper, "transfer (AUC)").flagged  # D, another hospital without B's signature
