@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from unveil.data.records import build_records
+from unveil.training import ImageSet
 
 # `make test` runs two pytest workers on two cores: two OpenMP threads each would oversubscribe the
 # cores, and oneDNN then runs 10-100x slower. One thread per worker process.
@@ -35,3 +38,15 @@ def make_records(source: str, patients: dict[str, tuple[int | None, int]], findi
                          "covid": covid, "finding": finding, "source_finding": None, "view": "PA",
                          "source_view": "PA", "sex": None, "age": None, "mask_path": None})
     return build_records(rows)
+
+
+def toy_set(n: int, seed: int, size: int = 32) -> ImageSet:
+    """A toy training set: images whose upper half is brighter for class 1, learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 160, size=(n, 1, size, size))
+    images[labels == 1, :, : size // 2] += 80
+    records = pd.DataFrame({"record_id": [f"toy/{seed}/{i}" for i in range(n)], "source": "toy",
+                            "patient_id": [str(i) for i in range(n)]})
+    return ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.as_tensor(labels), records, ("neg", "pos"))
+

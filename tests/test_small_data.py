@@ -17,24 +17,13 @@ from unveil.evaluation.evaluate import evaluate_models, score_records
 from unveil.inference import predict_files
 from unveil.models import build_model
 from unveil.preprocess.cache import PreprocessSettings
-from unveil.training import DataSpec, ImageSet, TrainConfig, fit, fit_normalization, load_bundle, train
+from unveil.training import DataSpec, TrainConfig, fit, fit_normalization, load_bundle, train
 from unveil.training.collapse import check_collapse
 from unveil.training.loop import bn_statistics_settled, running_bn_steps_needed
 
-from conftest import shared
+from conftest import shared, toy_set
 
 TINY = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=2, batch_size=16, eval_batch_size=16)
-
-
-def toy_set(n: int, seed: int, size: int = 32) -> ImageSet:
-    """Images whose upper half is brighter for class 1."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.integers(0, 160, size=(n, 1, size, size))
-    images[labels == 1, :, : size // 2] += 80
-    records = pd.DataFrame({"record_id": [f"toy/{seed}/{i}" for i in range(n)], "source": "toy",
-                            "patient_id": [str(i) for i in range(n)]})
-    return ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.as_tensor(labels), records, ("neg", "pos"))
 
 
 def _fit(run_dir, config: TrainConfig):

@@ -28,7 +28,6 @@ from unveil.training import (
     CheckpointError,
     ConfigError,
     DataSpec,
-    ImageSet,
     TrainConfig,
     TrainingDataError,
     fit,
@@ -42,18 +41,9 @@ from unveil.training import (
 from unveil.training.data import apply_affine, random_rigid_affine
 from unveil.training.loop import CHECKPOINT, METRICS_LOG, classification_scores, epoch_order
 
+from conftest import toy_set
+
 TINY = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=3, batch_size=8, eval_batch_size=16)
-
-
-def toy_set(n: int, seed: int, size: int = 32) -> ImageSet:
-    """Images whose upper half is brighter for class 1: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.integers(0, 160, size=(n, 1, size, size))
-    images[labels == 1, :, : size // 2] += 80
-    records = pd.DataFrame({"record_id": [f"toy/{seed}/{i}" for i in range(n)], "source": "toy",
-                            "patient_id": [str(i) for i in range(n)]})
-    return ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.as_tensor(labels), records, ("neg", "pos"))
 
 
 # --- augmentation and normalization ------------------------------------------------------------
