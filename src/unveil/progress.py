@@ -6,8 +6,8 @@ Two channels, both on stderr so that stdout stays machine-readable:
   (pre-processing, training epochs, evaluation, audit stages, prediction). When stderr is not a
   terminal (a log file, CI, Slurm) no bar is drawn; the same call gives time-stamped lines instead
   (:class:`LineProgress`): one when the phase starts, one every ``UNVEIL_PROGRESS_INTERVAL`` seconds
-  (default 30) with the count, rate and ETA, and one when it ends. :func:`phase` does the same for
-  work without countable steps (export);
+  (default 30) with the count, rate and ETA, and one when it ends; a phase over within 2 s prints
+  nothing. :func:`phase` does the same for work without countable steps (export);
 - **step lines** (:data:`progress_log`, the ``unveil.progress`` logger): one line per finished
   epoch (validation loss, AUC, balanced accuracy) or experiment cell. The CLI always shows them
   (:func:`configure_logging`); from Python, enable them with
@@ -33,6 +33,8 @@ from tqdm import tqdm
 
 PROGRESS_LOGGER = "unveil.progress"
 DEFAULT_INTERVAL = 30.0
+#: A phase that ends sooner prints no line at all (a cache hit is not news).
+START_GRACE = 2.0
 progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 T = TypeVar("T")
@@ -101,7 +103,8 @@ class LineProgress:
     """A tqdm bar's twin for logs: ``2026-12-03 07:01:12 preprocess: started (212 img)``, then every interval
     ``... preprocess: 96/212 img (45 %), 3.1 img/s, ETA 37 s``, and ``... preprocess: done, 212 img in 68 s``.
 
-    Lines go to :data:`progress_log` (the CLI shows them on stderr). A nested bar (``leave=False``, e.g. the
+    A phase over within ``START_GRACE`` seconds prints nothing. Lines go to :data:`progress_log` (the CLI
+    shows them on stderr). A nested bar (``leave=False``, e.g. the
     batches of one epoch, whose end the epoch line reports) prints only its interval lines. The interval lines
     come from a daemon thread, so one long step (a t-SNE) still shows it is alive. Accepts and ignores tqdm's
     display options."""
@@ -114,13 +117,22 @@ class LineProgress:
         self.n, self.postfix = 0, ""
         self.started = time.perf_counter()
         self._stop = threading.Event()
-        self._closed = False
-        if leave:
-            size = f" ({self.total} {unit})" if self.total is not None else ""
-            progress_log.info("%s %s: started%s", _stamp(), self.desc, size)
-        self._beat = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._stop,
-                                                               interval or progress_interval()), daemon=True)
+        self._lock = threading.Lock()
+        self._closed = self._announced = False
+        self._stamp = _stamp()
+        every = interval or progress_interval()
+        self._beat = threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._stop, every,
+                                                               min(START_GRACE, every)), daemon=True)
         self._beat.start()
+
+    def announce(self) -> None:
+        """The start line (with the time the phase started), once, and only for a phase still running after
+        ``START_GRACE`` seconds: a phase served from a cache in no time prints nothing."""
+        with self._lock:
+            if self.leave and not self._closed and not self._announced:
+                self._announced = True
+                size = f" ({self.total} {self.unit})" if self.total is not None else ""
+                progress_log.info("%s %s: started%s", self._stamp, self.desc, size)
 
     def __del__(self) -> None:  # a phase abandoned by an exception stops its heartbeat once it is collected
         stop = getattr(self, "_stop", None)
@@ -159,11 +171,13 @@ class LineProgress:
         self.postfix = text
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        if self.leave:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+            announced = self._announced
+        if announced:
             count = f"{self.n} {self.unit} " if self.n or self.total is not None else ""
             progress_log.info("%s %s: done, %sin %s", _stamp(), self.desc, count,
                               duration(time.perf_counter() - self.started))
@@ -175,9 +189,17 @@ class LineProgress:
         self.close()
 
 
-def _heartbeat(progress: weakref.ref[LineProgress], stop: threading.Event, interval: float) -> None:
-    """Every ``interval`` seconds, one line of ``progress``; holds it only weakly, so that a phase left open (an
-    exception between creation and ``close``) is collected and its thread ends."""
+def _heartbeat(progress: weakref.ref[LineProgress], stop: threading.Event, interval: float, grace: float) -> None:
+    """After ``grace`` seconds the start line, then every ``interval`` seconds one line of ``progress``; holds it
+    only weakly, so that a phase left open (an exception between creation and ``close``) is collected and its
+    thread ends."""
+    if stop.wait(grace):
+        return
+    current = progress()
+    if current is None:
+        return
+    current.announce()
+    del current
     while not stop.wait(interval):
         current = progress()
         if current is None:
