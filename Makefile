@@ -22,7 +22,8 @@ demo: install
 	$(BIN)/unveil demo --out runs/demo --seed $(SEED)
 
 # The paper's design on public data (src/unveil/experiments/public.yaml) read from ../shared/data:
-# about 15 minutes on 2 CPU cores (conv8, 128 px); outputs and runs/public/report.html.
+# 4-8 minutes on 2 CPU cores (conv8, 128 px; measured 7 min 46 s on a shared 2-core machine, README);
+# outputs and runs/public/report.html.
 # Data paths in the shipped file resolve against this folder; rebind a role with
 # `unveil reproduce public --data ROLE=SOURCE:PATH`.
 public: install
