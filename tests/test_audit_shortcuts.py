@@ -69,6 +69,15 @@ def test_infection_ratio_and_pointing_game_by_hand():
     assert hits[0] == 1 and hits[1] == 0 and np.isnan(hits[2])
 
 
+def test_a_pointing_game_of_no_hits_has_an_interval_above_zero():
+    from unveil.audit.infection import hit_rate_interval
+
+    rate, low, high = hit_rate_interval(np.zeros(12), np.arange(12))  # 0 of 12, one image per patient
+    assert (rate, low) == (0.0, 0.0) and high == pytest.approx(0.2425, abs=1e-4)  # Wilson, not [0, 0]
+    rate, low, high = hit_rate_interval(np.array([1.0, np.nan, 0.0, 1.0]), np.array([0, 1, 2, 3]))
+    assert rate == pytest.approx(2 / 3) and 0 < low < rate < high < 1
+
+
 def _png(path, array):
     Image.fromarray(array.astype(np.uint8)).save(path)
     return str(path)

@@ -10,12 +10,15 @@ Two measurements per image (COVID-QU-Ex publishes a COVID-19 infection mask per 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from unveil.audit.bootstrap import patient_bootstrap_mean
 from unveil.audit.verdict import Verdict
+from unveil.evaluation.proportions import patient_wilson_interval
 
 #: the record column holding the infection mask (0 = background, > 127 = infected), as the COVID-QU-Ex loader
 #: writes it
@@ -60,6 +63,17 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(flat_masks.any(1) & ~flat, hit, np.nan)
 
 
+def hit_rate_interval(hits: np.ndarray, groups: np.ndarray) -> tuple[float, float, float]:
+    """The pointing game's hit rate with a patient-aware Wilson interval (a proportion: a patient bootstrap gives
+    [0, 0] at 0 hits); images without a defined hit (nan) are left out."""
+    defined = ~np.isnan(hits)
+    if not defined.any():
+        return math.nan, math.nan, math.nan
+    table = pd.DataFrame({"group": groups[defined], "hit": hits[defined].astype(int)}).groupby("group")["hit"]
+    interval = patient_wilson_interval(table.sum().to_numpy(), table.count().to_numpy())
+    return float(hits[defined].mean()), interval.low, interval.high
+
+
 def infection_verdicts(maps: np.ndarray, records: pd.DataFrame, is_positive: np.ndarray, groups: np.ndarray, *,
                        size: int, pointing_rule: float | None, seed: int, resamples: int) -> tuple[list, dict]:
     """Mass ratio and pointing game on the COVID+ images whose infection mask is not empty; nothing when the
@@ -76,7 +90,7 @@ def infection_verdicts(maps: np.ndarray, records: pd.DataFrame, is_positive: np.
     hits = pointing_hits(maps[chosen], masks)
     area = float(masks.reshape(len(masks), -1).mean(1).mean())
     ratio_mean, ratio_low, ratio_high = patient_bootstrap_mean(ratio, groups[chosen], resamples=resamples, seed=seed)
-    hit_mean, hit_low, hit_high = patient_bootstrap_mean(hits, groups[chosen], resamples=resamples, seed=seed)
+    hit_mean, hit_low, hit_high = hit_rate_interval(hits, groups[chosen])
     figures = {"images": int(len(chosen)), "area_fraction": area, "mass_ratio": ratio_mean,
                "mass_ratio_low": ratio_low, "mass_ratio_high": ratio_high, "pointing_hit_rate": hit_mean,
                "pointing_low": hit_low, "pointing_high": hit_high}
