@@ -114,8 +114,13 @@ def test_contamination_is_printed_as_a_count(masked, tmp_path):
                                       str(masked["root"] / "cache"), "--audit-threshold", "min_images=5",
                                       "--saliency-samples", "1", "--workers", "1"])
     assert output.exit_code == 0, output.output
-    lines = [line for line in output.output.splitlines() if line.startswith("contamination")]
-    assert len(lines) == 2 and all(re.search(r": \d+ of \d+ images ", line) for line in lines), lines
+    printed = output.output[re.search(r"^(No flag|\d+ flags?) fired on the model", output.output, re.M).start():]
+    assert max(len(line) for line in printed.splitlines()) <= 100  # wrapped: one block per verdict
+    blocks = [" ".join(b.split()) for b in printed.split("\n\n") if b.startswith("[")]
+    lines = [b for b in blocks if re.match(r"\[\w[\w ]*\] contamination — ", b)]
+    assert len(lines) == 2 and all(re.search(r": \d+ of \d+ images; rule: ", line) for line in lines), lines
+    assert "chestxray (B) vs training images" in printed  # the external set by its label (its source and folder)
+    assert f"chestxray (B) = {masked['external']}" in " ".join(printed.split())  # and its full name in the legend
     assert "nan" not in output.output
 
     pairs = pd.DataFrame({"record_id": ["f/1"], "training_record_id": ["t/9"], "distance": [3], "exact": [False]})

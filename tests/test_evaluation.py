@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 def test_every_model_on_every_test_set(trained):
     data = trained["data"]
     run = evaluate_models([trained["bundle"]], ["AB", "AC"], data={"C": data["C"]}, resamples=200)
-    assert list(run.rows["test_set"]) == ["AB", "AC"]
+    assert list(run.rows["test_set"]) == ["AB", "AC"] and list(run.rows["test_set_label"]) == ["AB", "AC"]
     row = run.rows.iloc[0]
     assert (row["model"], row["architecture"], row["encoder"], row["training_set"]) == ("AB", "conv8", "none", "AB")
     for metric in METRICS:
@@ -85,6 +85,7 @@ def test_a_model_is_never_tested_on_its_training_patients(trained):
         evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True)
     run = evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True, duplicates="flag")
     assert run.rows.iloc[0]["overlap_patients"] > 0
+    assert (run.rows.iloc[0]["test_set"], run.rows.iloc[0]["test_set_label"]) == (whole_a, "A")  # by its role
     copies = run.predictions["near_duplicate_of_training"]
     assert run.rows.iloc[0]["near_duplicates_of_training"] == copies.sum() > 0
     excluded = evaluate_models([trained["bundle"]], [whole_a], resamples=50, allow_overlap=True, duplicates="exclude")
@@ -149,6 +150,44 @@ def test_tables_in_the_papers_layout(tmp_path):
     back = pd.read_csv(tmp_path / "results.csv")
     assert np.isinf(back.loc[0, "dor"])  # raw numbers survive the CSV
     assert json_rows(rows)[0]["dor"] == "inf" and json_rows(rows)[2]["roc_auc"] is None
+
+
+def test_test_sets_are_named_by_their_role_else_their_source():
+    from unveil.evaluation.names import bound_labels, legend, relabel, test_set_labels
+
+    bindings = {"B": DataSpec("chestxray", "/data/chest_xray"), "D": DataSpec("covid-chestxray", "/data/cohen/")}
+    names = ["AB", "covid-chestxray:/data/cohen", "chestxray:/other/kermany", "rsna:/data/rsna", "rsna:/more/rsna"]
+    labels = bound_labels(names, bindings)
+    assert labels == {"AB": "AB", "covid-chestxray:/data/cohen": "D",  # the role bound to that folder
+                      "chestxray:/other/kermany": "chestxray (kermany)",  # role B shares its source
+                      "rsna:/data/rsna": "rsna (data/rsna)", "rsna:/more/rsna": "rsna (more/rsna)"}
+    assert test_set_labels(["covid-chestxray:/x/paper/D"]) == {"covid-chestxray:/x/paper/D": "covid-chestxray"}
+    # a role that reads like a composition of the same table says it is the whole set; labels stay distinct
+    assert test_set_labels(["A", "hospital-csv:/x"], {"hospital-csv:/x": "A"}) == {"A": "A",
+                                                                                  "hospital-csv:/x": "A (whole set)"}
+    assert legend(labels, "Test ")[0] == "Test D = covid-chestxray:/data/cohen"
+    assert relabel("AB -> covid-chestxray:/data/cohen; covid-chestxray:/data/cohen2 (COVID- images)", labels) == (
+        "AB -> D; covid-chestxray:/data/cohen2 (COVID- images)")  # a longer path is another set
+
+
+def test_tables_name_a_whole_dataset_by_its_label_and_keep_its_full_name(tmp_path):
+    external = "covid-chestxray:/tmp/pytest-of-someone/pytest-7/bench0/paper/D"
+    rows = _rows()
+    rows.loc[[1, 2], "test_set"] = external
+    assert list(summary_table(rows).columns)[-2:] == ["Test AB", "Test covid-chestxray"]  # no label: its source
+    labelled = rows.assign(test_set_label=rows["test_set"].map({"AB": "AB", external: "D"}))
+    assert list(summary_table(labelled).columns)[-2:] == ["Test AB", "Test D"]
+    assert list(architecture_tables(labelled)["resnet18"]["Tested on"]) == ["AB", "D"]
+    write_tables(labelled, tmp_path)
+    markdown = (tmp_path / "table2.md").read_text()
+    assert "| Test D " in markdown and f"- Test D = {external}\n" in markdown and markdown.count(external) == 1
+    assert f"Test D = {external}" in (tmp_path / "tableA1_resnet18.md").read_text()
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert list(back["test_set"]) == list(rows["test_set"]) and list(back["test_set_label"]) == ["AB", "D", "D"]
+    assert list(back.columns).index("test_set_label") == list(back.columns).index("test_set") + 1
+    again = tmp_path / "again"
+    write_tables(back, again)  # `unveil tables` from results.csv keeps the labels
+    assert "| Test D " in (again / "table2.md").read_text()
 
 
 def _scored_rows() -> pd.DataFrame:
@@ -273,6 +312,10 @@ def test_cli_evaluate(trained, tmp_path):
     assert both.exit_code == 2 and "does not go with --threshold-rule youden" in both.output
     not_a_model = runner.invoke(app, ["evaluate", str(tmp_path), "--on", "AB"])
     assert not_a_model.exit_code == 2 and "not a model bundle" in not_a_model.output
+    whole = runner.invoke(app, ["evaluate", str(trained["bundle"]), "--on", f"{c.source}:{c.root}", "--data",
+                                f"C={c.source}:{c.root}", "--resamples", "20", "--duplicates", "flag"])
+    assert whole.exit_code == 0, whole.output
+    assert "| Test C " in whole.stdout and f"\nTest C = {c.source}:{c.root}\n" in whole.stdout  # by its role
 
 
 def test_rows_show_the_rule_and_the_figures_at_0_5_where_the_threshold_differs(tmp_path):

@@ -110,6 +110,107 @@ def test_report_is_self_contained_and_complete(report: Path) -> None:
     assert "2025-01-02T03:04:05+00:00" in html and "reproduce.meta.json" in html
 
 
+def test_report_leads_with_each_audited_models_verdict(report: Path) -> None:
+    """The audit's one-sentence verdict is the first thing after the title, per audited model, before any table."""
+    html = report.read_text(encoding="utf-8")
+    body = html[html.index("<main>"):]
+    first = body[body.index("</header>"):].split("<section", 2)[1]
+    assert first.startswith(' id="verdict">')
+    headline = "<strong>1 flag fired on the model — source_probe: see the table.</strong>"
+    assert headline in first and "Conv8 / none / AB" in first and "Conv8 / B / AC" not in first  # audited only
+    assert body.index(headline) < body.index("<table")
+    assert 'href="#audit-conv8-none-AB"' in first and 'id="audit-conv8-none-AB"' in html
+
+
+def test_every_table_sits_in_a_box_that_scrolls_inside_its_card(report: Path) -> None:
+    """The CSS structure behind the Chromium check below: each table in a ``.scroll`` box (overflow-x: auto)."""
+    html = report.read_text(encoding="utf-8")
+    assert html.count("<table") == html.count('<div class="scroll"><table') > 0
+    assert re.search(r"\.scroll \{ overflow-x: auto; max-width: 100%; \}", html)
+
+
+EXTERNAL = "covid-chestxray:/tmp/pytest-of-someone/pytest-12/test_a_rather_long_name0/bench/paper/D"
+
+
+def _labelled_run(results: Path, tests: tuple[str, ...] = ("AB", EXTERNAL)) -> Path:
+    """A run whose test sets include the whole dataset of role D (an external set), audited on it."""
+    rows = pd.concat([_rows(index % 2).iloc[[0]].assign(test_set=test) for index, test in enumerate(tests)])
+    with ResultsStore(results / "results.sqlite") as store:
+        store.set_experiment({"name": "external", "seed": 0})
+        store.put_dataset("D", "covid-chestxray", EXTERNAL.split(":", 1)[1], _records("covid-chestxray", 4))
+        store.put_cell({"cell_id": "conv8-none-AB", "architecture": "conv8", "encoder": "none", "training_set": "AB",
+                        "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0, "best_epoch": 1,
+                        "val_auc": 0.7, "config": {}})
+        store.put_results("conv8-none-AB", rows, {"bundle": "b"})
+        store.put_audit("conv8-none-AB", [
+            Verdict("transfer (AUC)", f"AB -> {EXTERNAL}", 0.31, 0.2, 0.4, "drop >= 0.1 with its interval above 0 "
+                    "flags", True, f"AUC 0.90 on its own test split (AB), 0.59 on {EXTERNAL}: the model does not "
+                    "transfer", measure="AUC drop (in-source minus external; patients of each set resampled)"),
+            Verdict("source probe", f"chestxray (test split of AB) vs {EXTERNAL} (COVID- images)", 0.97, 0.93, 0.99,
+                    "informative: an external set (flags only between training sources)", None,
+                    f"the features tell {EXTERNAL} from chestxray (test split of AB)",
+                    measure="balanced accuracy (linear probe, out of fold)")])
+    return write_report(results)
+
+
+def test_an_external_test_set_is_named_by_its_role_its_binding_in_a_legend(tmp_path: Path) -> None:
+    html = _labelled_run(tmp_path / "run").read_text(encoding="utf-8")
+    headers = re.findall(r"<th>([^<]*)</th>", html)
+    assert "Test D" in headers and not [h for h in headers if "covid-chestxray:" in h]
+    tables = html[html.index('id="tables"'):html.index('id="roc"')]
+    assert "<td>D</td>" in tables and EXTERNAL not in re.sub(r"<li>[^<]*</li>", "", tables)  # the legend only
+    assert f"<li>Test D = {EXTERNAL}</li>" in html[html.index('id="summary"'):html.index('id="heatmap"')]
+    audit = html[html.index('id="audit"'):html.index('id="datasets"')]
+    assert "<td>AB -&gt; D</td>" in audit and "chestxray (test split of AB) vs D (COVID- images)" in audit
+    assert "0.59 on D: the model does not transfer" in audit
+    assert audit.count(EXTERNAL) == 1 and f"<code>D = {EXTERNAL}</code>" in audit  # the audit's legend
+
+
+#: measures, after layout, how far each table (or the box that scrolls it) reaches past its card's content box
+MEASURE_OVERFLOW = """<script>
+window.addEventListener("load", function () {
+  var main = document.querySelector("main"), style = getComputedStyle(main);
+  var edge = main.getBoundingClientRect().right - parseFloat(style.paddingRight), out = [], scrolled = 0;
+  document.querySelectorAll("table").forEach(function (table) {
+    var box = table;
+    for (var e = table.parentElement; e && e !== main; e = e.parentElement) {
+      if (/auto|scroll|hidden/.test(getComputedStyle(e).overflowX)) { box = e; break; }
+    }
+    if (box !== table && box.scrollWidth > box.clientWidth) { scrolled += 1; }
+    var right = box.getBoundingClientRect().right;
+    if (right > edge + 0.5) { out.push(table.className + ": " + Math.round(right - edge) + " px"); }
+  });
+  document.body.dataset.overflow = out.join("; ") || "none";
+  document.body.dataset.scrolled = String(scrolled);
+  document.body.dataset.pageOverflow = String(document.documentElement.scrollWidth - window.innerWidth);
+});
+</script></body>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (CI installs it)")
+@pytest.mark.parametrize("width", [1280, 760])
+def test_wide_tables_stay_inside_their_card(tmp_path: Path, width: int) -> None:
+    """Twelve test sets and long unbroken names: no table reaches past the card; the widest scroll inside it."""
+    many = ("AB", EXTERNAL, "AC", "A", "B", "C", "ABC", "BC", "DB", "Q", "F", "E")
+    _labelled_run(tmp_path / "run", many)
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:  # a folder name with no place to break
+        store.put_dataset("A", "hospital-csv", "/data/" + "a_very_long_folder_name_without_any_break" * 3,
+                          _records("hospital", 4))
+    report = write_report(tmp_path / "run")
+    page = tmp_path / "measured.html"
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", MEASURE_OVERFLOW), encoding="utf-8")
+    command = [str(shutil.which("chromium")), "--headless=new", "--no-sandbox", "--disable-gpu",
+               "--disable-dev-shm-usage", f"--window-size={width},2000", "--hide-scrollbars",
+               "--virtual-time-budget=5000", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+               page.resolve().as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert 'data-rendered="yes"' in dom
+    assert re.search(r'data-overflow="([^"]*)"', dom).group(1) == "none"
+    assert re.search(r'data-page-overflow="([^"]*)"', dom).group(1) == "0"
+    assert int(re.search(r'data-scrolled="(\d+)"', dom).group(1)) >= 1  # Table 2 is wider than the card: it scrolls
+
+
 def test_report_out_path(report: Path, tmp_path: Path) -> None:
     written = write_report(report.parent, tmp_path / "sub" / "r.html")
     assert written == tmp_path / "sub" / "r.html" and written.stat().st_size > 1000

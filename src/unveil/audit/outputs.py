@@ -1,4 +1,7 @@
-"""The audit's files: Grad-CAM overlays, the per-image table, audit.json, audit.md and its metadata.
+"""The audit's files (Grad-CAM overlays, the per-image table, audit.json, audit.md, its metadata) and its text.
+
+A test set given as ``SOURCE:PATH`` is named by its short label in audit.md and in the terminal text (its role,
+``figures["test_sets"]``; `unveil.evaluation.names`), its full name in a legend; audit.json keeps the full names.
 
 Everything here is written atomically (a file by rename, the overlay folder by swapping folders), so an
 interrupted audit never leaves a half-written file or a mix of two runs' overlays.
@@ -11,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from unveil.audit.verdict import AuditResult, summary_sentence
+from unveil.audit.verdict import AuditResult, Verdict, summary_sentence
+from unveil.evaluation.names import legend, relabel
 from unveil.explain.saliency import display_image, save_overlay
 from unveil.io import ImageReadError, read_image
 from unveil.provenance import write_run_metadata, write_text_atomic
@@ -92,9 +97,54 @@ def audit_document(result: AuditResult) -> dict[str, Any]:
     return {"verdicts": verdicts, "flagged": len(result.flagged), "figures": result.figures, "files": result.files}
 
 
+#: the width of `unveil audit`'s text (columns)
+TEXT_WIDTH = 100
+#: the indent of a verdict's lines after its first
+INDENT = "    "
+
+
+def _summary(result: AuditResult) -> str:
+    return result.figures.get("summary") or summary_sentence((v.test, v.flagged) for v in result.verdicts)
+
+
+def _labels(result: AuditResult) -> dict[str, str]:
+    """Full test-set name -> its label (``figures["test_sets"]``; empty for an audit written before labels)."""
+    labels = result.figures.get("test_sets")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def verdict_block(verdict: Verdict, labels: dict[str, str], width: int = TEXT_WIDTH) -> list[str]:
+    """One verdict as lines of at most ``width`` columns: ``[state] test — subject``, then (indented) what was
+    measured and the rule, then what it suggests; test sets by their labels."""
+    def wrap(text: str, first: str = INDENT) -> list[str]:
+        return textwrap.wrap(text, width=width, initial_indent=first, subsequent_indent=INDENT,
+                             break_on_hyphens=False)
+
+    lines = wrap(f"[{verdict.state}] {verdict.test} — {relabel(verdict.subject, labels)}", first="")
+    lines += wrap(f"{verdict.measure or 'value'}: {verdict.shown}; rule: {verdict.threshold}")
+    return lines + (wrap(relabel(verdict.suggests, labels)) if verdict.suggests else [])
+
+
+def audit_text(result: AuditResult, out: str | Path | None = None, width: int = TEXT_WIDTH) -> str:
+    """What `unveil audit` prints: the lead sentence, one block per verdict (:func:`verdict_block`), the full name
+    of each test set shown by a label, the flag count; every line at most ``width`` columns."""
+    labels = _labels(result)
+    lines = [*textwrap.wrap(_summary(result), width=width, break_on_hyphens=False), ""]
+    for verdict in result.verdicts:
+        lines += [*verdict_block(verdict, labels, width), ""]
+    names = legend(labels)
+    if names:
+        lines += textwrap.wrap("Test sets:", width=width)
+        lines += [line for name in names for line in textwrap.wrap(name, width=width, initial_indent=INDENT,
+                                                                      subsequent_indent=INDENT * 2)]
+        lines.append("")
+    tail = f"{len(result.flagged)} flag(s)" + (f"; figures in {out}" if out is not None else "")
+    return "\n".join(lines + textwrap.wrap(tail, width=width, break_on_hyphens=False))
+
+
 def audit_markdown(result: AuditResult, out: Path) -> str:
-    """The section a report includes: the verdict table, then the pictures."""
-    summary = result.figures.get("summary") or summary_sentence((v.test, v.flagged) for v in result.verdicts)
+    """The section a report includes: the verdict table, the test sets' full names, then the pictures."""
+    summary, labels = _summary(result), _labels(result)
     lines = ["## Bias audit", "", f"**{summary}**", "",
              f"{result.figures['images']} test images of {result.figures['patients']} "
              f"patients ({', '.join(f'{k}: {v}' for k, v in result.figures['by_source'].items())}).", "",
@@ -102,9 +152,13 @@ def audit_markdown(result: AuditResult, out: Path) -> str:
              "|---|---|---|---|---|---|---|"]
     for v in result.verdicts:
         flag = {"FLAGGED": "**yes**", "ok": "no", "informative": "—"}.get(v.state, v.state)
-        cells = [v.test, v.subject, v.measure, v.shown, v.threshold, flag, v.suggests]
+        cells = [v.test, relabel(v.subject, labels), v.measure, v.shown, v.threshold, flag,
+                 relabel(v.suggests, labels)]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     lines.append("")
+    names = legend(labels)
+    if names:
+        lines += ["Test sets: " + "; ".join(f"`{name}`" for name in names) + ".", ""]
     for key in ("tsne_by_source", "tsne_by_label"):
         if key in result.files:
             lines.append(f"![{key}]({Path(result.files[key]).relative_to(out)})")

@@ -59,8 +59,9 @@ from unveil.audit.verdict import (
 )
 from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
-from unveil.evaluation.evaluate import cached_images, training_cache, unseen_test_set
+from unveil.evaluation.evaluate import cached_images, model_bindings, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
+from unveil.evaluation.names import bound_labels
 from unveil.explain.saliency import gradcam_maps
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
@@ -421,6 +422,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         label=audited.is_positive, probability=original, probability_lungs_hidden=occluded, lung_saliency=inside,
         tsne_x=points[:, 0], tsne_y=points[:, 1], near_duplicate_of_training=duplicated)
     result.figures["summary"] = summary_sentence((v.test, v.flagged) for v in result.verdicts)
+    result.figures["test_sets"] = bound_labels(test_sets, model_bindings(bundle, data).specs)  # names for the text
     write_audit_files(result, per_image, out, {
         "model": str(model), "on": test_sets, "own": own_name, "masks": mask, "seed": seed, "resamples": resamples,
         "thresholds": asdict(thresholds), "cache": str(audited.cache)})

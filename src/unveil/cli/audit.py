@@ -85,6 +85,7 @@ def audit_command(
     Lung masks for occlusion and saliency: --mask segment or truth; --data ROLE=SOURCE:PATH binds a role
     the model was not trained with."""
     from unveil.audit import audit
+    from unveil.audit.outputs import audit_text
     from unveil.audit.run import audit_document
 
     plain, per_role = loader_options(option)
@@ -95,8 +96,4 @@ def audit_command(
     if as_json:
         typer.echo(json.dumps(audit_document(result), indent=2, default=str))
         return
-    typer.echo(result.figures["summary"])
-    for verdict in result.verdicts:
-        typer.echo(f"{verdict.test:28s} {verdict.subject:38s} {verdict.measure}: {verdict.shown}  "
-                   f"{verdict.state:14s} {verdict.suggests}")
-    typer.echo(f"{len(result.flagged)} flag(s); figures in {out}")
+    typer.echo(audit_text(result, out))  # wrapped at 100 columns: one block per verdict

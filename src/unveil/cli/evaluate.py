@@ -61,7 +61,7 @@ def evaluate_command(
     --data ROLE=SOURCE:PATH binds a role the models were not trained with."""
     from unveil.evaluation.evaluate import evaluate_models
     from unveil.evaluation.outputs import write_evaluation_outputs
-    from unveil.evaluation.tables import json_rows, summary_table
+    from unveil.evaluation.tables import json_rows, summary_table, test_set_legend
 
     threshold_rule, threshold_value = threshold_choice(threshold, threshold_rule)
     plain, per_role = loader_options(option)
@@ -80,6 +80,8 @@ def evaluate_command(
         typer.echo(json.dumps(json_rows(run.rows), indent=2))
     else:
         typer.echo(summary_table(run.rows).to_markdown(index=False))
+        for line in test_set_legend(run.rows):  # the full name of each test set shown by its label
+            typer.echo(line)
         if out is not None:
             typer.echo(f"results, tables and ROC curves in {out}")
     _notes(run)

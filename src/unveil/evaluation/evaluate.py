@@ -12,6 +12,8 @@ near-duplicates of the model's training images (perceptual hash; pooled sets suc
 images of other public sets): refused by default, or scored with the copies flagged, or without them
 (``duplicates``). Each row names the threshold's rule and, where the
 threshold is not 0.5, also carries the threshold-dependent metrics at 0.5 (``m_at_0.5`` columns).
+``test_set`` is the name as given (the key of every file and of the results store); ``test_set_label`` is the
+short name the tables show (a ``SOURCE:PATH`` set by its role, else its source; `unveil.evaluation.names`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from unveil.evaluation.metrics import (
     evaluate_scores,
     metrics_at_paper_threshold,
 )
+from unveil.evaluation.names import bound_labels
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.training.bundle import BundleError, ModelBundle, load_bundle
@@ -322,7 +325,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
     except ValueError as error:
         raise EvaluationError(str(error)) from None
     names = distinct_names([str(m) for m in models])
-    rows, predictions, skipped = [], [], []
+    rows, predictions, skipped, roles = [], [], [], list((data or {}).items())
     built: dict[tuple, TestSet] = {}
     steps = progress_bar(total=len(models) * len(test_sets), desc="evaluate", unit="test", enabled=progress)
     for model_path in models:
@@ -332,31 +335,52 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
         if bundle.collapse_reason:  # still evaluated (its AUC is evidence), but every row says it
             log.warning("%s: %s", identity["model"], bundle.collapse_reason)
         model_cache = cache or training_cache(bundle)
+        roles += training_bindings(bundle).items()  # what names a SOURCE:PATH set
         for name in test_sets:
             test_set, overlap = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
                                                 built=built, rebind=rebind, options=options)
-            records, copies = _without_training_copies(bundle, test_set, duplicates, cache=model_cache,
-                                                       workers=workers)
-            scored, missed = score_records(bundle, records, cache=model_cache, workers=workers, progress=progress)
-            scored["near_duplicate_of_training"] = scored["record_id"].isin(copies)
+            row, scored, missed = _scored_test_set(bundle, identity, test_set, overlap, chosen, policy=duplicates,
+                                                   cache=model_cache, workers=workers, progress=progress,
+                                                   resamples=resamples, seed=seed)
+            rows.append(row)
+            predictions.append(scored)
             skipped.extend(missed)
-            labels, probabilities = scored["label"].to_numpy(), scored["probability"].to_numpy()
-            result = evaluate_scores(labels, probabilities, (scored["source"] + "::" + scored["patient_id"]).to_numpy(),
-                                     threshold=chosen, resamples=resamples, seed=seed)
-            rows.append({**identity, "test_set": name, "test_kind": test_set.origin["kind"],
-                         "bindings": test_set.origin.get("bindings", ""),
-                         "rebound": ",".join(test_set.origin.get("rebound", [])),
-                         "skipped_images": len(missed), "overlap_patients": overlap,
-                         "near_duplicates_of_training": len(copies),
-                         "near_duplicates_excluded": len(copies) if duplicates == "exclude" else 0,
-                         "model_collapsed": bundle.collapse_reason, **result.as_row(),
-                         **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed})
-            decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
-                                bundle.classes[1 - bundle.positive_index])
-            predictions.append(scored.assign(decision=decision, model=identity["model"], test_set=name,
-                                             threshold=chosen.value, threshold_rule=chosen.rule.value))
-            log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], name,
-                     result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
             steps.update()
     steps.close()
-    return EvaluationRun(pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), skipped)
+    return EvaluationRun(_labelled(pd.DataFrame(rows), test_sets, roles), pd.concat(predictions, ignore_index=True),
+                         skipped)
+
+
+def _scored_test_set(bundle: ModelBundle, identity: dict[str, Any], test_set: TestSet, overlap: int,
+                     chosen: ThresholdChoice, *, policy: str, cache: str | Path, workers: int, progress: bool,
+                     resamples: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame, list[str]]:
+    """One model on one test set: its results row, its per-image predictions and the images it skipped."""
+    records, copies = _without_training_copies(bundle, test_set, policy, cache=cache, workers=workers)
+    scored, missed = score_records(bundle, records, cache=cache, workers=workers, progress=progress)
+    scored["near_duplicate_of_training"] = scored["record_id"].isin(copies)
+    labels, probabilities = scored["label"].to_numpy(), scored["probability"].to_numpy()
+    result = evaluate_scores(labels, probabilities, (scored["source"] + "::" + scored["patient_id"]).to_numpy(),
+                             threshold=chosen, resamples=resamples, seed=seed)
+    row = {**identity, "test_set": test_set.name, "test_kind": test_set.origin["kind"],
+           "bindings": test_set.origin.get("bindings", ""), "rebound": ",".join(test_set.origin.get("rebound", [])),
+           "skipped_images": len(missed), "overlap_patients": overlap, "near_duplicates_of_training": len(copies),
+           "near_duplicates_excluded": len(copies) if policy == "exclude" else 0,
+           "model_collapsed": bundle.collapse_reason, **result.as_row(),
+           **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed}
+    decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
+                        bundle.classes[1 - bundle.positive_index])
+    log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], test_set.name,
+             result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
+    return row, scored.assign(decision=decision, model=identity["model"], test_set=test_set.name,
+                              threshold=chosen.value, threshold_rule=chosen.rule.value), missed
+
+
+def _labelled(rows: pd.DataFrame, test_sets: list[str], roles: list[tuple[str, DataSpec]]) -> pd.DataFrame:
+    """``rows`` with ``test_set_label`` after ``test_set``: each set's short name, its role where one of ``roles``
+    (the first binding of a role wins) binds the same dataset (:mod:`unveil.evaluation.names`)."""
+    bound: dict[str, DataSpec] = {}
+    for role, spec in roles:
+        bound.setdefault(role, spec)
+    labels = bound_labels(test_sets, bound)
+    rows.insert(rows.columns.get_loc("test_set") + 1, "test_set_label", rows["test_set"].map(labels))
+    return rows

@@ -13,6 +13,9 @@ Intervals: sensitivity, specificity and accuracy show the patient-aware Wilson i
 metric the patient bootstrap (``m_low``/``m_high``); the captions say so. An undefined value prints
 ``n/a`` and the note saying why is listed under the table (and kept in the row's ``m_note``).
 
+A test set is named by its label (:mod:`unveil.evaluation.names`: ``D``, not ``covid-chestxray:/data/cohen``),
+the rows' ``test_set_label`` where they carry one; the notes under a table give each label's full name.
+
 Every row names its model; two models are never merged into one row. Runs of one cell that differ
 only by seed are pooled only on request (``aggregate_seeds``, :func:`pool_seeds`): mean ± the
 half-width of a Student-t 95 % interval over the seeds.
@@ -29,6 +32,7 @@ import pandas as pd
 from unveil.errors import UnveilError
 from unveil.evaluation.evaluate import distinct_names
 from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, PROPORTIONS, ThresholdRule
+from unveil.evaluation.names import legend, test_set_labels
 from unveil.evaluation.proportions import METHOD as WILSON_METHOD
 from unveil.models import MODEL_NAMES
 from unveil.provenance import write_text_atomic
@@ -130,6 +134,34 @@ def model_labels(rows: pd.DataFrame) -> pd.Series:
     return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles)], index=rows.index)
 
 
+def labels_of(rows: pd.DataFrame) -> dict[str, str]:
+    """Each test set's label (``test_set`` -> label): the rows' own ``test_set_label`` where they carry one (that
+    is still distinct), else the default of :func:`~unveil.evaluation.names.test_set_labels`."""
+    names = rows["test_set"].astype(str) if "test_set" in rows else pd.Series(dtype=str)
+    given = rows["test_set_label"] if "test_set_label" in rows else pd.Series(None, index=rows.index)
+    preferred: dict[str, str] = {}
+    for name, label in zip(names, given):
+        if isinstance(label, str) and label:
+            preferred.setdefault(name, label)
+    return test_set_labels(names, preferred)
+
+
+def test_set_legend(rows: pd.DataFrame) -> list[str]:
+    """``Test D = covid-chestxray:/data/cohen``: the full name of each test set a table shows by a label."""
+    return legend(labels_of(rows), "Test ")
+
+
+def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with a ``test_set_label`` column right after ``test_set`` (``test_set`` itself unchanged)."""
+    if "test_set" not in rows:
+        return rows
+    labels = labels_of(rows).get
+    labelled = rows.drop(columns="test_set_label", errors="ignore")
+    labelled.insert(labelled.columns.get_loc("test_set") + 1, "test_set_label",
+                    [labels(str(name), str(name)) for name in labelled["test_set"]])
+    return labelled
+
+
 def _order(rows: pd.DataFrame) -> pd.DataFrame:
     rank = {name: i for i, name in enumerate(MODEL_NAMES)}
     rows = rows.assign(_model=model_labels(rows))
@@ -157,7 +189,8 @@ def summary_table(rows: pd.DataFrame, metric: str = "balanced_accuracy", infinit
     index = ["_model", "Architecture", "encoder", "training_set", "Threshold"]
     pivot = table.pivot_table(index=index, columns="test_set", values="value", aggfunc=_only, sort=False)
     pivot.index.names = ["Model", "Architecture", "Pre-trained", "Trained on", "Threshold rule"]
-    pivot.columns = [f"Test {c}" for c in pivot.columns]
+    labels = labels_of(rows)
+    pivot.columns = [f"Test {labels[str(c)]}" for c in pivot.columns]
     return pivot.fillna("—").reset_index()  # a model not evaluated on a test set
 
 
@@ -172,10 +205,11 @@ def _only(values: pd.Series) -> str:
 
 def architecture_tables(rows: pd.DataFrame, infinity: str = "∞") -> dict[str, pd.DataFrame]:
     """Tables A1..An: per architecture, model x test set x the seven metrics, threshold rule, figures at 0.5."""
-    tables = {}
+    tables, labels = {}, labels_of(rows)
     for architecture, group in _order(rows).groupby("architecture", sort=False):
         table = pd.DataFrame({"Model": group["_model"], "Pre-trained": group["encoder"],
-                              "Trained on": group["training_set"], "Tested on": group["test_set"],
+                              "Trained on": group["training_set"],
+                              "Tested on": group["test_set"].astype(str).map(labels),
                               "Threshold": [threshold_label(r) for _, r in group.iterrows()]})
         if "n_seeds" in group:
             table.insert(1, "Seeds", group["seeds"].to_numpy())
@@ -234,15 +268,20 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
         for column in notes:  # the seeds' distinct notes, so that a pooled n/a still says why
             distinct = list(dict.fromkeys(v for v in group[column] if isinstance(v, str) and v))
             row[column] = " | ".join(distinct) if distinct else None
+        if "test_set_label" in group:  # the label the evaluation gave (its role), kept for the tables
+            row["test_set_label"] = group["test_set_label"].iloc[0]
         row.update({"model": " + ".join(group["model"]), "n_seeds": n,
                     "seeds": ", ".join(str(s) for s in sorted(seeds, key=str)), "interval": SEED_INTERVAL})
         pooled.append(row)
     return pd.DataFrame(pooled)
 
 
-def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] = (*METRICS, "dor_corrected")) -> list[str]:
+def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] = (*METRICS, "dor_corrected"),
+                    labels: dict[str, str] | None = None) -> list[str]:
     """Why each ``n/a`` of a table is undefined, one line per row, metrics with one note together: ``m on
-    Test D: Specificity: undefined: no COVID- images; BA, AUC: ...`` (the rows' ``m_note``), in table order."""
+    Test D: Specificity: undefined: no COVID- images; BA, AUC: ...`` (the rows' ``m_note``), in table order;
+    test sets by ``labels`` (default: :func:`labels_of` the rows)."""
+    labels = labels_of(rows) if labels is None else labels
     lines = []
     for _, row in _order(rows).iterrows():
         by_note: dict[str, list[str]] = {}
@@ -251,8 +290,9 @@ def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] = (*METRICS, "d
             if metric in row and pd.isna(value) and isinstance(note, str) and note:
                 by_note.setdefault(note, []).append(LABELS.get(metric, "DOR (HA)"))
         if by_note:
-            parts = [f"{', '.join(labels)}: {note}" for note, labels in by_note.items()]
-            lines.append(f"{row['_model']} on Test {row['test_set']}: " + "; ".join(parts))
+            parts = [f"{', '.join(columns)}: {note}" for note, columns in by_note.items()]
+            lines.append(f"{row['_model']} on Test {labels.get(str(row['test_set']), row['test_set'])}: "
+                         + "; ".join(parts))
     return lines
 
 
@@ -289,24 +329,26 @@ def _markdown(table: pd.DataFrame, caption: str, notes: list[str]) -> str:
 
 
 def named_tables(rows: pd.DataFrame, *, pooled: bool = False) -> dict[str, tuple[str, pd.DataFrame, list[str]]]:
-    """Per file stem (``table2``, ``tableA1_resnet18``, ...): caption, table and the notes on its ``n/a``
-    cells. ``pooled``: ``rows`` are :func:`pool_seeds` rows (mean ± half-width over seeds)."""
+    """Per file stem (``table2``, ``tableA1_resnet18``, ...): caption, table and its notes (why each ``n/a``, then
+    the full name of each test set shown by a label). ``pooled``: ``rows`` are :func:`pool_seeds` rows."""
     threshold_note = ("threshold chosen a priori on each model's validation split by the rule shown; "
                       "'at 0.5': the same at the paper's fixed 0.5, where the threshold differs")
     if pooled:
         summary_values = table_values = "mean ± half-width of the Student-t 95 % interval over the seeds of each cell"
     else:
         summary_values, table_values = f"95 % CI, {BOOTSTRAP_METHOD}", interval_captions()
+    labels = labels_of(rows)
     named = {"table2": (f"Table 2: balanced accuracy of every model on every test set ({summary_values}; "
                         f"{threshold_note}; {UNDEFINED_LEGEND}; {NOT_EVALUATED_LEGEND})", summary_table(rows),
-                        undefined_notes(rows, ("balanced_accuracy",)))}
+                        undefined_notes(rows, ("balanced_accuracy",), labels) + legend(labels, "Test "))}
     ordered = _order(rows)
     for index, (architecture, table) in enumerate(architecture_tables(rows).items(), 1):
         title = ARCHITECTURE_NAMES.get(architecture, architecture)
         group = ordered[ordered["architecture"].astype(str) == architecture].drop(columns="_model")
+        shown = {name: labels[name] for name in dict.fromkeys(group["test_set"].astype(str))}
         named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, model x test set ({table_values}; "
                                                   f"{threshold_note}; {UNDEFINED_LEGEND})", table,
-                                                  undefined_notes(group))
+                                                  undefined_notes(group, labels=labels) + legend(shown, "Test "))
     return named
 
 
@@ -325,7 +367,8 @@ def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
         if "tex" in formats:
             written.append(write_text_atomic(out / f"{stem}.tex", _latex(table, caption, f"tab:{stem}", notes)))
     if "csv" in formats:
-        written.append(write_text_atomic(out / "results.csv", rows.to_csv(index=False, lineterminator="\n")))
+        labelled = with_labels(rows)
+        written.append(write_text_atomic(out / "results.csv", labelled.to_csv(index=False, lineterminator="\n")))
         if aggregate_seeds:
             written.append(write_text_atomic(out / "results_by_cell.csv",
                                              tabulated.to_csv(index=False, lineterminator="\n")))

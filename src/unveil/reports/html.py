@@ -5,6 +5,10 @@ Everything comes from the run's ``results.sqlite`` (through `ResultsStore`) and,
 are inline, so the page needs no network and can be mailed or archived as a single file. A picture
 recorded in the store but missing on disk becomes a short note, never an error: a report of a partly
 moved or pruned run is still worth reading.
+
+The page leads with each audited model's one-sentence verdict, before any table. A test set given as
+``SOURCE:PATH`` (an external audit set, a whole dataset) is shown by its role (`unveil.evaluation.names`), its
+full binding listed under the table; every table scrolls sideways inside its card rather than overflow it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from markupsafe import Markup
 import unveil
 from unveil.audit.verdict import is_count, summary_sentence, value_text
 from unveil.data.compose import load_recipes
+from unveil.data.spec import DataSpec
 from unveil.errors import UnveilError
+from unveil.evaluation.names import bound_labels, legend, relabel
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import (
     ARCHITECTURE_NAMES,
@@ -124,6 +130,18 @@ def _ordered_cells(cells: pd.DataFrame) -> pd.DataFrame:
         ["_rank", "encoder", "training_set", "cell_id"]).drop(columns="_rank").reset_index(drop=True)
 
 
+def _test_labels(store: ResultsStore, wide: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """Full test-set name -> label: of the evaluated test sets and of the datasets an audit verdict names in full
+    (``SOURCE:PATH`` of a role: an external audit set), a dataset by its role; and the part the audit names."""
+    datasets, audits = store.table("datasets"), store.table("audits")
+    said = " ".join(str(t) for t in [*audits["subject"], *audits["suggests"]] if isinstance(t, str))
+    bound = {str(r["role"]): DataSpec(str(r["source"]), str(r["path"])) for _, r in datasets.iterrows()}
+    named = [f"{spec.source}:{spec.root}" for spec in bound.values() if f"{spec.source}:{spec.root}" in said]
+    names = [*(dict.fromkeys(wide["test_set"].astype(str)) if not wide.empty else []), *named]
+    labels = bound_labels(names, bound)
+    return labels, {name: label for name, label in labels.items() if name in said}
+
+
 def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
     """Cross-dataset matrix of balanced accuracy as a PNG data URI; in-distribution cells outlined."""
     from matplotlib import colormaps
@@ -162,7 +180,8 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
             if str(identity.loc[model, "training_set"]) == str(test):  # tested on its own composition
                 # inset, so that neighbouring cells do not look outlined too
                 axis.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="black", linewidth=2))
-    axis.set_xticks(range(len(tests)), [f"Test {t}" for t in tests], fontsize=8)
+    shown = dict(zip(wide["test_set"], wide["test_set_label"])) if "test_set_label" in wide else {}
+    axis.set_xticks(range(len(tests)), [f"Test {shown.get(t, t)}" for t in tests], fontsize=8)
     axis.set_yticks(range(len(order)), labels, fontsize=8)
     axis.set_xlabel("test set", fontsize=9)
     axis.tick_params(length=0)
@@ -184,6 +203,7 @@ def _inconclusive(wide: pd.DataFrame, metric: str = "balanced_accuracy") -> list
             why = too_wide(row.get(f"{metric}_low"), row.get(f"{metric}_high"))
         if why is not None:
             found.append({"model": row["model"], "test_set": row["test_set"],
+                          "test_label": row.get("test_set_label", row["test_set"]),
                           "label": _cell_label(row["architecture"], row["encoder"], row["training_set"]),
                           "value": _interval(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high")),
                           "patients": int(row["patients"]) if "patients" in row and not _missing(row["patients"])
@@ -258,7 +278,9 @@ def _pictures(files: pd.DataFrame, kind: str, cell_id: str, results_dir: Path,
             for _, r in chosen.iterrows()]
 
 
-def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, results_dir: Path) -> list[dict[str, Any]]:
+def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, results_dir: Path,
+            tests: dict[str, str]) -> list[dict[str, Any]]:
+    """Per audited cell: its verdicts (test sets by their labels, ``tests``), headline sentence and pictures."""
     audits = store.table("audits")
     audited = set(audits["cell_id"]) | set(files.loc[files["kind"] != "roc", "cell_id"])
     order = [c for c in cells["cell_id"] if c in audited] + sorted(audited - set(cells["cell_id"]))
@@ -271,13 +293,14 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
             flagged = None if _missing(v["flagged"]) else bool(v["flagged"])
             fired.append((str(v["test"]), flagged))
             measure = v["measure"] if "measure" in v and not _missing(v["measure"]) else ""
-            verdicts.append({"test": v["test"], "subject": v["subject"], "flagged": bool(flagged), "measure": measure,
+            verdicts.append({"test": v["test"], "subject": relabel(str(v["subject"]), tests),
+                             "flagged": bool(flagged), "measure": measure,
                              "value": value_text(None if _missing(v["value"]) else float(v["value"]), None, None,
                                                  measure=str(measure)) if is_count(str(measure))
                              else _interval(v["value"], v["low"], v["high"]), "rule": v["rule"] or "",
                              "interval": _verdict_interval(str(measure), v["low"], v["high"]),
                              "flag": "—" if flagged is None else "yes" if flagged else "no",
-                             "suggests": v["suggests"] or ""})
+                             "suggests": relabel(v["suggests"] or "", tests)})
         sections.append({"cell_id": cell_id, "label": labels.get(cell_id, cell_id), "verdicts": verdicts,
                          "summary": summary_sentence(fired) if fired else "",
                          "flags": sum(v["flagged"] for v in verdicts),
@@ -295,6 +318,9 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
     cells = _ordered_cells(store.table("cells"))
     files = store.table("files")
     wide = store.wide_results()
+    labels, audited = _test_labels(store, wide)
+    if not wide.empty:
+        wide = wide.assign(test_set_label=wide["test_set"].astype(str).map(labels))
     recipes = _recipes(experiment)
 
     tables, summary = [], None
@@ -321,7 +347,7 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
         "inconclusive": _inconclusive(wide), "interval_rule": RULE,
         "notes": _loads(experiment.get("notes", "[]")) or [],
         "heatmap": _heatmap(wide, cells), "tables": tables, "roc": roc,
-        "audits": _audits(store, cells, files, results_dir),
+        "audits": _audits(store, cells, files, results_dir, labels), "test_legend": legend(audited),
         "datasets": _datasets(store, recipes), "cells": _cells(cells, recipes),
         "meta": _pretty(meta) if meta is not None else None,
         "versions": _pretty(_loads(experiment["versions"])) if "versions" in experiment else None,
