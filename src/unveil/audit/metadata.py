@@ -23,8 +23,12 @@ from unveil.audit.verdict import Verdict
 #: pediatric below this age (years); the Kermany set (ChestXRay) is of children aged 1-5
 ADULT_AGE = 18.0
 
-#: the factors, in the order they are reported
-FIELDS = ("source", "view", "sex", "age_group", "location")
+#: the factors, in the order they are reported; ``manufacturer`` and ``station_name`` come from DICOM headers
+#: (``dicom-folder``), ``location`` from a site column or InstitutionName
+FIELDS = ("source", "view", "sex", "age_group", "location", "manufacturer", "station_name")
+
+#: factors read as they are from the record column of the same name, where the loader gives one
+PLAIN_FIELDS = ("location", "manufacturer", "station_name")
 
 UNKNOWN = "unknown"
 
@@ -32,8 +36,9 @@ UNKNOWN = "unknown"
 def metadata_table(records: pd.DataFrame) -> pd.DataFrame:
     """One column per factor of :data:`FIELDS` (strings; <NA> where the record does not say).
 
-    ``age_group`` is ``pediatric`` (< 18 years) or ``adult`` from ``age``; ``location`` is the loader's
-    ``location`` column (the hospital or city) where present."""
+    ``age_group`` is ``pediatric`` (< 18 years) or ``adult`` from ``age``; ``location`` (the hospital or city),
+    ``manufacturer`` and ``station_name`` (the DICOM Manufacturer and StationName) are the loader's columns where
+    present."""
     table = pd.DataFrame(index=records.index)
     table["source"] = records["source"].astype("string")
     table["view"] = records["view"].astype("string") if "view" in records else pd.NA
@@ -44,7 +49,8 @@ def metadata_table(records: pd.DataFrame) -> pd.DataFrame:
                                        dtype="string").where(age.notna())
     else:
         table["age_group"] = pd.NA
-    table["location"] = records["location"].astype("string") if "location" in records else pd.NA
+    for column in PLAIN_FIELDS:
+        table[column] = records[column].astype("string") if column in records else pd.NA
     for column in FIELDS:
         table[column] = table[column].astype("string").str.strip().replace("", pd.NA)
     return table

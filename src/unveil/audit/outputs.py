@@ -1,4 +1,5 @@
-"""The audit's files (Grad-CAM overlays, the per-image table, audit.json, audit.md, its metadata) and its text.
+"""The audit's files (Grad-CAM overlays, the discovered clusters' montage, the per-image table, audit.json,
+audit.md, its metadata) and its text.
 
 A test set given as ``SOURCE:PATH`` is named by its short label in audit.md and in the terminal text (its role,
 ``figures["test_sets"]``; `unveil.evaluation.names`), its full name in a legend; audit.json keeps the full names.
@@ -64,10 +65,44 @@ def write_audit_files(result: AuditResult, per_image: pd.DataFrame, out: Path, a
     write_run_metadata(out / "audit.meta.json", "unveil audit", arguments, extra={"flagged": len(result.flagged)})
 
 
-def _display(path: str) -> np.ndarray | None:
-    """The original radiograph resized for an overlay; None (the pre-processed image is drawn) if unreadable."""
+def write_cluster_montage(clusters: list[dict], path: Path, side: int = 96) -> Path | None:
+    """One row per discovered cluster (:mod:`unveil.audit.discovery`): the images nearest its centre, as acquired
+    (longest side ``side`` px), captioned with its size and COVID+ share. None (and no file) without clusters."""
+    path.unlink(missing_ok=True)  # an earlier run's montage is not this run's
+    if not clusters:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(c["paths"]) for c in clusters)
+    figure, axes = plt.subplots(len(clusters), columns, figsize=(1.3 * columns, 1.5 * len(clusters)), dpi=110,
+                                squeeze=False)
+    for row, cluster in zip(axes, clusters):
+        for column, axis in enumerate(row):
+            axis.set(xticks=[], yticks=[])
+            shown = _display(cluster["paths"][column], side) if column < len(cluster["paths"]) else None
+            if shown is not None:
+                axis.imshow(shown, cmap="gray", vmin=0, vmax=1)
+            else:
+                axis.axis("off")
+        row[0].set_title(f"cluster {cluster['cluster']}: {cluster['images']} images, "
+                         f"{cluster['covid_positive_share']:.0%} COVID+", fontsize=7, loc="left")
+    figure.tight_layout()
+    staging = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(staging)
+    plt.close(figure)
+    os.replace(staging, path)
+    return path
+
+
+def _display(path: str, side: int | None = None) -> np.ndarray | None:
+    """The original radiograph resized for an overlay (longest side ``side``, default the overlays'); None (the
+    pre-processed image is drawn) if unreadable."""
     try:
-        return display_image(read_image(path).pixels)
+        pixels = read_image(path).pixels
+        return display_image(pixels) if side is None else display_image(pixels, side)
     except (ImageReadError, OSError):
         return None
 
@@ -159,7 +194,7 @@ def audit_markdown(result: AuditResult, out: Path) -> str:
     names = legend(labels)
     if names:
         lines += ["Test sets: " + "; ".join(f"`{name}`" for name in names) + ".", ""]
-    for key in ("tsne_by_source", "tsne_by_label"):
+    for key in ("tsne_by_source", "tsne_by_label", "clusters_montage"):
         if key in result.files:
             lines.append(f"![{key}]({Path(result.files[key]).relative_to(out)})")
     lines.append("")

@@ -8,7 +8,9 @@ same patient-bootstrap intervals as the models' own metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -54,6 +56,20 @@ def linear_probe(features: np.ndarray, target: np.ndarray, groups: np.ndarray, *
 
     ``target`` is 0/1; ``groups`` are patient keys (a patient's images never straddle folds).
     """
+    def make_model():
+        return make_pipeline(StandardScaler(), LogisticRegression(C=regularization, class_weight="balanced",
+                                                                  max_iter=5000))
+
+    return cross_validated_probe(features, target, groups, make_model, name=name, negative=negative,
+                                 positive=positive, seed=seed, folds=folds, resamples=resamples)
+
+
+def cross_validated_probe(features: np.ndarray, target: np.ndarray, groups: np.ndarray,
+                          make_model: Callable[[], Any], *, name: str, negative: str, positive: str, seed: int = 0,
+                          folds: int = 5, resamples: int = 1000) -> ProbeResult:
+    """Out-of-fold probabilities of a fresh ``make_model()`` per fold (a class-balanced scikit-learn classifier:
+    its decision is the fixed 0.5), folds by StratifiedGroupKFold on the patient keys ``groups``, and their
+    patient-bootstrap evaluation. Raises ValueError when a side has images of fewer than 2 patients."""
     target = np.asarray(target).astype(int)
     groups = np.asarray(groups)
     per_class_patients = min(len(np.unique(groups[target == value])) for value in (0, 1))
@@ -64,11 +80,9 @@ def linear_probe(features: np.ndarray, target: np.ndarray, groups: np.ndarray, *
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = np.zeros(len(target))
     for train_index, test_index in splitter.split(features, target, groups):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, class_weight="balanced",
-                                                                   max_iter=5000))
+        probe = make_model()
         probe.fit(features[train_index], target[train_index])
         out_of_fold[test_index] = probe.predict_proba(features[test_index])[:, 1]
-    # A class-balanced probe: its decision is the fixed 0.5.
     evaluation = evaluate_scores(target, out_of_fold, groups, resamples=resamples, seed=seed,
                                  threshold=replace(fixed_threshold(), description="probe at fixed 0.5"))
     counts = {negative: int((target == 0).sum()), positive: int((target == 1).sum())}

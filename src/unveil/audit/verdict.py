@@ -94,13 +94,17 @@ MEANINGS: dict[str, str] = {
     "metadata only": "the metadata alone predict the label, so a shortcut is available in the data",
     "contamination": "some test images are copies of training images, so their scores are not independent "
                      "evidence",
+    "acquisition fingerprint": "the image files alone (size, format, bit depth, JPEG quality...) predict the label, "
+                               "so merged sources are visible without a source column",
+    "source discovery": "the model's features fall into clusters that follow both the label and the image files, "
+                        "so it groups images by how they were acquired (merged sources)",
     "saliency in lungs": "the saliency is not concentrated in the lungs",
     "pointing game": "the saliency peak rarely falls in the infected region",
 }
 
 
 #: tests about the audited data rather than the model: they fire for any model audited on these images
-DATA_TESTS = ("metadata only", "contamination")
+DATA_TESTS = ("metadata only", "acquisition fingerprint", "contamination")
 
 
 def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:

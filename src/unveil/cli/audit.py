@@ -29,8 +29,8 @@ from unveil.cli.options import (
 AuditThresholdOption = Annotated[list[str] | None, typer.Option(
     "--audit-threshold", help="Flag threshold of an audit test, KEY=VALUE (repeatable): source_probe, "
                               "occlusion_auc, lung_saliency, min_images, transfer_drop, below_chance, "
-                              "metadata_probe, metadata_only_auc, infection_pointing, contamination "
-                              "(none: informative).")]
+                              "metadata_probe, metadata_only_auc, infection_pointing, contamination, "
+                              "fingerprint_auc, discovery_ami, discovery_acquisition (none: informative).")]
 
 
 def audit_thresholds(pairs: list[str] | None):

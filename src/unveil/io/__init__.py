@@ -10,15 +10,18 @@ from unveil.io.images import (
     image_to_uint8,
     read_image,
 )
+from unveil.io.properties import FileProperties, read_file_properties
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FileProperties",
     "ImageInfo",
     "ImageReadError",
     "LoadedImage",
     "has_dicom_preamble",
     "image_to_uint8",
     "read_dicom_header",
+    "read_file_properties",
     "read_image",
     "write_dicom",
 ]
