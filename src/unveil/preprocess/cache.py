@@ -170,6 +170,29 @@ def _init_worker(model_path: str | None, threads: int, max_pixels: int | None = 
         _SEGMENTER = LungSegmenter.load(model_path)
 
 
+def prepare_image(path: str | Path, truth_mask: str | None, settings: PreprocessSettings,
+                  segmenter: LungSegmenter | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One radiograph through the paper's chain with ``settings``: read, resize, lung mask (segmented, the
+    record's own, or none), equalize, blurred mask applied, [0, 1]. Returns (image float32 S x S, mask bool S x S);
+    what the cache stores and what :class:`unveil.preprocess.dataset.RecordDataset` yields."""
+    image = resize_image(read_image(path, max_pixels=max_pixels).pixels, settings.size)
+    if settings.mask == "segment":
+        if segmenter is None:
+            raise PreprocessSettingsError("mask 'segment' needs a lung segmenter")
+        mask = segmenter.segment(image, convention=settings.convention)
+    elif settings.mask == "truth":
+        if not truth_mask:
+            raise ValueError("mask 'truth' asked for but the record has no mask_path")
+        with Image.open(truth_mask) as stored:
+            mask = resize_mask(np.asarray(stored.convert("L")) > 127, settings.size)
+    else:
+        mask = np.ones_like(image, dtype=bool)
+    pipeline = paper_pipeline(settings.size, blur_radius=settings.blur_radius, equalize=settings.equalize,
+                              mask=settings.mask != "none")
+    return pipeline({"image": image, "mask": mask})["image"], mask
+
+
 def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[str, Any]:
     """Pre-process one record into the cache (or find it there); return its manifest row."""
     record_id, path, truth_mask, cache, spec = job
@@ -188,19 +211,7 @@ def process_one(job: tuple[str, str, str | None, str, dict[str, Any]]) -> dict[s
         return {**row, "status": "hit", "cache_path": str(image_file), "mask_path": str(mask_file),
                 "lung_fraction": round(fraction, 4)}
     try:
-        image = resize_image(read_image(path, max_pixels=_MAX_PIXELS).pixels, settings.size)
-        if settings.mask == "segment":
-            mask = _SEGMENTER.segment(image, convention=settings.convention)
-        elif settings.mask == "truth":
-            if not truth_mask:
-                raise ValueError("mask 'truth' asked for but the record has no mask_path")
-            with Image.open(truth_mask) as stored:
-                mask = resize_mask(np.asarray(stored.convert("L")) > 127, settings.size)
-        else:
-            mask = np.ones_like(image, dtype=bool)
-        pipeline = paper_pipeline(settings.size, blur_radius=settings.blur_radius, equalize=settings.equalize,
-                                  mask=settings.mask != "none")
-        processed = pipeline({"image": image, "mask": mask})["image"]
+        processed, mask = prepare_image(path, truth_mask, settings, _SEGMENTER, max_pixels=_MAX_PIXELS)
     except ImageReadError as error:
         row["error"] = str(error)
         return row
