@@ -349,6 +349,8 @@ def test_cli_reproduce_data_binds_and_replaces_roles(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["reproduce", "public", "--out", str(tmp_path / "o"), "--no-report",
                                       "--data", f"C={tmp_path / 'rsna'}", "--data", "Q=covid-qu-ex:/elsewhere/q"])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("done in ")  # the elapsed time, then where the results are
+    assert f"results store {tmp_path / 'o' / 'results.sqlite'}" in result.stdout
     experiment = seen[0]
     assert experiment.data["C"] == DataSpec("rsna", str(tmp_path / "rsna"))  # ROLE=PATH: the recipes' source
     assert experiment.data["Q"] == DataSpec("covid-qu-ex", "/elsewhere/q") and "DC" in experiment.compositions

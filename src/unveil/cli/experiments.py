@@ -16,7 +16,7 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
     import time
 
     from unveil.experiments import load_experiment, reproduce
-    from unveil.progress import progress_log
+    from unveil.progress import duration, progress_log
 
     started = time.perf_counter()
 
@@ -29,7 +29,8 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
                                      data=role_bindings(data, option, experiment.recipes))
     store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say, cluster=cluster)
     say("done")
-    typer.echo(f"done: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
+    elapsed = duration(time.perf_counter() - started)
+    typer.echo(f"done in {elapsed}: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
 
 
 def reproduce_command(
