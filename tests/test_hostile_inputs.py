@@ -31,7 +31,7 @@ from unveil.cli import app
 from unveil.documents import MAX_ALIASES, MAX_DEPTH, DocumentError, load_yaml_text
 from unveil.errors import UnveilError
 from unveil.io import ImageReadError, read_image, write_dicom
-from unveil.io.dicom import NUMERIC_ELEMENTS
+from unveil.io.dicom import NUMERIC_ELEMENTS, TEXT_ELEMENTS
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 runner = CliRunner()
@@ -73,7 +73,8 @@ def bundle(tmp_path_factory) -> Path:
 
 HOSTILE_ELEMENTS = [("NumberOfFrames", "1A"), ("WindowCenter", "abc"), ("RescaleSlope", "x"),
                     ("SamplesPerPixel", 3), ("Rows", "abc"), ("WindowCenter", "1e400"),
-                    ("RescaleIntercept", "inf"), ("BitsStored", 64), ("PixelRepresentation", 7)]
+                    ("RescaleIntercept", "inf"), ("BitsStored", 64), ("PixelRepresentation", 7),
+                    ("PhotometricInterpretation", "MONOCHROME2\\RGB")]
 
 
 @pytest.mark.parametrize("keyword, value", HOSTILE_ELEMENTS)
@@ -86,7 +87,7 @@ def test_unusable_dicom_element_is_one_error_naming_file_and_element(tmp_path, k
 
 
 @FAST
-@given(keyword=st.sampled_from(sorted(NUMERIC_ELEMENTS) + ["PhotometricInterpretation"]),
+@given(keyword=st.sampled_from(sorted(NUMERIC_ELEMENTS) + list(TEXT_ELEMENTS)),
        value=st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=16),
                        st.integers(0, 65535), st.sampled_from(["1A", "nan", "-inf", "1e400", "3", "-1", "1\\x"])))
 def test_any_dicom_element_value_reads_or_is_refused(tmp_path_factory, keyword, value):

@@ -67,7 +67,7 @@ _PIXEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFErro
 #: Elements pydicom's decoder requires (it raises AttributeError without them); checked first, so that a
 #: missing one is named and an AttributeError from the decoder is never taken for a bad file.
 _REQUIRED = {"BitsAllocated": "(0028,0100) Bits Allocated", "PhotometricInterpretation":
-             "(0028,0004) Photometric Interpretation"}
+             "(0028,0004) Photometric Interpretation", "SamplesPerPixel": "(0028,0002) Samples per Pixel"}
 _REQUIRED_INTEGER = {"BitsStored": "(0028,0101) Bits Stored", "PixelRepresentation": "(0028,0103) Pixel Representation"}
 
 
@@ -84,6 +84,8 @@ NUMERIC_ELEMENTS: dict[str, tuple[bool, float, float, bool]] = {
     "RescaleSlope": (False, -1e30, 1e30, False), "RescaleIntercept": (False, -1e30, 1e30, False),
     "WindowCenter": (False, -1e30, 1e30, True), "WindowWidth": (False, -1e30, 1e30, True),
 }
+#: Text elements the reader or pydicom's LUT functions use, read through :func:`dicom_text` (one value each).
+TEXT_ELEMENTS = ("PhotometricInterpretation", "ViewPosition", "RescaleType", "VOILUTFunction")
 #: Samples per pixel each photometric interpretation has (a gray image announcing 3 samples is refused).
 _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
             "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3}
@@ -210,6 +212,22 @@ def _one_number(item: object, integer: bool, low: float, high: float, label: str
     return number
 
 
+def dicom_text(ds: pydicom.Dataset, keyword: str, name: str) -> str | None:
+    """The one text value of the element ``keyword`` (stripped; None when absent or blank); a value that cannot
+    be read or holds several values is an :class:`ImageReadError` naming the file and the element."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
+    except (*_PARSE_ERRORS, TypeError) as exc:
+        raise ImageReadError(name, f"DICOM element {keyword} cannot be read ({type(exc).__name__})") from None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        raise ImageReadError(name, f"DICOM element {keyword} must hold one value, holds {len(value)}")
+    if value is not None and not isinstance(value, str):
+        raise ImageReadError(name, f"DICOM element {keyword} must be text, is {type(value).__name__}")
+    return (value or "").strip() or None
+
+
 def _binary_vr(value: int | float | tuple[float, ...]) -> str:
     """A binary VR that holds a checked value exactly (text VRs would be parsed again)."""
     if isinstance(value, float) or isinstance(value, tuple):
@@ -221,6 +239,8 @@ def _checked_elements(ds: pydicom.Dataset, name: str) -> None:
     """Read every numeric element once through :func:`dicom_number` and store it back with its standard VR,
     so that pydicom's decoder and LUT functions only ever see checked numbers; then check samples per pixel
     against the photometric interpretation and bits stored against bits allocated."""
+    for keyword in TEXT_ELEMENTS:
+        dicom_text(ds, keyword, name)
     for keyword in NUMERIC_ELEMENTS:
         if keyword not in ds:
             continue
