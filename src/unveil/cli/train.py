@@ -68,21 +68,18 @@ def preprocess(
 
 def _train_config(values: dict[str, Any], config_file: Path | None, overrides: list[str] | None):
     """TrainConfig from a YAML file, then the explicit options, then --set KEY=VALUE overrides."""
-    import yaml
-
+    from unveil.documents import load_yaml, load_yaml_text
     from unveil.training import TrainConfig
 
     merged: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise CommandLineError(f"{config_file}: unreadable training configuration ({error})") from None
+        loaded = load_yaml(config_file, CommandLineError, "training configuration") or {}
         if not isinstance(loaded, dict):
             raise CommandLineError(f"{config_file}: a training configuration is a mapping of option: value")
         merged.update(loaded)
     merged.update({k: v for k, v in values.items() if v is not None})
-    merged.update({key: yaml.safe_load(value) for key, value in key_values(overrides, "--set").items()})
+    merged.update({key: load_yaml_text(value, f"--set {key}", CommandLineError)
+                   for key, value in key_values(overrides, "--set").items()})
     return TrainConfig.from_dict(merged)
 
 

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from unveil.data.leakage import check_leakage
 from unveil.data.records import concat_records
 from unveil.data.splits import SPLITS, drop_duplicate_images, patient_exclusive_split
+from unveil.documents import load_yaml_text, read_document_text
 from unveil.errors import UnveilError
 
 Balance = Literal["add_negatives", "subsample", "none"]
@@ -65,15 +65,11 @@ def load_recipes(path: str | Path | None = None) -> RecipeBook:
         text = resources.files("unveil.data").joinpath("compositions.yaml").read_text(encoding="utf-8")
         origin = "unveil/data/compositions.yaml"
     else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise RecipeError(f"{path}: cannot read recipe file ({error.strerror})") from None
+        text = read_document_text(path, RecipeError, "recipe file")
         origin = str(path)
-    try:
-        document = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{origin}: not valid YAML ({error})") from None
+    document = load_yaml_text(text, origin, RecipeError) or {}
+    if not isinstance(document, dict):
+        raise RecipeError(f"{origin}: a recipe file is a mapping (roles, recipes)")
     roles = {name: Role(name, str(spec.get("description", "")), spec.get("default_source"))
              for name, spec in (document.get("roles") or {}).items()}
     recipes: dict[str, Recipe] = {}

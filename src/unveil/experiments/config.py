@@ -54,6 +54,7 @@ import yaml
 from unveil.audit.run import MASK_SOURCES
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
 from unveil.data.spec import DataSpec
+from unveil.documents import compose_yaml, read_document_text
 from unveil.errors import UnveilError
 from unveil.experiments.schema import Where, check_keys, choice, section, typed
 from unveil.experiments.sections import (
@@ -155,22 +156,20 @@ def _training(values: dict[str, Any], path: tuple[Any, ...], where: Where) -> di
 def _read(path: Path) -> tuple[dict[str, Any], Where]:
     """The document and its node tree (for line numbers); keys checked before anything is built."""
     origin = str(path)
+    if not path.exists():
+        raise ExperimentError(f"{origin}: experiment file not found")
+    text = read_document_text(path, ExperimentError, "experiment file")
+    root, loader = compose_yaml(text, origin, ExperimentError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ExperimentError(f"{origin}: experiment file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExperimentError(f"{origin}: unreadable experiment file ({error})") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
         if root is None or not isinstance(root, yaml.MappingNode):
             raise ExperimentError(f"{origin}: an experiment file is a mapping (name, data, grid, ...)")
         where = Where(origin, root, ExperimentError)
         check_keys(root, (), where)
         document = loader.construct_document(root)
-    except yaml.YAMLError as error:
-        raise ExperimentError(f"{origin}: not valid YAML ({error})") from None
+    except (yaml.YAMLError, ValueError, OverflowError) as error:
+        if isinstance(error, ExperimentError):
+            raise
+        raise ExperimentError(f"{origin}: not valid YAML ({' '.join(str(error).split())})") from None
     finally:
         loader.dispose()
     return document, where

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from unveil.documents import load_yaml_text
 from unveil.training.config import ConfigError
 
 STRING_TAG = "tag:yaml.org,2002:str"
@@ -52,7 +53,8 @@ def check_keys(node: yaml.Node, path: tuple[Any, ...], where: Where) -> None:
             if key.tag == "tag:yaml.org,2002:merge":
                 continue
             if key.tag != STRING_TAG:
-                read = yaml.safe_load(key.value) if isinstance(key, yaml.ScalarNode) else key.value
+                read = (load_yaml_text(key.value, where.origin, where.error_type)
+                        if isinstance(key, yaml.ScalarNode) else key.value)
                 kind = "boolean" if isinstance(read, bool) else type(read).__name__
                 raise where.error_type(
                     f"{where.origin}:{key.start_mark.line + 1}: {'.'.join(map(str, path)) or 'top level'}: the key "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -66,8 +67,29 @@ _PIXEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFErro
 #: Elements pydicom's decoder requires (it raises AttributeError without them); checked first, so that a
 #: missing one is named and an AttributeError from the decoder is never taken for a bad file.
 _REQUIRED = {"BitsAllocated": "(0028,0100) Bits Allocated", "PhotometricInterpretation":
-             "(0028,0004) Photometric Interpretation"}
+             "(0028,0004) Photometric Interpretation", "SamplesPerPixel": "(0028,0002) Samples per Pixel"}
 _REQUIRED_INTEGER = {"BitsStored": "(0028,0101) Bits Stored", "PixelRepresentation": "(0028,0103) Pixel Representation"}
+
+
+#: Every numeric element the reader or pydicom's LUT functions use: (integer?, lowest, highest, multi-valued?).
+#: :func:`dicom_number` is the one reading of them; a value outside its range or not a number is refused.
+NUMERIC_ELEMENTS: dict[str, tuple[bool, float, float, bool]] = {
+    "Rows": (True, 0, 65535, False), "Columns": (True, 0, 65535, False),
+    "NumberOfFrames": (True, 0, 2**31 - 1, False), "SamplesPerPixel": (True, 1, 4, False),
+    "PlanarConfiguration": (True, 0, 1, False), "BitsAllocated": (True, 1, 64, False),
+    "BitsStored": (True, 1, 64, False), "HighBit": (True, 0, 63, False), "PixelRepresentation": (True, 0, 1, False),
+    "SmallestImagePixelValue": (True, -(2**31), 2**32 - 1, False),
+    "LargestImagePixelValue": (True, -(2**31), 2**32 - 1, False),
+    "PixelPaddingValue": (True, -(2**31), 2**32 - 1, False),
+    "RescaleSlope": (False, -1e30, 1e30, False), "RescaleIntercept": (False, -1e30, 1e30, False),
+    "WindowCenter": (False, -1e30, 1e30, True), "WindowWidth": (False, -1e30, 1e30, True),
+}
+#: Text elements the reader or pydicom's LUT functions use, read through :func:`dicom_text` (one value each).
+TEXT_ELEMENTS = ("PhotometricInterpretation", "ViewPosition", "RescaleType", "VOILUTFunction")
+#: Samples per pixel each photometric interpretation has (a gray image announcing 3 samples is refused).
+_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+            "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 #: a DICOM Part 10 file has "DICM" after a 128-byte preamble, whatever its name
@@ -151,6 +173,91 @@ def _has_pixels(ds: pydicom.Dataset) -> bool:
     return any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS)
 
 
+def dicom_number(ds: pydicom.Dataset, keyword: str, name: str) -> int | float | tuple[float, ...] | None:
+    """The checked value of the numeric element ``keyword`` (see :data:`NUMERIC_ELEMENTS`); None when absent or
+    blank. A value that cannot be parsed, is not finite or is out of range is an :class:`ImageReadError` naming
+    the file and the element (never the value's text beyond 20 characters)."""
+    integer, low, high, multi = NUMERIC_ELEMENTS[keyword]
+    label = f"DICOM element {keyword}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
+    except (*_PARSE_ERRORS, TypeError, OverflowError) as exc:  # pydicom's IS/DS conversion of the raw bytes
+        raise ImageReadError(name, f"{label} cannot be read ({type(exc).__name__})") from None
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return None
+    items = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    if not items or (len(items) > 1 and not multi):
+        raise ImageReadError(name, f"{label} must hold one number, holds {len(items)} values")
+    numbers = tuple(_one_number(item, integer, low, high, label, name) for item in items)
+    return numbers if multi else numbers[0]
+
+
+def _one_number(item: object, integer: bool, low: float, high: float, label: str, name: str) -> int | float:
+    """One value of a numeric element as int/float, range-checked."""
+    if isinstance(item, bytes):
+        item = item.decode("latin-1", "replace")
+    text = str(item).strip()
+    if isinstance(item, bool) or not isinstance(item, (int, float, str)) or (
+            isinstance(item, str) and not _NUMBER.fullmatch(text)):
+        raise ImageReadError(name, f"{label} is not a number ({text[:20]!r})")
+    number = float(item)
+    if not np.isfinite(number) or number < low or number > high:
+        raise ImageReadError(name, f"{label} must be a finite number in [{low:g}, {high:g}], got {text[:20]}")
+    if integer:
+        if number != int(number):
+            raise ImageReadError(name, f"{label} must be an integer, got {text[:20]}")
+        return int(number)
+    return number
+
+
+def dicom_text(ds: pydicom.Dataset, keyword: str, name: str) -> str | None:
+    """The one text value of the element ``keyword`` (stripped; None when absent or blank); a value that cannot
+    be read or holds several values is an :class:`ImageReadError` naming the file and the element."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
+    except (*_PARSE_ERRORS, TypeError) as exc:
+        raise ImageReadError(name, f"DICOM element {keyword} cannot be read ({type(exc).__name__})") from None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        raise ImageReadError(name, f"DICOM element {keyword} must hold one value, holds {len(value)}")
+    if value is not None and not isinstance(value, str):
+        raise ImageReadError(name, f"DICOM element {keyword} must be text, is {type(value).__name__}")
+    return (value or "").strip() or None
+
+
+def _binary_vr(value: int | float | tuple[float, ...]) -> str:
+    """A binary VR that holds a checked value exactly (text VRs would be parsed again)."""
+    if isinstance(value, float) or isinstance(value, tuple):
+        return "FD"
+    return "US" if 0 <= value <= 65535 else "SL" if value < 2**31 else "UL"
+
+
+def _checked_elements(ds: pydicom.Dataset, name: str) -> None:
+    """Read every numeric element once through :func:`dicom_number` and store it back with its standard VR,
+    so that pydicom's decoder and LUT functions only ever see checked numbers; then check samples per pixel
+    against the photometric interpretation and bits stored against bits allocated."""
+    for keyword in TEXT_ELEMENTS:
+        dicom_text(ds, keyword, name)
+    for keyword in NUMERIC_ELEMENTS:
+        if keyword not in ds:
+            continue
+        value = dicom_number(ds, keyword, name)
+        del ds[keyword]
+        if value is not None:
+            ds.add_new(keyword, _binary_vr(value), list(value) if isinstance(value, tuple) else value)
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    samples = ds.get("SamplesPerPixel")
+    if samples is not None and photometric in _SAMPLES and samples != _SAMPLES[photometric]:
+        raise ImageReadError(name, f"DICOM element SamplesPerPixel is {samples}, but PhotometricInterpretation "
+                                   f"{photometric} has {_SAMPLES[photometric]} sample(s) per pixel")
+    stored, allocated = ds.get("BitsStored"), ds.get("BitsAllocated")
+    if stored is not None and allocated is not None and stored > allocated:
+        raise ImageReadError(name, f"DICOM element BitsStored ({stored}) exceeds BitsAllocated ({allocated})")
+
+
 def _require_one_image(ds: pydicom.Dataset, name: str, max_pixels: int | None) -> None:
     """Refuse a dataset without pixels, without the elements decoding needs, over the pixel limit, or multi-frame."""
     if not _has_pixels(ds):
@@ -160,6 +267,7 @@ def _require_one_image(ds: pydicom.Dataset, name: str, max_pixels: int | None) -
         raise ImageReadError(
             name, "DICOM file has no pixel data (no PixelData element; it may be a report or other non-image object)"
         )
+    _checked_elements(ds, name)
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
         raise ImageReadError(name, "DICOM file has pixel data but no Rows/Columns to describe it")

@@ -24,8 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from unveil.documents import load_yaml_text, read_document_text
 from unveil.errors import UnveilError
 from unveil.synth.findings import RENDERED_FINDINGS
 from unveil.synth.signature import validate_signature
@@ -145,14 +144,10 @@ def load_config(preset_or_path: str | Path) -> SynthConfig:
         origin = f"preset {preset_or_path}"
     else:
         path = Path(preset_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise SynthConfigError(f"{path}: cannot read configuration ({error.strerror}); "
-                                   f"presets are {', '.join(PRESETS)}") from None
+        if not path.exists():
+            raise SynthConfigError(f"{path}: cannot read configuration (No such file or directory); "
+                                   f"presets are {', '.join(PRESETS)}")
+        text = read_document_text(path, SynthConfigError, "configuration")
         origin = str(path)
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SynthConfigError(f"{origin}: not valid YAML ({error})") from None
+    document = load_yaml_text(text, origin, SynthConfigError)
     return parse_config(document, origin)

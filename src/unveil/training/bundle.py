@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unveil.documents import load_json
 from unveil.errors import UnveilError
 from unveil.models import MODEL_NAMES, CxrClassifier, ModelError, build_model
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
@@ -230,10 +231,7 @@ def read_description(directory: str | Path) -> dict[str, Any]:
     path = directory / DESCRIPTION_FILE
     if not path.is_file():
         raise BundleError(f"{directory}: not a model bundle (no {DESCRIPTION_FILE})")
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path}: unreadable bundle description ({error})") from None
+    description = load_json(path, BundleError, "bundle description")
     if description.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not an unveil classifier bundle (format {description.get('format')!r})")
     version = description.get("format_version", 0)
