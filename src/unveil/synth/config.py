@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, first_non_finite
 from unveil.synth.findings import RENDERED_FINDINGS
 from unveil.synth.signature import validate_signature
 
@@ -87,6 +87,9 @@ def parse_config(document: dict[str, Any], origin: str = "<config>") -> SynthCon
     """Validate a configuration document (already parsed from YAML)."""
     if not isinstance(document, dict):
         _fail(origin, "expected a mapping at the top level")
+    found = first_non_finite(document)
+    if found:
+        _fail(origin, f"{'.'.join(map(str, found[0]))} must be a finite number, got {found[1]!r}")
     signatures = {"neutral": {}, **(document.get("signatures") or {})}
     for name, spec in signatures.items():
         try:
