@@ -124,6 +124,8 @@ class TrainConfig:
                 number = finite(getattr(self, field.name), f"training options: {field.name}", ConfigError)
                 if field.type == "int" and number != int(number):
                     raise ConfigError(f"{field.name} must be a whole number; got {getattr(self, field.name)!r}")
+                if field.type == "int" and not isinstance(getattr(self, field.name), int):
+                    object.__setattr__(self, field.name, int(number))  # 2.0 epochs are 2 (range() needs an int)
         for name, (text, inside) in RANGES.items():
             if not inside(getattr(self, name)):
                 raise ConfigError(f"{name} must lie in {text}; got {getattr(self, name)}")
