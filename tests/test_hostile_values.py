@@ -202,12 +202,12 @@ def test_nan_in_a_synthetic_configuration_is_refused_naming_it(edit, named):
         parse_config(document)
 
 
-def _ood_folder(tmp_path: Path) -> Path:
+def _ood_folder(tmp_path: Path, features: int = 6) -> Path:
     from unveil.training.ood import fit_ood_reference
 
     rng = np.random.default_rng(0)
-    reference = fit_ood_reference(rng.normal(size=(40, 6)), np.array(["a", "b"] * 20), rng.normal(size=(10, 6)),
-                                  dimensions=3, min_images=5)
+    reference = fit_ood_reference(rng.normal(size=(40, features)), np.array(["a", "b"] * 20),
+                                  rng.normal(size=(10, features)), dimensions=3, min_images=5)
     tmp_path.mkdir(parents=True, exist_ok=True)
     reference.save(tmp_path)
     return tmp_path
@@ -439,3 +439,25 @@ def test_copies_conflict_on_a_label_not_on_what_is_unsaid():
     assert conflicting_labels(table, [0, 2, 3]) is None  # "unknown" and a missing label agree with anything
     assert conflicting_labels(table.assign(finding=["normal", "covid", "pneumonia", None]), [0, 2]) == \
         "finding normal / pneumonia"
+
+
+def test_predict_with_a_nan_ood_threshold_fails_naming_it_never_reads_ok(tmp_path):
+    import torch
+
+    from unveil.models import build_model
+    from unveil.preprocess.cache import PreprocessSettings
+    from unveil.training.bundle import save_bundle
+    from unveil.training.ood import OOD_DESCRIPTION
+
+    torch.manual_seed(0)
+    model = build_model("conv8", num_classes=2, width=0.25)
+    bundle = save_bundle(tmp_path / "model", model, width=0.25, classes=["covid-", "covid+"], positive_class="covid+",
+                         image_size=32, preprocess=PreprocessSettings(size=32), normalization=(120.0, 60.0))
+    folder = _ood_folder(Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent, model.feature_dim)
+    described = json.loads((folder / OOD_DESCRIPTION).read_text())
+    (folder / OOD_DESCRIPTION).write_text(json.dumps({**described, "threshold": math.nan}))
+    save_png(tmp_path / "in" / "a.png", 0, size=64)
+    result = runner.invoke(app, ["predict", str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "ood.json" in lines[0] and "threshold" in lines[0], \
+        result.output
