@@ -18,3 +18,42 @@ class UnveilError(Exception):
     def __str__(self) -> str:
         # KeyError-style reprs (quoted messages) never reach the user: the first argument is the message.
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class NotFiniteError(UnveilError, ValueError):
+    """A number a user gave is NaN, infinite or not a number where only a finite number makes sense."""
+
+
+def finite(value: object, what: str, error: type[UnveilError] = NotFiniteError) -> float:
+    """``value`` as a finite float; ``error`` naming ``what`` otherwise (NaN passes every ``<``/``>`` range check
+    as False, so every numeric check starts here). A bool or a string is not a number."""
+    if isinstance(value, (bool, str, bytes)):
+        raise error(f"{what} must be a number; got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise error(f"{what} must be a number; got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise error(f"{what} must be finite; got {value!r}")
+    return number
+
+
+def first_non_finite(value: object, path: tuple[object, ...] = ()) -> tuple[tuple[object, ...], float] | None:
+    """The key path and value of the first NaN or infinite float nested in ``value`` (lists, tuples, mappings),
+    or None: how a parsed document (YAML reads ``.nan`` and ``.inf`` as floats) is checked with :func:`finite`."""
+    if isinstance(value, float):
+        try:
+            finite(value, "value")
+        except NotFiniteError:
+            return path, value
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = first_non_finite(item, (*path, index))
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = first_non_finite(item, (*path, key))
+            if found:
+                return found
+    return None

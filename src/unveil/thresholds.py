@@ -20,7 +20,6 @@ the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, finite
 
 
 class ThresholdError(UnveilError, ValueError):
@@ -152,11 +151,5 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, rule: Threshol
 
 
 def finite_number(value: float, what: str) -> float:
-    """``value`` as a finite float; a :class:`ThresholdError` naming ``what`` otherwise."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ThresholdError(f"{what} must be a number; got {value!r}") from None
-    if not math.isfinite(value):
-        raise ThresholdError(f"{what} must be finite; got {value}")
-    return value
+    """``value`` as a finite float; a :class:`ThresholdError` naming ``what`` otherwise (see ``unveil.errors``)."""
+    return finite(value, what, ThresholdError)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from unveil.audit.verdict import (
     summary_sentence,
 )
 from unveil.data.spec import DataSpec
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, finite
 from unveil.evaluation.evaluate import cached_images, model_bindings, training_cache, unseen_test_set
 from unveil.evaluation.metrics import evaluate_scores
 from unveil.evaluation.names import bound_labels
@@ -128,6 +128,15 @@ class AuditThresholds:
     #: source discovery: the balanced accuracy at which the file properties tell the COVID+-leaning clusters from the
     #: others (chance 0.5)
     discovery_acquisition: float = 0.75
+
+    def __post_init__(self) -> None:
+        """Every threshold given is a finite number (a NaN threshold would silently never flag)."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                number = finite(value, f"audit threshold {field.name}", AuditError)
+                if field.type == "int" and number != int(number):
+                    raise AuditError(f"audit threshold {field.name} must be a whole number; got {value!r}")
 
 
 def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.ndarray:

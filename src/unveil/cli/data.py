@@ -18,6 +18,7 @@ from unveil.cli.options import (
     SeedOption,
     StrictOption,
     WorkersOption,
+    finite_float,
     plain_options,
     require,
     role_bindings,
@@ -31,8 +32,9 @@ SourceArgument = Annotated[str, typer.Argument(
          "covid-qu-ex, hospital-csv, dicom-folder (docs/datasets.md).")]
 PathArgument = Annotated[Path, typer.Argument(help="Dataset root folder (or the CSV, for hospital-csv; the export's "
                                                    "folder, for dicom-folder).")]
-TestFractionOption = Annotated[float, typer.Option(help="Share of patients in test.")]
-ValFractionOption = Annotated[float, typer.Option(help="Share of the remaining patients in validation.")]
+TestFractionOption = Annotated[float, typer.Option(parser=finite_float, help="Share of patients in test.")]
+ValFractionOption = Annotated[float, typer.Option(
+    parser=finite_float, help="Share of the remaining patients in validation.")]
 
 
 @app.command("check")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from unveil.errors import UnveilError
+from unveil.errors import NotFiniteError, UnveilError, finite
 from unveil.thresholds import ThresholdRule
 
 if TYPE_CHECKING:
@@ -20,6 +20,20 @@ if TYPE_CHECKING:
 
 class CommandLineError(UnveilError, ValueError):
     """A malformed option value (the message names the option and the value)."""
+
+
+def finite_float(value: Any) -> float:
+    """A float option's value: Click's FLOAT accepts ``nan`` and ``inf``, which pass every range check as False,
+    so every float option parses with this (``parser=finite_float``; the error names the option)."""
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(str(value).strip())
+        except ValueError:
+            raise NotFiniteError(f"{value!r} is not a number") from None
+    try:
+        return finite(value, "value")
+    except NotFiniteError:
+        raise NotFiniteError(f"{value!r} is not a finite number") from None
 
 
 # Help is Click's plain formatter (rich_markup_mode=None): it wraps help text to the terminal and never
@@ -59,7 +73,7 @@ MaxPixelsOption = Annotated[int, typer.Option(
 ImageSizeOption = Annotated[int | None, typer.Option(
     "--image-size", help="Image side in pixels the command works at (no default shown: the configuration's).")]
 LearningRateOption = Annotated[float | None, typer.Option(
-    "--learning-rate", help="Peak learning rate (no default shown: the configuration's).")]
+    "--learning-rate", parser=finite_float, help="Peak learning rate (no default shown: the configuration's).")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="Torch device: auto, cpu, cuda or cuda:N.")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -74,9 +88,10 @@ ThresholdRuleOption = Annotated[ThresholdRule, typer.Option(
                              "(--threshold), youden or sensitivity (chosen a priori on the model's validation "
                              "predictions).")]
 ThresholdOption = Annotated[float | None, typer.Option(
-    "--threshold", help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
+    "--threshold", parser=finite_float,
+    help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
 TargetSensitivityOption = Annotated[float, typer.Option(
-    "--target-sensitivity", help="Target for --threshold-rule sensitivity.")]
+    "--target-sensitivity", parser=finite_float, help="Target for --threshold-rule sensitivity.")]
 
 
 def key_values(pairs: list[str] | None, option: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from unveil.cli.options import HELP_STYLE, ImageSizeOption, JsonOption, SeedOption, WorkersOption
+from unveil.cli.options import HELP_STYLE, ImageSizeOption, JsonOption, SeedOption, WorkersOption, finite_float
 
 app = typer.Typer(help="Synthetic chest X-ray benchmark with controllable dataset bias.", **HELP_STYLE)
 
@@ -29,7 +29,7 @@ def _synth_config(preset: str, image_size: int | None):
 def synth_generate(
     out: Annotated[Path, typer.Option(help="Folder to write the benchmark into (new or empty).")],
     preset: PresetOption = "paper",
-    scale: Annotated[float, typer.Option(help="Multiply every class count by this factor.")] = 1.0,
+    scale: Annotated[float, typer.Option(parser=finite_float, help="Multiply every class count by this factor.")] = 1.0,
     image_size: ImageSizeOption = None,
     workers: WorkersOption = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier benchmark in --out.")] = False,

@@ -31,6 +31,7 @@ from unveil.cli.options import (
     SeedOption,
     StrictOption,
     WorkersOption,
+    finite_float,
     key_values,
     plain_options,
     role_bindings,
@@ -46,7 +47,8 @@ def preprocess(
     image_size: ImageSizeOption = 256,
     equalize: EqualizeOption = "global",
     mask: MaskOption = "segment",
-    blur_radius: Annotated[float, typer.Option(help="Blur of the lung mask, pixels (the paper: 3).")] = 3.0,
+    blur_radius: Annotated[float, typer.Option(
+        parser=finite_float, help="Blur of the lung mask, pixels (the paper: 3).")] = 3.0,
     lung_model: LungModelOption = None,
     workers: WorkersOption = 2,
     strict: StrictOption = False,
@@ -85,7 +87,8 @@ def _train_config(values: dict[str, Any], config_file: Path | None, overrides: l
 
 OutOption = Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")]
 ArchOption = Annotated[str | None, typer.Option("--arch", help="resnet18, resnet50, densenet121, conv8 or covidnet.")]
-WidthOption = Annotated[float | None, typer.Option(help="Channel-width multiplier (conv8, covidnet).")]
+WidthOption = Annotated[float | None, typer.Option(
+    parser=finite_float, help="Channel-width multiplier (conv8, covidnet).")]
 EpochsOption = Annotated[int | None, typer.Option(help="Epochs (default 30).")]
 BatchOption = Annotated[int | None, typer.Option(help="Global batch size (default 32).")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]

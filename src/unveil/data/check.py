@@ -13,6 +13,7 @@ from unveil.data.fingerprints import NEAR_DUPLICATE_DISTANCE, duplicate_groups, 
 from unveil.data.records import concat_records, patient_keys, validate_records
 from unveil.data.sources import SourceLoad, load_source
 from unveil.data.sources.base import DataIssue
+from unveil.data.splits import conflicting_labels
 from unveil.io import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,11 @@ def summarise(loads: list[SourceLoad], *, read_images: bool = True, workers: int
                 problem = message[len(path) + 2:] if message.startswith(path + ": ") else message
                 report.unreadable.append(DataIssue(path, problem, "unreadable"))
                 log.warning("unreadable image %s", message)
+            elif isinstance(row.note, str) and row.note:  # read, but without a header that would blank it
+                report.notes.append(f"{paths[row.record_id]}: {row.note}")
+                log.warning("%s: %s", paths[row.record_id], row.note)
         report.duplicates = duplicate_groups(fingerprints)
+        report.invalid.extend(_label_conflicts(records, report.duplicates["exact"]))
         sizes = fingerprints.dropna(subset=["height"])
         if len(sizes):
             report.image_sizes = {
@@ -138,6 +143,22 @@ def summarise(loads: list[SourceLoad], *, read_images: bool = True, workers: int
                 "median_width": float(sizes["width"].median()),
             }
     return report
+
+
+def _label_conflicts(records: pd.DataFrame, groups: list[list[str]]) -> list[DataIssue]:
+    """An "invalid" issue for each group of identical images (record ids) whose records disagree on the label:
+    the splits drop every copy (:func:`unveil.data.splits.drop_duplicate_images`)."""
+    position = {rid: i for i, rid in enumerate(records["record_id"].astype(str))}
+    paths = records["path"].astype(str).to_numpy()
+    issues = []
+    for group in groups:
+        rows = [position[rid] for rid in group if rid in position]
+        conflict = conflicting_labels(records, rows)
+        if conflict:
+            issues.append(DataIssue(paths[rows[0]], f"the same image as {', '.join(paths[r] for r in rows[1:])} with "
+                                    f"conflicting labels ({conflict}); every copy is left out of splits", "invalid"))
+            log.warning("%s: %s", issues[-1].path, issues[-1].problem)
+    return issues
 
 
 def check_dataset(source: str, root: str | Path, *, read_images: bool = True, workers: int = 1,

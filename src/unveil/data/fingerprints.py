@@ -30,7 +30,7 @@ PHASH_SIZE = 16
 #: re-encoding, resizing and slight crops, with a margin below distinct radiographs.
 NEAR_DUPLICATE_DISTANCE = 24
 
-FINGERPRINT_COLUMNS = ("record_id", "sha256", "phash", "height", "width", "bit_depth", "error")
+FINGERPRINT_COLUMNS = ("record_id", "sha256", "phash", "height", "width", "bit_depth", "error", "note")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class _Job:
 
 def _fingerprint(job: _Job) -> dict:
     row = {"record_id": job.record_id, "sha256": None, "phash": None, "height": None, "width": None,
-           "bit_depth": None, "error": None}
+           "bit_depth": None, "error": None, "note": None}
     try:
         with open(job.path, "rb") as stream:
             row["sha256"] = hashlib.sha256(stream.read()).hexdigest()
@@ -55,7 +55,8 @@ def _fingerprint(job: _Job) -> dict:
         row["error"] = str(error)
         return row
     row["phash"] = str(imagehash.phash(Image.fromarray(image_to_uint8(image.pixels)), hash_size=PHASH_SIZE))
-    row.update(height=image.info.height, width=image.info.width, bit_depth=image.info.bit_depth)
+    row.update(height=image.info.height, width=image.info.width, bit_depth=image.info.bit_depth,
+               note="; ".join(image.notes) or None)
     return row
 
 

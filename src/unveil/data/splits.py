@@ -75,17 +75,44 @@ def duplicate_images(records: pd.DataFrame) -> list[tuple[int, int, str]]:
     return found
 
 
+#: The columns a copy of one image must agree on: the label a split trains on, and the finding.
+LABEL_COLUMNS: tuple[str, ...] = ("covid", "finding")
+
+
+def conflicting_labels(records: pd.DataFrame, rows: Sequence[int]) -> str | None:
+    """How the records at positions ``rows`` (copies of one image) disagree on a label (``covid 0 / 1``), or
+    None when they agree: one image cannot be both, and which row comes first must never decide. A missing
+    value, or the finding "unknown", says nothing and agrees with any."""
+    for column in LABEL_COLUMNS:
+        if column in records:
+            values = sorted(set(records[column].iloc[list(rows)].dropna().astype(str)) - {"unknown"})
+            if len(values) > 1:
+                return f"{column} {' / '.join(values)}"
+    return None
+
+
 def drop_duplicate_images(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """``records`` without the later copies of any image (see :func:`duplicate_images`), and one message per
-    removed record naming both files; done before every split so no image lands in two parts."""
+    removed record naming both files; done before every split so no image lands in two parts. Copies that
+    disagree on the label (:func:`conflicting_labels`) are all removed, whatever their order, and named."""
     found = duplicate_images(records)
     if not found:
         return records, []
     paths = records["path"].astype(str).to_numpy()
-    messages = [f"{paths[row]}: duplicate of {paths[first]} ({how}); removed before splitting"
-                for row, first, how in found]
+    groups: dict[int, list[int]] = {}
+    for row, first, _ in found:
+        groups.setdefault(first, [first]).append(row)
+    messages, drop = [], {row for row, _, _ in found}
+    for first, rows in groups.items():
+        conflict = conflicting_labels(records, rows)
+        if conflict:
+            drop.add(first)
+            messages.append(f"{' = '.join(sorted(paths[r] for r in rows))}: one image with conflicting labels "
+                            f"({conflict}); all {len(rows)} removed before splitting")
+    messages += [f"{paths[row]}: duplicate of {paths[first]} ({how}); removed before splitting"
+                 for row, first, how in found if conflicting_labels(records, groups[first]) is None]
     keep = np.ones(len(records), dtype=bool)
-    keep[[row for row, _, _ in found]] = False
+    keep[sorted(drop)] = False
     return records[keep].reset_index(drop=True), messages
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from unveil.documents import load_yaml_text
+from unveil.errors import first_non_finite
 from unveil.training.config import ConfigError
 
 STRING_TAG = "tag:yaml.org,2002:str"
@@ -79,12 +80,22 @@ def typed(kind: Any, value: Any, path: tuple[Any, ...], where: Where) -> Any:
     from pydantic import TypeAdapter, ValidationError
 
     try:
-        return TypeAdapter(kind).validate_python(value, strict=True)
+        checked = TypeAdapter(kind).validate_python(value, strict=True)
     except ValidationError as error:
         problems = error.errors()
         inner = tuple(p for p in problems[0]["loc"] if isinstance(p, int))
         expected = " or ".join(dict.fromkeys(p["msg"].removeprefix("Input should be ") for p in problems))
         raise where.error((*path, *inner), f"should be {expected}; got {value!r}") from None
+    finite_numbers(checked, path, where)
+    return checked
+
+
+def finite_numbers(value: Any, path: tuple[Any, ...], where: Where) -> None:
+    """Every float in ``value`` is finite: YAML reads ``.nan`` and ``.inf`` as floats, which pass every range
+    check as False."""
+    found = first_non_finite(value)
+    if found:
+        raise where.error((*path, *found[0]), f"should be a finite number; got {found[1]!r}")
 
 
 def section(cls: type, value: Any, path: tuple[Any, ...], where: Where, *,

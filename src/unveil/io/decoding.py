@@ -53,6 +53,7 @@ class LoadedImage:
 
     pixels: np.ndarray
     info: ImageInfo
+    notes: tuple[str, ...] = ()  # what the reader ignored in the file, and why (e.g. a header that would blank it)
 
 
 def describe(exc: BaseException) -> str:

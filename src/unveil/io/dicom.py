@@ -25,9 +25,11 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut, apply_windowing
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from unveil.errors import NotFiniteError, finite
 from unveil.io.decoding import (
     ImageInfo,
     ImageReadError,
@@ -142,6 +144,7 @@ def read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: bo
         return None
     _require_one_image(ds, name, max_pixels)
     stored = _decode_stored_values(ds, name)
+    notes = drop_blanking_header(ds, name)
     photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper() or "MONOCHROME2"
     try:
         pixels = _dicom_to_gray(stored, ds, photometric, name)
@@ -152,7 +155,53 @@ def read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: bo
     return LoadedImage(pixels=pixels, info=ImageInfo(
         path=name, format="DICOM", height=int(pixels.shape[0]), width=int(pixels.shape[1]),
         bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0), photometric=photometric,
-        view=str(ds.get("ViewPosition") or "").strip() or None))
+        view=str(ds.get("ViewPosition") or "").strip() or None), notes=notes)
+
+
+#: The header elements that map stored values to gray, with the values that would blank every image.
+BLANKING_ELEMENTS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def drop_blanking_header(ds: pydicom.Dataset, name: str) -> tuple[str, ...]:
+    """Remove from ``ds`` a rescale or window that would blank the image (a NaN or infinite value, a slope of 0:
+    every pixel one value, read as all black) and say so: the image is then read without it (no rescale: the
+    stored values; no window: min-max) and each note names the element, also logged as a warning."""
+    notes = []
+    for keyword in BLANKING_ELEMENTS:
+        try:
+            raw = ds.get(keyword)
+        except _PARSE_ERRORS:  # an unparseable element is header parsing's concern, left alone here
+            continue
+        if raw is None:
+            continue
+        values = list(raw) if isinstance(raw, MultiValue) else [raw]
+        try:
+            numbers = [float(value) for value in values]
+        except (TypeError, ValueError):  # not a number at all: header parsing's concern (class 1), left alone
+            continue
+        if _usable(keyword, numbers):
+            continue
+        if keyword.startswith("Rescale"):
+            pairs = [k for k in ("RescaleSlope", "RescaleIntercept") if k in ds]
+        else:
+            pairs = [k for k in ("WindowCenter", "WindowWidth") if k in ds]
+        shown = " ".join(str(v) for v in values)
+        for element in pairs:
+            del ds[element]
+        what = "rescale" if keyword.startswith("Rescale") else "window"
+        notes.append(f"ignored the DICOM {what} ({keyword} {shown} would blank the image); read without it")
+        logger.warning("%s: %s", name, notes[-1])
+    return tuple(notes)
+
+
+def _usable(keyword: str, numbers: list[float]) -> bool:
+    """Finite numbers (:func:`unveil.errors.finite`), and a rescale slope other than 0."""
+    try:
+        for number in numbers:
+            finite(number, keyword)
+    except NotFiniteError:
+        return False
+    return not (keyword == "RescaleSlope" and 0 in numbers)
 
 
 def _parse(handle: BinaryIO, name: str, *, force: bool) -> pydicom.Dataset | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unveil.documents import load_yaml_text, read_document_text
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, first_non_finite
 from unveil.synth.findings import RENDERED_FINDINGS
 from unveil.synth.signature import validate_signature
 
@@ -86,6 +86,9 @@ def parse_config(document: dict[str, Any], origin: str = "<config>") -> SynthCon
     """Validate a configuration document (already parsed from YAML)."""
     if not isinstance(document, dict):
         _fail(origin, "expected a mapping at the top level")
+    found = first_non_finite(document)
+    if found:
+        _fail(origin, f"{'.'.join(map(str, found[0]))} must be a finite number, got {found[1]!r}")
     signatures = {"neutral": {}, **(document.get("signatures") or {})}
     for name, spec in signatures.items():
         try:

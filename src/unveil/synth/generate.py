@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, finite
 from unveil.io.dicom_writer import write_dicom
 from unveil.provenance import environment_versions, write_text_atomic
 from unveil.synth.config import SynthConfig, SynthConfigError
@@ -237,6 +237,7 @@ def generate(config: SynthConfig, out: str | Path, *, seed: int = 0, scale: floa
 
     ``out`` must be new or empty; with ``overwrite`` an earlier benchmark there is replaced.
     """
+    scale = finite(scale, "scale", SynthConfigError)
     if scale <= 0:
         raise SynthConfigError(f"scale must be positive, got {scale}")
     root = Path(out)

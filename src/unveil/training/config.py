@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, finite
 from unveil.thresholds import ThresholdRule, fixed_threshold
 from unveil.training.collapse import DEFAULT_COLLAPSE_TOLERANCE
 
@@ -21,6 +21,11 @@ THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
 AFTER_TRAINING = (*THRESHOLD_OPTIONS, "collapse_tolerance")
 #: Options that do not make a different model (seed aside, only speed or hardware).
 NOT_RECIPE = ("seed", "device", "amp", "channels_last", "eval_batch_size")
+#: The range of each numeric option that has no check of its own below (torch refuses values outside).
+RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "width": ("(0, inf)", lambda v: v > 0), "momentum": ("[0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": ("[0, inf)", lambda v: v >= 0), "focal_gamma": ("[0, inf)", lambda v: v >= 0),
+    "plateau_factor": ("(0, 1)", lambda v: 0 < v < 1)}
 
 
 class ConfigError(UnveilError, ValueError):
@@ -82,6 +87,7 @@ class TrainConfig:
     collapse_tolerance: float = DEFAULT_COLLAPSE_TOLERANCE  # validation probability std below it: collapsed
 
     def __post_init__(self) -> None:
+        self.check_numbers()
         choices = {"optimizer": OPTIMIZERS, "loss": LOSSES, "scheduler": SCHEDULERS, "selection": SELECTIONS,
                    "sampler": SAMPLERS}
         for name, allowed in choices.items():
@@ -96,8 +102,11 @@ class TrainConfig:
             raise ConfigError(f"collapse_tolerance must lie in [0, 1); got {self.collapse_tolerance}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive; got {self.lr}")
-        if not 0 <= self.translate < 0.5 or not 0 <= self.rotation_degrees <= 45:
-            raise ConfigError("augmentation must stay rigid and small: translate in [0, 0.5), rotation in [0, 45]")
+        if not 0 <= self.translate < 0.5:
+            raise ConfigError(f"augmentation must stay rigid and small: translate in [0, 0.5); got {self.translate}")
+        if not 0 <= self.rotation_degrees <= 45:
+            raise ConfigError("augmentation must stay rigid and small: rotation_degrees in [0, 45]; got "
+                              f"{self.rotation_degrees}")
         try:  # stored as the rule's plain name: configs are JSON and checkpoints load with weights_only
             object.__setattr__(self, "threshold_rule", ThresholdRule.parse(self.threshold_rule,
                                                                            allow_bundle=False).value)
@@ -106,6 +115,20 @@ class TrainConfig:
             raise ConfigError(f"threshold_rule / threshold_value: {error}") from None
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity must lie in (0, 1]; got {self.target_sensitivity}")
+
+    def check_numbers(self) -> None:
+        """Every numeric option is a finite number (NaN passes every range check below as False, and a NaN
+        learning rate would train for an epoch before anything noticed), in the range torch accepts."""
+        for field in fields(self):
+            if field.type in ("int", "float"):
+                number = finite(getattr(self, field.name), f"training options: {field.name}", ConfigError)
+                if field.type == "int" and number != int(number):
+                    raise ConfigError(f"{field.name} must be a whole number; got {getattr(self, field.name)!r}")
+                if field.type == "int" and not isinstance(getattr(self, field.name), int):
+                    object.__setattr__(self, field.name, int(number))  # 2.0 epochs are 2 (range() needs an int)
+        for name, (text, inside) in RANGES.items():
+            if not inside(getattr(self, name)):
+                raise ConfigError(f"{name} must lie in {text}; got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,11 +28,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, first_non_finite
 from unveil.provenance import write_text_atomic
 
 OOD_WEIGHTS = "ood.safetensors"
@@ -47,6 +48,10 @@ LAYOUT = 8
 
 class OodReferenceOutdated(UnveilError, RuntimeError):
     """The bundle's reference was written by an older unveil, with a detector this version no longer uses."""
+
+
+class OodReferenceError(UnveilError, ValueError):
+    """The bundle's reference holds a value no detector can use (NaN or infinity); it is refused, not skipped."""
 
 
 def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -205,6 +210,7 @@ class OodReference:
                 f"this unveil reads version {OOD_VERSION}; not used (refit it: "
                 f"python -c \"from unveil.inference import refit_ood_reference; refit_ood_reference('{directory}')\")")
         tensors = {k: v.numpy() for k, v in load_file(str(directory / OOD_WEIGHTS)).items()}
+        _check_finite(directory, described, tensors)
         views = {}
         for name, spec in described["views"].items():
             views[name] = ViewReference(
@@ -212,6 +218,19 @@ class OodReference:
                 float(spec["residual_scale"]), {s: tensors[f"{name}/mean/{s}"] for s in spec["sources"]},
                 {s: tensors[f"{name}/precision/{s}"] for s in spec["sources"]}, float(spec["typical"]))
         return cls(views, float(described["threshold"]), float(described["false_alarm_target"]))
+
+
+def _check_finite(directory: Path, described: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """Every number of a saved reference is finite: a NaN threshold or distance is never exceeded, which would
+    switch the check off while every image reads ``ok``."""
+    found = first_non_finite(described)
+    if found:
+        raise OodReferenceError(f"{directory / OOD_DESCRIPTION}: {'.'.join(map(str, found[0]))} is {found[1]!r}; "
+                                "an out-of-distribution reference holds finite numbers only (refit it)")
+    for name, values in tensors.items():
+        if not np.isfinite(values).all():
+            raise OodReferenceError(f"{directory / OOD_WEIGHTS}: {name} holds NaN or infinite values; an "
+                                    "out-of-distribution reference holds finite numbers only (refit it)")
 
 
 def _out_of_fold(train: np.ndarray, sources: np.ndarray, *, dimensions: int, min_images: int,

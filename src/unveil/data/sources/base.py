@@ -109,7 +109,22 @@ def read_csv_table(path: Path, *, encoding: str = "utf-8", **kwargs) -> pd.DataF
         raise DatasetLayoutError(f"{path}: not a readable CSV table ({error})") from None
     if table.empty:  # a header and no rows: nothing to load is a mistake, not an empty dataset
         raise DatasetLayoutError(f"{path}: the table has no rows (only a header)")
+    refuse_repeated_columns(path, pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                                              encoding=encoding, **kwargs).iloc[0].tolist())
     return table
+
+
+def refuse_repeated_columns(path: Path, header: list[object]) -> None:
+    """A :class:`DatasetLayoutError` naming the columns a CSV header gives twice (case-insensitively): pandas
+    would rename the copy (``label.1``) and the first would silently win."""
+    counts: dict[str, list[str]] = {}
+    for name in (str(cell).strip() for cell in header):
+        if name:
+            counts.setdefault(name.lower(), []).append(name)
+    repeated = [" / ".join(repr(n) for n in names) for names in counts.values() if len(names) > 1]
+    if repeated:
+        raise DatasetLayoutError(f"{path}: column(s) given more than once: {', '.join(repeated)}; rename or remove "
+                                 "the copies (which one holds the values would be a guess)")
 
 
 def blank_to_none(value: object) -> str | None:
@@ -118,6 +133,34 @@ def blank_to_none(value: object) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+#: Cell values that mean "no patient id" (what spreadsheets and pandas write for an empty cell), compared in
+#: lower case: never a real patient, or every such image would be one patient.
+NO_PATIENT = frozenset({"na", "n/a", "nan", "none", "null", "<na>", "#n/a", "-", "?"})
+
+
+def patient_or_none(value: object) -> str | None:
+    """A patient id cell, or None when it is empty or says there is none (:data:`NO_PATIENT`)."""
+    text = blank_to_none(value)
+    return None if text is None or text.lower() in NO_PATIENT else text
+
+
+def unknown_patient(row: dict) -> dict:
+    """``row`` (a :func:`~unveil.data.records.record_row`) without a patient id: its own patient (``patient_known``
+    False), as a patient-exclusive split can only treat it."""
+    return {**row, "patient_id": f"image-{row['record_id']}", "patient_known": False}
+
+
+def unknown_patients_note(records: pd.DataFrame, column: str) -> list[str]:
+    """The note saying how many records had no patient id in ``column`` (empty, NA, nan...), or none."""
+    if "patient_known" not in records:
+        return []
+    unknown = int((~records["patient_known"].astype("boolean").fillna(True)).sum())
+    if not unknown:
+        return []
+    return [f"{unknown} image(s) have no patient id in column {column!r} (empty, NA, nan...): each is its own patient "
+            "(patient_known False), so a patient-exclusive split cannot keep them with the patient's other images"]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")

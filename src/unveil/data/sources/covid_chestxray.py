@@ -28,9 +28,12 @@ from unveil.data.sources.base import (
     SourceLoad,
     blank_to_none,
     listed_path,
+    patient_or_none,
     read_csv_table,
     require_path,
     truthy,
+    unknown_patient,
+    unknown_patients_note,
 )
 from unveil.errors import UnveilError
 
@@ -142,21 +145,25 @@ def load(root: Path, *, masks_dir: Path | str | None = None, source_name: str = 
                 str(image), f"listed again in {metadata.name} row {number}; first row kept", "invalid"))
             continue
         seen.add(record_id)
-        patient = blank_to_none(row["patientid"])
-        if patient is None:
-            loaded.issues.append(DataIssue(str(image), f"row {number} has no patientid", "invalid"))
-            continue
+        patient = patient_or_none(row["patientid"])
         try:
             covid, finding = map_finding(blank_to_none(row["finding"]))
         except FindingError as error:
             loaded.issues.append(DataIssue(str(image), f"{metadata.name} row {number}: {error}", "invalid"))
             continue
         mask = masks.get(filename) or masks.get(Path(filename).stem)
-        rows.append(record_row(
-            source_name, root, image, patient_id=patient, covid=covid, finding=finding,
+        rows.append(_patient_known(patient, record_row(
+            source_name, root, image, patient_id=patient or "", covid=covid, finding=finding,
             source_finding=blank_to_none(row["finding"]), view=canonical_view(row.get("view")),
             source_view=blank_to_none(row.get("view")), sex=canonical_sex(row.get("sex")),
             age=parse_age(row.get("age")), mask_path=mask, location=blank_to_none(row.get("location")),
-            license=blank_to_none(row.get("license"))))
-    loaded.records = build_records(rows, extra_columns=["location", "license"])
+            license=blank_to_none(row.get("license")))))
+    records = build_records(rows, extra_columns=["location", "license", "patient_known"])
+    loaded.records = records.drop(columns="patient_known") if records["patient_known"].all() else records
+    loaded.notes.extend(unknown_patients_note(loaded.records, "patientid"))
     return loaded
+
+
+def _patient_known(patient: str | None, record: dict) -> dict:
+    """``record`` with ``patient_known``; a row without a patient id (empty, NA, nan...) is its own patient."""
+    return {**record, "patient_known": True} if patient is not None else unknown_patient(record)

@@ -44,9 +44,12 @@ Label mapping: a positive label gives ``covid`` 1 and ``finding`` "covid"; a neg
 ``finding_column`` is filled (its mapped value wins). ``source_finding`` is the finding-column value when
 that column is used and filled, else the raw label (also kept in the extra column ``label``).
 
-Reported issues (no record): a row whose file does not exist ("missing"); an unknown label, an empty path
-or patient, a negative row whose finding says COVID-19, or rows listing one file with different labels
-("invalid"). A file listed twice with the same label keeps its first row and reports the repeat
+Reported issues (no record): a row whose file does not exist ("missing"); an unknown label, an empty path,
+a label the finding contradicts (a negative label with a COVID-19 finding such as "COVID-19 pneumonia", a
+positive one with a normal finding), or rows listing one file with different labels ("invalid"). A CSV giving
+one column twice is a :class:`DatasetLayoutError` naming it. An empty patient cell, or one saying there is
+none (``NA``, ``nan``, ``None``...), gives a record that is its own patient (``patient_known`` False, said in
+a note). A file listed twice with the same label keeps its first row and reports the repeat
 ("invalid"). One problem on many rows is one issue with its count. Row numbers count the header as row 1.
 A CSV none of whose rows gives a record is a :class:`DatasetLayoutError` naming it and its problems.
 """
@@ -69,18 +72,20 @@ from unveil.data.sources.base import (
     blank_to_none,
     find_column,
     find_file,
+    patient_or_none,
     read_csv_table,
     require_path,
     truthy,
+    unknown_patient,
+    unknown_patients_note,
 )
-from unveil.data.sources.labels import FINDING_MAP, LabelVocabulary, normalise_label
+from unveil.data.sources.labels import FINDING_MAP, LabelVocabulary, finding_contradiction, normalise_label
 
 SOURCE = "hospital-csv"
 
 #: Optional fields -> the column names used when the field's option is not given.
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {"view": ("view",), "sex": ("sex",), "age": ("age",),
                                                "site": ("site", "source")}
-_COVID_FINDINGS = {"covid", "covid-19", "covid19", "sars-cov-2"}
 
 
 def _resolve_csv(root: Path, csv: str | Path | None) -> tuple[Path, Path]:
@@ -161,8 +166,11 @@ def load(
         raise DatasetLayoutError(f"{csv_path}: none of its {len(table)} rows gave a record: "
                                  + "; ".join(f"{i.path}: {i.problem}" for i in issues[:3])
                                  + (f"; and {len(issues) - 3} other problems" if len(issues) > 3 else ""))
-    return SourceLoad(source=source_name, root=root, issues=issues, excluded={},
-                      records=build_records(rows, extra_columns=["label", "location"]))
+    records = build_records(rows, extra_columns=["label", "location", "patient_known"])
+    if records["patient_known"].all():  # the column says something only when some patient is unknown
+        records = records.drop(columns="patient_known")
+    return SourceLoad(source=source_name, root=root, issues=issues, excluded={}, records=records,
+                      notes=unknown_patients_note(records, columns.patient))
 
 
 def _columns(table: pd.DataFrame, csv_path: Path, given: dict[str, str | None],
@@ -206,11 +214,7 @@ def _row_image(row: dict, number: int, context: _Context) -> Path | None:
 def _row_record(row: dict, number: int, image: Path, context: _Context) -> dict | None:
     """The record of one row's image, or None after reporting an empty patient or an unusable label/finding."""
     columns, where = context.columns, f"{context.csv_path.name} row {number}"
-    patient = blank_to_none(row[columns.patient])
-    if patient is None:
-        context.issues.add(("empty", columns.patient), f"row {number}", DataIssue(
-            str(image), f"{where} has an empty {columns.patient!r}", "invalid"))
-        return None
+    patient = patient_or_none(row[columns.patient])
     label = blank_to_none(row[columns.label])
     read = context.labels.read(label)
     if read is None:
@@ -219,19 +223,22 @@ def _row_record(row: dict, number: int, image: Path, context: _Context) -> dict 
         return None
     covid, finding = read
     finding_text = blank_to_none(row[columns.finding]) if columns.finding else None
-    if covid == 0 and finding_text is not None and normalise_label(finding_text) in _COVID_FINDINGS:
-        context.issues.add("covid finding", f"row {number}", DataIssue(
-            str(image), f"{where}: negative label {label!r} but finding {finding_text!r}", "invalid"))
+    contradiction = finding_contradiction(covid, finding_text)
+    if contradiction:
+        context.issues.add(("contradiction", contradiction), f"row {number}", DataIssue(
+            str(image), f"{where}: {contradiction} (label {label!r}, finding {finding_text!r}); no record made",
+            "invalid"))
         return None
     if covid == 0 and finding_text is not None:
         finding = FINDING_MAP.get(normalise_label(finding_text), "other")
     view = blank_to_none(row[columns.view]) if columns.view else None
-    return record_row(
-        context.source_name, context.root, image.absolute(), patient_id=patient, covid=covid, finding=finding,
+    record = record_row(
+        context.source_name, context.root, image.absolute(), patient_id=patient or "", covid=covid, finding=finding,
         source_finding=finding_text if finding_text is not None else label, view=canonical_view(view),
         source_view=view, sex=canonical_sex(row[columns.sex]) if columns.sex else None,
         age=parse_age(row[columns.age]) if columns.age else None, label=label,
-        location=blank_to_none(row[columns.site]) if columns.site else None)
+        location=blank_to_none(row[columns.site]) if columns.site else None, patient_known=True)
+    return record if patient is not None else unknown_patient(record)
 
 
 def _one_record_per_file(listed: dict[str, list[tuple[int, dict]]], csv_path: Path, issues: IssueLog) -> list[dict]:

@@ -78,3 +78,36 @@ class LabelVocabulary:
         return (f"{where}: label {shown!r} in column {column!r} is not a known label word; map it with the loader "
                 f"option positive_labels={shown} or negative_labels={shown} (known positive: "
                 f"{', '.join(sorted(self.positive))}; negative: {', '.join(sorted(self.negative))})")
+
+
+#: Words that name COVID-19 in a finding (as :func:`normalise_label` splits it at hyphens).
+COVID_WORDS = frozenset({"covid", "covid19", "coronavirus", "ncov", "2019ncov"})
+#: A word before a COVID word that negates it ("non-COVID", "not COVID-19"), and words after it that do.
+NEGATING_BEFORE = frozenset({"non", "no", "not", "without", "negative", "excluded"})
+NEGATING_AFTER = frozenset({"negative", "neg", "excluded", "ruled"})
+
+
+def mentions_covid(text: object) -> bool:
+    """Does a finding text say COVID-19 ("COVID-19 pneumonia", "SARS-CoV-2"), not negated ("non-COVID viral",
+    "not COVID-19", "COVID negative")?"""
+    words = normalise_label(text).split("-")
+    for index, word in enumerate(words):
+        sars_cov = word == "sars" and words[index + 1:index + 2] == ["cov"]
+        if word in COVID_WORDS or word.startswith("covid") or sars_cov:
+            before = words[index - 1] if index else ""
+            after = next((w for w in words[index + 1:] if not w.isdigit() and w != "cov"), "")
+            if before not in NEGATING_BEFORE and after not in NEGATING_AFTER:
+                return True
+    return False
+
+
+def finding_contradiction(covid: int, finding: str | None) -> str | None:
+    """Why a label and the finding written beside it cannot both be true (a negative label with a COVID-19
+    finding, a positive one with a normal finding), or None: such a row is refused, never kept as either."""
+    if finding is None:
+        return None
+    if covid == 0 and mentions_covid(finding):
+        return "a negative label but the finding names COVID-19"
+    if covid == 1 and FINDING_MAP.get(normalise_label(finding)) == "normal":
+        return "a positive label but the finding says normal"
+    return None
