@@ -142,9 +142,9 @@ def read_dicom(handle: BinaryIO, name: str, max_pixels: int | None, *, force: bo
     ds = _parse(handle, name, force=force)
     if ds is None:
         return None
+    notes = drop_blanking_header(ds, name)  # before the element checks: a blanking value is dropped, not fatal
     _require_one_image(ds, name, max_pixels)
     stored = _decode_stored_values(ds, name)
-    notes = drop_blanking_header(ds, name)
     photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper() or "MONOCHROME2"
     try:
         pixels = _dicom_to_gray(stored, ds, photometric, name)
