@@ -173,6 +173,20 @@ def test_a_model_bundle_is_never_an_output_folder(bench, tmp_path):
     assert tree_hashes(other) == before
 
 
+def test_a_run_folder_model_guards_its_bundle_and_files_and_a_composition_name_is_no_path(bench, monkeypatch):
+    from unveil.cli.options import input_paths
+    from unveil.io.outputs import OutputError, check_no_overlap
+
+    run = bench["run"]
+    paths = input_paths({"model": run}, (), models=("model",))
+    check_no_overlap(run / "eval", paths)  # RUN/eval: a valid output folder beside the model
+    for out in (run, run / "model", run / "model" / "eval", run / "splits.csv"):
+        with pytest.raises(OutputError, match="input"):
+            check_no_overlap(out, paths)
+    monkeypatch.chdir(bench["root"])  # holds a folder named AB: --on AB still names the composition
+    assert input_paths({"on": ["AB"], "data": [f"A=hospital-csv:{run}"]}, ("on", "data")) == [run]
+
+
 HOLD = """
 import sys, time
 from pathlib import Path

@@ -194,24 +194,31 @@ def _candidates(value: Any) -> Iterable[Path]:
         for item in value:
             yield from _candidates(item)
         return
-    text = str(value)
+    if isinstance(value, Path):
+        if os.path.lexists(value):
+            yield value
+        return
+    text = str(value)  # a bare word names a file (an experiment file), never a folder: "AB" is a composition
     after_equal = text.partition("=")[2]
-    for part in {text, after_equal, text.partition(":")[2], after_equal.partition(":")[2]} - {""}:
+    if os.path.isfile(text) or os.sep in text and os.path.lexists(text):
+        yield Path(text)
+    for part in {after_equal, text.partition(":")[2], after_equal.partition(":")[2]} - {"", text}:
         if os.path.lexists(part):
             yield Path(part)
 
 
 def input_paths(values: dict[str, Any], names: Iterable[InputsOf], models: Iterable[str] = ()) -> list[Path]:
     """The input files and folders of a command's option values: data roots, label CSVs, configuration files
-    (``names``: an option, or a function of all the values) and model bundles (``models``: a path counts when it
-    is a bundle or a run folder holding one)."""
+    (``names``: an option, or a function of all the values) and model bundles (``models``: a bundle folder, or a
+    run folder holding one: its ``model/`` and its files, so that ``RUN/eval`` is a valid output, ``RUN`` not)."""
     from unveil.training.bundle import DESCRIPTION_FILE, resolve_bundle_dir  # torch: only when a command runs
 
     found = [path for name in names
              for path in (name(values) if callable(name) else _candidates(values.get(name)))]
-    for name in models:
-        found += [path for path in _candidates(values.get(name))
-                  if (resolve_bundle_dir(path) / DESCRIPTION_FILE).is_file()]
+    for path in (path for name in models for path in _candidates(values.get(name))):
+        bundle = resolve_bundle_dir(path)
+        if (bundle / DESCRIPTION_FILE).is_file():  # the bundle, and the run folder's own files (splits.csv...)
+            found += [bundle, *(sorted(p for p in path.iterdir() if p.is_file()) if bundle != path else [])]
     return found
 
 
