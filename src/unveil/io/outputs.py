@@ -102,6 +102,7 @@ class OutputFolder:
     def __enter__(self) -> OutputFolder:
         import fcntl
 
+        self._created = not self.out.exists()
         ensure_writable(self.out)
         if self.lock:
             handle = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -156,3 +157,16 @@ class OutputFolder:
                 raise disk_full(getattr(value, "filename", None) or self.out, value) from value
         finally:
             self._unlock()
+            if kind is not None and self._created:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run that failed in a folder it created leaves no folder behind: its staging folder (nothing came
+        before it) and its lock go, and the folder too unless the run wrote into it directly (``staged=False``)."""
+        if self.staged:
+            shutil.rmtree(self.stage, ignore_errors=True)
+        (self.out / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            self.out.rmdir()
+        except OSError:  # not empty: what a resumable run wrote stays for its rerun
+            pass
