@@ -159,7 +159,9 @@ def test_a_partial_failure_exits_1_with_one_line(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cache, "preprocess_records", fail)
     monkeypatch.setattr("unveil.data.sources.load_source", lambda *a, **k: type("Load", (), {"records": None})())
-    result = CliRunner().invoke(app, ["preprocess", "chestxray", str(tmp_path), "--cache", str(tmp_path / "c")])
+    (tmp_path / "data").mkdir()  # the cache lies outside the dataset root (inside it is refused: an input)
+    result = CliRunner().invoke(app, ["preprocess", "chestxray", str(tmp_path / "data"), "--cache",
+                                      str(tmp_path / "c")])
     assert result.exit_code == 1 and result.output.strip() == "error: 2 image(s) could not be pre-processed"
 
 

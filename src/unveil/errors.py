@@ -57,3 +57,23 @@ def first_non_finite(value: object, path: tuple[object, ...] = ()) -> tuple[tupl
             if found:
                 return found
     return None
+
+
+class DiskFullError(UnveilError, OSError):
+    """A write failed for lack of space or quota (the message names the file); nothing half-written is kept."""
+
+    def __str__(self) -> str:  # OSError's str() would prefix an errno; the message is already one line
+        return str(self.args[0]) if self.args else "disk full"
+
+
+def no_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write failing for lack of space or quota (``OSError`` ENOSPC or EDQUOT)."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in {errno.ENOSPC, getattr(errno, "EDQUOT", 122)}
+
+
+def disk_full(path: object, error: BaseException) -> DiskFullError:
+    """The one-line error for a write to ``path`` that ``error`` (see :func:`no_space`) stopped."""
+    return DiskFullError(f"{path}: no space left on the device (disk full or quota exceeded) while writing; "
+                         f"nothing half-written was kept: free space and run again")

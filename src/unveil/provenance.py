@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from unveil.errors import disk_full, no_space
+
 _PACKAGES = ("unveil-cxr", "torch", "torchvision", "numpy", "pandas", "pillow", "pydicom", "scikit-learn",
              "monai", "imagehash")
 
@@ -38,6 +40,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             stream.write(text)
         os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(temporary, path)
+    except OSError as error:
+        if no_space(error):
+            raise disk_full(path, error) from error
+        raise
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -24,6 +24,7 @@ from unveil.cli.options import (
     bind_roles,
     key_values,
     loader_options,
+    writes_output,
 )
 
 AuditThresholdOption = Annotated[list[str] | None, typer.Option(
@@ -57,6 +58,7 @@ def audit_thresholds(pairs: list[str] | None):
     return AuditThresholds(**chosen)
 
 
+@writes_output("on", "data", "option", "recipes", models=("model",))
 def audit_command(
     model: Annotated[Path, typer.Argument(help="Model bundle (OUT/model of `unveil train`).")],
     out: Annotated[Path, typer.Option(help="Folder for the PNGs, audit.json, audit.md, audit_images.csv.")],

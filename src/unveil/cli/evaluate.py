@@ -23,8 +23,10 @@ from unveil.cli.options import (
     ThresholdRuleOption,
     WorkersOption,
     bind_roles,
+    final_folder,
     loader_options,
     threshold_choice,
+    writes_output,
 )
 from unveil.thresholds import ThresholdRule
 
@@ -33,6 +35,7 @@ OnOption = Annotated[list[str], typer.Option(
                  "(every labelled image of a dataset, read with the --option KEY=VALUE loader options).")]
 
 
+@writes_output("on", "data", "option", "recipes", models=("models",), staged=True)
 def evaluate_command(
     models: Annotated[list[Path], typer.Argument(help="Model bundles (OUT/model of `unveil train`).")],
     on: OnOption,
@@ -83,7 +86,7 @@ def evaluate_command(
         for line in test_set_legend(run.rows):  # the full name of each test set shown by its label
             typer.echo(line)
         if out is not None:
-            typer.echo(f"results, tables and ROC curves in {out}")
+            typer.echo(f"results, tables and ROC curves in {final_folder(out)}")
     _notes(run)
 
 
@@ -103,6 +106,7 @@ def _notes(run) -> None:
         typer.echo(f"skipped: {line}", err=True)
 
 
+@writes_output("results", staged=True)
 def tables_command(
     results: Annotated[list[Path], typer.Argument(help="results.csv files of `unveil evaluate --out`.")],
     out: Annotated[Path, typer.Option(help="Folder for Table 2 and Tables A1..An (CSV, Markdown, LaTeX).")],
@@ -122,4 +126,4 @@ def tables_command(
         except (OSError, ValueError) as error:
             raise CommandLineError(f"{path}: unreadable results file ({error})") from None
     written = write_tables(pd.concat(frames, ignore_index=True), out, aggregate_seeds=aggregate_seeds)
-    typer.echo("\n".join(str(p) for p in written))
+    typer.echo("\n".join(str(final_folder(p.parent) / p.name) for p in written))

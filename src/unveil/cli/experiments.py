@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from unveil.cli.options import DataOption, LoaderOption, SeedOption, WorkersOption, require, role_bindings
+from unveil.cli.options import (
+    DataOption,
+    LoaderOption,
+    SeedOption,
+    WorkersOption,
+    require,
+    role_bindings,
+    writes_output,
+)
 
 
 def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
@@ -33,6 +41,7 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
     typer.echo(f"done in {elapsed}: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
 
 
+@writes_output("experiment", "data", "option")
 def reproduce_command(
     experiment: Annotated[str, typer.Argument(
         help="Experiment YAML file, or a shipped one: demo, paper, public, public-full.")],
@@ -65,6 +74,7 @@ def reproduce_command(
     _reproduce(experiment, out, jobs, workers, seed, report, cluster, data, option)
 
 
+@writes_output()
 def demo_command(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
     workers: WorkersOption = 2,
@@ -78,6 +88,7 @@ ResultsArgument = Annotated[Path, typer.Argument(
     help="Output folder of `unveil reproduce` (holds results.sqlite).")]
 
 
+@writes_output(lambda values: [values["results"] / "results.sqlite"], file=True)
 def report_command(
     results: ResultsArgument,
     out: Annotated[Path | None, typer.Option(help="HTML file (default: RESULTS/report.html).")] = None,
@@ -88,6 +99,7 @@ def report_command(
     typer.echo(str(write_report(results, out)))
 
 
+@writes_output(lambda values: [values["results"] / "results.sqlite"], out="csv")
 def results_command(
     results: ResultsArgument,
     csv: Annotated[Path, typer.Option("--csv", help="Folder for one CSV per table of the results store.")],

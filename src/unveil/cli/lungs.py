@@ -22,6 +22,7 @@ from unveil.cli.options import (
     SeedOption,
     require,
     source_specs,
+    writes_output,
 )
 
 app = typer.Typer(help="Lung segmentation: train and evaluate the U-Net.", **HELP_STYLE)
@@ -32,6 +33,7 @@ def _pairs(values: list[str] | None, option: str = "--data") -> list[tuple[str, 
 
 
 @app.command("train")
+@writes_output("data", "holdout")
 def lungs_train(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Run folder: lung_unet.safetensors/.json, figures.csv, history.csv.")],

@@ -6,6 +6,9 @@ A command takes a shared concept only through the alias below, so sibling comman
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -196,3 +199,100 @@ def require(condition: bool, message: str) -> None:
     """A user's mistake the library cannot see (an option combination): one line, exit 2."""
     if not condition:
         raise CommandLineError(message)
+
+
+def _candidates(value: Any) -> Iterable[Path]:
+    """The existing paths an option value names: a path, or a string SOURCE:PATH, ROLE=SOURCE:PATH, KEY=VALUE."""
+    if value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _candidates(item)
+        return
+    if isinstance(value, Path):
+        if os.path.lexists(value):
+            yield value
+        return
+    text = str(value)  # a bare word names a file (an experiment file), never a folder: "AB" is a composition
+    after_equal = text.partition("=")[2]
+    if os.path.isfile(text) or os.sep in text and os.path.lexists(text):
+        yield Path(text)
+    for part in {after_equal, text.partition(":")[2], after_equal.partition(":")[2]} - {"", text}:
+        if os.path.lexists(part):
+            yield Path(part)
+
+
+def input_paths(values: dict[str, Any], names: Iterable[InputsOf], models: Iterable[str] = ()) -> list[Path]:
+    """The input files and folders of a command's option values: data roots, label CSVs, configuration files
+    (``names``: an option, or a function of all the values) and model bundles (``models``: a bundle folder, or a
+    run folder holding one: its ``model/`` and its files, so that ``RUN/eval`` is a valid output, ``RUN`` not)."""
+    from unveil.training.bundle import DESCRIPTION_FILE, resolve_bundle_dir  # torch: only when a command runs
+
+    found = [path for name in names
+             for path in (name(values) if callable(name) else _candidates(values.get(name)))]
+    for path in (path for name in models for path in _candidates(values.get(name))):
+        bundle = resolve_bundle_dir(path)
+        if (bundle / DESCRIPTION_FILE).is_file():  # the bundle, and the run folder's own files (splits.csv...)
+            found += [bundle, *(sorted(p for p in path.iterdir() if p.is_file()) if bundle != path else [])]
+    return found
+
+
+InputsOf = str | Callable[[dict[str, Any]], Iterable[Path]]
+
+
+def bundle_files(model: Path) -> list[Path]:
+    """The files a model bundle is read from (its description, weights, OOD reference): a one-file output such as
+    an export may sit beside them, never replace them."""
+    from unveil.training.bundle import resolve_bundle_dir
+
+    folder = resolve_bundle_dir(model)
+    return [path for path in sorted(folder.glob("*")) if path.suffix in (".json", ".safetensors")]
+
+
+def writes_output(*inputs: InputsOf, models: tuple[str, ...] = (), out: str = "out", staged: bool = False,
+                  lock: bool = True, file: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator: the one output guard of a command that writes (:class:`unveil.io.outputs.OutputFolder`).
+
+    The folder named by the option ``out`` must not be, hold or lie inside an input (the options ``inputs``
+    and the bundles ``models``) nor be a model bundle; one run at a time holds its lock; a full disk is one
+    line. ``staged``: the command writes into the staging folder (given to it as ``out``), moved into place when
+    it completes; else (runs that resume in place) straight into ``out``. ``file``: ``out`` is one file, checked
+    against the inputs (its writer is atomic). Without ``out`` the command's default applies, unguarded."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> None:
+            from unveil.io.outputs import OutputFolder, check_no_overlap
+
+            target = values.get(out)
+            if target is None:
+                return command(**values)
+            paths = input_paths(values, inputs, models)
+            if file:
+                check_no_overlap(target, paths)
+                return _one_file(command, values, target)
+            rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
+            with OutputFolder(target, paths, staged=staged, lock=lock and rank0) as folder:
+                command(**{**values, out: folder.stage})
+        return wrapper
+
+    return decorate
+
+
+def _one_file(command: Callable[..., None], values: dict[str, Any], target: Path) -> None:
+    """Run a command writing one file: a full disk while writing it is one line naming it."""
+    from unveil.errors import disk_full, no_space
+
+    try:
+        command(**values)
+    except OSError as error:
+        if no_space(error):
+            raise disk_full(getattr(error, "filename", None) or target, error) from error
+        raise
+
+
+def final_folder(out: Path) -> Path:
+    """The folder a staged command's results land in (``out`` is its staging folder, see :func:`writes_output`)."""
+    from unveil.io.outputs import STAGING_DIR
+
+    return out.parent if out.name == STAGING_DIR else out

@@ -18,7 +18,9 @@ from unveil.cli.options import (
     TargetSensitivityOption,
     ThresholdOption,
     ThresholdRuleOption,
+    bundle_files,
     threshold_choice,
+    writes_output,
 )
 from unveil.thresholds import ThresholdRule
 
@@ -60,6 +62,7 @@ def predict_command(
         typer.echo(f"skipped: {line}", err=True)
 
 
+@writes_output(lambda values: bundle_files(values["model"]), file=True)
 def export_command(
     model: ModelArgument,
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",

@@ -36,9 +36,11 @@ from unveil.cli.options import (
     plain_options,
     role_bindings,
     source_specs,
+    writes_output,
 )
 
 
+@writes_output("path", "option", "lung_model", out="cache", lock=False)
 def preprocess(
     source: Annotated[str, typer.Argument(help="Dataset source name.")],
     path: Annotated[Path, typer.Argument(help="Dataset root folder.")],
@@ -165,6 +167,7 @@ def _run_training(action, as_json: bool, **kwargs) -> None:
     typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.summary())
 
 
+@writes_output("data", "option", "init_weights", "config")
 @training_options
 def pretrain_command(
     data: DataOption,
@@ -183,6 +186,7 @@ def pretrain_command(
                   classes=tuple(c.strip() for c in classes.split(",")) if classes else None, **request.arguments())
 
 
+@writes_output("data", "option", "recipes", "init_weights", "config", models=("encoder",))
 @training_options
 def train_command(
     recipe: Annotated[str, typer.Argument(help="Training composition: A, AB, AC, AD, D (or one of --recipes).")],

@@ -31,6 +31,7 @@ from unveil.data.compose import compose, load_recipes
 from unveil.data.near_duplicates import near_duplicates
 from unveil.data.records import patient_keys
 from unveil.data.spec import DataSpec
+from unveil.data.splits import read_split_file
 from unveil.errors import UnveilError
 from unveil.evaluation.metrics import (
     PAPER_THRESHOLD,
@@ -109,12 +110,22 @@ def training_bindings(bundle: ModelBundle) -> dict[str, DataSpec]:
             for role, spec in roles.items()}
 
 
+def training_split_table(bundle: ModelBundle) -> pd.DataFrame | None:
+    """The run folder's split file beside the bundle (None without one), checked against the SHA-256 its
+    provenance recorded: an edited or replaced split file is a :class:`SplitFileError` naming it."""
+    if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
+        return None
+    path = bundle.path.parent / "splits.csv"
+    read_split_file(path, expected_hash=bundle.description.get("provenance", {}).get("split_sha256"))
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
 def training_records(bundle: ModelBundle) -> pd.DataFrame:
     """The model's training and validation images (record id, source, path), from its run folder's split file
     and the datasets of its provenance; empty when the split file is not beside the bundle."""
-    if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
+    table = training_split_table(bundle)
+    if table is None:
         return pd.DataFrame(columns=["record_id", "source", "path"])
-    table = pd.read_csv(bundle.path.parent / "splits.csv", dtype=str, keep_default_na=False)
     fitted = set(table.loc[table["split"].isin(["train", "val"]), "record_id"])
     parts = [spec.load()[["record_id", "source", "path"]] for spec in training_bindings(bundle).values()]
     if not parts:
@@ -195,9 +206,9 @@ def build_test_set(name: str, bindings: dict[str, DataSpec], *, seed: int, test_
 
 def training_patients(bundle: ModelBundle) -> set[str]:
     """Patients (source::id) of the model's train and val splits, from its run folder's split file."""
-    if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
+    table = training_split_table(bundle)
+    if table is None:
         return set()
-    table = pd.read_csv(bundle.path.parent / "splits.csv", dtype=str, keep_default_na=False)
     fitted = table[table["split"].isin(["train", "val"])]
     return set(fitted["source"] + "::" + fitted["patient_id"])
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from unveil.data.compose import compose, load_recipes
-from unveil.evaluation.evaluate import cached_images, training_bindings, training_cache
+from unveil.evaluation.evaluate import cached_images, training_bindings, training_cache, training_split_table
 from unveil.training.bundle import BundleError, load_bundle
 from unveil.training.loop import encoder_features
 from unveil.training.ood import FALSE_ALARM_TARGET, OodReference, fit_ood_reference
@@ -33,8 +31,8 @@ def refit_ood_reference(model: str | Path, *, false_alarm: float = FALSE_ALARM_T
                           seed=int(provenance.get("seed", 0)), test_fraction=described.get("test_fraction", 0.3),
                           val_fraction=described.get("val_fraction", 0.2))
     split_file = bundle.path.parent / "splits.csv"
-    if split_file.is_file():
-        recorded = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    recorded = training_split_table(bundle)
+    if recorded is not None:
         rebuilt = composition.records.astype({"record_id": str})
         if set(zip(recorded["record_id"], recorded["split"])) != set(zip(rebuilt["record_id"], rebuilt["split"])):
             raise BundleError(f"{split_file}: the composition rebuilt from the bundle's provenance has other splits "

@@ -32,6 +32,7 @@ from unveil.errors import UnveilError
 from unveil.explain.saliency import display_image, gradcam_maps, save_overlay
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.io.outputs import OutputFolder
+from unveil.preprocess.cache import resolve_settings
 from unveil.progress import bar as progress_bar
 from unveil.provenance import write_text_atomic
 from unveil.segmentation import LungSegmenter
@@ -175,6 +176,8 @@ class Predictor:
                               f"{settings.convention or 'its lung model default'} masks")
             settings = replace(settings, convention=lung_convention)
         self.settings = settings
+        if segmenter is None and settings.mask == "segment" and settings.model_sha256:
+            resolve_settings(settings)  # the bundle's lung model, checked against its recorded SHA-256
         self.segmenter = LungSegmenter.load(segmenter or settings.model)
         ood_note = "bundle has no out-of-distribution reference"
         try:
@@ -314,7 +317,7 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     predictor = Predictor(bundle, segmenter=segmenter, threshold=choice, lung_convention=lung_convention,
                           max_pixels=max_pixels, decide_anyway=decide_anyway)
     summary = PredictionSummary(csv=out / "predictions.csv", threshold=choice.as_dict())
-    with OutputFolder(out, inputs) as staged:
+    with OutputFolder(out, [*inputs, model]) as staged:  # the bundle is an input too
         evidence_dir = staged.stage / "evidence" if evidence else None
         if evidence_dir is not None:
             evidence_dir.mkdir()

@@ -32,7 +32,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image
 
-from unveil.errors import UnveilError
+from unveil.errors import UnveilError, disk_full, no_space
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.progress import bar as progress_bar
 from unveil.provenance import file_sha256, write_text_atomic
@@ -82,7 +82,12 @@ def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
     if not weights.is_file():
         raise PreprocessSettingsError(f"{weights}: segmentation model not found")
     convention = _lung_convention(weights, settings.convention)
-    return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": file_sha256(weights),
+    digest = file_sha256(weights)
+    if settings.model_sha256 is not None and settings.model_sha256 != digest:  # recorded (bundle): must match
+        raise PreprocessSettingsError(f"{weights}: lung model changed since it was recorded (SHA-256 {digest[:12]}..., "
+                                      f"recorded {settings.model_sha256[:12]}...); masks would differ silently from "
+                                      "the ones the model was trained with: restore that lung model")
+    return PreprocessSettings(**{**asdict(settings), "model": str(weights), "model_sha256": digest,
                                  "convention": convention})
 
 
@@ -117,8 +122,15 @@ def load_cached(image_path: str | Path) -> np.ndarray:
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(temporary, format="PNG", compress_level=1)  # uint16 -> 16-bit, uint8 -> 8-bit
-    os.replace(temporary, path)
+    try:
+        Image.fromarray(array).save(temporary, format="PNG", compress_level=1)  # uint16 -> 16-bit, uint8 -> 8-bit
+        os.replace(temporary, path)
+    except OSError as error:
+        if no_space(error):
+            raise disk_full(path, error) from None  # picklable across the worker pool: no chained cause
+        raise
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 _SEGMENTER: Any = None

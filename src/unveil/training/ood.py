@@ -54,6 +54,10 @@ class OodReferenceError(UnveilError, ValueError):
     """The bundle's reference holds a value no detector can use (NaN or infinity); it is refused, not skipped."""
 
 
+class OodReferenceUnreadable(UnveilError, RuntimeError):
+    """The bundle's ``ood.safetensors`` is truncated, replaced or does not match ``ood.json`` (names the file)."""
+
+
 def image_statistics(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Per-image statistics of pre-processed images (N x 1 x S x S or N x S x S; uint8, or float in [0, 1]):
     16-bin histogram, quantiles, mean and spread inside the lung mask, mask area and saturation, mean
@@ -198,6 +202,7 @@ class OodReference:
         """The bundle's reference; None when it has none; :class:`OodReferenceOutdated` for a reference of an
         older unveil (its detector missed real shifts; fit a new one with
         :func:`unveil.inference.refit_ood_reference`)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -209,14 +214,23 @@ class OodReference:
                 f"{directory / OOD_DESCRIPTION}: out-of-distribution reference version {described.get('version', 1)}, "
                 f"this unveil reads version {OOD_VERSION}; not used (refit it: "
                 f"python -c \"from unveil.inference import refit_ood_reference; refit_ood_reference('{directory}')\")")
-        tensors = {k: v.numpy() for k, v in load_file(str(directory / OOD_WEIGHTS)).items()}
+        try:
+            tensors = {k: v.numpy() for k, v in load_file(str(directory / OOD_WEIGHTS)).items()}
+        except (OSError, SafetensorError, ValueError) as error:  # truncated, replaced or foreign bytes
+            raise OodReferenceUnreadable(f"{directory / OOD_WEIGHTS}: unreadable out-of-distribution reference "
+                                         f"({error}); refit it or restore the bundle") from None
         _check_finite(directory, described, tensors)
         views = {}
-        for name, spec in described["views"].items():
-            views[name] = ViewReference(
-                tensors[f"{name}/center"], tensors[f"{name}/scale"], tensors[f"{name}/components"],
-                float(spec["residual_scale"]), {s: tensors[f"{name}/mean/{s}"] for s in spec["sources"]},
-                {s: tensors[f"{name}/precision/{s}"] for s in spec["sources"]}, float(spec["typical"]))
+        try:
+            for name, spec in described["views"].items():
+                views[name] = ViewReference(
+                    tensors[f"{name}/center"], tensors[f"{name}/scale"], tensors[f"{name}/components"],
+                    float(spec["residual_scale"]), {s: tensors[f"{name}/mean/{s}"] for s in spec["sources"]},
+                    {s: tensors[f"{name}/precision/{s}"] for s in spec["sources"]}, float(spec["typical"]))
+        except KeyError as error:  # a valid file of other tensors: not this reference's
+            raise OodReferenceUnreadable(f"{directory / OOD_WEIGHTS}: out-of-distribution reference lacks tensor "
+                                         f"{error.args[0]} named in {OOD_DESCRIPTION}; refit it or restore the "
+                                         "bundle") from None
         return cls(views, float(described["threshold"]), float(described["false_alarm_target"]))
 
 
