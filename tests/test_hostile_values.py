@@ -129,8 +129,8 @@ def test_nan_on_the_command_line_is_refused_naming_the_option(tmp_path, args, na
 
 @pytest.mark.parametrize("override", ["momentum=.nan", "lr=.inf", "momentum=nan", "weight_decay=-.inf"])
 def test_set_nan_is_one_line_naming_the_option(tmp_path, override):
-    result = runner.invoke(app, ["train", "AB", "--data", f"synthetic:{tmp_path}", "--out", str(tmp_path / "o"),
-                                 "--set", override])
+    result = runner.invoke(app, ["train", "AB", "--data", f"synthetic:{tmp_path / 'data'}", "--out",
+                                 str(tmp_path / "o"), "--set", override])
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(lines) == 1 and override.split("=")[0] in lines[0], result.output
 

@@ -307,7 +307,7 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     known = set(PreprocessSettings.__dataclass_fields__)
     unknown = sorted(set(preprocess) - known)
     if unknown:
-        raise BundleFieldError(f"{path}: field preprocess.{unknown[0]} is not a pre-processing setting")
+        raise BundleFieldError(f"{path}: field preprocess.{unknown[0]!r} is not a pre-processing setting")
     _number(description, path, "preprocess.size", 16, 4096, integer=True, required=False)
     for name, allowed in (("equalize", EQUALIZATIONS), ("mask", MASK_MODES)):
         value = _field(description, path, f"preprocess.{name}", str, required=False)
