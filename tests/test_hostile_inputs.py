@@ -326,3 +326,30 @@ def test_every_yaml_read_goes_through_the_bounded_loader():
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if pattern.search(line)]
     assert offenders == []
+
+
+def test_the_other_json_documents_are_read_through_the_checked_reader(tmp_path):
+    """ood.json and a lung model's description: a list, deep nesting or a huge integer is one error naming them."""
+    import shutil
+
+    from unveil.segmentation import default_model_path
+    from unveil.segmentation.model import LungModelError, load_lung_bundle
+    from unveil.training.ood import OOD_DESCRIPTION, OOD_WEIGHTS, OodReference, OodReferenceError
+
+    folder = tmp_path / "ood"
+    folder.mkdir()
+    (folder / OOD_WEIGHTS).write_bytes(b"")
+    for text, problem in (("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested deeper"), ("[1]", "object"),
+                          ('{"version": ' + "9" * 30 + "}", "version")):
+        (folder / OOD_DESCRIPTION).write_text(text)
+        with pytest.raises(OodReferenceError, match=problem) as raised:
+            OodReference.load(folder)
+        assert str(folder / OOD_DESCRIPTION) in str(raised.value) and "\n" not in str(raised.value)
+    if not default_model_path().is_file():
+        pytest.skip("shipped lung model not built")
+    lungs = tmp_path / "lungs"
+    lungs.mkdir()
+    shutil.copy(default_model_path(), lungs / "lung.safetensors")
+    (lungs / "lung.json").write_text("[]")
+    with pytest.raises(LungModelError, match="lung model description must hold a JSON object"):
+        load_lung_bundle(lungs / "lung.safetensors")

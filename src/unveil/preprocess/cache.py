@@ -32,6 +32,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image
 
+from unveil.documents import load_json
 from unveil.errors import UnveilError, disk_full, no_space
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from unveil.progress import bar as progress_bar
@@ -94,11 +95,7 @@ def resolve_settings(settings: PreprocessSettings) -> PreprocessSettings:
 def _lung_convention(weights: Path, asked: str | None) -> str:
     """The lung-mask convention to segment in: ``asked``, checked against what the lung model knows, or
     the model's default; written into the settings so that it is part of every cache key and bundle."""
-    try:
-        description = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise PreprocessSettingsError(f"{weights.with_suffix('.json')}: cannot read the lung model's description "
-                                f"({error})") from None
+    description = load_json(weights.with_suffix(".json"), PreprocessSettingsError, "lung model description")
     known = [str(c) for c in description.get("conventions", ["visible"])]
     if asked is None:
         return str(description.get("default_convention", known[0]))

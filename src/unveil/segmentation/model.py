@@ -10,6 +10,7 @@ input specification, provenance, validation figures).
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from monai.networks.nets import UNet
 from safetensors.torch import load_file, save_file
 
+from unveil.documents import load_json
 from unveil.errors import UnveilError
 from unveil.provenance import write_text_atomic
 
@@ -115,7 +117,10 @@ def load_lung_bundle(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]
     """Read a bundle written by :func:`save_lung_bundle` (no pickle involved); ``path`` as for
     :func:`resolve_bundle`."""
     base = resolve_bundle(path)
-    description = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+    described = base.with_suffix(".json")
+    if not described.is_file():  # callers name a missing model as such (FileNotFoundError carries the file)
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(described))
+    description = load_json(described, LungModelError, "lung model description")
     network = build_network(description.get("architecture"))
     network.load_state_dict(load_file(str(base.with_suffix(".safetensors"))))
     network.eval()

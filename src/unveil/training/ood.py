@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unveil.documents import load_json
 from unveil.errors import UnveilError, first_non_finite
 from unveil.provenance import write_text_atomic
 
@@ -208,7 +209,7 @@ class OodReference:
         directory = Path(directory)
         if not (directory / OOD_WEIGHTS).is_file() or not (directory / OOD_DESCRIPTION).is_file():
             return None
-        described = json.loads((directory / OOD_DESCRIPTION).read_text(encoding="utf-8"))
+        described = load_json(directory / OOD_DESCRIPTION, OodReferenceError, "out-of-distribution reference")
         if int(described.get("version", 1)) != OOD_VERSION:
             raise OodReferenceOutdated(
                 f"{directory / OOD_DESCRIPTION}: out-of-distribution reference version {described.get('version', 1)}, "
