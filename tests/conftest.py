@@ -50,3 +50,18 @@ def toy_set(n: int, seed: int, size: int = 32) -> ImageSet:
                             "patient_id": [str(i) for i in range(n)]})
     return ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.as_tensor(labels), records, ("neg", "pos"))
 
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A small conv8 classifier bundle (untrained weights: these tests check handling, not accuracy)."""
+    import torch
+
+    from unveil.models import build_model
+    from unveil.preprocess.cache import PreprocessSettings
+    from unveil.training.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = build_model("conv8", num_classes=2, width=0.25)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "model", model, width=0.25, classes=["covid-", "covid+"],
+                       positive_class="covid+", image_size=32, preprocess=PreprocessSettings(size=32),
+                       normalization=(120.0, 60.0))

@@ -62,22 +62,6 @@ def radiograph(seed: int = 0, size: int = 64) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """A small conv8 classifier bundle (untrained weights: these tests check handling, not accuracy)."""
-    import torch
-
-    from unveil.models import build_model
-    from unveil.preprocess.cache import PreprocessSettings
-    from unveil.training.bundle import save_bundle
-
-    torch.manual_seed(0)
-    model = build_model("conv8", num_classes=2, width=0.25)
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "model", model, width=0.25, classes=["covid-", "covid+"],
-                       positive_class="covid+", image_size=32, preprocess=PreprocessSettings(size=32),
-                       normalization=(120.0, 60.0))
-
-
 # ------------------------------------------------------------------------ 1. never overwrite or lose files
 
 

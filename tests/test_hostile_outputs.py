@@ -11,7 +11,6 @@ line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,26 +27,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from test_hostile import one_line_error, tree_hashes
 from unveil.cli import app
 
 runner = CliRunner()
 TRAIN = ["--arch", "conv8", "--width", "0.25", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
          "--mask", "none", "--set", "eval_batch_size=32", "--no-progress", "--workers", "1"]
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def one_line_error(result, *names: str) -> str:
-    """The run's single ``error:`` line, naming each of ``names``; no traceback."""
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in result.output, result.output
-    assert len(lines) == 1, result.output
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def save_png(path: Path, seed: int = 0, size: int = 64) -> Path:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unveil.errors import UnveilError, disk_full, no_space
+from unveil.errors import UnveilError
+from unveil.provenance import write_bytes_atomic
 from unveil.training.config import AFTER_TRAINING, TrainConfig
 
 
@@ -21,19 +21,9 @@ def save_checkpoint(path: Path, document: dict[str, Any]) -> None:
     """Atomic: a kill during the write leaves the previous checkpoint intact. Serialised in memory, then written
     by Python: a full disk is an ``OSError`` with its errno (torch's own writer reports it as an opaque
     ``RuntimeError: [enforce fail ...]``), raised as one :class:`unveil.errors.DiskFullError`."""
-    temporary = path.with_name(path.name + ".tmp")
     buffer = io.BytesIO()
     torch.save(document, buffer)
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(buffer.getbuffer())
-        os.replace(temporary, path)
-    except OSError as error:
-        if no_space(error):
-            raise disk_full(path, error) from error
-        raise
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
