@@ -6,15 +6,28 @@ BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data
 SEED ?= 0
 
-.PHONY: install demo public data-summary lung-model test clean
+# TORCH_INDEX: a package index to take torch and torchvision from before everything else, e.g. PyTorch's
+# CPU-only wheels (`make install-cpu`); empty (the default): PyPI's, which on x86-64 Linux bring CUDA.
+TORCH_INDEX ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# the pins of pyproject.toml (tests/test_install.py holds them equal)
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install install-cpu demo public data-summary lung-model test clean
 
 $(BIN)/unveil: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(BIN)/unveil
+
+# The same environment with CPU-only torch and torchvision (no CUDA libraries): on a fresh clone, or after
+# `make clean`, since an existing .venv is kept as it is.
+install-cpu:
+	$(MAKE) install TORCH_INDEX=$(TORCH_CPU_INDEX)
 
 # Main job on the embedded default data: the shipped `demo` experiment on the synthetic `paper`
 # benchmark, end to end (outputs and runs/demo/report.html; a rerun continues where it stopped).

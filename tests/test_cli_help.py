@@ -74,6 +74,8 @@ def _option(command: Any, flag: str) -> Any:
     ("--recipes", ["data compose", "train", "evaluate", "audit"]),
     ("--option", ["data check", "data split", "data compose", "preprocess", "pretrain", "train", "evaluate",
                   "audit"]),
+    ("--track", ["pretrain", "train", "lungs train", "reproduce"]),
+    ("--tracking-uri", ["pretrain", "train", "lungs train", "reproduce"]),
 ])
 def test_shared_options_are_one_option_wherever_they_appear(flag, commands):
     """Every command that makes lung masks, decodes user images or reads datasets takes the same option:

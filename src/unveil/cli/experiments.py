@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,16 +11,19 @@ from unveil.cli.options import (
     DataOption,
     LoaderOption,
     SeedOption,
+    TrackingUriOption,
+    TrackOption,
     WorkersOption,
     require,
     role_bindings,
+    tracking_settings,
     writes_output,
 )
 
 
 def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, seed: int | None,
                report: bool, cluster: str | None = None, data: list[str] | None = None,
-               option: list[str] | None = None) -> None:
+               option: list[str] | None = None, tracking: Any = None) -> None:
     import time
 
     from unveil.experiments import load_experiment, reproduce
@@ -35,7 +38,8 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
     if data or option:  # ROLE=PATH: the role's default source in the experiment's recipes
         experiment = load_experiment(experiment_file, seed=seed,
                                      data=role_bindings(data, option, experiment.recipes))
-    store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say, cluster=cluster)
+    store = reproduce(experiment, out, jobs=jobs, workers=workers, report=report, progress=say, cluster=cluster,
+                      tracking=tracking)
     say("done")
     elapsed = duration(time.perf_counter() - started)
     typer.echo(f"done in {elapsed}: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
@@ -59,10 +63,13 @@ def reproduce_command(
     option: LoaderOption = None,
     show: Annotated[bool, typer.Option(
         "--show", help="Print the experiment file and exit (copy a shipped one: --show paper > my.yaml).")] = False,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Run an experiment grid: pre-process, pre-train, train every cell, evaluate, audit, report. Without
     --seed, the experiment file's seed. --data ROLE=SOURCE:PATH (or ROLE=PATH) binds or replaces a role of the
-    experiment; a relative PATH is from the current folder."""
+    experiment; a relative PATH is from the current folder. --track (and --tracking-uri) replace the file's
+    tracking: section."""
     if show:
         from unveil.experiments.config import SHIPPED, experiment_path
 
@@ -71,7 +78,8 @@ def reproduce_command(
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
     require(out is not None, "reproduce needs --out FOLDER (or --show to print the experiment file)")
-    _reproduce(experiment, out, jobs, workers, seed, report, cluster, data, option)
+    _reproduce(experiment, out, jobs, workers, seed, report, cluster, data, option,
+               tracking_settings(track, tracking_uri))
 
 
 @writes_output()

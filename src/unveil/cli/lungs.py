@@ -20,8 +20,11 @@ from unveil.cli.options import (
     LungModelOption,
     MaxPixelsOption,
     SeedOption,
+    TrackingUriOption,
+    TrackOption,
     require,
     source_specs,
+    tracking_settings,
     writes_output,
 )
 
@@ -55,6 +58,8 @@ def lungs_train(
              "montgomery from lung-segmentation, for a cross-dataset figure).")] = None,
     device: DeviceOption = None,
     seed: SeedOption = 0,
+    track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Train the lung U-Net on sources with lung masks (--data SOURCE:PATH, split by patient into
     train/val/test; on the CPU unless --device says otherwise); report Dice (mean, 10th percentile), IoU
@@ -64,6 +69,7 @@ def lungs_train(
     from unveil.segmentation.train import LungTrainingConfig, train_lung_model
     from unveil.training.loop import resolve_device
 
+    tracking = tracking_settings(track, tracking_uri)  # a missing package: refused before any work
     device = str(resolve_device(device or "cpu"))
     if threads:
         torch.set_num_threads(threads)
@@ -72,7 +78,8 @@ def lungs_train(
                                 architecture=architecture, seed=seed)
     command = "unveil lungs train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unveil lungs train"
     description = train_lung_model(_pairs(data), out, holdout=_pairs(holdout, "--holdout"), config=config,
-                                   synthetic_images=synthetic, exclude=exclude or [], device=device, command=command)
+                                   synthetic_images=synthetic, exclude=exclude or [], device=device, command=command,
+                                   tracking=tracking)
     typer.echo(json.dumps({"bundle": str(out / "lung_unet.safetensors"), "validation": description["validation"],
                            "images": description["training"]["images"]}, indent=2))
 

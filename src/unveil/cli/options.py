@@ -6,6 +6,7 @@ A command takes a shared concept only through the alias below, so sibling comman
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ import typer
 
 from unveil.errors import NotFiniteError, UnveilError, finite
 from unveil.thresholds import ThresholdRule
+from unveil.tracking import TrackingSettings
 
 if TYPE_CHECKING:
     from unveil.training import DataSpec
@@ -95,6 +97,29 @@ ThresholdOption = Annotated[float | None, typer.Option(
     help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
 TargetSensitivityOption = Annotated[float, typer.Option(
     "--target-sensitivity", parser=finite_float, help="Target for --threshold-rule sensitivity.")]
+
+
+class TrackerName(enum.StrEnum):
+    """The experiment trackers of :mod:`unveil.tracking`."""
+
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+TrackOption = Annotated[list[TrackerName] | None, typer.Option(
+    "--track", help="Also log the parameters and every epoch's figures to an experiment tracker (repeatable; off "
+                    "by default): tensorboard (event files in OUT/tensorboard) or mlflow (a SQLite database in "
+                    "OUT/mlruns, or --tracking-uri). Needs pip install 'unveil-cxr[tracking]'.")]
+TrackingUriOption = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI for --track mlflow, e.g. sqlite:///runs/mlflow.db or a server's "
+                           "http://host:5000 (default: OUT/mlruns; nothing leaves the machine).")]
+
+
+def tracking_settings(track: list[TrackerName] | None, uri: str | None) -> TrackingSettings | None:
+    """--track and --tracking-uri as settings (None: no tracker asked for); a URI without mlflow is refused."""
+    if not track and uri is None:
+        return None
+    return TrackingSettings(tuple(TrackerName(name).value for name in track or ()), uri)
 
 
 def key_values(pairs: list[str] | None, option: str) -> dict[str, str]:

@@ -30,12 +30,15 @@ from unveil.cli.options import (
     RecipesOption,
     SeedOption,
     StrictOption,
+    TrackingUriOption,
+    TrackOption,
     WorkersOption,
     finite_float,
     key_values,
     plain_options,
     role_bindings,
     source_specs,
+    tracking_settings,
     writes_output,
 )
 
@@ -115,10 +118,12 @@ class TrainingRequest:
     resume: bool
     init_weights: Path | None
     as_json: bool = False  # the summary as JSON on stdout (else readable lines)
+    tracking: Any = None  # TrackingSettings: TensorBoard / MLflow besides metrics.jsonl; None: off
 
     def arguments(self) -> dict[str, Any]:
         return {"config": self.config, "preprocess": self.preprocess, "cache": self.cache, "workers": self.workers,
-                "progress": self.progress, "resume": self.resume, "init_weights": self.init_weights}
+                "progress": self.progress, "resume": self.resume, "init_weights": self.init_weights,
+                "tracking": self.tracking}
 
 
 def _shared_training_options(
@@ -127,7 +132,8 @@ def _shared_training_options(
     config: ConfigOption = None, set_option: SetOption = None, mask: MaskOption = "segment",
     equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
     workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
-    progress: ProgressOption = True, seed: SeedOption = 0, as_json: JsonOption = False,
+    progress: ProgressOption = True, seed: SeedOption = 0, as_json: JsonOption = False, track: TrackOption = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> TrainingRequest:
     """The options every training command takes (declared once), as one request."""
     from unveil.preprocess.cache import PreprocessSettings
@@ -136,7 +142,8 @@ def _shared_training_options(
                               "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
                              config, set_option)
     return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
-                           cache, workers, progress, resume, init_weights, as_json)
+                           cache, workers, progress, resume, init_weights, as_json,
+                           tracking_settings(track, tracking_uri))
 
 
 def training_options(command: Callable[..., None]) -> Callable[..., None]:

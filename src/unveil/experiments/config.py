@@ -18,6 +18,7 @@ grid:
   compositions: [AB, AC]    # training compositions (Table 1)
   tests: [A, AB, AC]        # every cell is tested on all of these
 evaluation: {resamples: 1000, threshold_rule: bundle}
+tracking: {track: [tensorboard, mlflow]}   # optional: TensorBoard / MLflow besides metrics.jsonl (default: none)
 audit: {compositions: [AB, AC], test_sets: [AB, AC], mask: segment, thresholds: {occlusion_auc: 0.7}}
 jobs: 1                     # cells trained in parallel processes
 ```
@@ -64,6 +65,7 @@ from unveil.experiments.sections import (
     ExperimentFile,
     PretrainingRun,
     SyntheticData,
+    TrackingSection,
 )
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.thresholds import ThresholdRule
@@ -101,6 +103,7 @@ class Experiment:
     source: Path | None = None
     document: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was left out (optional roles not found) and why
+    tracking: TrackingSection = field(default_factory=TrackingSection)  # the file's `tracking:` (default: none)
 
     def train_config(self, architecture: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         values = {**self.training, **(overrides or {}), "architecture": architecture, "seed": self.seed,
@@ -373,7 +376,8 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
         preprocess=preprocess, training=training, pretraining=_weights_resolved(top, where, resolve),
         encoders=list(grid.encoders),
         architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
-        evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document)
+        evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document,
+        tracking=top.tracking)
     _check_train_configs(experiment, top, where)
     _leave_out_missing(experiment, optional, book)
     return experiment

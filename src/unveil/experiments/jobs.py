@@ -19,6 +19,7 @@ from unveil.data.spec import DataSpec
 from unveil.preprocess.cache import PreprocessSettings
 from unveil.progress import duration, progress_log
 from unveil.provenance import write_text_atomic
+from unveil.tracking import TrackingSettings
 from unveil.training import pretrain, train
 from unveil.training.config import TrainConfig
 
@@ -67,12 +68,13 @@ class PretrainJob:
     workers: int
     progress: bool
     init_weights: str | None = None  # a weights file the encoder starts from (torchvision / torchxrayvision)
+    tracking: TrackingSettings | None = None  # TensorBoard / MLflow besides metrics.jsonl
 
     def run(self) -> dict[str, Any]:
         attempt = _begin_attempt(self.run_dir)
         result = pretrain(self.data, self.run_dir, config=self.config, preprocess=self.preprocess, cache=self.cache,
                           classes=self.classes, workers=self.workers, progress=self.progress,
-                          init_weights=self.init_weights)
+                          init_weights=self.init_weights, tracking=self.tracking)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch, **attempt}
 
 
@@ -90,6 +92,7 @@ class CellJob:
     recipes: Path | None
     progress: bool
     init_weights: str | None = None  # an encoder used as it is, from a weights file (no pre-training run)
+    tracking: TrackingSettings | None = None  # TensorBoard / MLflow besides metrics.jsonl
 
     @property
     def name(self) -> str:
@@ -99,7 +102,8 @@ class CellJob:
         attempt = _begin_attempt(self.cell.run_dir)
         result = train(self.cell.composition, self.bindings, self.cell.run_dir, config=self.config,
                        preprocess=self.preprocess, encoder=self.encoder, cache=self.cache, workers=self.workers,
-                       recipes=self.recipes, progress=self.progress, init_weights=self.init_weights)
+                       recipes=self.recipes, progress=self.progress, init_weights=self.init_weights,
+                       tracking=self.tracking)
         return {"bundle": str(result.bundle), "seconds": result.seconds, "best_epoch": result.best_epoch,
                 "val_auc": result.best_metrics.get("val_auc"), **attempt}
 

@@ -46,6 +46,7 @@ from unveil.provenance import environment_versions, write_run_metadata, write_te
 from unveil.reports import write_report
 from unveil.synth.config import load_config
 from unveil.synth.generate import dataset_roots, generate
+from unveil.tracking import MLFLOW_FOLDER, TrackingSettings, mlflow_experiment
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class _Run:
     progress: Callable[[str], None] | None
     cluster: str | None = None  # a Dask cluster ("local" or a scheduler address); None: this process or a pool
     data: dict[str, DataSpec] = field(default_factory=dict)
+    tracking: TrackingSettings | None = None  # every run's trackers (grid_tracking); None: metrics.jsonl only
 
     @property
     def cache(self) -> Path:
@@ -142,7 +144,8 @@ def plan_pretraining(run: _Run) -> tuple[dict[tuple[str, str], str], list[Pretra
             pending.append(PretrainJob(
                 f"{label}-{architecture}", [run.data[role] for role in experiment.pretraining_roles(label)], run_dir,
                 experiment.train_config(architecture, spec.training), experiment.preprocess, run.cache,
-                tuple(spec.classes) if spec.classes else None, run.workers, run.bars, spec.init_weights))
+                tuple(spec.classes) if spec.classes else None, run.workers, run.bars, spec.init_weights,
+                run.tracking))
     return encoders, pending
 
 
@@ -173,7 +176,7 @@ def plan_cell_jobs(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str],
     return [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
                     experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
                     encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars,
-                    weights_file(cell.encoder))
+                    weights_file(cell.encoder), run.tracking)
             for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
 
 
@@ -275,15 +278,29 @@ def write_summary(run: _Run, started: float) -> None:
         "preprocess": asdict(experiment.preprocess)}, extra={"seconds": round(time.perf_counter() - started, 1)})
 
 
+def grid_tracking(settings: TrackingSettings | None, out: Path, name: str) -> TrackingSettings | None:
+    """The trackers of every run of a grid: TensorBoard events in each run's folder; one MLflow experiment named
+    ``name``, in OUT/mlruns unless a URI is given, created here once, before the jobs share its database."""
+    if settings is None or not settings.enabled:
+        return None
+    local = settings.uri is None
+    settings = settings.under(out, experiment=name)
+    if "mlflow" in settings.track:
+        mlflow_experiment(settings.uri, settings.experiment, out.resolve() / MLFLOW_FOLDER / "artifacts" if local
+                          else None)
+    return settings
+
+
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
               report: bool = True, progress: Callable[[str], None] | None = None,
-              cluster: str | None = None) -> Path:
+              cluster: str | None = None, tracking: TrackingSettings | None = None) -> Path:
     """Run (or continue) every step of ``experiment`` into ``out``; return the results store path.
 
     ``jobs``: pre-trainings and cells at a time (processes; default: the file's ``jobs``); ``workers``: decoding
     processes per job. ``cluster``: run pre-trainings and cells as tasks of a Dask cluster instead, ``"local"``
     (a ``LocalCluster`` of ``jobs`` workers) or a scheduler address (``tcp://host:8786``); see docs/cluster.md.
-    Evaluation, audit, the store and the report stay in this process either way.
+    Evaluation, audit, the store and the report stay in this process either way. ``tracking``: the trackers of every
+    pre-training and cell (default: the file's ``tracking:``; :func:`grid_tracking`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -307,7 +324,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
                               "versions": environment_versions(), "document": experiment.document,
                               "notes": experiment.notes,
                               "recipes": str(experiment.recipes) if experiment.recipes else ""})
-        run = _Run(experiment, out, store, parallel, workers, progress, cluster)
+        run = _Run(experiment, out, store, parallel, workers, progress, cluster,
+                   tracking=grid_tracking(tracking or experiment.tracking.settings(), out, experiment.name))
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
         load_data(run)

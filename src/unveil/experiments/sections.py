@@ -1,5 +1,5 @@
 """The typed sections of an experiment file (``data``, ``synthetic``, ``pretraining``, ``grid``, ``evaluation``,
-``audit`` and the top level), checked by :mod:`unveil.experiments.schema` and read by
+``audit``, ``tracking`` and the top level), checked by :mod:`unveil.experiments.schema` and read by
 :func:`unveil.experiments.config.load_experiment`."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unveil.audit.run import AuditThresholds
+from unveil.tracking import TrackingSettings
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,25 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSection:
+    """Experiment trackers every pre-training and cell logs to (``unveil reproduce --track`` replaces them):
+    ``track`` names (tensorboard: each run's OUT/.../tensorboard; mlflow: one MLflow experiment named after the
+    experiment, in OUT/mlruns unless ``uri`` gives a tracking URI)."""
+
+    track: list[str] = field(default_factory=list)
+    uri: str | None = None
+
+    def __post_init__(self) -> None:
+        self.settings()  # an unknown tracker, a URI without mlflow, a missing package: refused at the file's line
+
+    def settings(self) -> TrackingSettings | None:
+        """As :class:`unveil.tracking.TrackingSettings` (None: no tracker)."""
+        if not self.track and self.uri is None:
+            return None
+        return TrackingSettings(tuple(self.track), self.uri)
+
+
+@dataclass(frozen=True)
 class ExperimentFile:
     """The top level of an experiment file."""
 
@@ -92,3 +112,4 @@ class ExperimentFile:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     jobs: int = 1
+    tracking: TrackingSection = field(default_factory=TrackingSection)

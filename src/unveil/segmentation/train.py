@@ -46,6 +46,7 @@ from unveil.segmentation.model import (
 )
 from unveil.synth.config import DatasetSpec, load_config
 from unveil.synth.generate import generate
+from unveil.tracking import TrackingSettings, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def synthetic_lung_records(out: Path, images: int, *, size: int, seed: int) -> p
 def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path, *,
                      holdout: Sequence[tuple[str, str | Path]] = (), config: LungTrainingConfig = LungTrainingConfig(),
                      synthetic_images: int = 0, exclude: Sequence[str] = (), device: str = "cpu",
-                     command: str = "") -> dict[str, Any]:
+                     command: str = "", tracking: TrackingSettings | None = None) -> dict[str, Any]:
     """Train on ``sources`` (plus ``synthetic_images`` generated phantoms, training only), evaluate
     on the real sources' patient-exclusive test parts and on ``holdout``; write the bundle
     (``lung_unet.*``), per-image figures, history and metadata under ``out``.
@@ -164,7 +165,8 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     Records whose ``source`` is in ``exclude`` (e.g. ``montgomery`` from the pooled
     ``lung-segmentation`` collection) never reach training or validation: they are all evaluated
     as the part ``excluded`` (a cross-dataset figure). The split is drawn before the exclusion, so
-    the other sources' parts are those of the run without it."""
+    the other sources' parts are those of the run without it. Every epoch goes to ``history.csv`` and to the
+    trackers ``tracking`` asks for (TensorBoard, MLflow: :mod:`unveil.tracking`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = _records_in_parts(sources, exclude, config)
@@ -179,8 +181,10 @@ def train_lung_model(sources: Sequence[tuple[str, str | Path]], out: str | Path,
     val_x, val_y, val_problems, val_sources = load_arrays(val, config.size)
     problems += val_problems
     started = time.perf_counter()
-    network = fit(train_x, train_y, val_x, val_y, config, history=_HistoryFile(out / "history.csv"),
-                  train_groups=train_sources, val_groups=val_sources, device=device)
+    with open_trackers(tracking, out, base=[_HistoryFile(out / "history.csv")],
+                       params={**asdict(config), "device": device}) as trackers:
+        network = fit(train_x, train_y, val_x, val_y, config, train_groups=train_sources, val_groups=val_sources,
+                      history=lambda row: trackers.log_metrics(row["epoch"], row), device=device)
     description = _bundle_description(network, config, sources=sources, holdout=holdout, records=records,
                                       exclude=exclude, synthetic_images=synthetic_images, problems=problems,
                                       seconds=time.perf_counter() - started, command=command)
@@ -214,11 +218,21 @@ def _records_in_parts(sources: Sequence[tuple[str, str | Path]], exclude: Sequen
 
 
 class _HistoryFile:
-    """Appends one row per epoch to ``history.csv`` (started afresh), readable while training runs."""
+    """Appends one row per epoch to ``history.csv`` (started afresh), readable while training runs: the lung
+    trainer's own log among its trackers (:class:`unveil.tracking.Tracker`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.unlink(missing_ok=True)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Nothing: the configuration is in the bundle's description."""
+
+    def log_metrics(self, step: int, row: dict[str, Any]) -> None:
+        self(row)
+
+    def close(self, failed: bool = False) -> None:
+        """Nothing to close: every row is written whole when logged."""
 
     def __call__(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()

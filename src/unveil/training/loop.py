@@ -10,7 +10,6 @@ rank takes its share of every global batch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
 from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, choose_threshold, fixed_threshold
+from unveil.tracking import JsonlLog, Trackers, TrackingSettings, open_trackers
 from unveil.training.checkpoint import (  # CheckpointError: re-exported
     CheckpointError,  # noqa: F401
     check_resumable,
@@ -264,7 +264,7 @@ def _distribute(engine: _Engine) -> None:
 
 def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -> _State:
     """The state of the last checkpoint in ``run_dir`` (model, optimizer and scheduler restored), or a fresh
-    one; the metrics log is rewritten to match it."""
+    one."""
     state = _State([], None, _cpu_state(engine.model))
     path = run_dir / CHECKPOINT
     if resume and path.exists():
@@ -280,9 +280,6 @@ def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -
             extended = f" (extended from {planned} to {config.epochs} epochs)" if planned != config.epochs else ""
             progress_log.info("%s: resuming after epoch %d of %d%s", run_dir.name, state.start_epoch, config.epochs,
                               extended)
-    if engine.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state.history), encoding="utf-8")
     return state
 
 
@@ -421,8 +418,10 @@ def _step_scheduler(engine: _Engine, val_loss: float) -> None:
         engine.scheduler.step()
 
 
-def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Path, record: dict[str, Any]) -> None:
-    """Rank 0: the checkpoint (atomic), one line of metrics.jsonl and the epoch's progress line."""
+def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Path, record: dict[str, Any],
+                trackers: Trackers) -> None:
+    """Rank 0: the checkpoint (atomic), the epoch to the trackers (one line of metrics.jsonl, and TensorBoard or
+    MLflow when asked) and the epoch's progress line."""
     if engine.rank != 0:
         return
     save_checkpoint(run_dir / CHECKPOINT, {
@@ -430,23 +429,14 @@ def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Pa
         "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.scheduler.state_dict() if engine.scheduler else {},
         "history": state.history, "best": state.best, "best_state": state.best_state})
-    with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as stream:
-        stream.write(json.dumps(record) + "\n")
+    trackers.log_metrics(record["epoch"], record)
     progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
 
 
-def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainConfig, run_dir: str | Path, *,
-        normalization: tuple[float, float], resume: bool = True, progress: bool = False,
-        on_step: Callable[[int, int], None] | None = None) -> FitResult:
-    """Train ``model`` on ``train``, select the best epoch on ``val``; checkpoints in ``run_dir``.
-
-    ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt a run).
-    """
-    run_dir = Path(run_dir)
-    engine = _engine(model, config, normalization)
-    state = _resume(engine, config, run_dir, resume)
-    _distribute(engine)
-    images, labels = train.images, train.labels.to(engine.device)  # images stay on the host: one batch at a time
+def _epochs(engine: _Engine, state: _State, config: TrainConfig, run_dir: Path, train: ImageSet, val: ImageSet,
+            images: torch.Tensor, labels: torch.Tensor, trackers: Trackers, progress: bool,
+            on_step: Callable[[int, int], None] | None) -> None:
+    """The epochs still to train: each trained, validated, selected or not, checkpointed and logged."""
     for epoch in range(state.start_epoch, config.epochs):
         started = time.perf_counter()
         trained = _train_epoch(engine, train, images, labels, config, epoch, progress=progress, on_step=on_step)
@@ -455,9 +445,31 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
         _select(engine, state, record, config.selection)
         _step_scheduler(engine, record["val_loss"])
         state.history.append(record)
-        _checkpoint(engine, state, config, run_dir, record)
+        _checkpoint(engine, state, config, run_dir, record, trackers)
         if engine.world_size > 1:
             dist.barrier()
+
+
+def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainConfig, run_dir: str | Path, *,
+        normalization: tuple[float, float], resume: bool = True, progress: bool = False,
+        on_step: Callable[[int, int], None] | None = None, tracking: TrackingSettings | None = None,
+        params: dict[str, Any] | None = None) -> FitResult:
+    """Train ``model`` on ``train``, select the best epoch on ``val``; checkpoints in ``run_dir``.
+
+    ``on_step(epoch, step)`` is called after every optimizer step (tests use it to interrupt a run). Every epoch's
+    record goes to metrics.jsonl and to the trackers ``tracking`` asks for, with the configuration (and ``params``).
+    """
+    run_dir = Path(run_dir)
+    engine = _engine(model, config, normalization)
+    state = _resume(engine, config, run_dir, resume)
+    _distribute(engine)
+    images, labels = train.images, train.labels.to(engine.device)  # images stay on the host: one batch at a time
+    tracking = tracking if state.start_epoch < config.epochs else None  # nothing to train: no empty tracker run
+    trackers = open_trackers(tracking, run_dir, base=[JsonlLog(run_dir / METRICS_LOG, state.history)],
+                             params={**config.to_dict(), **(params or {})}, first_step=state.start_epoch + 1) \
+        if engine.rank == 0 else Trackers()
+    with trackers:
+        _epochs(engine, state, config, run_dir, train, val, images, labels, trackers, progress, on_step)
     if state.best is None:  # only when no epoch was asked for and none was resumed
         raise ConfigError(f"{run_dir}: no epoch was trained (epochs = {config.epochs})")
     if state.best.get("provisional") and engine.rank == 0:

@@ -32,6 +32,7 @@ from unveil.preprocess.cache import PreprocessSettings, preprocess_records, reso
 from unveil.progress import duration
 from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
+from unveil.tracking import TrackingSettings
 from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
 from unveil.training.collapse import CollapseCheck, check_collapse
 from unveil.training.config import TrainConfig
@@ -179,8 +180,10 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                positive_class: str | None, task: str, config: TrainConfig, preprocess: PreprocessSettings, *,
                cache: Path | None, workers: int, progress: bool, resume: bool, encoder: Path | None,
                init_weights: Path | None, data: dict[str, Any], strict: bool,
-               on_step: Callable[[int, int], None] | None = None) -> RunResult:
-    """Records with a ``split`` column -> images -> fit -> bundle and run files (rank 0)."""
+               on_step: Callable[[int, int], None] | None = None,
+               tracking: TrackingSettings | None = None) -> RunResult:
+    """Records with a ``split`` column -> images -> fit -> bundle and run files (rank 0); every epoch logged to
+    metrics.jsonl and the trackers ``tracking`` asks for."""
     started = time.perf_counter()
     init_distributed()
     rank, world_size = world()
@@ -196,7 +199,8 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
     normalization = model.input_normalization or fit_normalization(sets["train"].images)
     split_hash = write_split_file(out / "splits.csv", records, records["split"]) if rank == 0 else None
     result = fit(model, sets["train"], sets["val"], config, out, normalization=normalization, resume=resume,
-                 progress=progress, on_step=on_step)
+                 progress=progress, on_step=on_step, tracking=tracking,
+                 params={"task": task, "preprocess": asdict(preprocess), "encoder": str(encoder) if encoder else None})
     counts = {split: s.class_counts() for split, s in sets.items()}
     in_sync = ranks_in_sync(result.best_state) if world_size > 1 else None
     threshold = _bundle_threshold(result, sets["val"], classes, positive_class, config)
@@ -244,8 +248,9 @@ def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig =
              preprocess: PreprocessSettings = PreprocessSettings(), classes: Sequence[str] | None = None,
              cache: str | Path | None = None, workers: int = 1, progress: bool = False, resume: bool = True,
              val_fraction: float = 0.2, init_weights: str | Path | None = None, strict: bool = False,
-             on_step: Callable[[int, int], None] | None = None) -> RunResult:
-    """Train an encoder on a pneumonia task; records whose finding is not a class are left out."""
+             on_step: Callable[[int, int], None] | None = None, tracking: TrackingSettings | None = None) -> RunResult:
+    """Train an encoder on a pneumonia task; records whose finding is not a class are left out. ``tracking``:
+    TensorBoard and/or MLflow besides metrics.jsonl (:mod:`unveil.tracking`)."""
     if not data:
         raise TrainingDataError("pre-training needs at least one dataset")
     if classes is None:
@@ -274,7 +279,7 @@ def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig =
     return _train_run(Path(out), kept, labels, classes, None, "pretrain:" + "/".join(classes), config, preprocess,
                       cache=Path(cache) if cache else None, workers=workers, progress=progress, resume=resume,
                       encoder=None, init_weights=Path(init_weights) if init_weights else None, data=described,
-                      strict=strict, on_step=on_step)
+                      strict=strict, on_step=on_step, tracking=tracking)
 
 
 def train(recipe: str, data: dict[str, DataSpec], out: str | Path, *, config: TrainConfig = TrainConfig(),
@@ -282,8 +287,9 @@ def train(recipe: str, data: dict[str, DataSpec], out: str | Path, *, config: Tr
           cache: str | Path | None = None, workers: int = 1, progress: bool = False, resume: bool = True,
           recipes: str | Path | None = None, test_fraction: float = 0.3, val_fraction: float = 0.2,
           init_weights: str | Path | None = None, strict: bool = False,
-          on_step: Callable[[int, int], None] | None = None) -> RunResult:
-    """Fine-tune on composition ``recipe`` with roles bound to datasets (``{"A": DataSpec, ...}``)."""
+          on_step: Callable[[int, int], None] | None = None, tracking: TrackingSettings | None = None) -> RunResult:
+    """Fine-tune on composition ``recipe`` with roles bound to datasets (``{"A": DataSpec, ...}``). ``tracking``:
+    TensorBoard and/or MLflow besides metrics.jsonl (:mod:`unveil.tracking`)."""
     chosen = load_recipes(recipes).recipe(recipe)
     missing = [role for role in chosen.roles if role not in data]
     if missing:
@@ -301,4 +307,4 @@ def train(recipe: str, data: dict[str, DataSpec], out: str | Path, *, config: Tr
                       preprocess, cache=Path(cache) if cache else None, workers=workers, progress=progress,
                       resume=resume, encoder=Path(encoder) if encoder else None,
                       init_weights=Path(init_weights) if init_weights else None, data=described, strict=strict,
-                      on_step=on_step)
+                      on_step=on_step, tracking=tracking)
