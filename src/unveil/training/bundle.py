@@ -20,7 +20,7 @@ import torch
 
 from unveil.documents import load_json
 from unveil.errors import UnveilError
-from unveil.models import MODEL_NAMES, CxrClassifier, ModelError, build_model
+from unveil.models import CxrClassifier, ModelError, build_model, model_names
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.provenance import write_text_atomic
 from unveil.thresholds import ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
@@ -285,8 +285,8 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     :class:`BundleFieldError` naming the file and the field."""
     path = Path(path)
     architecture = _field(description, path, "architecture", str)
-    if architecture not in MODEL_NAMES:
-        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(MODEL_NAMES))}, "
+    if architecture not in model_names():
+        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(model_names()))}, "
                                f"got {architecture!r}")
     _number(description, path, "width", 0.0, 16.0, open_low=True, required=False)
     num_classes = _number(description, path, "num_classes", 1, 1000, integer=True)
