@@ -4,9 +4,11 @@
   set and threshold rule), one column per test set, balanced accuracy with its 95 % interval: the
   cross-dataset matrix. Where a model's threshold is not 0.5, each cell also gives the balanced
   accuracy at the paper's fixed 0.5, so an AUC of 0.8 beside a BA of 0.5 never goes unexplained.
-- Tables A1...An: one per architecture (in the registry's order), rows model x test set, columns the
-  seven metrics with intervals, the Haldane-Anscombe corrected DOR (finite when the paper's is
-  infinite), the threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
+- Tables A1...An: one per architecture (in the model registry's order, :mod:`unveil.models.catalog`),
+  rows model x test set, columns the seven metrics with intervals, the Haldane-Anscombe corrected DOR
+  (finite when the paper's is infinite) and any other metric of the registry
+  (:mod:`unveil.evaluation.metric_specs`, which gives every column its label and interval), the
+  threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
 
 Intervals: sensitivity, specificity and accuracy show the patient-aware Wilson interval (columns
 ``m_wilson_low``/``m_wilson_high``; the percentile bootstrap collapses to [0, 0] at 0/n), every other
