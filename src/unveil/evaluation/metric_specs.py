@@ -38,10 +38,17 @@ class MetricSpecError(UnveilError, ValueError):
 class ConfusionCounts(Protocol):
     """The confusion counts a metric's note reads (``unveil.evaluation.metrics.Confusion``)."""
 
-    tp: int
-    fp: int
-    tn: int
-    fn: int
+    @property
+    def tp(self) -> int: ...
+
+    @property
+    def fp(self) -> int: ...
+
+    @property
+    def tn(self) -> int: ...
+
+    @property
+    def fn(self) -> int: ...
 
     @property
     def positives(self) -> int: ...

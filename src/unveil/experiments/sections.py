@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unveil.audit.run import AuditThresholds
-from unveil.thresholds import ThresholdRequest
+from unveil.thresholds import ThresholdRequest, ThresholdRule
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class EvaluationSettings:
 
     def threshold_request(self) -> ThresholdRequest:
         """The rule, fixed value and target sensitivity as the one request the evaluation takes."""
-        return ThresholdRequest(self.threshold_rule, self.threshold, self.target_sensitivity)
+        return ThresholdRequest(ThresholdRule.parse(self.threshold_rule), self.threshold, self.target_sensitivity)
 
 
 @dataclass(frozen=True)

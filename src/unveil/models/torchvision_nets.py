@@ -6,6 +6,7 @@ Their specs are in :mod:`unveil.models.catalog`; each function here is one spec'
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 from torch import nn
 from torchvision import models as tvm
@@ -13,7 +14,7 @@ from torchvision import models as tvm
 from unveil.models.classifier import EncoderParts
 
 
-def _stem_conv(in_channels: int, mode: str) -> nn.Conv2d:
+def _stem_conv(in_channels: int, mode: Literal["fan_in", "fan_out"]) -> nn.Conv2d:
     """torchvision's 7x7/2, 64-channel stem for ``in_channels`` inputs, initialised as torchvision does."""
     conv = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode=mode, nonlinearity="relu")
