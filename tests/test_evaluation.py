@@ -26,6 +26,7 @@ from unveil.evaluation.tables import (
     write_tables,
 )
 from unveil.preprocess.cache import PreprocessSettings
+from unveil.thresholds import ThresholdRequest
 from unveil.training import TrainConfig, load_bundle, train
 
 CONFIG = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=2, batch_size=16, eval_batch_size=32)
@@ -103,17 +104,17 @@ def test_missing_role_is_named(trained):
 def test_threshold_rules_are_chosen_on_validation(trained):
     bundle = load_bundle(trained["bundle"])
     assert resolve_threshold(bundle, "bundle") == bundle.threshold_choice
-    assert resolve_threshold(bundle, ThresholdRule.FIXED, value=0.3).value == 0.3
+    assert resolve_threshold(bundle, ThresholdRequest(ThresholdRule.FIXED, 0.3)).value == 0.3
     validation = pd.read_csv(trained["root"] / "AB" / "val_predictions.csv")
     youden = resolve_threshold(bundle, "youden")
     assert youden == choose_threshold(validation["label"], validation["p_covid+"], "youden")
     assert youden == bundle.threshold_choice  # the training default chose the same on the same predictions
-    chosen = resolve_threshold(bundle, "sensitivity", target_sensitivity=0.8)
+    chosen = resolve_threshold(bundle, ThresholdRequest("sensitivity", target_sensitivity=0.8))
     positives = validation.loc[validation["label"] == 1, "p_covid+"]
     assert (positives >= chosen.value).mean() >= 0.8 and chosen.rule is ThresholdRule.SENSITIVITY
     with pytest.raises(EvaluationError, match="threshold rule"):
         resolve_threshold(bundle, "median")
-    run = evaluate_models([trained["bundle"]], ["AB"], threshold_rule="fixed", threshold=0.5, resamples=50)
+    run = evaluate_models([trained["bundle"]], ["AB"], threshold=ThresholdRequest("fixed", 0.5), resamples=50)
     row = run.rows.iloc[0]
     assert row["threshold_rule"] == "fixed" and row["threshold"] == 0.5
     assert row["balanced_accuracy_at_0.5"] == row["balanced_accuracy"]

@@ -25,6 +25,7 @@ from unveil.inference import (
     predict_files,
 )
 from unveil.preprocess.cache import PreprocessSettings
+from unveil.thresholds import ThresholdRequest
 from unveil.training import TrainConfig, load_bundle, train
 from unveil.training.ood import fit_ood_reference
 
@@ -165,7 +166,7 @@ def test_predict_threshold_options(model, tmp_path):
     assert ((decided["probability"] >= 0.3) == (decided["decision"] == "covid+")).all()
     table = predict("--threshold-rule", "sensitivity", "--target-sensitivity", "1.0")
     validation = pd.read_csv(model["bundle"].parent / "val_predictions.csv")
-    expected = bundle.resolve_threshold("sensitivity", target_sensitivity=1.0)
+    expected = bundle.resolve_threshold(ThresholdRequest("sensitivity", target_sensitivity=1.0))
     assert expected.value == validation.loc[validation["label"] == 1, "p_covid+"].min()
     assert (table["threshold"] == expected.value).all() and (table["threshold_rule"] == "sensitivity").all()
     table = predict()

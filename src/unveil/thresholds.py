@@ -12,7 +12,11 @@ predictions, never on a test set. Rules:
 - ``bundle`` (evaluation and prediction only): the threshold recorded in the model bundle.
 
 This module sits below training and evaluation so that both use the same rules (training chooses
-the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with it on request).
+the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with it on request). What a
+user asks for travels as one :class:`ThresholdRequest` (rule, fixed value, target sensitivity); what a
+rule chose as a :class:`ThresholdChoice`. Adding a rule: its member of :class:`ThresholdRule`, its help in
+``_RULE_HELP`` and its branch in :func:`choose_threshold`, here, and its test in ``tests/test_metrics.py``
+(the ``--threshold-rule`` help and every accepted value follow).
 
 >>> choose_threshold([0, 0, 1, 1], [0.40, 0.45, 0.47, 0.49], ThresholdRule.YOUDEN).value
 0.47
@@ -21,7 +25,7 @@ the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -34,7 +38,7 @@ class ThresholdError(UnveilError, ValueError):
     """A threshold rule or parameter a user gave cannot apply (unknown rule, value outside [0, 1], one class)."""
 
 
-class ThresholdRule(str, Enum):
+class ThresholdRule(StrEnum):
     """How a decision threshold is chosen (the one vocabulary of CLI options, configs, rows and bundles)."""
 
     FIXED = "fixed"
@@ -67,6 +71,27 @@ class ThresholdRule(str, Enum):
                                  f"choose one of {', '.join(r.value for r in allowed)}")
         return rule
 
+    @property
+    def help(self) -> str:
+        """What the rule does, in a few words (the ``--threshold-rule`` help)."""
+        return _RULE_HELP[self]
+
+
+_RULE_HELP = {
+    ThresholdRule.FIXED: "--threshold, default 0.5",
+    ThresholdRule.YOUDEN: "maximizing sensitivity + specificity - 1 on the model's validation predictions",
+    ThresholdRule.SENSITIVITY: "the highest reaching --target-sensitivity on the model's validation predictions",
+    ThresholdRule.BUNDLE: "the threshold chosen at training time, recorded in the bundle",
+}
+
+
+def rules_help(*, allow_bundle: bool = True) -> str:
+    """``fixed (...), youden (...), sensitivity (...) or bundle (...).``: every rule with its help, for the
+    command line (``allow_bundle``: with the rule that defers to a bundle)."""
+    rules = [rule for rule in ThresholdRule if allow_bundle or rule is not ThresholdRule.BUNDLE]
+    parts = [f"{rule.value} ({rule.help})" for rule in rules]
+    return (", ".join(parts[:-1]) + f" or {parts[-1]}" if len(parts) > 1 else parts[0]) + "."
+
 
 #: Rules that choose on validation predictions (they need both classes there).
 DATA_DRIVEN = (ThresholdRule.YOUDEN, ThresholdRule.SENSITIVITY)
@@ -97,6 +122,46 @@ class ThresholdChoice:
         return cls(float(record["value"]), rule, str(record.get("description") or text),
                    str(record.get("chosen_on") or ("fixed" if rule is ThresholdRule.FIXED else "validation")),
                    record.get("parameter"))
+
+
+@dataclass(frozen=True)
+class ThresholdRequest:
+    """A threshold asked for: the rule, the value of the fixed rule and the target of the sensitivity rule
+    (each used, and checked when the request is made, only by its rule). ``choose`` applies it to validation
+    predictions; ``bundle`` is resolved by the model bundle (``ModelBundle.resolve_threshold``).
+
+    >>> ThresholdRequest("fixed", 0.3).choose([0, 1], [0.2, 0.4]).value
+    0.3
+    """
+
+    rule: ThresholdRule = ThresholdRule.BUNDLE
+    value: float = PAPER_THRESHOLD
+    target_sensitivity: float = 0.9
+
+    def __post_init__(self) -> None:
+        rule = ThresholdRule.parse(self.rule)
+        object.__setattr__(self, "rule", rule)
+        if rule is ThresholdRule.FIXED:
+            fixed_threshold(self.value)
+        if rule is ThresholdRule.SENSITIVITY:
+            target = finite_number(self.target_sensitivity, "target sensitivity")
+            if not 0 < target <= 1:
+                raise ThresholdError(f"target sensitivity must lie in (0, 1]; got {target}")
+
+    @classmethod
+    def of(cls, request: ThresholdRequest | ThresholdRule | str) -> ThresholdRequest:
+        """``request`` itself, or a rule's request with the default value and target."""
+        return request if isinstance(request, ThresholdRequest) else cls(ThresholdRule.parse(request))
+
+    def choose(self, labels: ArrayLike, probabilities: ArrayLike) -> ThresholdChoice:
+        """The threshold this request's rule chooses on validation ``labels`` and ``probabilities``."""
+        return choose_threshold(labels, probabilities, self.rule, value=self.value,
+                                target_sensitivity=self.target_sensitivity)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as run metadata records it (``threshold_rule``, ``threshold``, ``target_sensitivity``)."""
+        return {"threshold_rule": self.rule.value, "threshold": self.value,
+                "target_sensitivity": self.target_sensitivity}
 
 
 def fixed_threshold(value: float = PAPER_THRESHOLD) -> ThresholdChoice:

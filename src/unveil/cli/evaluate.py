@@ -25,7 +25,7 @@ from unveil.cli.options import (
     bind_roles,
     final_folder,
     loader_options,
-    threshold_choice,
+    threshold_request,
     writes_output,
 )
 from unveil.thresholds import ThresholdRule
@@ -66,18 +66,16 @@ def evaluate_command(
     from unveil.evaluation.outputs import write_evaluation_outputs
     from unveil.evaluation.tables import json_rows, summary_table, test_set_legend
 
-    threshold_rule, threshold_value = threshold_choice(threshold, threshold_rule)
+    request = threshold_request(threshold, threshold_rule, target_sensitivity)
     plain, per_role = loader_options(option)
     run = evaluate_models([str(m) for m in models], on, data=bind_roles(data, per_role, recipes), cache=cache,
-                          threshold_rule=threshold_rule, threshold=threshold_value,
-                          target_sensitivity=target_sensitivity, resamples=resamples, seed=seed,
+                          threshold=request, resamples=resamples, seed=seed,
                           workers=workers, recipes=recipes, allow_overlap=allow_overlap, rebind=rebind,
                           progress=not as_json, duplicates=duplicates, options=plain)
     if out is not None:
         write_evaluation_outputs(run, out, arguments={
             "models": [str(m) for m in models], "on": on, "data": data or [], "options": option or [],
-            "threshold_rule": threshold_rule.value, "threshold": threshold_value,
-            "target_sensitivity": target_sensitivity, "resamples": resamples, "seed": seed,
+            **request.as_dict(), "resamples": resamples, "seed": seed,
             "allow_overlap": allow_overlap, "rebind": rebind, "duplicates": duplicates})
     if as_json:
         typer.echo(json.dumps(json_rows(run.rows), indent=2))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from unveil.errors import NotFiniteError, UnveilError, finite
-from unveil.thresholds import ThresholdRule
+from unveil.thresholds import ThresholdRequest, ThresholdRule, rules_help
 from unveil.tracking import TrackingSettings
 
 if TYPE_CHECKING:
@@ -88,10 +88,7 @@ ResamplesOption = Annotated[int, typer.Option(
     "--resamples", help="Bootstrap resamples (of patients) for the 95 % intervals.")]
 AllowOverlapOption = Annotated[bool, typer.Option(
     "--allow-overlap", help="Test even on patients of the model's own training or validation split.")]
-ThresholdRuleOption = Annotated[ThresholdRule, typer.Option(
-    "--threshold-rule", help="bundle (the threshold chosen at training time, recorded in the bundle), fixed "
-                             "(--threshold), youden or sensitivity (chosen a priori on the model's validation "
-                             "predictions).")]
+ThresholdRuleOption = Annotated[ThresholdRule, typer.Option("--threshold-rule", help=rules_help())]
 ThresholdOption = Annotated[float | None, typer.Option(
     "--threshold", parser=finite_float,
     help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
@@ -211,13 +208,14 @@ def bind_roles(bindings: list[str] | None, per_role: dict[str, dict[str, Any]],
     return parsed
 
 
-def threshold_choice(threshold: float | None, rule: ThresholdRule) -> tuple[ThresholdRule, float]:
-    """--threshold / --threshold-rule as (rule, fixed value): a --threshold alone means the fixed rule."""
-    if threshold is None:
-        return rule, 0.5
-    if rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
+def threshold_request(threshold: float | None, rule: ThresholdRule, target_sensitivity: float) -> ThresholdRequest:
+    """--threshold / --threshold-rule / --target-sensitivity as one request: a --threshold alone means the fixed
+    rule."""
+    if threshold is not None and rule not in (ThresholdRule.BUNDLE, ThresholdRule.FIXED):
         raise CommandLineError(f"--threshold is a fixed threshold; it does not go with --threshold-rule {rule.value}")
-    return ThresholdRule.FIXED, threshold
+    if threshold is None:
+        return ThresholdRequest(rule, target_sensitivity=target_sensitivity)
+    return ThresholdRequest(ThresholdRule.FIXED, threshold, target_sensitivity)
 
 
 def require(condition: bool, message: str) -> None:

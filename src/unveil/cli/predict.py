@@ -19,7 +19,7 @@ from unveil.cli.options import (
     ThresholdOption,
     ThresholdRuleOption,
     bundle_files,
-    threshold_choice,
+    threshold_request,
     writes_output,
 )
 from unveil.thresholds import ThresholdRule
@@ -52,10 +52,9 @@ def predict_command(
     from unveil.inference import predict_files
 
     require_paths(inputs)
-    rule, value = threshold_choice(threshold, threshold_rule)
+    request = threshold_request(threshold, threshold_rule, target_sensitivity)
     summary = predict_files(model, inputs, out, batch_size=batch_size, evidence=evidence, segmenter=lung_model,
-                            strict=strict, progress=True, threshold_rule=rule, threshold=value,
-                            target_sensitivity=target_sensitivity, lung_convention=lung_convention,
+                            strict=strict, progress=True, threshold=request, lung_convention=lung_convention,
                             max_pixels=max_pixels, decide_anyway=decide_anyway)
     typer.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.to_text())
     for line in summary.unreadable:

@@ -41,6 +41,7 @@ from unveil.cli.options import (
     tracking_settings,
     writes_output,
 )
+from unveil.models.catalog import arch_help, model_names, width_help
 
 
 @writes_output("path", "option", "lung_model", out="cache", lock=False)
@@ -91,9 +92,17 @@ def _train_config(values: dict[str, Any], config_file: Path | None, overrides: l
 
 
 OutOption = Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")]
-ArchOption = Annotated[str | None, typer.Option("--arch", help="resnet18, resnet50, densenet121, conv8 or covidnet.")]
-WidthOption = Annotated[float | None, typer.Option(
-    parser=finite_float, help="Channel-width multiplier (conv8, covidnet).")]
+
+
+def registered_model(value: str) -> str:
+    """``--arch``'s parser: a model registered (:mod:`unveil.models.catalog`) when the command line is parsed."""
+    if value not in model_names():
+        raise CommandLineError(f"{value!r} is no known model; choose one of {', '.join(model_names())}")
+    return value
+
+
+ArchOption = Annotated[str | None, typer.Option("--arch", parser=registered_model, help=arch_help())]
+WidthOption = Annotated[float | None, typer.Option(parser=finite_float, help=width_help())]
 EpochsOption = Annotated[int | None, typer.Option(help="Epochs (default 30).")]
 BatchOption = Annotated[int | None, typer.Option(help="Global batch size (default 32).")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]

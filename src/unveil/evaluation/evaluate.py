@@ -34,7 +34,6 @@ from unveil.data.spec import DataSpec
 from unveil.data.splits import read_split_file
 from unveil.errors import UnveilError
 from unveil.evaluation.metrics import (
-    PAPER_THRESHOLD,
     ThresholdChoice,
     ThresholdRule,
     evaluate_scores,
@@ -43,6 +42,7 @@ from unveil.evaluation.metrics import (
 from unveil.evaluation.names import bound_labels
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
+from unveil.thresholds import ThresholdRequest
 from unveil.training.bundle import BundleError, ModelBundle, load_bundle
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, load_image_set
@@ -215,7 +215,7 @@ def training_patients(bundle: ModelBundle) -> set[str]:
 
 def training_cache(bundle: ModelBundle) -> Path:
     """The pre-processing cache the model's run used (from its run.meta.json), else RUN/cache."""
-    run = bundle.path.parent if bundle.path is not None else Path(".")
+    run = bundle.path.parent if bundle.path is not None else Path()
     try:
         return Path(json.loads((run / "run.meta.json").read_text(encoding="utf-8"))["config"]["cache"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -247,12 +247,12 @@ def score_records(bundle: ModelBundle, records: pd.DataFrame, *, cache: str | Pa
     return scored, images.skipped
 
 
-def resolve_threshold(bundle: ModelBundle, rule: ThresholdRule | str = ThresholdRule.BUNDLE, *,
-                      value: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9) -> ThresholdChoice:
-    """The decision threshold, chosen a priori: the bundle's own (``bundle``), a fixed value, or on the
-    model's validation predictions (``youden``, ``sensitivity``)."""
+def resolve_threshold(bundle: ModelBundle, request: ThresholdRequest | ThresholdRule | str = ThresholdRule.BUNDLE
+                      ) -> ThresholdChoice:
+    """The decision threshold ``request`` asks for, chosen a priori: the bundle's own (``bundle``), a fixed
+    value, or on the model's validation predictions (``youden``, ``sensitivity``)."""
     try:
-        return bundle.resolve_threshold(rule, value=value, target_sensitivity=target_sensitivity)
+        return bundle.resolve_threshold(request)
     except BundleError as error:
         raise EvaluationError(str(error)) from None
 
@@ -314,15 +314,16 @@ def _without_training_copies(bundle: ModelBundle, test_set: TestSet, policy: str
 
 
 def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dict[str, DataSpec] | None = None,
-                    cache: str | Path | None = None, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
-                    threshold: float = PAPER_THRESHOLD, target_sensitivity: float = 0.9, resamples: int = 2000,
+                    cache: str | Path | None = None,
+                    threshold: ThresholdRequest | ThresholdRule | str = ThresholdRule.BUNDLE, resamples: int = 2000,
                     seed: int = 0, workers: int = 1, recipes: str | Path | None = None, allow_overlap: bool = False,
                     rebind: bool = False, progress: bool = False, duplicates: str = "refuse",
                     options: dict[str, Any] | None = None) -> EvaluationRun:
     """Evaluate each model on each test set, each model with its own role bindings; ``data`` binds roles
     a model was not trained with (``rebind``: also replaces the model's own, and the rows say so).
-    ``threshold_rule``: ``bundle`` (the threshold chosen at training time), ``fixed`` (``threshold``),
-    ``youden`` or ``sensitivity`` (re-chosen on the model's validation predictions).
+    ``threshold``: a :class:`~unveil.thresholds.ThresholdRequest` (or a bare rule): ``bundle`` (the threshold
+    chosen at training time), ``fixed`` (its value), ``youden`` or ``sensitivity`` (re-chosen on the model's
+    validation predictions).
     ``cache``: pre-processing cache (default: the one the model was trained with).
     ``duplicates``: what to do when a whole dataset holds near-duplicates of the model's training images:
     ``refuse`` (an error naming them), ``flag`` (score them; column ``near_duplicate_of_training``), ``exclude``.
@@ -332,7 +333,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
     if not models or not test_sets:
         raise EvaluationError("give at least one model and one test set")
     try:
-        threshold_rule = ThresholdRule.parse(threshold_rule)
+        threshold = ThresholdRequest.of(threshold)
     except ValueError as error:
         raise EvaluationError(str(error)) from None
     names = distinct_names([str(m) for m in models])
@@ -342,7 +343,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
     for model_path in models:
         bundle = load_bundle(model_path)
         identity = {**model_identity(bundle), "model": names[str(model_path)]}
-        chosen = resolve_threshold(bundle, threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
+        chosen = resolve_threshold(bundle, threshold)
         if bundle.collapse_reason:  # still evaluated (its AUC is evidence), but every row says it
             log.warning("%s: %s", identity["model"], bundle.collapse_reason)
         model_cache = cache or training_cache(bundle)

@@ -29,6 +29,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
 from unveil.errors import UnveilError
+from unveil.evaluation import metric_specs
 from unveil.evaluation.bootstrap import (  # noqa: F401 - WeightedAUC, _percentiles_with_inf: re-exported for tests
     Interval,
     WeightedAUC,
@@ -46,11 +47,13 @@ from unveil.thresholds import (  # noqa: F401 - re-exported: the evaluation laye
     fixed_threshold,
 )
 
-METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy", "roc_auc", "dor")
-PROPORTIONS: tuple[str, ...] = ("sensitivity", "specificity", "accuracy")
-REPORTED: tuple[str, ...] = (*METRICS, "dor_corrected")
+# The metrics themselves (formulas, n/a rules, labels) are specs of unveil.evaluation.metric_specs; these
+# names list the shipped ones (code that must see metrics registered later asks metric_specs).
+METRICS: tuple[str, ...] = metric_specs.paper_metrics()
+PROPORTIONS: tuple[str, ...] = metric_specs.proportions()
+REPORTED: tuple[str, ...] = metric_specs.reported()
 #: Metrics that depend on the threshold, also reported at the paper's fixed 0.5 (columns ``m_at_0.5``).
-AT_PAPER_THRESHOLD: tuple[str, ...] = ("sensitivity", "specificity", "f1", "accuracy", "balanced_accuracy")
+AT_PAPER_THRESHOLD: tuple[str, ...] = metric_specs.at_paper_threshold()
 AT_PAPER_SUFFIX = "_at_0.5"
 
 # The threshold vocabulary lives in unveil.thresholds (training chooses with it too); re-exported here.
@@ -61,16 +64,9 @@ __all__ = ["AT_PAPER_SUFFIX", "AT_PAPER_THRESHOLD", "BOTH_CLASSES", "METRICS", "
            "fixed_threshold",
            "metrics_at_paper_threshold", "point_metrics", "wilson_interval"]
 
-_NO_POSITIVES = "no COVID+ images"
-_NO_NEGATIVES = "no COVID- images"
-# Why a metric is undefined in a bootstrap resample (used in the interval notes).
-_RESAMPLE_REASON = {"sensitivity": "held no COVID+ images", "specificity": "held no COVID- images",
-                    "balanced_accuracy": "held one class only", "roc_auc": "held one class only",
-                    "f1": "held no COVID+ images", "dor": "held one class only or had tp*tn = fp*fn = 0",
-                    "dor_corrected": "held one class only", "accuracy": "were empty"}
 #: Metrics that need COVID+ and COVID- images: nan (never a continuity-corrected number) with one class.
-BOTH_CLASSES: tuple[str, ...] = ("balanced_accuracy", "roc_auc", "dor", "dor_corrected")
-_CELL_NAMES = {"tp": "true positives", "fp": "false positives", "tn": "true negatives", "fn": "false negatives"}
+BOTH_CLASSES: tuple[str, ...] = tuple(spec.key for spec in metric_specs.metric_specs()
+                                      if spec.needs is metric_specs.Needs.BOTH)
 _WeightedAUC = WeightedAUC  # the name tests and older callers use
 
 
@@ -110,27 +106,19 @@ class Confusion:
 
 
 def _metrics_from_counts(tp, fp, tn, fn) -> dict[str, np.ndarray]:
-    """Every threshold metric from (arrays of) counts; 0/0 gives nan and x/0 gives inf, which is
-    exactly the DOR convention (inf when fp*fn == 0 < tp*tn, nan when both products are 0). F1 is nan
-    without COVID+ images, the DOR and its corrected form without COVID+ or without COVID- images."""
+    """Every metric of the counts (each registered spec's formula) from (arrays of) counts; 0/0 gives nan and
+    x/0 gives inf, which is exactly the DOR convention (inf when fp*fn == 0 < tp*tn, nan when both products
+    are 0)."""
     tp, fp, tn, fn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, tn, fn))
-    has_positives, has_negatives = tp + fn > 0, tn + fp > 0
-    both = has_positives & has_negatives
     with np.errstate(divide="ignore", invalid="ignore"):
-        sensitivity = tp / (tp + fn)
-        specificity = tn / (tn + fp)
-        return {"sensitivity": sensitivity, "specificity": specificity,
-                "f1": np.where(has_positives, 2 * tp / (2 * tp + fp + fn), np.nan),
-                "accuracy": (tp + tn) / (tp + fp + tn + fn),
-                "balanced_accuracy": (sensitivity + specificity) / 2,
-                "dor": np.where(both, (tp * tn) / (fp * fn), np.nan),
-                "dor_corrected": np.where(both, ((tp + 0.5) * (tn + 0.5)) / ((fp + 0.5) * (fn + 0.5)), np.nan)}
+        return {spec.key: spec.from_counts(tp, fp, tn, fn) for spec in metric_specs.metric_specs()
+                if spec.from_counts is not None}
 
 
 def point_metrics(confusion: Confusion) -> dict[str, float]:
-    """Every metric except ROC AUC (which needs the scores) as floats; undefined ones are nan."""
+    """Every paper metric except ROC AUC (which needs the scores) as floats; undefined ones are nan."""
     values = _metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)
-    return {name: float(values[name]) for name in METRICS if name != "roc_auc"}
+    return {name: float(values[name]) for name in metric_specs.paper_metrics() if name in values}
 
 
 def dor_haldane(confusion: Confusion) -> float:
@@ -216,7 +204,7 @@ class Evaluation:
             "negative_patients": self.negative_patients, "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn}
         for name, metric in self.metrics.items():
             row.update({name: metric.value, f"{name}_low": metric.low, f"{name}_high": metric.high})
-            if name in PROPORTIONS:
+            if metric_specs.metric_spec(name).interval is metric_specs.IntervalKind.WILSON:
                 row.update({f"{name}_wilson_low": metric.wilson_low, f"{name}_wilson_high": metric.wilson_high,
                             f"{name}_design_effect": metric.design_effect})
             row[f"{name}_note"] = metric.note
@@ -257,7 +245,7 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     draws = _bootstrap(y, s, predicted, codes, n_patients, resamples, np.random.default_rng(seed))
     per_patient = _per_patient_counts(y, predicted, codes, n_patients)
     metrics = {name: _metric_value(name, points[name], draws[name], confusion, confidence, resamples,
-                                   per_patient.get(name)) for name in REPORTED}
+                                   per_patient.get(name)) for name in metric_specs.reported()}
 
     return Evaluation(
         threshold=threshold, threshold_rule=rule, threshold_description=description, confusion=confusion,
@@ -276,10 +264,12 @@ def _per_patient_counts(y: np.ndarray, predicted: np.ndarray, codes: np.ndarray,
     cleared COVID- of COVID- images (specificity), right of all images (accuracy)."""
     def count(mask: np.ndarray) -> np.ndarray:
         return np.bincount(codes[mask], minlength=n_patients)
-    positive, negative = y == 1, y == 0
-    return {"sensitivity": (count(positive & predicted), count(positive)),
-            "specificity": (count(negative & ~predicted), count(negative)),
-            "accuracy": (count(positive == predicted), count(np.ones_like(positive)))}
+    positive, found = y == 1, {}
+    for spec in metric_specs.metric_specs():
+        if spec.trials is not None:
+            successes, trials = spec.trials(positive, predicted)
+            found[spec.key] = (count(successes), count(trials))
+    return found
 
 
 def _metric_value(name: str, point: float, draws: np.ndarray, confusion: Confusion, confidence: float,
@@ -287,11 +277,11 @@ def _metric_value(name: str, point: float, draws: np.ndarray, confusion: Confusi
     """One metric's point value, bootstrap interval, patient-aware Wilson interval (proportions, from their
     per-patient successes and trials) and notes."""
     interval = percentile_interval(draws, (1 - confidence) / 2, resamples,
-                                   undefined_reason=_RESAMPLE_REASON.get(name, "had it undefined"))
+                                   undefined_reason=metric_specs.metric_spec(name).resample_reason)
     wilson = patient_wilson_interval(*per_patient, confidence) if per_patient is not None else None
     # Undefined at the point and in every resample: the point note already says why.
     interval_note = None if math.isnan(point) and interval.undefined_in_every_resample else interval.note
-    notes = [note for note in (_point_note(name, point, confusion), interval_note) if note]
+    notes = [note for note in (metric_specs.metric_spec(name).point_note(point, confusion), interval_note) if note]
     return MetricValue(name=name, value=point, low=interval.low, high=interval.high,
                        wilson_low=wilson.low if wilson else None, wilson_high=wilson.high if wilson else None,
                        note="; ".join(notes) or None, design_effect=wilson.design_effect if wilson else None)
@@ -300,8 +290,9 @@ def _metric_value(name: str, point: float, draws: np.ndarray, confusion: Confusi
 def metrics_at_paper_threshold(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     """The threshold-dependent metrics at the paper's fixed 0.5 (point values, columns ``m_at_0.5``), shown
     beside a chosen threshold so that the two readings can be compared."""
-    values = point_metrics(Confusion.from_scores(labels, scores, PAPER_THRESHOLD))
-    return {f"{name}{AT_PAPER_SUFFIX}": values[name] for name in AT_PAPER_THRESHOLD}
+    c = Confusion.from_scores(labels, scores, PAPER_THRESHOLD)
+    values = _metrics_from_counts(c.tp, c.fp, c.tn, c.fn)
+    return {f"{name}{AT_PAPER_SUFFIX}": float(values[name]) for name in metric_specs.at_paper_threshold()}
 
 
 # --- bootstrap (the resampling itself lives in unveil.evaluation.bootstrap) --------------------------------------
@@ -311,39 +302,11 @@ def _bootstrap(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes: np.nd
                resamples: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Every reported metric in each of ``resamples`` patient-bootstrap resamples (arrays of length resamples)."""
     if resamples == 0:
-        return {name: np.empty(0) for name in REPORTED}
+        return {name: np.empty(0) for name in metric_specs.reported()}
     counts, aucs = resample_patients(y, s, predicted, codes, n_patients, resamples, rng)
     values = _metrics_from_counts(*counts.T)
     values["roc_auc"] = aucs
     return values
-
-
-def _point_note(name: str, value: float, confusion: Confusion) -> str | None:
-    """Why a point estimate is nan, inf or zero (DOR), or None when it is an ordinary number."""
-    missing = _NO_POSITIVES if confusion.positives == 0 else _NO_NEGATIVES if confusion.negatives == 0 else None
-    if name in BOTH_CLASSES and missing:
-        return f"undefined: {missing} (it needs COVID+ and COVID- images)"
-    if name == "dor":
-        corrected = "Haldane-Anscombe corrected estimate given as dor_corrected"
-        zero = [cell for cell in ("tp", "fp", "tn", "fn") if getattr(confusion, cell) == 0]
-        if math.isnan(value):
-            return f"undefined: tp*tn and fp*fn are both zero (zero cells: {', '.join(zero)}); {corrected}"
-        if math.isinf(value) or value == 0:
-            kind, cells = ("infinite", ("fp", "fn")) if math.isinf(value) else ("zero", ("tp", "tn"))
-            which = " and ".join(f"no {_CELL_NAMES[cell]}" for cell in cells if cell in zero)
-            return f"{kind}: {which} (cell zero); {corrected}"
-        return None
-    if not math.isnan(value):
-        return None
-    if name == "f1":
-        return f"undefined: {_NO_POSITIVES}"
-    if name == "accuracy":
-        return "undefined: no images"
-    if name == "sensitivity":
-        return f"undefined: {_NO_POSITIVES}"
-    if name == "specificity":
-        return f"undefined: {_NO_NEGATIVES}"
-    return f"undefined: {missing}" if missing else "undefined"
 
 
 # --- validation ------------------------------------------------------------------------------------------------

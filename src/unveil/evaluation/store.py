@@ -30,7 +30,8 @@ from typing import Any
 import pandas as pd
 
 from unveil.errors import UnveilError
-from unveil.evaluation.metrics import AT_PAPER_SUFFIX, AT_PAPER_THRESHOLD, METRICS, PROPORTIONS
+from unveil.evaluation import metric_specs
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX
 from unveil.training.config import ConfigError, TrainConfig
 
 #: the tables of a results store
@@ -54,7 +55,16 @@ CREATE TABLE IF NOT EXISTS audits (cell_id TEXT, test TEXT, subject TEXT, value 
     rule TEXT, flagged INTEGER, suggests TEXT, measure TEXT, PRIMARY KEY (cell_id, test, subject));
 CREATE TABLE IF NOT EXISTS files (kind TEXT, cell_id TEXT, label TEXT, path TEXT, PRIMARY KEY (kind, cell_id, label));
 """
-REPORTED_METRICS = (*METRICS, "dor_corrected", *(f"{m}{AT_PAPER_SUFFIX}" for m in AT_PAPER_THRESHOLD))
+
+
+def stored_metrics() -> tuple[str, ...]:
+    """The ``metric`` values of the results table: every registered metric (:mod:`unveil.evaluation.metric_specs`),
+    then the threshold metrics at the paper's 0.5."""
+    return (*metric_specs.reported(), *(f"{m}{AT_PAPER_SUFFIX}" for m in metric_specs.at_paper_threshold()))
+
+
+#: The shipped metrics the store keeps (``stored_metrics()`` also holds metrics registered later).
+REPORTED_METRICS = stored_metrics()
 COUNT_COLUMNS = ("images", "patients", "positive_images", "negative_images", "tp", "fp", "tn", "fn")
 RESULT_COLUMNS = ("cell_id", "test_set", "metric", "value", "low", "high", "wilson_low", "wilson_high", "note",
                   *COUNT_COLUMNS, "threshold", "threshold_rule", "resamples", "seed", "provenance", "design_effect")
@@ -134,7 +144,7 @@ class ResultsStore:
         """Rows of `evaluate_models` (one per test set) -> one row per (cell, test set, metric)."""
         records = []
         for _, row in rows.iterrows():
-            for metric in (m for m in REPORTED_METRICS if m in row):
+            for metric in (m for m in stored_metrics() if m in row):
                 records.append((
                     cell_id, row["test_set"], metric, _real(row.get(metric)), _real(row.get(f"{metric}_low")),
                     _real(row.get(f"{metric}_high")), _real(row.get(f"{metric}_wilson_low")),
@@ -186,7 +196,7 @@ class ResultsStore:
             for _, metric in group.iterrows():
                 name = metric["metric"]
                 columns = [("", "value"), ("_low", "low"), ("_high", "high"), ("_note", "note")]
-                if name in PROPORTIONS:
+                if name in metric_specs.proportions():
                     columns += [("_wilson_low", "wilson_low"), ("_wilson_high", "wilson_high"),
                                 ("_design_effect", "design_effect")]
                 for suffix, column in columns:

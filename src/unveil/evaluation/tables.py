@@ -4,9 +4,11 @@
   set and threshold rule), one column per test set, balanced accuracy with its 95 % interval: the
   cross-dataset matrix. Where a model's threshold is not 0.5, each cell also gives the balanced
   accuracy at the paper's fixed 0.5, so an AUC of 0.8 beside a BA of 0.5 never goes unexplained.
-- Tables A1...An: one per architecture (in the registry's order), rows model x test set, columns the
-  seven metrics with intervals, the Haldane-Anscombe corrected DOR (finite when the paper's is
-  infinite), the threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
+- Tables A1...An: one per architecture (in the model registry's order, :mod:`unveil.models.catalog`),
+  rows model x test set, columns the seven metrics with intervals, the Haldane-Anscombe corrected DOR
+  (finite when the paper's is infinite) and any other metric of the registry
+  (:mod:`unveil.evaluation.metric_specs`, which gives every column its label and interval), the
+  threshold and its rule, the metrics at 0.5 where the threshold differs, and the counts.
 
 Intervals: sensitivity, specificity and accuracy show the patient-aware Wilson interval (columns
 ``m_wilson_low``/``m_wilson_high``; the percentile bootstrap collapses to [0, 0] at 0/n), every other
@@ -30,26 +32,29 @@ import numpy as np
 import pandas as pd
 
 from unveil.errors import UnveilError
+from unveil.evaluation import metric_specs
 from unveil.evaluation.evaluate import distinct_names
-from unveil.evaluation.metrics import AT_PAPER_SUFFIX, METRICS, PAPER_THRESHOLD, PROPORTIONS, ThresholdRule
+from unveil.evaluation.metric_specs import IntervalKind, label_of, metric_spec
+from unveil.evaluation.metrics import AT_PAPER_SUFFIX, PAPER_THRESHOLD, ThresholdRule
 from unveil.evaluation.names import legend, test_set_labels
 from unveil.evaluation.proportions import METHOD as WILSON_METHOD
-from unveil.models import MODEL_NAMES
+from unveil.evaluation.roc import plot_roc_curves  # noqa: F401 - re-exported: tables and their figures
+from unveil.evaluation.table_text import latex_table, markdown_table, tex_escape  # noqa: F401 - tex_escape re-exported
+from unveil.models.catalog import display_name, table_rank
 from unveil.provenance import write_text_atomic
 
-LABELS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
-          "balanced_accuracy": "BA", "roc_auc": "AUC", "dor": "DOR"}
-#: Threshold metrics the tables repeat at 0.5 where a model's threshold differs.
-AT_PAPER_COLUMNS = {"balanced_accuracy": "BA at 0.5", "sensitivity": "Sensitivity at 0.5",
-                    "specificity": "Specificity at 0.5"}
-ARCHITECTURE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "densenet121": "DenseNet-121",
-                      "conv8": "Conv8", "covidnet": "COVID-Net"}
+#: The paper's metrics' table labels (from their specs, :mod:`unveil.evaluation.metric_specs`).
+LABELS = {key: label_of(key) for key in metric_specs.paper_metrics()}
+#: Threshold metrics the tables repeat at 0.5 where a model's threshold differs, in the tables' column order.
+AT_PAPER_TABULATED = ("balanced_accuracy", "sensitivity", "specificity")
+AT_PAPER_COLUMNS = {key: f"{label_of(key)} at 0.5" for key in AT_PAPER_TABULATED}
 FORMATS = ("csv", "md", "tex")
+#: The metric of Table 2 (the cross-dataset matrix).
+SUMMARY_METRIC = "balanced_accuracy"
 SEED_INTERVAL = "mean ± half-width of the Student-t 95 % interval over seeds"
-#: How each metric's 95 % interval is computed (captions, report); see :func:`interval_columns`.
+#: How each kind of 95 % interval is computed (captions, report); see :func:`interval_columns`.
 BOOTSTRAP_METHOD = "patient bootstrap, percentile"
-INTERVAL_METHODS = {"Sensitivity, Specificity, Accuracy": WILSON_METHOD,
-                    "F1, BA, AUC, DOR, DOR (HA)": BOOTSTRAP_METHOD}
+METHODS = {IntervalKind.WILSON: WILSON_METHOD, IntervalKind.BOOTSTRAP: BOOTSTRAP_METHOD}
 #: What a cell without a number means (captions, report).
 UNDEFINED_LEGEND = "n/a: undefined (why: listed under the table)"
 NOT_EVALUATED_LEGEND = "—: not evaluated"
@@ -70,20 +75,29 @@ def format_value(value: float, digits: int = 2, infinity: str = "∞") -> str:
 def interval_columns(metric: str) -> tuple[str, str]:
     """The row columns holding ``metric``'s interval: the patient-aware Wilson bounds for the proportions
     (sensitivity, specificity, accuracy), the patient-bootstrap percentile bounds for the others."""
-    if metric in PROPORTIONS:
+    if metric_spec(metric).interval is IntervalKind.WILSON:
         return f"{metric}_wilson_low", f"{metric}_wilson_high"
     return f"{metric}_low", f"{metric}_high"
 
 
+def interval_methods() -> dict[str, str]:
+    """``{"Sensitivity, Specificity, Accuracy": Wilson..., "F1, BA, ...": bootstrap}``: the table columns of
+    each kind of interval (every metric's spec, in registry order), and how it is computed."""
+    columns: dict[IntervalKind, list[str]] = {}
+    for spec in metric_specs.metric_specs():
+        columns.setdefault(spec.interval, []).append(spec.label)
+    return {", ".join(labels): METHODS[kind] for kind, labels in columns.items()}
+
+
 def interval_captions() -> str:
     """``95 % CI: Sensitivity, ... Wilson ...; F1, ... patient bootstrap``: which interval each column shows."""
-    return "95 % CI: " + "; ".join(f"{columns}: {method}" for columns, method in INTERVAL_METHODS.items())
+    return "95 % CI: " + "; ".join(f"{columns}: {method}" for columns, method in interval_methods().items())
 
 
 def format_with_interval(row: pd.Series, metric: str, infinity: str = "∞") -> str:
     """``0.80 [0.70, 0.90]`` (the interval of :func:`interval_columns`), ``0.80 ± 0.05`` for pooled seeds,
     the point alone without an interval, ``n/a`` when undefined."""
-    digits = 2
+    digits = metric_spec(metric).digits
     point = format_value(row[metric], digits, infinity)
     if _seeds(row) > 1:  # pooled seeds: mean ± half-width
         half = row.get(f"{metric}_half_width")
@@ -131,7 +145,8 @@ def model_labels(rows: pd.DataFrame) -> pd.Series:
     if not clashing:
         return names
     better = distinct_names(sorted(set(bundles[names.isin(clashing)])))
-    return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles)], index=rows.index)
+    return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles, strict=True)],
+                     index=rows.index)
 
 
 def labels_of(rows: pd.DataFrame) -> dict[str, str]:
@@ -140,7 +155,7 @@ def labels_of(rows: pd.DataFrame) -> dict[str, str]:
     names = rows["test_set"].astype(str) if "test_set" in rows else pd.Series(dtype=str)
     given = rows["test_set_label"] if "test_set_label" in rows else pd.Series(None, index=rows.index)
     preferred: dict[str, str] = {}
-    for name, label in zip(names, given):
+    for name, label in zip(names, given, strict=False):  # rows without test_set: no names
         if isinstance(label, str) and label:
             preferred.setdefault(name, label)
     return test_set_labels(names, preferred)
@@ -163,9 +178,8 @@ def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _order(rows: pd.DataFrame) -> pd.DataFrame:
-    rank = {name: i for i, name in enumerate(MODEL_NAMES)}
     rows = rows.assign(_model=model_labels(rows))
-    return rows.assign(_arch=rows["architecture"].map(lambda a: rank.get(a, len(rank)))).sort_values(
+    return rows.assign(_arch=rows["architecture"].map(table_rank)).sort_values(
         ["_arch", "encoder", "training_set", "_model", "test_set"]).drop(columns="_arch")
 
 
@@ -177,14 +191,14 @@ def _with_paper_threshold(row: pd.Series, metric: str, infinity: str) -> str:
     return text
 
 
-def summary_table(rows: pd.DataFrame, metric: str = "balanced_accuracy", infinity: str = "∞") -> pd.DataFrame:
+def summary_table(rows: pd.DataFrame, metric: str = SUMMARY_METRIC, infinity: str = "∞") -> pd.DataFrame:
     """Table 2: models x test sets, ``metric`` with its interval (and at 0.5 where the threshold differs).
     One row per model: models sharing architecture, encoder and training set stay apart."""
     rows = _order(rows)
     if "threshold_rule" not in rows:
         rows = rows.assign(threshold_rule=None)
     table = rows.assign(value=[_with_paper_threshold(r, metric, infinity) for _, r in rows.iterrows()],
-                        Architecture=rows["architecture"].map(lambda a: ARCHITECTURE_NAMES.get(a, a)),
+                        Architecture=rows["architecture"].map(display_name),
                         Threshold=rows["threshold_rule"].fillna("unknown").astype(str))
     index = ["_model", "Architecture", "encoder", "training_set", "Threshold"]
     pivot = table.pivot_table(index=index, columns="test_set", values="value", aggfunc=_only, sort=False)
@@ -213,10 +227,9 @@ def architecture_tables(rows: pd.DataFrame, infinity: str = "∞") -> dict[str, 
                               "Threshold": [threshold_label(r) for _, r in group.iterrows()]})
         if "n_seeds" in group:
             table.insert(1, "Seeds", group["seeds"].to_numpy())
-        for metric in METRICS:
-            table[LABELS[metric]] = [format_with_interval(r, metric, infinity) for _, r in group.iterrows()]
-        if "dor_corrected" in group:  # finite even when a confusion cell is zero
-            table["DOR (HA)"] = [format_with_interval(r, "dor_corrected", infinity) for _, r in group.iterrows()]
+        for spec in metric_specs.metric_specs():  # the paper's always; the others (DOR (HA)) where rows hold them
+            if spec.paper or spec.key in group:
+                table[spec.label] = [format_with_interval(r, spec.key, infinity) for _, r in group.iterrows()]
         if any(_off_paper_threshold(r) for _, r in group.iterrows()):
             for metric, label in AT_PAPER_COLUMNS.items():
                 column = f"{metric}{AT_PAPER_SUFFIX}"
@@ -243,7 +256,7 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in ("architecture", "encoder", "training_set", "recipe_key", "threshold_rule", "test_set")
             if k in rows]
     # Per-run interval bounds are not pooled: the seeds' spread replaces them.
-    bounds = {column for metric in (*METRICS, "dor_corrected") for column in (
+    bounds = {column for metric in metric_specs.reported() for column in (
         f"{metric}_low", f"{metric}_high", f"{metric}_wilson_low", f"{metric}_wilson_high")}
     notes = [c for c in rows.columns if c.endswith("_note")]
     numeric = [c for c in rows.columns if c not in keys and pd.api.types.is_numeric_dtype(rows[c])
@@ -252,10 +265,11 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     for key, group in rows.groupby(keys, sort=False, dropna=False):
         seeds = group["model_seed"].tolist()
         if len(set(seeds)) < len(seeds):
-            raise TableError(f"models {', '.join(group['model'])} share the cell {dict(zip(keys, key))} and a seed: "
+            cell = dict(zip(keys, key, strict=True))
+            raise TableError(f"models {', '.join(group['model'])} share the cell {cell} and a seed: "
                              "they are not seeds of one cell (rename or drop one)")
         n = len(group)
-        row = dict(zip(keys, key))
+        row = dict(zip(keys, key, strict=True))
         for column in numeric:
             values = group[column].to_numpy(dtype=np.float64)
             row[column] = float(np.mean(values))
@@ -276,56 +290,25 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(pooled)
 
 
-def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] = (*METRICS, "dor_corrected"),
+def undefined_notes(rows: pd.DataFrame, metrics: tuple[str, ...] | None = None,
                     labels: dict[str, str] | None = None) -> list[str]:
     """Why each ``n/a`` of a table is undefined, one line per row, metrics with one note together: ``m on
     Test D: Specificity: undefined: no COVID- images; BA, AUC: ...`` (the rows' ``m_note``), in table order;
     test sets by ``labels`` (default: :func:`labels_of` the rows)."""
     labels = labels_of(rows) if labels is None else labels
+    metrics = metric_specs.reported() if metrics is None else metrics
     lines = []
     for _, row in _order(rows).iterrows():
         by_note: dict[str, list[str]] = {}
         for metric in metrics:
             value, note = row.get(metric), row.get(f"{metric}_note")
             if metric in row and pd.isna(value) and isinstance(note, str) and note:
-                by_note.setdefault(note, []).append(LABELS.get(metric, "DOR (HA)"))
+                by_note.setdefault(note, []).append(label_of(metric))
         if by_note:
             parts = [f"{', '.join(columns)}: {note}" for note, columns in by_note.items()]
             lines.append(f"{row['_model']} on Test {labels.get(str(row['test_set']), row['test_set'])}: "
                          + "; ".join(parts))
     return lines
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "∞": r"$\infty$", "±": r"$\pm$",
-        "—": "---"}
-
-
-def tex_escape(text: object) -> str:
-    """``text`` for LaTeX: its special characters escaped (a bare ``%`` would comment out the rest of a
-    caption), infinity, ± and the em dash spelled for LaTeX."""
-    return "".join(_TEX.get(character, character) for character in str(text))
-
-
-def _latex(table: pd.DataFrame, caption: str, label: str, notes: list[str] | None = None) -> str:
-    escaped = table.copy()
-    escaped.columns = [tex_escape(c) for c in escaped.columns]
-    for column in escaped.columns:
-        escaped[column] = escaped[column].map(tex_escape)
-    text = escaped.style.hide(axis="index").to_latex(caption=tex_escape(caption), label=label, hrules=True,
-                                                     column_format="l" * len(escaped.columns))
-    if notes:
-        lines = "\\\\\n".join(tex_escape(note) for note in notes)
-        text += f"\\begin{{flushleft}}\\footnotesize\n{lines}\n\\end{{flushleft}}\n"
-    return text
-
-
-def _markdown(table: pd.DataFrame, caption: str, notes: list[str]) -> str:
-    text = f"**{caption}**\n\n" + table.to_markdown(index=False) + "\n"
-    if not notes:
-        return text
-    # Markdown would read "tp*tn and fp*fn" as emphasis: the asterisks are escaped.
-    return text + "\n" + "".join("- " + note.replace("*", r"\*") + "\n" for note in notes)
 
 
 def named_tables(rows: pd.DataFrame, *, pooled: bool = False) -> dict[str, tuple[str, pd.DataFrame, list[str]]]:
@@ -338,12 +321,13 @@ def named_tables(rows: pd.DataFrame, *, pooled: bool = False) -> dict[str, tuple
     else:
         summary_values, table_values = f"95 % CI, {BOOTSTRAP_METHOD}", interval_captions()
     labels = labels_of(rows)
-    named = {"table2": (f"Table 2: balanced accuracy of every model on every test set ({summary_values}; "
-                        f"{threshold_note}; {UNDEFINED_LEGEND}; {NOT_EVALUATED_LEGEND})", summary_table(rows),
-                        undefined_notes(rows, ("balanced_accuracy",), labels) + legend(labels, "Test "))}
+    named = {"table2": (f"Table 2: {metric_spec(SUMMARY_METRIC).name} of every model on every test set "
+                        f"({summary_values}; {threshold_note}; {UNDEFINED_LEGEND}; {NOT_EVALUATED_LEGEND})",
+                        summary_table(rows),
+                        undefined_notes(rows, (SUMMARY_METRIC,), labels) + legend(labels, "Test "))}
     ordered = _order(rows)
     for index, (architecture, table) in enumerate(architecture_tables(rows).items(), 1):
-        title = ARCHITECTURE_NAMES.get(architecture, architecture)
+        title = display_name(architecture)
         group = ordered[ordered["architecture"].astype(str) == architecture].drop(columns="_model")
         shown = {name: labels[name] for name in dict.fromkeys(group["test_set"].astype(str))}
         named[f"tableA{index}_{architecture}"] = (f"Table A{index}: {title}, model x test set ({table_values}; "
@@ -363,53 +347,15 @@ def write_tables(rows: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
     tabulated = pool_seeds(rows) if aggregate_seeds else rows
     for stem, (caption, table, notes) in named_tables(tabulated, pooled=aggregate_seeds).items():
         if "md" in formats:
-            written.append(write_text_atomic(out / f"{stem}.md", _markdown(table, caption, notes)))
+            written.append(write_text_atomic(out / f"{stem}.md", markdown_table(table, caption, notes)))
         if "tex" in formats:
-            written.append(write_text_atomic(out / f"{stem}.tex", _latex(table, caption, f"tab:{stem}", notes)))
+            written.append(write_text_atomic(out / f"{stem}.tex", latex_table(table, caption, f"tab:{stem}", notes)))
     if "csv" in formats:
         labelled = with_labels(rows)
         written.append(write_text_atomic(out / "results.csv", labelled.to_csv(index=False, lineterminator="\n")))
         if aggregate_seeds:
             written.append(write_text_atomic(out / "results_by_cell.csv",
                                              tabulated.to_csv(index=False, lineterminator="\n")))
-    return written
-
-
-def plot_roc_curves(predictions: pd.DataFrame, out: str | Path,
-                    formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """One figure per model: its ROC curve on every test set, AUC in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for model, group in predictions.groupby("model", sort=True):
-        figure, axis = plt.subplots(figsize=(4.6, 4.4), dpi=120)
-        for test_set, part in group.groupby("test_set", sort=True):
-            if part["label"].nunique() < 2:
-                continue
-            fpr, tpr, _ = roc_curve(part["label"], part["probability"])
-            auc = roc_auc_score(part["label"], part["probability"])
-            axis.plot(fpr, tpr, label=f"{test_set} (AUC {auc:.2f}, n={len(part)})")
-            threshold = float(part["threshold"].iloc[0])
-            predicted = part["probability"] >= threshold
-            sensitivity = float(predicted[part["label"] == 1].mean())
-            specificity = float((~predicted)[part["label"] == 0].mean())
-            axis.plot([1 - specificity], [sensitivity], "o", color=axis.lines[-1].get_color(), markersize=4)
-        axis.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
-        axis.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {model}", xlim=(0, 1), ylim=(0, 1.01))
-        axis.legend(loc="lower right", fontsize=7)
-        figure.tight_layout()
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model))
-        for extension in formats:
-            path = out / f"roc_{safe}.{extension}"
-            figure.savefig(path)
-            written.append(path)
-        plt.close(figure)
     return written
 
 

@@ -217,8 +217,7 @@ def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
         if not tests:
             continue
         result = evaluate_models([cell.bundle], tests, data=run.data, cache=run.cache,
-                                 threshold_rule=options.threshold_rule, threshold=options.threshold,
-                                 target_sensitivity=options.target_sensitivity, resamples=options.resamples,
+                                 threshold=options.threshold_request(), resamples=options.resamples,
                                  seed=experiment.seed, workers=run.workers, recipes=experiment.recipes, progress=True)
         result = replace(result, rows=result.rows.assign(model=cell.id),
                          predictions=result.predictions.assign(model=cell.id))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unveil.audit.run import AuditThresholds
+from unveil.thresholds import ThresholdRequest, ThresholdRule
 from unveil.tracking import TrackingSettings
 
 
@@ -60,6 +61,10 @@ class EvaluationSettings:
     threshold_rule: str = "bundle"
     threshold: float = 0.5
     target_sensitivity: float = 0.9
+
+    def threshold_request(self) -> ThresholdRequest:
+        """The rule, fixed value and target sensitivity as the one request the evaluation takes."""
+        return ThresholdRequest(ThresholdRule.parse(self.threshold_rule), self.threshold, self.target_sensitivity)
 
 
 @dataclass(frozen=True)

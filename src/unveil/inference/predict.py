@@ -36,7 +36,7 @@ from unveil.preprocess.cache import resolve_settings
 from unveil.progress import bar as progress_bar
 from unveil.provenance import write_text_atomic
 from unveil.segmentation import LungSegmenter
-from unveil.thresholds import ThresholdChoice, ThresholdRule
+from unveil.thresholds import ThresholdChoice, ThresholdRequest, ThresholdRule
 from unveil.training.bundle import ModelBundle, load_bundle
 from unveil.training.loop import encoder_features, probabilities_from_features
 from unveil.training.ood import OodReference, OodReferenceOutdated
@@ -292,28 +292,28 @@ class Predictor:
             if position in rows:
                 yield rows[position]
             else:
-                yield {**{c: "" for c in COLUMNS}, "file": str(path), "status": "unreadable",
+                yield {**dict.fromkeys(COLUMNS, ""), "file": str(path), "status": "unreadable",
                        "error": next(error_iter, "")}
 
 
 def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *, batch_size: int = 32,
                   evidence: bool = True, segmenter: str | Path | None = None, strict: bool = False,
-                  progress: bool = False, threshold_rule: ThresholdRule | str = ThresholdRule.BUNDLE,
-                  threshold: float = 0.5, target_sensitivity: float = 0.9,
+                  progress: bool = False, threshold: ThresholdRequest | ThresholdRule | str = ThresholdRule.BUNDLE,
                   lung_convention: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   decide_anyway: bool = False) -> PredictionSummary:
     """Score every image of ``inputs`` into ``out/predictions.csv`` (+ ``out/evidence/*.png``).
     ``out`` must not overlap the inputs; the previous result is replaced only when this run completes
     (:class:`unveil.io.outputs.OutputFolder`). Images failing the lung or OOD check are ``rejected``
     (no decision) unless ``decide_anyway``; ``max_pixels`` refuses larger images before decoding.
-    Decisions at the bundle's threshold, or one chosen by ``threshold_rule`` (``fixed``: ``threshold``;
-    ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil evaluate`` does)."""
+    Decisions at the bundle's threshold, or the one ``threshold`` (a ThresholdRequest or a bare rule) asks for
+    (``fixed``: its value; ``youden``/``sensitivity``: on the bundle's validation predictions, as ``unveil
+    evaluate`` does)."""
     files = expand_inputs(inputs)
     if not files:
         raise PredictionError("no image files found in " + ", ".join(map(str, inputs)))
     out = Path(out)
     bundle = load_bundle(model)
-    choice = bundle.resolve_threshold(threshold_rule, value=threshold, target_sensitivity=target_sensitivity)
+    choice = bundle.resolve_threshold(threshold)
     predictor = Predictor(bundle, segmenter=segmenter, threshold=choice, lung_convention=lung_convention,
                           max_pixels=max_pixels, decide_anyway=decide_anyway)
     summary = PredictionSummary(csv=out / "predictions.csv", threshold=choice.as_dict())

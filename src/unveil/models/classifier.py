@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from unveil.errors import UnveilError
+from unveil.models.catalog import ModelError
+
+__all__ = ["CxrClassifier", "EncoderParts", "ModelError"]
 
 
-class ModelError(UnveilError, ValueError):
-    """A model cannot be built or its weights cannot be loaded (the message names the cause and file)."""
+class EncoderParts(NamedTuple):
+    """What a model's builder returns (see :class:`unveil.models.catalog.ModelSpec`): the encoder and what
+    build_model needs to know of it."""
+
+    encoder: nn.Module
+    feature_dim: int
+    target_layer: str  # relative to the encoder
+    first_conv: str  # state-dict key of the first convolution's weight (input channels are adapted on load)
+    classifier: str  # key prefix of the classifier layer in the architecture's own (torchvision) state dicts
 
 
 class CxrClassifier(nn.Module):

@@ -12,6 +12,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from unveil.models.classifier import EncoderParts
+
 
 def scaled_channels(channels: int, width: float) -> int:
     """``channels`` times the width multiplier, at least 8 (tiny widths are for tests and CPU demos)."""
@@ -46,3 +48,9 @@ class Conv8Encoder(nn.Sequential):
         layers["flatten"] = nn.Flatten()
         super().__init__(layers)
         self.feature_dim = channels
+
+
+def build_encoder(in_channels: int, width: float = 1.0) -> EncoderParts:
+    """The ``conv8`` spec's builder (:mod:`unveil.models.catalog`)."""
+    encoder = Conv8Encoder(in_channels, width)
+    return EncoderParts(encoder, encoder.feature_dim, encoder.target_layer, "conv1.0.weight", "head")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from unveil.models.classifier import EncoderParts
 from unveil.models.conv8 import conv_bn_relu, scaled_channels
 
 #: (output channels at width 1, PEPX modules) of the four stages, as in the public ports of COVID-Net.
@@ -70,3 +71,9 @@ class CovidNetEncoder(nn.Module):
         x = self.stem_pool(self.stem(x))
         x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
         return self.flatten(self.pool(x))
+
+
+def build_encoder(in_channels: int, width: float = 1.0) -> EncoderParts:
+    """The ``covidnet`` spec's builder (:mod:`unveil.models.catalog`)."""
+    encoder = CovidNetEncoder(in_channels, width)
+    return EncoderParts(encoder, encoder.feature_dim, encoder.target_layer, "stem.0.weight", "head")

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
+from unveil.models.catalog import display_name
 from unveil.models.classifier import CxrClassifier, ModelError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ XRV_NORMALIZATION = (0.5, 1.0 / 2048.0)
 NATIVE_SIZE = {"densenet121": 224, "resnet50": 512}
 #: torchxrayvision's pathology count (its heads' outputs), part of the signature of its checkpoints.
 XRV_CLASSES = 18
-_ARCHITECTURE_NAMES = {"densenet121": "DenseNet-121", "resnet50": "ResNet-50"}
 
 
 def detect(state: dict[str, Tensor]) -> str | None:
@@ -71,8 +71,8 @@ def encoder_state(state: dict[str, Tensor], architecture: str, built: str, sourc
     ``built`` architecture: its pathology head and ``op_threshs`` are dropped; any other architecture raises
     ModelError naming ``source``."""
     if architecture != built:
-        known = " or ".join(f"{_ARCHITECTURE_NAMES[a]} ({a})" for a in NATIVE_SIZE)
-        what = _ARCHITECTURE_NAMES.get(architecture, architecture)
+        known = " or ".join(f"{display_name(a)} ({a})" for a in NATIVE_SIZE)
+        what = display_name(architecture)
         hint = f"; build {architecture} instead" if architecture in NATIVE_SIZE else f"; unveil maps {known} only"
         raise ModelError(f"weights file {source} holds a torchxrayvision {what} checkpoint, not a {built} one{hint}")
     head = "classifier." if architecture == "densenet121" else "fc."

@@ -35,14 +35,13 @@ from unveil.errors import UnveilError
 from unveil.evaluation.names import bound_labels, legend, relabel
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import (
-    ARCHITECTURE_NAMES,
     NOT_EVALUATED_LEGEND,
     UNDEFINED_LEGEND,
     format_value,
     interval_captions,
     named_tables,
 )
-from unveil.models import MODEL_NAMES
+from unveil.models.catalog import display_name, table_rank
 from unveil.provenance import write_text_atomic
 from unveil.reports.intervals import RULE, too_wide
 
@@ -86,7 +85,7 @@ def _missing(value: Any) -> bool:
 
 
 def _architecture(name: Any) -> str:
-    return ARCHITECTURE_NAMES.get(str(name), str(name))
+    return display_name(name)
 
 
 def _cell_label(architecture: Any, encoder: Any, training_set: Any) -> str:
@@ -125,8 +124,7 @@ def _picture(label: str, recorded: str, results_dir: Path) -> Picture:
 
 def _ordered_cells(cells: pd.DataFrame) -> pd.DataFrame:
     """Cells in the tables' order: architecture (registry order), encoder, training set."""
-    rank = {name: i for i, name in enumerate(MODEL_NAMES)}
-    return cells.assign(_rank=cells["architecture"].map(lambda a: rank.get(a, len(rank)))).sort_values(
+    return cells.assign(_rank=cells["architecture"].map(table_rank)).sort_values(
         ["_rank", "encoder", "training_set", "cell_id"]).drop(columns="_rank").reset_index(drop=True)
 
 
@@ -180,7 +178,7 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
             if str(identity.loc[model, "training_set"]) == str(test):  # tested on its own composition
                 # inset, so that neighbouring cells do not look outlined too
                 axis.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="black", linewidth=2))
-    shown = dict(zip(wide["test_set"], wide["test_set_label"])) if "test_set_label" in wide else {}
+    shown = dict(zip(wide["test_set"], wide["test_set_label"], strict=True)) if "test_set_label" in wide else {}
     axis.set_xticks(range(len(tests)), [f"Test {shown.get(t, t)}" for t in tests], fontsize=8)
     axis.set_yticks(range(len(order)), labels, fontsize=8)
     axis.set_xlabel("test set", fontsize=9)
@@ -339,7 +337,7 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
         "name": experiment.get("name", results_dir.name), "seed": _loads(experiment.get("seed", "—")),
         "source": experiment.get("source", "—"), "version": unveil.__version__,
         "run_date": meta.get("created_utc", "—") if isinstance(meta, dict) else "—",
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "n_cells": len(cells),
         "n_tests": int(wide["test_set"].nunique()) if not wide.empty else 0,
         "summary": summary, "intervals": interval_captions(),

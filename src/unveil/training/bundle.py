@@ -20,10 +20,10 @@ import torch
 
 from unveil.documents import load_json
 from unveil.errors import UnveilError
-from unveil.models import MODEL_NAMES, CxrClassifier, ModelError, build_model
+from unveil.models import CxrClassifier, ModelError, build_model, model_names
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
 from unveil.provenance import write_text_atomic
-from unveil.thresholds import ThresholdChoice, ThresholdRule, choose_threshold, fixed_threshold
+from unveil.thresholds import ThresholdChoice, ThresholdRequest, ThresholdRule, fixed_threshold
 from unveil.training.collapse import CollapseCheck
 from unveil.training.loop import predict_probabilities
 
@@ -124,18 +124,19 @@ class ModelBundle:
             raise BundleError(f"{path}: needs the columns label and {column}")
         return table["label"].to_numpy(), table[column].to_numpy()
 
-    def resolve_threshold(self, rule: ThresholdRule | str = ThresholdRule.BUNDLE, *, value: float = 0.5,
-                          target_sensitivity: float = 0.9) -> ThresholdChoice:
-        """The decision threshold, chosen a priori: the bundle's own (``bundle``), a fixed value, or by a
-        rule on the model's validation predictions (never on test data). Errors name the bundle."""
+    def resolve_threshold(self, request: ThresholdRequest | ThresholdRule | str = ThresholdRule.BUNDLE
+                          ) -> ThresholdChoice:
+        """The decision threshold ``request`` asks for (a bare rule: with its defaults), chosen a priori: the
+        bundle's own (``bundle``), a fixed value, or by a rule on the model's validation predictions (never on
+        test data). Errors name the bundle."""
         try:
-            rule = ThresholdRule.parse(rule)
-            if rule is ThresholdRule.BUNDLE:
+            request = ThresholdRequest.of(request)
+            if request.rule is ThresholdRule.BUNDLE:
                 return self.threshold_choice
-            if rule is ThresholdRule.FIXED:
-                return fixed_threshold(value)
+            if request.rule is ThresholdRule.FIXED:
+                return fixed_threshold(request.value)
             labels, probabilities = self.validation_predictions()
-            return choose_threshold(labels, probabilities, rule, target_sensitivity=target_sensitivity)
+            return request.choose(labels, probabilities)
         except ValueError as error:
             raise BundleError(f"{self.path}: {error}") from None
 
@@ -285,8 +286,8 @@ def validate_description(description: dict[str, Any], path: str | Path) -> None:
     :class:`BundleFieldError` naming the file and the field."""
     path = Path(path)
     architecture = _field(description, path, "architecture", str)
-    if architecture not in MODEL_NAMES:
-        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(MODEL_NAMES))}, "
+    if architecture not in model_names():
+        raise BundleFieldError(f"{path}: field architecture must be one of {', '.join(sorted(model_names()))}, "
                                f"got {architecture!r}")
     _number(description, path, "width", 0.0, 16.0, open_low=True, required=False)
     num_classes = _number(description, path, "num_classes", 1, 1000, integer=True)

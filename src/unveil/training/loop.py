@@ -26,7 +26,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
-from unveil.thresholds import PAPER_THRESHOLD, ThresholdChoice, choose_threshold, fixed_threshold
+from unveil.thresholds import (
+    PAPER_THRESHOLD,
+    ThresholdChoice,
+    ThresholdRequest,
+    ThresholdRule,
+    fixed_threshold,
+)
 from unveil.tracking import JsonlLog, Trackers, TrackingSettings, open_trackers
 from unveil.training.checkpoint import (  # CheckpointError: re-exported
     CheckpointError,  # noqa: F401
@@ -176,8 +182,9 @@ def decision_threshold(probabilities: np.ndarray, labels: np.ndarray, config: Tr
     """The threshold ``config.threshold_rule`` chooses on validation ``probabilities`` (of the positive
     class); when the rule cannot apply (one class only in validation), the paper's fixed 0.5, saying why."""
     try:
-        return choose_threshold(labels, probabilities, config.threshold_rule, value=config.threshold_value,
-                                target_sensitivity=config.target_sensitivity)
+        request = ThresholdRequest(ThresholdRule.parse(config.threshold_rule), config.threshold_value,
+                                   config.target_sensitivity)
+        return request.choose(labels, probabilities)
     except ValueError as error:
         fallback = fixed_threshold()
         return replace(fallback, description=f"{fallback.description} ({config.threshold_rule} impossible: {error})")
