@@ -210,13 +210,11 @@ def _walk(value: Any, loc: Sequence[Any]) -> tuple[tuple[Any, ...], Any]:
     value found there."""
     path: list[Any] = []
     for part in loc:
-        if isinstance(value, dict) and part in value:
+        inside = part in value if isinstance(value, dict) else \
+            isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value)
+        if inside:
             value = value[part]
-        elif isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
-            value = value[part]
-        else:
-            continue
-        path.append(part)
+            path.append(part)
     return tuple(path), value
 
 

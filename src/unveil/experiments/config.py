@@ -104,7 +104,7 @@ class Experiment:
         try:
             return TrainConfig.from_dict(values)
         except (ConfigError, TypeError) as error:
-            raise ExperimentError(f"{self.source}: training options: {error}") from None
+            raise ExperimentError(f"{self.source}: {error}") from None  # "training options: KEY: problem"
 
     def cells(self) -> list[tuple[str, str, str]]:
         """(architecture, encoder, composition) of every training cell."""
