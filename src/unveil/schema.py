@@ -36,7 +36,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from unveil.documents import compose_yaml, load_json, read_document_text
+from unveil.documents import compose_yaml, load_json, load_yaml_text, read_document_text
 from unveil.errors import UnveilError, first_non_finite
 
 __all__ = ["Field", "Problem", "SchemaError", "Where", "check_fields", "check_keys", "check_value", "choice",
@@ -133,7 +133,7 @@ def check_keys(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> list[Probl
 
 
 def _not_a_name(key: yaml.Node, path: tuple[Any, ...]) -> Problem:
-    read = yaml.safe_load(key.value) if isinstance(key, yaml.ScalarNode) else key.value
+    read = load_yaml_text(key.value, f"the key {key.value!r}") if isinstance(key, yaml.ScalarNode) else key.value
     kind = "boolean" if isinstance(read, bool) else type(read).__name__
     return Problem(path, f"{'' if path else 'top level: '}the key {key.value!r} is read by YAML as the {kind} "
                          f"{read!r}, not as a name (YAML 1.1 reads on, off, yes, no, true, false as booleans and "
