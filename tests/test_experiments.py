@@ -58,7 +58,7 @@ def test_shipped_experiments_load():
     ({"training": {"epocs": 2}}, "training.epocs: unknown training option; known: width, epochs"),
     ({"training": {"epochs": "2"}}, r"training.epochs: should be a valid integer; got '2'"),
     ({"training": {"epochs": True}}, r"training.epochs: should be a valid integer; got True"),
-    ({"training": {"epochs": 0}}, "training: epochs must be at least 1"),
+    ({"training": {"epochs": 0}}, r":\d+: training.epochs: should be greater than or equal to 1; got 0"),
     ({"training": {"architecture": "conv8"}}, "training.architecture: not set here: it comes from grid.architectures"),
     ({"data": {}}, "data: needs datasets"),
     ({"data": {"A": {"source": "hospital-csv"}}}, r"data.A: missing key\(s\) path"),

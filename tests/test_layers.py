@@ -20,7 +20,8 @@ SOURCE = Path(unveil.__file__).parent
 
 #: Lowest first; a module belongs to the longest entry that prefixes its dotted name.
 LAYERS: list[tuple[str, ...]] = [
-    ("unveil", "unveil.errors", "unveil.provenance", "unveil.progress", "unveil.documents", "unveil.tracking"),
+    ("unveil", "unveil.errors", "unveil.provenance", "unveil.progress", "unveil.documents", "unveil.schema",
+     "unveil.tracking"),
     ("unveil.io",),
     ("unveil.data",),
     ("unveil.synth",),

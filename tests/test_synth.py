@@ -126,7 +126,8 @@ def test_presets_load_and_bad_configs_are_named():
         parse_config(bad, "mine.yaml")
     with pytest.raises(SynthConfigError, match="undefined signature"):
         parse_config({"datasets": {"A": {"layout": "hospital-csv", "signatures": ["x"], "classes": {}}}}, "m")
-    with pytest.raises(SynthConfigError, match="layout must be one of"):
+    layout_error = "^m: datasets.A.layout: should be 'hospital-csv', .*; got 'tiff-folder'"
+    with pytest.raises(SynthConfigError, match=layout_error):
         parse_config({"datasets": {"A": {"layout": "tiff-folder"}}}, "m")
     with pytest.raises(SynthConfigError, match="cannot read"):
         load_config("/nonexistent/config.yaml")

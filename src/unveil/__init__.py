@@ -6,9 +6,10 @@ a hurdles race with small data" (2020). Every layer is usable from Python.
 Layers, lowest first. A module imports only from its own layer or a lower-numbered one, and
 only at module level (``tests/test_layers.py`` checks the import graph):
 
-1. ``unveil.errors``, ``unveil.provenance``, ``unveil.progress``, ``unveil.documents``, ``unveil.tracking``: the
-   error family, atomic writes and run metadata, logging and progress bars, the bounded reading of YAML and JSON
-   files, the experiment trackers (metrics.jsonl, TensorBoard, MLflow) every trainer logs to.
+1. ``unveil.errors``, ``unveil.provenance``, ``unveil.progress``, ``unveil.documents``, ``unveil.schema``,
+   ``unveil.tracking``: the error family, atomic writes and run metadata, logging and progress bars, the bounded
+   reading of YAML and JSON files, the one schema machinery of every configuration (FILE:LINE errors), the
+   experiment trackers (metrics.jsonl, TensorBoard, MLflow) every trainer logs to.
 2. ``unveil.io``: reading (and writing) radiographs.
 3. ``unveil.data``: dataset loaders, the record table, splits, compositions, fingerprints, data specs.
 4. ``unveil.synth``: the synthetic benchmark.

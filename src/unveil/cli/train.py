@@ -75,20 +75,31 @@ def preprocess(
 
 
 def _train_config(values: dict[str, Any], config_file: Path | None, overrides: list[str] | None):
-    """TrainConfig from a YAML file, then the explicit options, then --set KEY=VALUE overrides."""
-    from unveil.documents import load_yaml, load_yaml_text
-    from unveil.training import TrainConfig
+    """TrainConfig from a YAML or JSON file (checked like an experiment file: FILE:LINE: key: problem), then the
+    options given explicitly, then --set KEY=VALUE overrides."""
+    from unveil.documents import load_yaml_text
+    from unveil.schema import read_document, section
+    from unveil.training import ConfigError, TrainConfig
 
     merged: dict[str, Any] = {}
     if config_file is not None:
-        loaded = load_yaml(config_file, CommandLineError, "training configuration") or {}
+        loaded, where = read_document(config_file, ConfigError, "training configuration")
         if not isinstance(loaded, dict):
-            raise CommandLineError(f"{config_file}: a training configuration is a mapping of option: value")
+            raise ConfigError(f"{config_file}: a training configuration is a mapping of option: value "
+                              f"(options: {', '.join(TrainConfig.__dataclass_fields__)})")
+        section(TrainConfig, loaded, (), where)  # every problem of the file, with its line
         merged.update(loaded)
     merged.update({k: v for k, v in values.items() if v is not None})
     merged.update({key: load_yaml_text(value, f"--set {key}", CommandLineError)
                    for key, value in key_values(overrides, "--set").items()})
     return TrainConfig.from_dict(merged)
+
+
+def _given(context: typer.Context | None, parameter: str) -> bool:
+    """Whether the option ``parameter`` was given on the command line (or by its environment variable), not left
+    at its default: a default must not override a value of the --config file."""
+    source = context.get_parameter_source(parameter) if context is not None else None
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 OutOption = Annotated[Path, typer.Option(help="Run folder (bundle in OUT/model).")]
@@ -105,7 +116,8 @@ ArchOption = Annotated[str | None, typer.Option("--arch", parser=registered_mode
 WidthOption = Annotated[float | None, typer.Option(parser=finite_float, help=width_help())]
 EpochsOption = Annotated[int | None, typer.Option(help="Epochs (default 30).")]
 BatchOption = Annotated[int | None, typer.Option(help="Global batch size (default 32).")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="YAML or JSON file of training options (explicit options and --set win over it).")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Any training option KEY=VALUE (repeatable), e.g. --set loss=cross-entropy, "
                   "--set threshold_rule=fixed --set threshold_value=0.5 (default rule: youden on validation).")]
@@ -143,12 +155,14 @@ def _shared_training_options(
     workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
     progress: ProgressOption = True, seed: SeedOption = 0, as_json: JsonOption = False, track: TrackOption = None,
     tracking_uri: TrackingUriOption = None,
+    context: typer.Context = None,  # type: ignore[assignment]  # given by Typer: which options were given
 ) -> TrainingRequest:
     """The options every training command takes (declared once), as one request."""
     from unveil.preprocess.cache import PreprocessSettings
 
     settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
-                              "lr": learning_rate, "image_size": image_size, "device": device, "seed": seed},
+                              "lr": learning_rate, "image_size": image_size, "device": device,
+                              "seed": seed if config is None or _given(context, "seed") else None},
                              config, set_option)
     return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),
                            cache, workers, progress, resume, init_weights, as_json,

@@ -50,14 +50,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unveil.audit.run import MASK_SOURCES
 from unveil.data.compose import RecipeBook, RecipeError, load_recipes
 from unveil.data.spec import DataSpec
-from unveil.documents import compose_yaml, read_document_text
-from unveil.errors import UnveilError
-from unveil.experiments.schema import Where, check_keys, choice, section, typed
 from unveil.experiments.sections import (
     AuditSettings,
     DataRole,
@@ -68,6 +63,7 @@ from unveil.experiments.sections import (
     TrackingSection,
 )
 from unveil.preprocess.cache import EQUALIZATIONS, MASK_MODES, PreprocessSettings
+from unveil.schema import Problem, SchemaError, Where, check_value, choice, read_document, section
 from unveil.thresholds import ThresholdRule
 from unveil.training.config import ConfigError, TrainConfig
 
@@ -79,7 +75,7 @@ SET_BY_EXPERIMENT = {"architecture": "grid.architectures", "seed": "seed", "imag
 COMPUTED_PREPROCESS = ("model_sha256",)
 
 
-class ExperimentError(UnveilError, ValueError):
+class ExperimentError(SchemaError):
     """An invalid experiment file (the message names the file, the line and the key)."""
 
 
@@ -111,7 +107,7 @@ class Experiment:
         try:
             return TrainConfig.from_dict(values)
         except (ConfigError, TypeError) as error:
-            raise ExperimentError(f"{self.source}: training options: {error}") from None
+            raise ExperimentError(f"{self.source}: {error}") from None  # "training options: KEY: problem"
 
     def cells(self) -> list[tuple[str, str, str]]:
         """(architecture, encoder, composition) of every training cell."""
@@ -143,38 +139,28 @@ def is_shipped(path: Path) -> bool:
 
 
 def _training(values: dict[str, Any], path: tuple[Any, ...], where: Where) -> dict[str, Any]:
-    """TrainConfig options: the keys are TrainConfig's fields (less those the experiment sets), typed."""
-    hints = typing.get_type_hints(TrainConfig)
+    """TrainConfig options: the keys are TrainConfig's fields (less those the experiment sets), typed and in
+    range (the checks TrainConfig's annotations declare); every problem at once."""
+    hints = typing.get_type_hints(TrainConfig, include_extras=True)
     known = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_EXPERIMENT]
-    checked = {}
+    checked, problems = {}, []
     for key, value in values.items():
         if key in SET_BY_EXPERIMENT:
-            raise where.error((*path, key), f"not set here: it comes from {SET_BY_EXPERIMENT[key]}")
-        if key not in known:
-            raise where.error((*path, key), f"unknown training option; known: {', '.join(known)}")
-        checked[key] = typed(hints[key], value, (*path, key), where)
+            problems.append(Problem((*path, key), f"not set here: it comes from {SET_BY_EXPERIMENT[key]}"))
+        elif key not in known:
+            problems.append(Problem((*path, key), f"unknown training option; known: {', '.join(known)}"))
+        else:
+            checked[key], found = check_value(hints[key], value, (*path, key))
+            problems += found
+    where.refuse(problems)
     return checked
 
 
 def _read(path: Path) -> tuple[dict[str, Any], Where]:
     """The document and its node tree (for line numbers); keys checked before anything is built."""
-    origin = str(path)
-    if not path.exists():
-        raise ExperimentError(f"{origin}: experiment file not found")
-    text = read_document_text(path, ExperimentError, "experiment file")
-    root, loader = compose_yaml(text, origin, ExperimentError)
-    try:
-        if root is None or not isinstance(root, yaml.MappingNode):
-            raise ExperimentError(f"{origin}: an experiment file is a mapping (name, data, grid, ...)")
-        where = Where(origin, root, ExperimentError)
-        check_keys(root, (), where)
-        document = loader.construct_document(root)
-    except (yaml.YAMLError, ValueError, OverflowError) as error:
-        if isinstance(error, ExperimentError):
-            raise
-        raise ExperimentError(f"{origin}: not valid YAML ({' '.join(str(error).split())})") from None
-    finally:
-        loader.dispose()
+    document, where = read_document(path, ExperimentError, "experiment file")
+    if not isinstance(document, dict):
+        raise ExperimentError(f"{path}: an experiment file is a mapping (name, data, grid, ...)")
     return document, where
 
 

@@ -1,5 +1,5 @@
 """The typed sections of an experiment file (``data``, ``synthetic``, ``pretraining``, ``grid``, ``evaluation``,
-``audit``, ``tracking`` and the top level), checked by :mod:`unveil.experiments.schema` and read by
+``audit``, ``tracking`` and the top level), checked by :mod:`unveil.schema` and read by
 :func:`unveil.experiments.config.load_experiment`."""
 
 from __future__ import annotations

@@ -15,17 +15,21 @@ Schema (see ``presets/paper.yaml`` for a commented example)::
         site: "name"                          # {site} in burned-in text; D's location
         image_format: png | jpeg | mixed      # file format (default: the layout's own, see
                                               # DEFAULT_FORMATS); RSNA is always 12-bit DICOM
+
+The schema is :class:`ConfigDocument` (checked by :mod:`unveil.schema`): an unknown key, a value of the wrong type
+or out of range is refused with the file, the line and the key path (``paper.yaml:12: datasets.A.classes.normal:
+should be a valid integer; got 'many'``), every problem at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from unveil.documents import load_yaml_text, read_document_text
-from unveil.errors import UnveilError, first_non_finite
+from unveil.documents import read_document_text
+from unveil.schema import Field, Problem, SchemaError, Where, parse_text, section
 from unveil.synth.findings import RENDERED_FINDINGS
 from unveil.synth.signature import validate_signature
 
@@ -43,8 +47,8 @@ DEFAULT_FORMATS: dict[str, str] = {"hospital-csv": "png", "chestxray": "jpeg", "
 COVID_LAYOUTS = ("hospital-csv", "covid-chestxray")  # the only layouts that can hold COVID+ images
 
 
-class SynthConfigError(UnveilError, ValueError):
-    """The configuration is malformed; the message names the file and the field."""
+class SynthConfigError(SchemaError):
+    """The configuration is malformed; the message names the file, the line and the field."""
 
 
 @dataclass(frozen=True)
@@ -78,66 +82,93 @@ class SynthConfig:
                 for name, spec in self.datasets.items()}
 
 
-def _fail(origin: str, message: str) -> None:
-    raise SynthConfigError(f"{origin}: {message}")
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a configuration file, as written (:class:`DatasetSpec` is what it resolves to)."""
+
+    layout: Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
+    signatures: list[str] | str | None = None  # None: neutral
+    classes: dict[str, Annotated[int, Field(ge=0)]] | None = None
+    follow_up: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    site: str | None = None  # None: the dataset's name
+    image_format: str | None = None  # None: the layout's own (DEFAULT_FORMATS)
 
 
-def parse_config(document: dict[str, Any], origin: str = "<config>") -> SynthConfig:
-    """Validate a configuration document (already parsed from YAML)."""
-    if not isinstance(document, dict):
-        _fail(origin, "expected a mapping at the top level")
-    found = first_non_finite(document)
-    if found:
-        _fail(origin, f"{'.'.join(map(str, found[0]))} must be a finite number, got {found[1]!r}")
-    signatures = {"neutral": {}, **(document.get("signatures") or {})}
+@dataclass(frozen=True)
+class ConfigDocument:
+    """The top level of a configuration file."""
+
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    name: str | None = None  # None: the file's stem
+    image_size: Annotated[int, Field(ge=32, le=4096)] = 512
+    severity: dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]] | None = None
+    signatures: dict[str, dict[str, Any] | None] | None = None
+
+
+def _signatures(document: ConfigDocument, problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    signatures = {"neutral": {}, **{name: spec or {} for name, spec in (document.signatures or {}).items()}}
     for name, spec in signatures.items():
         try:
-            validate_signature(name, spec or {})
+            validate_signature(name, spec)
         except ValueError as error:
-            _fail(origin, str(error))
+            problems.append(Problem(("signatures", name), str(error)))
+    return signatures
+
+
+def _severity(document: ConfigDocument, problems: list[Problem]) -> dict[str, tuple[float, float]]:
     severity = {}
-    for finding, bounds in (document.get("severity") or {}).items():
-        if finding not in RENDERED_FINDINGS or not isinstance(bounds, list) or len(bounds) != 2:
-            _fail(origin, f"severity.{finding} must be a [low, high] range for one of {RENDERED_FINDINGS}")
-        severity[finding] = (float(bounds[0]), float(bounds[1]))
-    datasets = {}
-    for name, spec in (document.get("datasets") or {}).items():
-        where = f"datasets.{name}"
-        layout = spec.get("layout")
-        if layout not in LAYOUTS:
-            _fail(origin, f"{where}.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        names = spec.get("signatures") or []
-        names = [names] if isinstance(names, str) else list(names)
-        for signature in names:
-            if signature not in signatures:
-                _fail(origin, f"{where} uses undefined signature {signature!r}")
-        classes = {str(k): int(v) for k, v in (spec.get("classes") or {}).items()}
-        for finding, count in classes.items():
-            if finding not in RENDERED_FINDINGS:
-                _fail(origin, f"{where}.classes: cannot render {finding!r}; renderable: {RENDERED_FINDINGS}")
-            if count < 0:
-                _fail(origin, f"{where}.classes.{finding} must be >= 0")
-        if classes.get("covid") and layout not in COVID_LAYOUTS:
-            _fail(origin, f"{where}: layout {layout} cannot hold COVID-19 images (use {COVID_LAYOUTS})")
-        if layout == "rsna" and set(classes) - {"normal", "pneumonia"}:
-            _fail(origin, f"{where}: the RSNA layout holds only normal and pneumonia images")
-        if layout == "chestxray" and set(classes) - {"normal", "bacterial", "viral"}:
-            _fail(origin, f"{where}: the ChestXRay layout holds only normal, bacterial and viral images")
-        follow_up = float(spec.get("follow_up", 0.0))
-        if not 0 <= follow_up < 1:
-            _fail(origin, f"{where}.follow_up must be in [0, 1)")
-        image_format = str(spec.get("image_format", DEFAULT_FORMATS[layout]))
-        allowed = ("dicom",) if layout == "rsna" else ("png", "jpeg", "mixed")
-        if image_format not in allowed:
-            _fail(origin, f"{where}.image_format must be one of {allowed} for layout {layout}")
-        datasets[str(name)] = DatasetSpec(str(name), layout, tuple(names) or ("neutral",), classes, follow_up,
-                                          str(spec.get("site", name)), image_format)
+    for finding, (low, high) in (document.severity or {}).items():
+        if finding not in RENDERED_FINDINGS:
+            problems.append(Problem(("severity", finding), f"cannot render {finding!r}; renderable: "
+                                                           f"{', '.join(RENDERED_FINDINGS)}"))
+        severity[finding] = (float(low), float(high))
+    return severity
+
+
+def _dataset(name: str, entry: DatasetEntry, signatures: dict[str, Any], problems: list[Problem]) -> DatasetSpec:
+    """A dataset entry resolved (defaults filled in) and checked against its layout."""
+    where, layout = ("datasets", name), entry.layout
+    names = [entry.signatures] if isinstance(entry.signatures, str) else list(entry.signatures or [])
+    for index, signature in enumerate(names):
+        if signature not in signatures:
+            problems.append(Problem((*where, "signatures", index), f"uses undefined signature {signature!r}"))
+    classes = dict(entry.classes or {})
+    for finding in classes:
+        if finding not in RENDERED_FINDINGS:
+            problems.append(Problem((*where, "classes", finding), f"cannot render {finding!r}; renderable: "
+                                                                  f"{', '.join(RENDERED_FINDINGS)}"))
+    if classes.get("covid") and layout not in COVID_LAYOUTS:
+        problems.append(Problem((*where, "classes"), f"layout {layout} cannot hold COVID-19 images (use "
+                                                     f"{', '.join(COVID_LAYOUTS)})"))
+    allowed_classes = {"rsna": ("normal", "pneumonia"), "chestxray": ("normal", "bacterial", "viral")}.get(layout)
+    if allowed_classes and set(classes) - set(allowed_classes):
+        problems.append(Problem((*where, "classes"), f"the {layout} layout holds only "
+                                                     f"{', '.join(allowed_classes)} images"))
+    image_format = entry.image_format if entry.image_format is not None else DEFAULT_FORMATS[layout]
+    allowed = ("dicom",) if layout == "rsna" else ("png", "jpeg", "mixed")
+    if image_format not in allowed:
+        problems.append(Problem((*where, "image_format"), f"should be one of {', '.join(allowed)} for layout "
+                                                          f"{layout}; got {image_format!r}"))
+    return DatasetSpec(name, layout, tuple(names) or ("neutral",), classes, entry.follow_up,
+                       entry.site if entry.site is not None else name, image_format)
+
+
+def parse_config(document: Any, origin: str = "<config>", where: Where | None = None) -> SynthConfig:
+    """Validate a configuration document (already parsed from YAML; ``where`` gives its lines), every problem at
+    once in a :class:`SynthConfigError`."""
+    where = where or Where(origin, None, SynthConfigError)
+    if not isinstance(document, dict):
+        raise SynthConfigError(f"{origin}: expected a mapping at the top level (name, image_size, datasets, ...)")
+    top = section(ConfigDocument, document, (), where)
+    problems: list[Problem] = []
+    signatures = _signatures(top, problems)
+    severity = _severity(top, problems)
+    datasets = {name: _dataset(name, entry, signatures, problems) for name, entry in top.datasets.items()}
     if not datasets:
-        _fail(origin, "no datasets defined")
-    size = int(document.get("image_size", 512))
-    if not 32 <= size <= 4096:
-        _fail(origin, f"image_size must be in [32, 4096], got {size}")
-    return SynthConfig(str(document.get("name", Path(origin).stem)), size, severity, signatures, datasets, document)
+        problems.append(Problem(("datasets",), "no datasets defined"))
+    where.refuse(problems)
+    return SynthConfig(top.name if top.name is not None else Path(origin).stem, top.image_size, severity,
+                       signatures, datasets, document)
 
 
 def load_config(preset_or_path: str | Path) -> SynthConfig:
@@ -152,5 +183,5 @@ def load_config(preset_or_path: str | Path) -> SynthConfig:
                                    f"presets are {', '.join(PRESETS)}")
         text = read_document_text(path, SynthConfigError, "configuration")
         origin = str(path)
-    document = load_yaml_text(text, origin, SynthConfigError)
-    return parse_config(document, origin)
+    document, where = parse_text(text, origin, SynthConfigError)
+    return parse_config(document, origin, where)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Annotated, Any, Literal
 
-from unveil.errors import UnveilError, finite
-from unveil.thresholds import ThresholdRule, fixed_threshold
+from pydantic import BeforeValidator
+
+from unveil.schema import Field, SchemaError, check_fields
+from unveil.thresholds import ThresholdRule
 from unveil.training.collapse import DEFAULT_COLLAPSE_TOLERANCE
 
 LOSSES = ("focal", "cross-entropy")
@@ -21,15 +23,25 @@ THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
 AFTER_TRAINING = (*THRESHOLD_OPTIONS, "collapse_tolerance")
 #: Options that do not make a different model (seed aside, only speed or hardware).
 NOT_RECIPE = ("seed", "device", "amp", "channels_last", "eval_batch_size")
-#: The range of each numeric option that has no check of its own below (torch refuses values outside).
-RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "width": ("(0, inf)", lambda v: v > 0), "momentum": ("[0, 1)", lambda v: 0 <= v < 1),
-    "weight_decay": ("[0, inf)", lambda v: v >= 0), "focal_gamma": ("[0, inf)", lambda v: v >= 0),
-    "plateau_factor": ("(0, 1)", lambda v: 0 < v < 1)}
 
 
-class ConfigError(UnveilError, ValueError):
-    """An invalid training option (the message names it)."""
+class ConfigError(SchemaError):
+    """An invalid training option (the message names it, its value and, from a file, the line)."""
+
+
+def _training_rule(value: Any) -> str:
+    """A threshold rule given by name or as a :class:`ThresholdRule`, stored as its plain name (configs are JSON and
+    checkpoints load with ``weights_only``); ``bundle`` is refused (only evaluation and prediction defer to one)."""
+    return ThresholdRule.parse(value, allow_bundle=False).value
+
+
+# The checks of every option, declared once (unveil.schema reads them for TrainConfig(...), experiment files and
+# `unveil train --config`); torch refuses values outside these ranges, or they make no sense.
+Count = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Rigid = "augmentation must stay rigid and small"
+Rule = Annotated[str, BeforeValidator(_training_rule)]
 
 
 @dataclass(frozen=True)
@@ -57,78 +69,43 @@ class TrainConfig:
     """
 
     architecture: str = "resnet18"
-    width: float = 1.0
-    image_size: int = 224
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    loss: str = "focal"
-    focal_gamma: float = 2.0
-    scheduler: str = "plateau"
+    width: Positive = 1.0
+    image_size: Count = 224
+    epochs: Count = 30
+    batch_size: Count = 32
+    lr: Positive = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegative = 5e-4
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    loss: Literal[LOSSES] = "focal"  # type: ignore[valid-type]
+    focal_gamma: NonNegative = 2.0
+    scheduler: Literal[SCHEDULERS] = "plateau"  # type: ignore[valid-type]
     plateau_patience: int = 5
-    plateau_factor: float = 0.1
-    selection: str = "auc"
-    sampler: str = "shuffle"
-    rotation_degrees: float = 5.0
-    translate: float = 0.05
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    selection: Literal[SELECTIONS] = "auc"  # type: ignore[valid-type]
+    sampler: Literal[SAMPLERS] = "shuffle"  # type: ignore[valid-type]
+    rotation_degrees: Annotated[float, Field(ge=0, le=45, description=Rigid)] = 5.0
+    translate: Annotated[float, Field(ge=0, lt=0.5, description=Rigid)] = 0.05
     hflip: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA, and on CPUs with native bf16 (AMX / AVX512-BF16)
     channels_last: bool | None = None  # None: yes (faster with cuDNN and with oneDNN on CPU)
-    eval_batch_size: int = 64
+    eval_batch_size: Count = 64
     seed: int = 0
-    threshold_rule: str = ThresholdRule.YOUDEN.value  # youden | fixed | sensitivity
-    threshold_value: float = 0.5  # for threshold_rule fixed
-    target_sensitivity: float = 0.9  # for threshold_rule sensitivity
-    bn_recalibration_images: int = 4096  # precise BN after every epoch (0: keep the running averages)
-    collapse_tolerance: float = DEFAULT_COLLAPSE_TOLERANCE  # validation probability std below it: collapsed
+    threshold_rule: Rule = ThresholdRule.YOUDEN.value  # youden | fixed | sensitivity
+    #: for threshold_rule fixed
+    threshold_value: Annotated[float, Field(ge=0, le=1, description="a fixed threshold is a probability in [0, 1]")] \
+        = 0.5
+    target_sensitivity: Annotated[float, Field(gt=0, le=1)] = 0.9  # for threshold_rule sensitivity
+    #: precise BN after every epoch (0: keep the running averages)
+    bn_recalibration_images: Annotated[int, Field(ge=0, description="0 turns precise BN off")] = 4096
+    #: validation probability std below it: collapsed
+    collapse_tolerance: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_COLLAPSE_TOLERANCE
 
     def __post_init__(self) -> None:
-        self.check_numbers()
-        choices = {"optimizer": OPTIMIZERS, "loss": LOSSES, "scheduler": SCHEDULERS, "selection": SELECTIONS,
-                   "sampler": SAMPLERS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.bn_recalibration_images < 0:
-            raise ConfigError(f"bn_recalibration_images must be 0 (off) or more; got {self.bn_recalibration_images}")
-        if not 0 <= self.collapse_tolerance < 1:
-            raise ConfigError(f"collapse_tolerance must lie in [0, 1); got {self.collapse_tolerance}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive; got {self.lr}")
-        if not 0 <= self.translate < 0.5:
-            raise ConfigError(f"augmentation must stay rigid and small: translate in [0, 0.5); got {self.translate}")
-        if not 0 <= self.rotation_degrees <= 45:
-            raise ConfigError("augmentation must stay rigid and small: rotation_degrees in [0, 45]; got "
-                              f"{self.rotation_degrees}")
-        try:  # stored as the rule's plain name: configs are JSON and checkpoints load with weights_only
-            object.__setattr__(self, "threshold_rule", ThresholdRule.parse(self.threshold_rule,
-                                                                           allow_bundle=False).value)
-            fixed_threshold(self.threshold_value)
-        except ValueError as error:
-            raise ConfigError(f"threshold_rule / threshold_value: {error}") from None
-        if not 0 < self.target_sensitivity <= 1:
-            raise ConfigError(f"target_sensitivity must lie in (0, 1]; got {self.target_sensitivity}")
-
-    def check_numbers(self) -> None:
-        """Every numeric option is a finite number (NaN passes every range check below as False, and a NaN
-        learning rate would train for an epoch before anything noticed), in the range torch accepts."""
-        for field in fields(self):
-            if field.type in ("int", "float"):
-                number = finite(getattr(self, field.name), f"training options: {field.name}", ConfigError)
-                if field.type == "int" and number != int(number):
-                    raise ConfigError(f"{field.name} must be a whole number; got {getattr(self, field.name)!r}")
-                if field.type == "int" and not isinstance(getattr(self, field.name), int):
-                    object.__setattr__(self, field.name, int(number))  # 2.0 epochs are 2 (range() needs an int)
-        for name, (text, inside) in RANGES.items():
-            if not inside(getattr(self, name)):
-                raise ConfigError(f"{name} must lie in {text}; got {getattr(self, name)}")
+        """Every option checked against its declaration above (types, choices, finite numbers in range), every
+        problem in one :class:`ConfigError`."""
+        check_fields(self, ConfigError, "training options")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +133,4 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}")
-        try:
-            return cls(**values)
-        except TypeError as error:  # a value of the wrong type met a comparison in __post_init__
-            raise ConfigError(f"training options: {error}") from None
+        return cls(**values)
