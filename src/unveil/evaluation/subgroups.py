@@ -66,38 +66,37 @@ def subgroup_columns(scored: pd.DataFrame) -> dict[str, pd.Series]:
     return columns
 
 
-def _too_small(metric: str, positive_patients: int, negative_patients: int) -> str | None:
-    """Why ``metric`` is n/a in a subgroup with these patient counts, or None."""
-    counts = {"COVID+": positive_patients, "COVID-": negative_patients}
-    reasons = []
-    for name in NEEDS[metric]:
-        if counts[name] == 0:
-            reasons.append(f"no {name} images")
-        elif counts[name] < MIN_PATIENTS:
-            reasons.append(f"too small: {counts[name]} {name} patient(s) (fewer than {MIN_PATIENTS})")
-    return "; ".join(reasons) or None
+def _class_reasons(positive_patients: int, negative_patients: int) -> dict[str, str]:
+    """Per class too small to read a metric from, why: ``no COVID- images``, ``too small: 2 COVID+ patients (fewer
+    than 5)``."""
+    reasons = {}
+    for name, count in (("COVID+", positive_patients), ("COVID-", negative_patients)):
+        if count == 0:
+            reasons[name] = f"no {name} images"
+        elif count < MIN_PATIENTS:
+            reasons[name] = f"too small: {count} {name} patient{'s' if count > 1 else ''} (fewer than {MIN_PATIENTS})"
+    return reasons
 
 
 def _row(part: pd.DataFrame, threshold: float, resamples: int, confidence: float, seed: int) -> dict[str, object]:
-    """One subgroup's counts and metrics (n/a with the reason where too small)."""
+    """One subgroup's counts and metrics (n/a where too small, the note saying which and why)."""
     patients = (part["source"].astype(str) + "::" + part["patient_id"].astype(str)).to_numpy()
     result = evaluate_scores(part["label"].to_numpy(), part["probability"].to_numpy(), patients,
                              threshold=threshold, resamples=resamples, confidence=confidence, seed=seed)
     row: dict[str, object] = {"images": result.images, "patients": result.patients,
                               "positive_patients": result.positive_patients,
                               "negative_patients": result.negative_patients}
-    notes = []
+    reasons = _class_reasons(result.positive_patients, result.negative_patients)
+    missing = []
     for metric in METRICS:
         value = result.metrics[metric]
-        why = _too_small(metric, result.positive_patients, result.negative_patients)
         low, high = (value.low, value.high) if metric == "roc_auc" else (value.wilson_low, value.wilson_high)
-        if why:
-            notes.append(f"{metric}: {why}")
-            value_, low, high = math.nan, math.nan, math.nan
+        if any(name in reasons for name in NEEDS[metric]):
+            missing.append("AUC" if metric == "roc_auc" else metric)
+            row.update({metric: math.nan, f"{metric}_low": math.nan, f"{metric}_high": math.nan})
         else:
-            value_ = value.value
-        row.update({metric: value_, f"{metric}_low": low, f"{metric}_high": high})
-    row["note"] = "; ".join(notes) or None
+            row.update({metric: value.value, f"{metric}_low": low, f"{metric}_high": high})
+    row["note"] = f"{', '.join(missing)} n/a: {'; '.join(reasons.values())}" if missing else None
     return row
 
 
