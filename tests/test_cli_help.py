@@ -129,7 +129,7 @@ def test_a_shared_option_has_one_name_type_and_help_everywhere(alias):
 def test_only_commands_that_draw_random_numbers_take_a_seed():
     with_seed = {" ".join(path) for path, command in COMMANDS if _option(command, "--seed") is not None}
     assert with_seed == {"data split", "data compose", "synth generate", "synth preview", "synth evidence",
-                         "lungs train", "pretrain", "train", "evaluate", "audit", "reproduce", "demo"}
+                         "lungs train", "pretrain", "train", "evaluate", "compare", "audit", "reproduce", "demo"}
 
 
 def test_renamed_options_are_gone():

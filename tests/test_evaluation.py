@@ -418,3 +418,30 @@ def test_evaluate_data_adds_roles_and_never_replaces_a_models_own(trained, two_m
     result = runner.invoke(app, [*args, "--rebind"])
     assert result.exit_code == 0 and "role(s) B rebound by --data" in result.stderr
     assert [r["rebound"] for r in json.loads(result.stdout)] == ["B", ""]
+
+
+def test_cli_compare_two_models_on_the_same_test_images(trained, two_models, tmp_path):
+    """`unveil compare`: one line per test set (DeLong and paired bootstrap), and with --out the evaluation of
+    both with the clinician's outputs: calibration columns, reliability and confusion figures, subgroups and the
+    comparison."""
+    b = trained["data"]["B"]
+    result = CliRunner().invoke(app, ["compare", *map(str, two_models), "--on", "AB",
+                                      "--data", f"B={b.source}:{b.root}", "--resamples", "50",
+                                      "--claim", "training on B helps", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert re.match(r"^training on B (helps|hurts|helps: not shown) on AB: AUC [+-]\d\.\d\d \[[+-]\d\.\d\d, "
+                    r"[+-]\d\.\d\d\], DeLong p=\S+; BA [+-]", line), line
+    comparisons = pd.read_csv(tmp_path / "comparisons.csv")
+    assert list(comparisons[["model_a", "model_b", "test_set"]].iloc[0]) == ["AB", "A-only", "AB"]
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert {"ece", "ece_low", "ece_high", "brier", "brier_low", "brier_high"} <= set(rows.columns)
+    assert (rows["ece_low"] <= rows["ece"]).all() and (rows["ece_bins"] == 10).all()
+    for kind in ("reliability", "confusion"):
+        assert (tmp_path / f"{kind}_AB__AB.png").is_file() and (tmp_path / f"{kind}_A-only__AB.png").is_file()
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert {"sex", "age", "view"} <= set(predictions.columns)
+    subgroups = pd.read_csv(tmp_path / "subgroups.csv")
+    assert {"sex", "age group", "view"} <= set(subgroups["attribute"]) and set(subgroups["model"]) == {"AB", "A-only"}
+    same = CliRunner().invoke(app, ["compare", str(two_models[0]), str(two_models[0]), "--on", "AB"])
+    assert same.exit_code == 2 and "two different models" in same.output

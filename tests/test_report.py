@@ -364,3 +364,35 @@ def test_a_store_written_before_design_effects_opens_and_takes_them(tmp_path: Pa
         assert "design_effect" in store.table("results")
         wide = store.wide_results()
     assert wide.loc[0, "sensitivity_wilson_low"] == pytest.approx(wide.loc[0, "sensitivity"] - 0.06)
+
+
+def test_report_shows_calibration_confusion_subgroups_and_paired_comparisons(tmp_path: Path) -> None:
+    from unveil.evaluation.paired import compare_predictions
+    from unveil.evaluation.subgroups import subgroup_metrics
+
+    results = tmp_path / "run"
+    predictions = pd.DataFrame({"test_set": "AB", "record_id": [f"r{i}" for i in range(40)], "source": "s",
+                                "patient_id": [f"p{i}" for i in range(40)], "label": [i % 2 for i in range(40)],
+                                "threshold": 0.5, "sex": ["F", "M"] * 20, "age": [30 + i for i in range(40)]})
+    scratch = predictions.assign(model="conv8-none-AB", probability=[0.3 + 0.02 * (i % 7) for i in range(40)])
+    pretrained = predictions.assign(model="conv8-B-AB", probability=[0.2 + 0.6 * (i % 2) for i in range(40)])
+    with ResultsStore(results / "results.sqlite") as store:
+        for index, cell_id in enumerate(("conv8-none-AB", "conv8-B-AB")):
+            store.put_cell({"cell_id": cell_id, "architecture": "conv8", "encoder": cell_id.split("-")[1],
+                            "training_set": "AB", "run_dir": "r", "bundle": "b", "status": "done", "seconds": 1.0,
+                            "best_epoch": 1, "val_auc": 0.9, "config": {}})
+            store.put_results(cell_id, _rows(index), {"bundle": "b"})
+            for kind in ("reliability", "confusion"):
+                store.put_file(kind, cell_id, "AB", _png(results / "evaluation" / f"{kind}_{cell_id}.png", (1, 2, 3)))
+        store.put_subgroups("conv8-B-AB", subgroup_metrics(pretrained, threshold=0.5, resamples=20))
+        store.put_comparisons(compare_predictions(pd.concat([scratch, pretrained]), "conv8-none-AB", "conv8-B-AB",
+                                                  resamples=50), claim="pre-training on B helps")
+        assert store.compared() == {("conv8-none-AB", "conv8-B-AB", "AB")}
+        assert len(store.table("subgroups")) == len(subgroup_metrics(pretrained, threshold=0.5, resamples=20))
+    html = write_report(results).read_text(encoding="utf-8")
+    for section in ("calibration", "confusion", "subgroups", "comparisons"):
+        assert f'<section id="{section}">' in html and f'href="#{section}"' in html
+    assert re.search(r"<li>pre-training on B helps on AB: AUC \+0\.\d\d \[\+0\.\d\d, \+\d\.\d\d\], DeLong p=", html)
+    assert "10 equal-width bins" in html and "Conv8 / B / AB on Test AB" in html
+    assert html.count('alt="Conv8 / none / AB on Test AB"') == 2  # its reliability diagram and confusion matrix
+    assert "<td>age group</td>" in html and "<td>18-39</td>" in html

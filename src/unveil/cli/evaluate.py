@@ -1,4 +1,4 @@
-"""`unveil evaluate` and `unveil tables`: test models, rebuild the paper's tables."""
+"""`unveil evaluate`, `unveil compare` and `unveil tables`: test models, compare two, rebuild the paper's tables."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from unveil.cli.options import (
     CacheOption,
     CommandLineError,
     DataOption,
+    DuplicatesOption,
     JsonOption,
     LoaderOption,
+    RebindOption,
     RecipesOption,
     ResamplesOption,
     SeedOption,
@@ -25,11 +27,13 @@ from unveil.cli.options import (
     bind_roles,
     final_folder,
     loader_options,
+    require,
     threshold_request,
     writes_output,
 )
 from unveil.thresholds import ThresholdRule
 
+#: `--on` of evaluate and compare (audit's `--on` means another thing: its own help, in cli/audit.py)
 OnOption = Annotated[list[str], typer.Option(
     "--on", help="Test set (repeatable): a composition name (its test split, e.g. AB) or SOURCE:PATH "
                  "(every labelled image of a dataset, read with the --option KEY=VALUE loader options).")]
@@ -42,21 +46,18 @@ def evaluate_command(
     data: DataOption = None,
     option: LoaderOption = None,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX) and ROC curves.")] = None,
+        help="Folder for results.csv, predictions.csv, tables (CSV/Markdown/LaTeX), ROC curves, reliability "
+             "diagrams, confusion matrices, subgroups.csv and (several models) comparisons.csv.")] = None,
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
     threshold: ThresholdOption = None,
     target_sensitivity: TargetSensitivityOption = 0.9,
-    rebind: Annotated[bool, typer.Option(
-        help="Let --data replace a role the model was trained with (default: each model keeps its own bindings "
-             "and --data only adds roles it lacks); the rows say which roles were rebound.")] = False,
+    rebind: RebindOption = False,
     resamples: ResamplesOption = 2000,
     cache: CacheOption = None,
     workers: WorkersOption = 2,
     recipes: RecipesOption = None,
     allow_overlap: AllowOverlapOption = False,
-    duplicates: Annotated[str, typer.Option(
-        help="External images that are near-duplicates of the model's training images: refuse (stop with an "
-             "error), flag (score them; a row column and a warning) or exclude (leave them out).")] = "refuse",
+    duplicates: DuplicatesOption = "refuse",
     as_json: JsonOption = False,
     seed: SeedOption = 0,
 ) -> None:
@@ -85,6 +86,63 @@ def evaluate_command(
             typer.echo(line)
         if out is not None:
             typer.echo(f"results, tables and ROC curves in {final_folder(out)}")
+    _notes(run)
+
+
+@writes_output("on", "data", "option", "recipes", models=("first", "second"), staged=True)
+def compare_command(
+    first: Annotated[Path, typer.Argument(help="The reference model bundle (e.g. trained from scratch).")],
+    second: Annotated[Path, typer.Argument(help="The model compared with it (e.g. pre-trained); differences are "
+                                                "second minus first.")],
+    on: OnOption,
+    data: DataOption = None,
+    option: LoaderOption = None,
+    claim: Annotated[str | None, typer.Option(
+        help="What is said of the second model, e.g. 'pre-training helps': printed as such only when the AUC "
+             "difference's interval lies above 0 ('... hurts' below it, '... helps: not shown' across it).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the evaluation of both models (as `unveil evaluate --out`) and comparisons.csv.")] = None,
+    threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
+    threshold: ThresholdOption = None,
+    target_sensitivity: TargetSensitivityOption = 0.9,
+    rebind: RebindOption = False,
+    resamples: ResamplesOption = 2000,
+    cache: CacheOption = None,
+    workers: WorkersOption = 2,
+    recipes: RecipesOption = None,
+    allow_overlap: AllowOverlapOption = False,
+    duplicates: DuplicatesOption = "refuse",
+    as_json: JsonOption = False,
+    seed: SeedOption = 0,
+) -> None:
+    """Compare two models on the same test images: AUC difference (DeLong's test, paired patient bootstrap) and
+    balanced-accuracy difference (paired patient bootstrap), second minus first, one line per test set."""
+    from unveil.evaluation.evaluate import distinct_names, evaluate_models
+    from unveil.evaluation.outputs import write_evaluation_outputs
+    from unveil.evaluation.paired import compare_predictions, comparison_line
+    from unveil.evaluation.tables import json_rows
+
+    names = distinct_names([str(first), str(second)])
+    require(len(set(names.values())) == 2, f"compare needs two different models; got {first} twice")
+    request = threshold_request(threshold, threshold_rule, target_sensitivity)
+    plain, per_role = loader_options(option)
+    run = evaluate_models([str(first), str(second)], on, data=bind_roles(data, per_role, recipes), cache=cache,
+                          threshold=request, resamples=resamples, seed=seed, workers=workers,
+                          recipes=recipes, allow_overlap=allow_overlap, rebind=rebind, progress=not as_json,
+                          duplicates=duplicates, options=plain)
+    compared = compare_predictions(run.predictions, names[str(first)], names[str(second)], resamples=resamples,
+                                   seed=seed)
+    labels = dict(zip(run.rows["test_set"].astype(str), run.rows["test_set_label"].astype(str), strict=False))
+    compared.insert(3, "test_set_label", compared["test_set"].map(labels))
+    if out is not None:
+        write_evaluation_outputs(run, out, command="unveil compare", arguments={
+            "models": [str(first), str(second)], "on": on, "data": data or [], "options": option or [],
+            **request.as_dict(), "resamples": resamples, "seed": seed, "claim": claim})
+    if as_json:
+        typer.echo(json.dumps(json_rows(compared), indent=2))
+    else:
+        for _, row in compared.iterrows():
+            typer.echo(comparison_line(row, claim))
     _notes(run)
 
 

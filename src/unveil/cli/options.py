@@ -94,6 +94,12 @@ ThresholdOption = Annotated[float | None, typer.Option(
     help="A fixed decision threshold (implies --threshold-rule fixed; default with fixed: 0.5).")]
 TargetSensitivityOption = Annotated[float, typer.Option(
     "--target-sensitivity", parser=finite_float, help="Target for --threshold-rule sensitivity.")]
+RebindOption = Annotated[bool, typer.Option(
+    "--rebind", help="Let --data replace a role the model was trained with (default: each model keeps its own "
+                     "bindings and --data only adds roles it lacks); the rows say which roles were rebound.")]
+DuplicatesOption = Annotated[str, typer.Option(
+    "--duplicates", help="External images that are near-duplicates of the model's training images: refuse (stop "
+                         "with an error), flag (score them; a row column and a warning) or exclude (leave them out).")]
 
 
 class TrackerName(enum.StrEnum):
@@ -238,7 +244,7 @@ def _candidates(value: Any) -> Iterable[Path]:
         return
     text = str(value)  # a bare word names a file (an experiment file), never a folder: "AB" is a composition
     after_equal = text.partition("=")[2]
-    if os.path.isfile(text) or os.sep in text and os.path.lexists(text):
+    if Path(text).is_file() or os.sep in text and os.path.lexists(text):
         yield Path(text)
     for part in {after_equal, text.partition(":")[2], after_equal.partition(":")[2]} - {"", text}:
         if os.path.lexists(part):

@@ -10,6 +10,7 @@ which a metric is defined.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,18 +45,29 @@ def resample_patients(y: np.ndarray, s: np.ndarray, predicted: np.ndarray, codes
     per_patient = np.zeros((n_patients, 4))
     np.add.at(per_patient, (codes, cell), 1.0)
     auc = WeightedAUC(y, s)
-    chunk = max(1, _CHUNK_VALUES // max(len(y), n_patients))
     counts, aucs = [], []
+    for multiplicity in patient_multiplicities(n_patients, resamples, rng, images=len(y)):
+        counts.append(multiplicity @ per_patient)
+        aucs.append(auc(multiplicity[:, codes]))
+    return np.concatenate(counts), np.concatenate(aucs)
+
+
+def patient_multiplicities(n_patients: int, resamples: int, rng: np.random.Generator, *,
+                           images: int = 0) -> Iterator[np.ndarray]:
+    """Chunks (resamples x patients, float) of how many times each patient is drawn in each resample.
+
+    The one draw behind every patient bootstrap (metrics, calibration, paired comparisons): patients are drawn
+    with replacement, ``n_patients`` per resample; an image's weight is its patient's multiplicity
+    (``chunk[:, codes]``). A chunk's image-weight matrix holds about ``_CHUNK_VALUES`` values (``images``: the
+    number of images it will weigh)."""
+    chunk = max(1, _CHUNK_VALUES // max(images, n_patients))
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         drawn = rng.integers(0, n_patients, size=(size, n_patients))
         # Multiplicity of each patient in each resample: one bincount over row-offset patient indices.
         offsets = drawn + (np.arange(size) * n_patients)[:, None]
         multiplicity = np.bincount(offsets.ravel(), minlength=size * n_patients).reshape(size, n_patients)
-        multiplicity = multiplicity.astype(np.float64)
-        counts.append(multiplicity @ per_patient)
-        aucs.append(auc(multiplicity[:, codes]))
-    return np.concatenate(counts), np.concatenate(aucs)
+        yield multiplicity.astype(np.float64)
 
 
 class WeightedAUC:

@@ -10,8 +10,8 @@ A model's compositions are always built with its own role bindings (from its bun
 (and every row says which roles were rebound). A whole dataset (``SOURCE:PATH``) is also checked for
 near-duplicates of the model's training images (perceptual hash; pooled sets such as COVID-QU-Ex re-use
 images of other public sets): refused by default, or scored with the copies flagged, or without them
-(``duplicates``). Each row names the threshold's rule and, where the
-threshold is not 0.5, also carries the threshold-dependent metrics at 0.5 (``m_at_0.5`` columns).
+(``duplicates``). Each row names the threshold's rule and, where the threshold is not 0.5, also carries the
+threshold-dependent metrics at 0.5 (``m_at_0.5``), and the calibration (ECE, Brier; `.calibration`).
 ``test_set`` is the name as given (the key of every file and of the results store); ``test_set_label`` is the
 short name the tables show (a ``SOURCE:PATH`` set by its role, else its source; `unveil.evaluation.names`).
 """
@@ -33,6 +33,7 @@ from unveil.data.records import patient_keys
 from unveil.data.spec import DataSpec
 from unveil.data.splits import read_split_file
 from unveil.errors import UnveilError
+from unveil.evaluation.calibration import calibration
 from unveil.evaluation.metrics import (
     ThresholdChoice,
     ThresholdRule,
@@ -40,6 +41,7 @@ from unveil.evaluation.metrics import (
     metrics_at_paper_threshold,
 )
 from unveil.evaluation.names import bound_labels
+from unveil.evaluation.subgroups import with_record_columns
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.thresholds import ThresholdRequest
@@ -54,8 +56,7 @@ class EvaluationError(UnveilError, ValueError):
     """A test set or a model cannot be evaluated (the message says which and why)."""
 
 
-#: what evaluation does with external images that duplicate the model's training images
-DUPLICATE_POLICIES = ("refuse", "flag", "exclude")
+DUPLICATE_POLICIES = ("refuse", "flag", "exclude")  #: what is done with external copies of training images
 
 
 @dataclass
@@ -68,7 +69,7 @@ class TestSet:
 @dataclass
 class EvaluationRun:
     rows: pd.DataFrame  # one row per (model, test set)
-    predictions: pd.DataFrame  # one row per (model, test set, image)
+    predictions: pd.DataFrame  # one row per (model, test set, image), with its record's sex, age, view, site
     skipped: list[str] = field(default_factory=list)
 
 
@@ -371,20 +372,22 @@ def _scored_test_set(bundle: ModelBundle, identity: dict[str, Any], test_set: Te
     scored, missed = score_records(bundle, records, cache=cache, workers=workers, progress=progress)
     scored["near_duplicate_of_training"] = scored["record_id"].isin(copies)
     labels, probabilities = scored["label"].to_numpy(), scored["probability"].to_numpy()
-    result = evaluate_scores(labels, probabilities, (scored["source"] + "::" + scored["patient_id"]).to_numpy(),
-                             threshold=chosen, resamples=resamples, seed=seed)
+    patients = (scored["source"] + "::" + scored["patient_id"]).to_numpy()
+    result = evaluate_scores(labels, probabilities, patients, threshold=chosen, resamples=resamples, seed=seed)
     row = {**identity, "test_set": test_set.name, "test_kind": test_set.origin["kind"],
            "bindings": test_set.origin.get("bindings", ""), "rebound": ",".join(test_set.origin.get("rebound", [])),
            "skipped_images": len(missed), "overlap_patients": overlap, "near_duplicates_of_training": len(copies),
            "near_duplicates_excluded": len(copies) if policy == "exclude" else 0,
            "model_collapsed": bundle.collapse_reason, **result.as_row(),
-           **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed}
+           **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed,
+           **calibration(labels, probabilities, patients, resamples=resamples, seed=seed).as_row()}
     decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
                         bundle.classes[1 - bundle.positive_index])
     log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], test_set.name,
              result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
-    return row, scored.assign(decision=decision, model=identity["model"], test_set=test_set.name,
-                              threshold=chosen.value, threshold_rule=chosen.rule.value), missed
+    return row, with_record_columns(scored.assign(  # then the record's sex, age, view, site (subgroups)
+        decision=decision, model=identity["model"], test_set=test_set.name, threshold=chosen.value,
+        threshold_rule=chosen.rule.value), records), missed
 
 
 def _labelled(rows: pd.DataFrame, test_sets: list[str], roles: list[tuple[str, DataSpec]]) -> pd.DataFrame:

@@ -3,19 +3,23 @@
 One folder holds: ``results.csv`` (one row per model x test set, every column), Table 2 and Tables
 A1..An (``table2.md``/``.tex``, ``tableA<n>_<architecture>.md``/``.tex``), ``predictions.csv`` (one row
 per model x test set x image: ``probability``, ``label``, ``decision``, ``threshold`` ...), one ROC
-figure per model (``roc_<model>.png``/``.svg``) and ``evaluation.meta.json`` (the arguments, versions
-and skipped images). Every file is written atomically.
+figure per model (``roc_<model>.png``/``.svg``), a reliability diagram and a confusion matrix per model x
+test set (:mod:`unveil.evaluation.figures`), the calibration, subgroup and paired-comparison tables
+(:mod:`unveil.evaluation.clinical`) and ``evaluation.meta.json`` (the arguments, versions and skipped
+images). Every file is written atomically.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from unveil.evaluation.clinical import write_clinical_tables
 from unveil.evaluation.evaluate import EvaluationRun
+from unveil.evaluation.figures import plot_clinical_figures
 from unveil.evaluation.tables import plot_roc_curves, write_tables
 from unveil.provenance import write_run_metadata, write_text_atomic
 
@@ -32,6 +36,8 @@ class EvaluationOutputs:
     predictions: Path
     roc: list[Path]
     meta: Path
+    figures: dict[str, list[Path]] = field(default_factory=dict)  # by kind: reliability, confusion
+    clinical: dict[str, Path] = field(default_factory=dict)  # calibration.md, subgroups.csv, comparisons.csv ...
 
 
 def _merged(new: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -41,8 +47,8 @@ def _merged(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     previous = pd.read_csv(path)
     if previous.empty or not {"model", "test_set"} <= set(previous.columns):
         return new
-    pairs = set(zip(new["model"].astype(str), new["test_set"].astype(str)))
-    kept = [(str(m), str(t)) not in pairs for m, t in zip(previous["model"], previous["test_set"])]
+    pairs = set(zip(new["model"].astype(str), new["test_set"].astype(str), strict=True))
+    kept = [(str(m), str(t)) not in pairs for m, t in zip(previous["model"], previous["test_set"], strict=True)]
     return pd.concat([previous[kept], new], ignore_index=True)
 
 
@@ -62,6 +68,10 @@ def write_evaluation_outputs(run: EvaluationRun, out: str | Path, *, arguments: 
     tables = write_tables(rows, out)
     predictions_path = write_text_atomic(out / PREDICTIONS, predictions.to_csv(index=False, lineterminator="\n"))
     roc = plot_roc_curves(predictions, out, formats=roc_formats)
+    figures = plot_clinical_figures(predictions, out, formats=roc_formats, calibration_rows=rows)
+    resamples = int(rows["resamples"].iloc[0]) if "resamples" in rows and len(rows) else 2000
+    seed = int(rows["seed"].iloc[0]) if "seed" in rows and len(rows) else 0
+    clinical = write_clinical_tables(rows, predictions, out, resamples=resamples, seed=seed)
     meta = out / META
     write_run_metadata(meta, command, arguments, extra={"skipped": run.skipped})
-    return EvaluationOutputs(tables, Path(predictions_path), roc, meta)
+    return EvaluationOutputs(tables, Path(predictions_path), roc, meta, figures, clinical)

@@ -15,7 +15,12 @@ Tables
   fixed 0.5, point values) beside the ones at the cell's own threshold.
 - ``audits(cell_id, test, subject, value, low, high, rule, flagged, suggests, measure)``: ``measure`` says
   what ``value`` is (ROC AUC, balanced accuracy, a ratio).
-- ``files(kind, cell_id, label, path)``: pictures the report embeds (ROC, t-SNE, saliency, ...).
+- ``files(kind, cell_id, label, path)``: pictures the report embeds (ROC, reliability, confusion, t-SNE, ...).
+- ``subgroups(cell_id, test_set, attribute, subgroup, ...)``: the columns of ``subgroups.csv``
+  (:mod:`unveil.evaluation.subgroups`).
+- ``comparisons(model_a, model_b, test_set, claim, ...)``: paired comparisons of two cells on one test set, the
+  columns of ``comparisons.csv`` (:mod:`unveil.evaluation.paired`), ``claim`` what is said of the second.
+The results also hold the calibration (metrics ``ece`` and ``brier``, with their bootstrap ``low``/``high``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from unveil.evaluation.metrics import AT_PAPER_SUFFIX
 from unveil.training.config import ConfigError, TrainConfig
 
 #: the tables of a results store
-TABLES = ("experiment", "datasets", "cells", "results", "audits", "files")
+TABLES = ("experiment", "datasets", "cells", "results", "audits", "files", "subgroups", "comparisons")
 
 
 class StoreError(UnveilError, ValueError):
@@ -54,13 +59,28 @@ CREATE TABLE IF NOT EXISTS results (cell_id TEXT, test_set TEXT, metric TEXT, va
 CREATE TABLE IF NOT EXISTS audits (cell_id TEXT, test TEXT, subject TEXT, value REAL, low REAL, high REAL,
     rule TEXT, flagged INTEGER, suggests TEXT, measure TEXT, PRIMARY KEY (cell_id, test, subject));
 CREATE TABLE IF NOT EXISTS files (kind TEXT, cell_id TEXT, label TEXT, path TEXT, PRIMARY KEY (kind, cell_id, label));
+CREATE TABLE IF NOT EXISTS subgroups (cell_id TEXT, test_set TEXT, attribute TEXT, subgroup TEXT, images INTEGER,
+    patients INTEGER, positive_patients INTEGER, negative_patients INTEGER, sensitivity REAL, sensitivity_low REAL,
+    sensitivity_high REAL, specificity REAL, specificity_low REAL, specificity_high REAL, roc_auc REAL,
+    roc_auc_low REAL, roc_auc_high REAL, note TEXT, PRIMARY KEY (cell_id, test_set, attribute, subgroup));
+CREATE TABLE IF NOT EXISTS comparisons (model_a TEXT, model_b TEXT, test_set TEXT, claim TEXT, unpaired_images INTEGER,
+    images INTEGER, patients INTEGER, auc_a REAL, auc_b REAL, auc_difference REAL, auc_difference_low REAL,
+    auc_difference_high REAL, delong_z REAL, delong_p REAL, balanced_accuracy_a REAL, balanced_accuracy_b REAL,
+    balanced_accuracy_difference REAL, balanced_accuracy_difference_low REAL, balanced_accuracy_difference_high REAL,
+    resamples INTEGER, note TEXT, PRIMARY KEY (model_a, model_b, test_set));
 """
+
+
+#: Calibration metrics stored beside the registered ones (:mod:`unveil.evaluation.calibration`: computed from the
+#: scores, not from the counts at a threshold, so they are not metric specs).
+CALIBRATION_METRICS = ("ece", "brier")
 
 
 def stored_metrics() -> tuple[str, ...]:
     """The ``metric`` values of the results table: every registered metric (:mod:`unveil.evaluation.metric_specs`),
-    then the threshold metrics at the paper's 0.5."""
-    return (*metric_specs.reported(), *(f"{m}{AT_PAPER_SUFFIX}" for m in metric_specs.at_paper_threshold()))
+    then the threshold metrics at the paper's 0.5, then the calibration metrics."""
+    return (*metric_specs.reported(), *(f"{m}{AT_PAPER_SUFFIX}" for m in metric_specs.at_paper_threshold()),
+            *CALIBRATION_METRICS)
 
 
 #: The shipped metrics the store keeps (``stored_metrics()`` also holds metrics registered later).
@@ -79,6 +99,15 @@ def _real(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value SQLite stores."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _seed_and_recipe(config: Any) -> dict[str, Any]:
@@ -171,6 +200,29 @@ class ResultsStore:
             self.connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (kind, cell_id, label,
                                                                                         str(path)))
 
+    def _put_rows(self, table: str, rows: pd.DataFrame, fixed: dict[str, Any] | None = None) -> None:
+        """Rows into ``table`` (INSERT OR REPLACE), its columns taken from ``rows`` and ``fixed``; NaN as NULL."""
+        columns = [row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")]
+        records = []
+        for _, row in rows.iterrows():
+            values = {**row.to_dict(), **(fixed or {})}
+            records.append([None if _missing(values.get(c)) else _plain(values.get(c)) for c in columns])
+        with self.connection:
+            self.connection.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES "
+                                        f"({', '.join('?' * len(columns))})", records)
+
+    def put_subgroups(self, cell_id: str, table: pd.DataFrame) -> None:
+        """The subgroup rows of one cell (``subgroups.csv`` of its evaluation)."""
+        self._put_rows("subgroups", table, {"cell_id": cell_id})
+
+    def put_comparisons(self, table: pd.DataFrame, claim: str | None = None) -> None:
+        """Paired comparisons (:func:`unveil.evaluation.paired.compare_predictions` rows; models: cell ids)."""
+        self._put_rows("comparisons", table, {"claim": claim})
+
+    def compared(self) -> set[tuple[str, str, str]]:
+        """(model_a, model_b, test_set) of every stored comparison."""
+        return set(self.connection.execute("SELECT model_a, model_b, test_set FROM comparisons"))
+
     def table(self, name: str) -> pd.DataFrame:
         if name not in TABLES:
             raise StoreError(f"no table {name!r} in the results store; tables: {', '.join(TABLES)}")
@@ -210,7 +262,7 @@ class ResultsStore:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in ("experiment", "datasets", "cells", "results", "audits", "files"):
+        for name in TABLES:
             path = folder / f"{name}.csv"
             self.table(name).to_csv(path, index=False)
             written.append(path)

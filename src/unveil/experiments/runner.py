@@ -5,7 +5,8 @@ Output folder layout:
     cache/                    pre-processing cache shared by every run
     pretrain/<label>-<arch>/  one pre-training run per (encoder data, architecture)
     cells/<arch>-<encoder>-<composition>/   one training run per grid cell
-    evaluation/<cell>/        results, tables, predictions and ROC curve of each cell (as `unveil evaluate`)
+    evaluation/<cell>/        results, tables, predictions, ROC, reliability and confusion figures, subgroups of
+                              each cell (as `unveil evaluate`)
     audit/<cell>/             bias audit outputs
     tables/                   Table 2 and Tables A1..An (CSV, Markdown, LaTeX)
     results.sqlite            the results store (docs/results.md)
@@ -26,10 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from unveil.audit import audit
 from unveil.data.spec import DataSpec
 from unveil.evaluation.evaluate import evaluate_models
-from unveil.evaluation.outputs import write_evaluation_outputs
+from unveil.evaluation.figures import KINDS, figure_stem
+from unveil.evaluation.outputs import PREDICTIONS, write_evaluation_outputs
+from unveil.evaluation.paired import ComparisonError, compare_predictions
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import write_tables
 from unveil.experiments.cluster import LOCAL, check_cluster, open_client, run_grid
@@ -228,9 +233,44 @@ def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
                                              "seed": experiment.seed})
         for figure in written.roc:
             run.store.put_file("roc", cell.id, "ROC", figure)
+        _store_clinical(run, cell, tests, written.clinical.get("subgroups.csv"))
         rows = result.rows
-        summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"]))
+        summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"], strict=True))
         run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
+
+
+def _store_clinical(run: _Run, cell: Cell, tests: list[str], subgroups: Path | None) -> None:
+    """A cell's reliability and confusion figures (one per test set, labelled by it) and subgroups, into the store."""
+    folder = run.out / "evaluation" / cell.id
+    for kind in KINDS:
+        for test in tests:
+            path = folder / f"{figure_stem(kind, cell.id, test)}.png"
+            if path.is_file():
+                run.store.put_file(kind, cell.id, test, path)
+    if subgroups is not None:
+        run.store.put_subgroups(cell.id, pd.read_csv(subgroups))
+
+
+def compare_encoders(run: _Run, cells: list[Cell]) -> None:
+    """Step 4 (end): each pre-trained cell against its from-scratch twin (same architecture and composition) on
+    every test set both met: "pre-training on B helps" as a paired comparison (DeLong, paired patient bootstrap),
+    in the store for the report; pairs already compared are skipped."""
+    scratch = {(c.architecture, c.composition): c for c in cells if c.encoder == "none"}
+    done = run.store.compared()
+    for cell in (c for c in cells if c.encoder != "none" and (c.architecture, c.composition) in scratch):
+        twin = scratch[(cell.architecture, cell.composition)]
+        files = [run.out / "evaluation" / c.id / PREDICTIONS for c in (twin, cell)]
+        tests = [t for t in run.experiment.tests if (twin.id, cell.id, t) not in done]
+        if not tests or not all(f.is_file() for f in files):
+            continue
+        try:
+            table = compare_predictions(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), twin.id,
+                                        cell.id, test_sets=tests, resamples=run.experiment.evaluation.resamples,
+                                        seed=run.experiment.seed)
+        except ComparisonError as error:
+            run.say(f"  {cell.id} vs {twin.id}: not compared ({error})")
+            continue
+        run.store.put_comparisons(table, claim=f"pre-training on {cell.encoder} helps")
 
 
 def external_sets(run: _Run, cell: Cell) -> list[str]:
@@ -313,9 +353,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
                 clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
             return clients[0]
 
-        if cluster is not None:  # first: a wrong value or address fails before any work
-            if check_cluster(cluster) != LOCAL:
-                connect()
+        if cluster is not None and check_cluster(cluster) != LOCAL:  # first: a wrong value fails before any work
+            connect()
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
         store = stack.enter_context(ResultsStore(out / "results.sqlite"))
@@ -339,6 +378,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
             on_cluster.close()  # evaluation and audit run here: a local cluster's workers are not needed any more
         run.say("[4/6] evaluating every cell on every test set")
         evaluate_cells(run, cells)
+        compare_encoders(run, cells)
         run.say("[5/6] auditing")
         audit_cells(run, cells)
         run.say("[6/6] tables and report")

@@ -43,6 +43,7 @@ from unveil.evaluation.tables import (
 )
 from unveil.models.catalog import display_name, table_rank
 from unveil.provenance import write_text_atomic
+from unveil.reports.clinical import clinical_context
 from unveil.reports.intervals import RULE, too_wide
 
 MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -333,7 +334,11 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
     for _, cell in cells.iterrows():
         label = _cell_label(cell["architecture"], cell["encoder"], cell["training_set"])
         roc.append({"label": label, "pictures": _pictures(files, "roc", cell["cell_id"], results_dir, label)})
-    return {
+    cell_labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"]) for _, c in
+                   cells.iterrows()}
+    clinical = clinical_context(store, wide, cells, files, labels, cell_labels, lambda rows, kind, cell_id, caption:
+                                _pictures(rows, kind, cell_id, results_dir, caption))
+    return {**clinical,
         "name": experiment.get("name", results_dir.name), "seed": _loads(experiment.get("seed", "—")),
         "source": experiment.get("source", "—"), "version": unveil.__version__,
         "run_date": meta.get("created_utc", "—") if isinstance(meta, dict) else "—",
