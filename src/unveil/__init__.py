@@ -6,8 +6,9 @@ a hurdles race with small data" (2020). Every layer is usable from Python.
 Layers, lowest first. A module imports only from its own layer or a lower-numbered one, and
 only at module level (``tests/test_layers.py`` checks the import graph):
 
-1. ``unveil.errors``, ``unveil.provenance``, ``unveil.progress``, ``unveil.documents``: the error family,
-   atomic writes and run metadata, logging and progress bars, the bounded reading of YAML and JSON files.
+1. ``unveil.errors``, ``unveil.provenance``, ``unveil.progress``, ``unveil.documents``, ``unveil.artifacts``: the
+   error family, atomic writes and run metadata, logging and progress bars, the bounded reading of YAML and JSON
+   files, each stage's output as a verified artifact (one writer, one loader).
 2. ``unveil.io``: reading (and writing) radiographs.
 3. ``unveil.data``: dataset loaders, the record table, splits, compositions, fingerprints, data specs.
 4. ``unveil.synth``: the synthetic benchmark.
