@@ -33,6 +33,7 @@ KINDS: tuple[str, ...] = ("records", "split", "preprocessed", "bundle", "evaluat
 META = "meta.json"
 FORMAT = "unveil-artifact"
 FORMAT_VERSION = 1
+_WARNED: set[Path] = set()  # legacy outputs already said to be unverified
 
 
 class ArtifactError(UnveilError, ValueError):
@@ -179,7 +180,9 @@ def load_artifact(path: str | Path, kind: str | None = None, *, check_inputs: bo
     if not meta.is_file():
         if not path.exists():
             raise ArtifactError(f"{path}: no such {kind or 'artifact'}")
-        log.warning("%s: no %s beside it (written by an older unveil?): loaded unverified", path, meta.name)
+        if meta not in _WARNED:  # once per file and process: a legacy split is read several times per evaluation
+            _WARNED.add(meta)
+            log.warning("%s: no %s beside it (written by an older unveil?): loaded unverified", path, meta.name)
         return Artifact(path, kind or "", {}, verified=False)
     document = _read_meta(meta)
     if kind is not None and document.get("kind") != kind:
