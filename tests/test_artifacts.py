@@ -243,3 +243,17 @@ def test_a_graph_node_may_only_name_what_is_already_in_it():
     graph.add(Node("pretrain:late", "pretrain", Path("l"), ("evaluate:x",)))
     with pytest.raises(ExperimentError, match="cannot come after evaluate:x"):
         graph.order()
+
+
+def test_the_report_verifies_the_evaluations_and_audits_it_shows(tmp_path):
+    from unveil.reports.html import stage_inputs
+
+    folder = folder_artifact(tmp_path / "evaluation")  # OUT/evaluation/<cell>/
+    write_artifact(folder, "evaluation", ["results.csv"], command="unveil reproduce", config={})
+    folder_artifact(tmp_path / "audit")  # an older run's audit: no meta.json
+    inputs = stage_inputs(tmp_path)
+    assert [(item.kind, item.role) for item in inputs] == [("audit", "audit"), ("evaluation", "evaluation")]
+    assert inputs[0].sha256 is None and inputs[1].sha256 == load_artifact(folder).meta["digest"]
+    (folder / "results.csv").write_text("edited\n")
+    with pytest.raises(ArtifactError, match="results.csv: content hash differs"):
+        stage_inputs(tmp_path)
