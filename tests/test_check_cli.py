@@ -128,6 +128,10 @@ def test_cli_compose_with_hospital_csv_and_kermany(tmp_path):
     assert splits["train"]["by_source"]["chestxray"]["covid-"] == 11
     assert splits["test"]["covid+"] == 9 and splits["test"]["by_source"]["chestxray"]["covid-"] == 6
     assert (tmp_path / "out" / "AB.splits.csv").is_file() and (tmp_path / "out" / "AB.meta.json").is_file()
+    from unveil.artifacts import load_artifact
+
+    artifact = load_artifact(tmp_path / "out" / "AB.splits.csv", "split")  # AB.splits.meta.json, verified
+    assert artifact.meta["command"] == "unveil data compose" and artifact.meta["config"]["seed"] == 1
     missing_role = runner.invoke(app, ["data", "compose", "AB", "--data", f"A=hospital-csv:{hospital}"])
     assert missing_role.exit_code == 2 and "needs role B" in missing_role.output
 

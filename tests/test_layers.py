@@ -21,7 +21,7 @@ SOURCE = Path(unveil.__file__).parent
 #: Lowest first; a module belongs to the longest entry that prefixes its dotted name.
 LAYERS: list[tuple[str, ...]] = [
     ("unveil", "unveil.errors", "unveil.provenance", "unveil.progress", "unveil.documents", "unveil.schema",
-     "unveil.tracking"),
+     "unveil.tracking", "unveil.artifacts"),
     ("unveil.io",),
     ("unveil.data",),
     ("unveil.synth",),

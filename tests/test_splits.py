@@ -65,6 +65,9 @@ def test_split_file_hash_mismatch_and_unknown_records(records, tmp_path):
     path.write_text(path.read_text().replace("train", "test", 1))
     with pytest.raises(SplitFileError, match="content hash"):
         read_split_file(path, expected_hash=digest)
+    with pytest.raises(SplitFileError, match="a.meta.json recorded"):  # its own meta.json catches the edit too
+        read_split_file(path)
+    write_split_file(path, records, patient_exclusive_split(records, seed=5))
     with pytest.raises(SplitFileError, match="not in the data"):
         apply_split_file(records.iloc[:5], read_split_file(path))
 

@@ -7,9 +7,10 @@ Layers, lowest first. A module imports only from its own layer or a lower-number
 only at module level (``tests/test_layers.py`` checks the import graph):
 
 1. ``unveil.errors``, ``unveil.provenance``, ``unveil.progress``, ``unveil.documents``, ``unveil.schema``,
-   ``unveil.tracking``: the error family, atomic writes and run metadata, logging and progress bars, the bounded
-   reading of YAML and JSON files, the one schema machinery of every configuration (FILE:LINE errors), the
-   experiment trackers (metrics.jsonl, TensorBoard, MLflow) every trainer logs to.
+   ``unveil.tracking``, ``unveil.artifacts``: the error family, atomic writes and run metadata, logging and
+   progress bars, the bounded reading of YAML and JSON files, the one schema machinery of every configuration
+   (FILE:LINE errors), the experiment trackers (metrics.jsonl, TensorBoard, MLflow) every trainer logs to, each
+   stage's output as a verified artifact (one writer, one loader).
 2. ``unveil.io``: reading (and writing) radiographs.
 3. ``unveil.data``: dataset loaders, the record table, splits, compositions, fingerprints, data specs.
 4. ``unveil.synth``: the synthetic benchmark.

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from unveil.artifacts import artifact_input, write_artifact
 from unveil.audit.verdict import AuditResult, Verdict, summary_sentence
 from unveil.evaluation.names import legend, relabel
 from unveil.explain.saliency import display_image, save_overlay
@@ -57,12 +58,20 @@ def write_overlays(audited: AuditedImages, maps: np.ndarray, probability: np.nda
     return overlays
 
 
-def write_audit_files(result: AuditResult, per_image: pd.DataFrame, out: Path, arguments: dict[str, Any]) -> None:
-    """audit_images.csv, audit.json, audit.md and audit.meta.json (``arguments``: what the run was asked)."""
+def write_audit_files(result: AuditResult, per_image: pd.DataFrame, out: Path, arguments: dict[str, Any], *,
+                      bundle: Path | None = None) -> None:
+    """audit_images.csv, audit.json, audit.md and audit.meta.json (``arguments``: what the run was asked), then
+    the folder's artifact meta.json: every file of the audit, built from ``bundle``."""
     write_text_atomic(out / "audit_images.csv", per_image.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(out / "audit.json", json.dumps(audit_document(result), indent=2, default=str) + "\n")
     write_text_atomic(out / "audit.md", audit_markdown(result, out))
     write_run_metadata(out / "audit.meta.json", "unveil audit", arguments, extra={"flagged": len(result.flagged)})
+    listed = [Path(p) for value in result.files.values() for p in (value if isinstance(value, list) else [value])]
+    written = [out / name for name in ("audit_images.csv", "audit.json", "audit.md", "audit.meta.json")] + listed
+    files = sorted({str(p.resolve().relative_to(out.resolve())) for p in written if p.is_file()
+                    and p.resolve().is_relative_to(out.resolve())})
+    write_artifact(out, "audit", files, command="unveil audit", config=arguments,
+                   inputs=[artifact_input(bundle, "bundle", "model")] if bundle is not None else [])
 
 
 def write_cluster_montage(clusters: list[dict], path: Path, side: int = 96) -> Path | None:

@@ -73,7 +73,7 @@ from unveil.evaluation.names import bound_labels
 from unveil.explain.saliency import gradcam_maps
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
-from unveil.training.bundle import ModelBundle, load_bundle
+from unveil.training.bundle import ModelBundle, load_verified_bundle
 from unveil.training.data import ImageSet
 from unveil.training.loop import encoder_features, probabilities_from_features
 
@@ -444,7 +444,7 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
         raise AuditError(f"mask must be one of {', '.join(MASK_SOURCES)}; got {mask!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = load_bundle(model)
+    bundle = load_verified_bundle(model)
     own_name, test_sets = _audited_sets(model, bundle, test_sets, own)
     audited = gather(bundle, test_sets, own_name, data=data, mask=mask, cache=cache, recipes=recipes,
                      allow_overlap=allow_overlap, workers=workers, progress=progress, lung_convention=lung_convention,
@@ -486,5 +486,5 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     result.figures["test_sets"] = bound_labels(test_sets, model_bindings(bundle, data).specs)  # names for the text
     write_audit_files(result, per_image, out, {
         "model": str(model), "on": test_sets, "own": own_name, "masks": mask, "seed": seed, "resamples": resamples,
-        "thresholds": asdict(thresholds), "cache": str(audited.cache)})
+        "thresholds": asdict(thresholds), "cache": str(audited.cache)}, bundle=bundle.path)
     return result

@@ -143,7 +143,11 @@ def data_compose(
                               "warnings": composition.warnings}
     if out is not None:
         split_file = out / f"{chosen.name}.splits.csv"
-        digest = write_split_file(split_file, composition.records, composition.records["split"])
+        digest = write_split_file(split_file, composition.records, composition.records["split"],
+                                  command="unveil data compose", config={
+                                      "recipe": chosen.name, "seed": seed, "test_fraction": test_fraction,
+                                      "val_fraction": val_fraction,
+                                      "bindings": {r: (s.source, s.root) for r, s in bindings.items()}})
         result.update(split_file=str(split_file), sha256=digest)
         write_run_metadata(out / f"{chosen.name}.meta.json", "unveil data compose", {
             "recipe": chosen.name, "bindings": {r: (s.source, s.root) for r, s in bindings.items()},

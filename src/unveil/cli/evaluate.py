@@ -173,12 +173,16 @@ def tables_command(
     """Rebuild the paper's tables from one or several evaluation result files (one row per model)."""
     import pandas as pd
 
+    from unveil.artifacts import ArtifactError
+    from unveil.evaluation.outputs import read_results
     from unveil.evaluation.tables import write_tables
 
     frames = []
     for path in results:
         try:
-            frames.append(pd.read_csv(path))
+            frames.append(read_results(path))
+        except ArtifactError:
+            raise  # a changed or mislabelled file: the loader's message names it
         except (OSError, ValueError) as error:
             raise CommandLineError(f"{path}: unreadable results file ({error})") from None
     written = write_tables(pd.concat(frames, ignore_index=True), out, aggregate_seeds=aggregate_seeds)

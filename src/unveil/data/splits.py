@@ -13,10 +13,12 @@ import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from unveil.artifacts import ArtifactError, Input, load_artifact, write_artifact
 from unveil.data.records import patient_keys
 from unveil.errors import UnveilError
 from unveil.provenance import file_sha256, write_text_atomic
@@ -208,15 +210,27 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_split_file(path: str | Path, records: pd.DataFrame, split: pd.Series) -> str:
-    """Write the split file atomically; return its sha256 content hash."""
+def records_digest(records: pd.DataFrame) -> str:
+    """SHA-256 of a record table's canonical CSV: how a split artifact names the records it was drawn from."""
+    return content_hash(records.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+
+
+def write_split_file(path: str | Path, records: pd.DataFrame, split: pd.Series, *,
+                     command: str = "unveil.data.splits.write_split_file",
+                     config: dict[str, Any] | None = None) -> str:
+    """Write the split file atomically, with its artifact meta.json (``NAME.meta.json``: the records it was drawn
+    from, ``command`` and ``config``, versions); return its sha256 content hash."""
     data = split_file_bytes(split_table(records, split))
     write_text_atomic(path, data.decode("utf-8"))
+    write_artifact(path, "split", [Path(path).name], command=command, config=config or {},
+                   inputs=[Input("records", None, records_digest(records))])
     return content_hash(data)
 
 
-def read_split_file(path: str | Path, expected_hash: str | None = None) -> pd.DataFrame:
-    """Read a split file, checking its columns and (optionally) its content hash."""
+def read_split_file(path: str | Path, expected_hash: str | None = None, *, as_text: bool = False) -> pd.DataFrame:
+    """Read a split file through the artifact loader (its meta.json's hash checked; a file without one loads with
+    a warning), checking its columns and (optionally) the content hash a later stage recorded. ``as_text``: every
+    column as text, empty cells as ``""`` (for joining ids)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -225,9 +239,13 @@ def read_split_file(path: str | Path, expected_hash: str | None = None) -> pd.Da
     if expected_hash is not None and content_hash(data) != expected_hash:
         raise SplitFileError(f"{path}: content hash differs from the one recorded ({expected_hash[:12]}...)")
     try:
-        table = pd.read_csv(io.BytesIO(data), dtype={"record_id": "string", "source": "string",
-                                                     "patient_id": "string", "finding": "string",
-                                                     "split": "string"})
+        load_artifact(path, "split")
+    except ArtifactError as error:
+        raise SplitFileError(str(error)) from None
+    types: Any = str if as_text else {"record_id": "string", "source": "string", "patient_id": "string",
+                                      "finding": "string", "split": "string"}
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=types, keep_default_na=not as_text)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise SplitFileError(f"{path}: not a readable split file ({error})") from None
     missing = [c for c in SPLIT_FILE_COLUMNS if c not in table.columns]

@@ -45,7 +45,7 @@ from unveil.evaluation.subgroups import with_record_columns
 from unveil.preprocess.cache import preprocess_records
 from unveil.progress import bar as progress_bar
 from unveil.thresholds import ThresholdRequest
-from unveil.training.bundle import BundleError, ModelBundle, load_bundle
+from unveil.training.bundle import BundleError, ModelBundle, load_verified_bundle
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, load_image_set
 
@@ -117,8 +117,8 @@ def training_split_table(bundle: ModelBundle) -> pd.DataFrame | None:
     if bundle.path is None or not (bundle.path.parent / "splits.csv").is_file():
         return None
     path = bundle.path.parent / "splits.csv"
-    read_split_file(path, expected_hash=bundle.description.get("provenance", {}).get("split_sha256"))
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_split_file(path, expected_hash=bundle.description.get("provenance", {}).get("split_sha256"),
+                           as_text=True)
 
 
 def training_records(bundle: ModelBundle) -> pd.DataFrame:
@@ -342,7 +342,7 @@ def evaluate_models(models: list[str | Path], test_sets: list[str], *, data: dic
     built: dict[tuple, TestSet] = {}
     steps = progress_bar(total=len(models) * len(test_sets), desc="evaluate", unit="test", enabled=progress)
     for model_path in models:
-        bundle = load_bundle(model_path)
+        bundle = load_verified_bundle(model_path)
         identity = {**model_identity(bundle), "model": names[str(model_path)]}
         chosen = resolve_threshold(bundle, threshold)
         if bundle.collapse_reason:  # still evaluated (its AUC is evidence), but every row says it

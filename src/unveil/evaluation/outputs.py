@@ -17,11 +17,14 @@ from typing import Any
 
 import pandas as pd
 
+from unveil.artifacts import META as META_JSON
+from unveil.artifacts import ArtifactError, artifact_input, load_artifact, write_artifact
 from unveil.evaluation.clinical import write_clinical_tables
 from unveil.evaluation.evaluate import EvaluationRun
 from unveil.evaluation.figures import plot_clinical_figures
 from unveil.evaluation.tables import plot_roc_curves, write_tables
 from unveil.provenance import write_run_metadata, write_text_atomic
+from unveil.training.bundle import resolve_bundle_dir
 
 RESULTS = "results.csv"
 PREDICTIONS = "predictions.csv"
@@ -52,6 +55,21 @@ def _merged(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     return pd.concat([previous[kept], new], ignore_index=True)
 
 
+def read_results(path: str | Path) -> pd.DataFrame:
+    """An evaluation's ``results.csv`` through the artifact loader: its folder's meta.json verified (the file's
+    hash, the bundles it evaluated); a file of an older unveil, or one outside an evaluation folder, loads with a
+    warning."""
+    path = Path(path)
+    folder = path.parent
+    if (folder / META_JSON).is_file():
+        artifact = load_artifact(folder, "evaluation")
+        if path.name not in artifact.files:
+            raise ArtifactError(f"{path}: not one of the files {folder / META_JSON} lists")
+    else:
+        load_artifact(path)  # no meta.json: the loader warns that it is unverified
+    return pd.read_csv(path)
+
+
 def write_evaluation_outputs(run: EvaluationRun, out: str | Path, *, arguments: dict[str, Any],
                              command: str = "unveil evaluate", keep_previous: bool = False,
                              roc_formats: tuple[str, ...] = ("png", "svg")) -> EvaluationOutputs:
@@ -74,4 +92,9 @@ def write_evaluation_outputs(run: EvaluationRun, out: str | Path, *, arguments: 
     clinical = write_clinical_tables(rows, predictions, out, resamples=resamples, seed=seed)
     meta = out / META
     write_run_metadata(meta, command, arguments, extra={"skipped": run.skipped})
+    written = [*tables, Path(predictions_path), *roc, meta, *(p for paths in figures.values() for p in paths),
+               *clinical.values()]
+    models = [artifact_input(resolve_bundle_dir(m), "bundle", "model") for m in arguments.get("models", [])]
+    write_artifact(out, "evaluation", sorted({path.name for path in written}), command=command, config=arguments,
+                   inputs=models)
     return EvaluationOutputs(tables, Path(predictions_path), roc, meta, figures, clinical)

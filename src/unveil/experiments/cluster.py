@@ -4,8 +4,9 @@
 each at a time, this process's torch threads shared between them); an address (``tcp://host:8786``) joins a
 running scheduler, e.g. the one dask-jobqueue's ``SLURMCluster`` starts (docs/cluster.md).
 
-- A cell that starts from a pre-trained encoder is submitted with that pre-training's future as an argument: the
-  scheduler starts it only after the pre-training finished, on whichever worker is free.
+- The jobs come from the run's one job graph (`unveil.experiments.graph`, the embedded executor's too): a cell that
+  starts from a pre-trained encoder is submitted with that pre-training's future as an argument, so the scheduler
+  starts it only after the pre-training finished, on whichever worker is free.
 - A task that trains on CUDA asks for one ``GPU`` resource: only workers started with ``--resources GPU=1`` run it.
 - Workers write only their run folders under the output folder (which every worker must see at the same path)
   and return small dicts; the driver alone writes ``done.json``, the SQLite store and the report.
@@ -32,6 +33,7 @@ from typing import Any
 from distributed import Client, WorkerPlugin
 
 from unveil.experiments.config import ExperimentError
+from unveil.experiments.graph import JobGraph, job_graph
 from unveil.experiments.jobs import CellJob, Job, PretrainJob, attempt_note, eta_note, report_step
 from unveil.progress import duration, progress_log
 
@@ -181,11 +183,22 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
              on_pretrained: Callable[[PretrainJob, dict[str, Any]], None],
              on_cell: Callable[[CellJob, dict[str, Any]], None],
              progress: Callable[[str], None] | None = None) -> None:
-    """Run the pre-trainings and the cells as tasks on ``client``'s cluster; ``on_pretrained`` / ``on_cell``
-    record each result on the driver as soon as it arrives (so a driver stopped later keeps what finished). A
-    task's exception is raised here (the other tasks are cancelled); a task whose workers kept dying becomes an
-    ExperimentError."""
-    if not pretrainings and not cells:
+    """:func:`run_graph` over the graph of these jobs (`unveil.experiments.graph.job_graph`), each result to
+    ``on_pretrained`` or ``on_cell``."""
+    def on_done(job: Job, result: dict[str, Any]) -> None:
+        on_pretrained(job, result) if isinstance(job, PretrainJob) else on_cell(job, result)
+
+    run_graph(client, job_graph(pretrainings, cells), on_done=on_done, progress=progress)
+
+
+def run_graph(client: Client, graph: JobGraph, *, on_done: Callable[[Job, dict[str, Any]], None],
+              progress: Callable[[str], None] | None = None) -> None:
+    """Run the graph's pending jobs (pre-trainings, cells) as tasks on ``client``'s cluster, each after the
+    submitted tasks it is built from; ``on_done`` records each result on the driver as soon as it arrives (so a
+    driver stopped later keeps what finished). A task's exception is raised here (the other tasks are
+    cancelled); a task whose workers kept dying becomes an ExperimentError."""
+    pending = [node for node in graph.order() if node.job is not None and not node.done]
+    if not pending:
         return
     from distributed import KilledWorker, as_completed
 
@@ -195,20 +208,24 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
     def resources(job: Job) -> dict[str, float] | None:
         return {GPU: 1} if needs_gpu(job.config.device, gpu_workers) else None
 
-    if not gpu_workers and any(resources(job) for job in (*pretrainings, *cells)):
+    if not gpu_workers and any(resources(node.job) for node in pending):
         report_step(progress, "  no worker offers a GPU yet: CUDA tasks wait for workers started with "
                               f"--resources {GPU}=1")
     futures: dict[Any, Job] = {}
-    by_bundle: dict[str, Any] = {}
-    for job in pretrainings:  # first, and first in priority: cells wait for them
-        future = client.submit(pretrain_task, job, key=_key("pretrain", job, job.run_dir), resources=resources(job),
-                               priority=1)
-        by_bundle[str(job.run_dir / "model")] = future
+    by_key: dict[str, Any] = {}
+    for node in pending:  # pre-trainings first, and first in priority: cells wait for them
+        job = node.job
+        if isinstance(job, PretrainJob):
+            future = client.submit(pretrain_task, job, key=_key("pretrain", job, job.run_dir),
+                                   resources=resources(job), priority=1)
+        else:  # after its pre-training's task; none when from scratch or pre-trained earlier
+            after = next((by_key[key] for key in node.after if key in by_key), None)
+            future = client.submit(cell_task, job, after, key=_key("cell", job, job.cell.run_dir),
+                                   resources=resources(job))
+        by_key[node.key] = future
         futures[future] = job
-    for job in cells:
-        after = by_bundle.get(job.encoder) if job.encoder else None  # None: from scratch, or pre-trained earlier
-        futures[client.submit(cell_task, job, after, key=_key("cell", job, job.cell.run_dir),
-                              resources=resources(job))] = job
+    pretrainings = [job for job in futures.values() if isinstance(job, PretrainJob)]
+    cells = [job for job in futures.values() if isinstance(job, CellJob)]
     report_step(progress, f"  {len(pretrainings)} pre-training(s) and {len(cells)} cell(s) submitted")
     started, finished = time.perf_counter(), {"encoder": 0, "cell": 0}
     totals = {"encoder": len(pretrainings), "cell": len(cells)}
@@ -222,10 +239,7 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
                 raise ExperimentError(
                     f"{what} {job.name}: its worker died too often (distributed.scheduler.allowed-failures); see "
                     "the workers' logs (out of memory?); a rerun resumes from its checkpoint") from None
-            if isinstance(job, PretrainJob):
-                on_pretrained(job, result)
-            else:
-                on_cell(job, result)
+            on_done(job, result)
             finished[what] += 1
             report_step(progress, f"  {what} {finished[what]}/{totals[what]} {job.name} done after "
                            f"{duration(time.perf_counter() - started)}{attempt_note(result)}"

@@ -37,16 +37,10 @@ from unveil.evaluation.outputs import PREDICTIONS, write_evaluation_outputs
 from unveil.evaluation.paired import ComparisonError, compare_predictions
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import write_tables
-from unveil.experiments.cluster import LOCAL, check_cluster, open_client, run_grid
+from unveil.experiments.cluster import LOCAL, check_cluster, open_client, run_graph
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
-from unveil.experiments.jobs import (
-    Cell,
-    CellJob,
-    PretrainJob,
-    _run_jobs,
-    cell_id,
-    report_step,
-)
+from unveil.experiments.graph import JobGraph, Node, run_local
+from unveil.experiments.jobs import Cell, CellJob, PretrainJob, cell_id, report_step
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.reports import write_report
 from unveil.synth.config import load_config
@@ -159,12 +153,43 @@ def pretrained(job: PretrainJob, result: dict[str, Any]) -> None:
     write_text_atomic(job.run_dir / "done.json", json.dumps(result) + "\n")
 
 
-def pretrain_encoders(run: _Run) -> dict[tuple[str, str], str]:
-    """Step 2: pre-train each encoder once per architecture (skipping finished ones); (label, architecture)
-    -> bundle path."""
+def audited_cells(run: _Run, cells: list[Cell]) -> list[Cell]:
+    """The cells of the audited compositions, in grid order."""
+    options, experiment = run.experiment.audit, run.experiment
+    compositions = experiment.compositions if options.compositions == "all" else options.compositions
+    return [cell for cell in cells if cell.composition in compositions]
+
+
+def plan_graph(run: _Run, cells: list[Cell]) -> JobGraph:
+    """The one graph of the run (`unveil.experiments.graph`): pre-trainings, cells after their encoder's
+    pre-training, each cell's evaluation and audit, the report after them; what exists already is marked done."""
     encoders, pending = plan_pretraining(run)
-    _run_jobs(pending, run.parallel, run.progress, pretrained, what="encoder")
-    return encoders
+    graph, jobs, by_bundle = JobGraph(), {job.name: job for job in pending}, {}
+    for (label, architecture), bundle in encoders.items():
+        name = f"{label}-{architecture}"
+        by_bundle[bundle] = graph.add(Node(f"pretrain:{name}", "pretrain", Path(bundle), job=jobs.get(name),
+                                           done=name not in jobs)).key
+    cell_jobs = {job.cell.id: job for job in plan_cell_jobs(run, cells, encoders)}
+    for cell in cells:
+        encoder = encoders.get((cell.encoder, cell.architecture))
+        graph.add(Node(f"cell:{cell.id}", "cell", cell.bundle, (by_bundle[encoder],) if encoder in by_bundle else (),
+                       cell_jobs.get(cell.id), done=cell.id not in cell_jobs))
+    evaluated = run.store.evaluated()
+    for cell in cells:
+        graph.add(Node(f"evaluate:{cell.id}", "evaluate", run.out / "evaluation" / cell.id, (f"cell:{cell.id}",),
+                       done=all((cell.id, test) in evaluated for test in run.experiment.tests)))
+    for cell in audited_cells(run, cells):
+        folder = run.out / "audit" / cell.id
+        graph.add(Node(f"audit:{cell.id}", "audit", folder, (f"cell:{cell.id}",),
+                       done=(folder / "audit.json").is_file()))
+    stages = [node.key for node in graph.order() if node.stage in ("evaluate", "audit")]
+    graph.add(Node("report", "report", run.out / "report.html", tuple(stages)))
+    return graph
+
+
+def pretrain_encoders(run: _Run, graph: JobGraph) -> None:
+    """Step 2: pre-train each encoder once per architecture (skipping finished ones)."""
+    run_local(graph, run.parallel, run.progress, pretrained, stages=("pretrain",))
 
 
 def plan_cell_jobs(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> list[CellJob]:
@@ -194,30 +219,36 @@ def record_cell(store: ResultsStore, job: CellJob, result: dict[str, Any]) -> No
                     "val_auc": result["val_auc"], "config": job.config.to_dict()})
 
 
-def train_cells(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> None:
+def record_job(run: _Run, job: PretrainJob | CellJob, result: dict[str, Any]) -> None:
+    """A job of the graph finished: a pre-training's done.json, or a cell's row in the store."""
+    if isinstance(job, PretrainJob):
+        pretrained(job, result)
+    else:
+        record_cell(run.store, job, result)
+
+
+def train_cells(run: _Run, graph: JobGraph) -> None:
     """Step 3: train every cell not yet done (a cell killed mid-training resumes from its checkpoint)."""
-    _run_jobs(plan_cell_jobs(run, cells, encoders), run.parallel, run.progress,
-              lambda job, result: record_cell(run.store, job, result))
+    run_local(graph, run.parallel, run.progress, lambda job, result: record_job(run, job, result), stages=("cell",))
 
 
-def train_on_cluster(run: _Run, cells: list[Cell], connect: Callable[[], Any]) -> None:
-    """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`): a cell that needs an encoder
-    depends on its pre-training task; the driver records each result as it arrives. ``connect()`` gives the
-    client, only when there is something to run (a finished grid starts no local cluster)."""
-    encoders, pretrainings = plan_pretraining(run)
-    cell_jobs = plan_cell_jobs(run, cells, encoders)
-    if pretrainings or cell_jobs:
-        run_grid(connect(), pretrainings, cell_jobs, on_pretrained=pretrained,
-                 on_cell=lambda job, result: record_cell(run.store, job, result), progress=run.progress)
+def train_on_cluster(run: _Run, graph: JobGraph, connect: Callable[[], Any]) -> None:
+    """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`), over the same graph: a cell that
+    needs an encoder depends on its pre-training task; the driver records each result as it arrives.
+    ``connect()`` gives the client, only when there is something to run (a finished grid starts no cluster)."""
+    if graph.stage("pretrain", pending=True) or graph.stage("cell", pending=True):
+        run_graph(connect(), graph, on_done=lambda job, result: record_job(run, job, result), progress=run.progress)
 
 
-def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
-    """Step 4: every cell on every test set it has not met yet; results in the store, files in
-    OUT/evaluation/<cell>/ (the files of `unveil evaluate --out`)."""
+def evaluate_cells(run: _Run, cells: list[Cell], graph: JobGraph) -> None:
+    """Step 4 (the graph's ``evaluate`` nodes): every cell on every test set it has not met yet; results in the
+    store, files in OUT/evaluation/<cell>/ (the files of `unveil evaluate --out`)."""
 
     experiment, options = run.experiment, run.experiment.evaluation
     evaluated = run.store.evaluated()
-    for number, cell in enumerate(cells, start=1):
+    by_id = {cell.id: cell for cell in cells}
+    for number, node in enumerate(graph.stage("evaluate"), start=1):
+        cell = by_id[node.key.partition(":")[2]]
         tests = [t for t in experiment.tests if (cell.id, t) not in evaluated]
         if not tests:
             continue
@@ -280,14 +311,14 @@ def external_sets(run: _Run, cell: Cell) -> list[str]:
             if role in run.data and role not in trained_on]
 
 
-def audit_cells(run: _Run, cells: list[Cell]) -> None:
-    """Step 5: audit the cells of the audited compositions (skipping those already audited)."""
+def audit_cells(run: _Run, cells: list[Cell], graph: JobGraph) -> None:
+    """Step 5 (the graph's ``audit`` nodes): audit the cells of the audited compositions (skipping those already
+    audited)."""
 
     experiment, options = run.experiment, run.experiment.audit
-    compositions = experiment.compositions if options.compositions == "all" else options.compositions
-    audited = [cell for cell in cells if cell.composition in compositions]
-    for number, cell in enumerate(audited, start=1):
-        folder = run.out / "audit" / cell.id
+    by_id, audited = {cell.id: cell for cell in cells}, graph.stage("audit")
+    for number, node in enumerate(audited, start=1):
+        cell, folder = by_id[node.key.partition(":")[2]], node.artifact
         if (folder / "audit.json").is_file():
             continue
         test_sets = list(options.test_sets or [cell.composition]) + external_sets(run, cell)
@@ -367,20 +398,21 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
         load_data(run)
+        graph = plan_graph(run, cells)
         if cluster is None:
             run.say("[2/6] pre-training encoders")
-            encoders = pretrain_encoders(run)
+            pretrain_encoders(run, graph)
             run.say("[3/6] training cells")
-            train_cells(run, cells, encoders)
+            train_cells(run, graph)
         else:
             run.say(f"[2-3/6] pre-training encoders and training cells on the Dask cluster ({cluster})")
-            train_on_cluster(run, cells, connect)
+            train_on_cluster(run, graph, connect)
             on_cluster.close()  # evaluation and audit run here: a local cluster's workers are not needed any more
         run.say("[4/6] evaluating every cell on every test set")
-        evaluate_cells(run, cells)
+        evaluate_cells(run, cells, graph)
         compare_encoders(run, cells)
         run.say("[5/6] auditing")
-        audit_cells(run, cells)
+        audit_cells(run, cells, graph)
         run.say("[6/6] tables and report")
         write_summary(run, started)
     if report:

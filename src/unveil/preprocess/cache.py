@@ -32,6 +32,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image
 
+from unveil.artifacts import Input, write_artifact
 from unveil.documents import load_json
 from unveil.errors import UnveilError, disk_full, no_space
 from unveil.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
@@ -270,6 +271,8 @@ def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: Prepr
     write_text_atomic(manifest_path, manifest.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(cache / f"settings-{settings.key()}.json",
                       json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n")
+    write_artifact(manifest_path, "preprocessed", [manifest_path.name, f"settings-{settings.key()}.json"],
+                   command="preprocess", config=spec, inputs=[Input("lung-model", None, settings.model_sha256)])
     failures = [str(e) for e in manifest.loc[manifest["status"] == "failed", "error"]]
     for failure in failures:
         log.warning("skipped: %s", failure)

@@ -28,6 +28,7 @@ import pandas as pd
 from markupsafe import Markup
 
 import unveil
+from unveil.artifacts import Input, artifact_input, load_artifact, write_artifact
 from unveil.audit.verdict import is_count, summary_sentence, value_text
 from unveil.data.compose import load_recipes
 from unveil.data.spec import DataSpec
@@ -383,4 +384,16 @@ def render_report(results_dir: str | Path) -> str:
 def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of an experiment run; default ``results_dir/report.html``."""
     path = Path(out) if out is not None else Path(results_dir) / "report.html"
-    return write_text_atomic(path, render_report(results_dir))
+    inputs = [*stage_inputs(Path(results_dir)), artifact_input(Path(results_dir) / "results.sqlite", "results")]
+    write_text_atomic(path, render_report(results_dir))
+    write_artifact(path, "report", [path.name], command="unveil report", config={"results": str(results_dir)},
+                   inputs=inputs)
+    return path
+
+
+def stage_inputs(results_dir: Path) -> list[Input]:
+    """The evaluations and audits the report shows, each verified by the artifact loader first (a changed file
+    is an error naming it; an older run's folders are read with a warning)."""
+    folders = sorted(p for stage in ("evaluation", "audit") for p in (results_dir / stage).glob("*") if p.is_dir())
+    return [artifact_input(folder, load_artifact(folder).kind or folder.parent.name, folder.parent.name)
+            for folder in folders]

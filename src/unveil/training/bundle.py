@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unveil.artifacts import load_artifact
 from unveil.documents import load_json
 from unveil.errors import UnveilError
 from unveil.models import CxrClassifier, ModelError, build_model, model_names
@@ -373,3 +374,12 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Mo
         raise BundleError(f"{directory / WEIGHTS_FILE}: weights do not match the described model "
                           f"(fields architecture/width/num_classes; {text[:300]})") from None
     return ModelBundle(model.to(device).eval(), description, directory)
+
+
+def load_verified_bundle(directory: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """:func:`load_bundle` for the stages built on a bundle (evaluation, audit): its fields checked first, then
+    through the artifact loader its files' hashes and what it was built from (its run folder's split file, its
+    encoder); a bundle of an older unveil (no meta.json) loads with a warning."""
+    bundle = load_bundle(directory, device)
+    load_artifact(bundle.path, "bundle")
+    return bundle

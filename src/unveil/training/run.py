@@ -10,6 +10,7 @@ folder: ``model/`` (the bundle), ``splits.csv`` (+ SHA-256 in the metadata), ``c
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from unveil.artifacts import META, Input, artifact_input, write_artifact
 from unveil.data.compose import compose, load_recipes
 from unveil.data.records import concat_records
 from unveil.data.spec import DataSpec
@@ -33,7 +35,7 @@ from unveil.progress import duration
 from unveil.provenance import file_sha256, write_run_metadata, write_text_atomic
 from unveil.thresholds import ThresholdChoice, fixed_threshold
 from unveil.tracking import TrackingSettings
-from unveil.training.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+from unveil.training.bundle import WEIGHTS_FILE, load_bundle, resolve_bundle_dir, save_bundle
 from unveil.training.collapse import CollapseCheck, check_collapse
 from unveil.training.config import TrainConfig
 from unveil.training.data import ImageSet, TrainingDataError, fit_normalization, load_image_set
@@ -173,7 +175,25 @@ def _write_run(out: Path, model: torch.nn.Module, sets: dict[str, ImageSet], res
         predictions[f"p_{name}"] = result.val_probabilities[:, index]
     write_text_atomic(out / "val_predictions.csv", predictions.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(out / "skipped.txt", "".join(f"{s}\n" for s in extra["skipped"]))
-    write_run_metadata(out / "run.meta.json", f"unveil {provenance['task'].split(':')[0]}", arguments, extra=extra)
+    command = f"unveil {provenance['task'].split(':')[0]}"
+    write_run_metadata(out / "run.meta.json", command, arguments, extra=extra)
+    write_bundle_artifact(out / "model", command, arguments, preprocess,
+                          encoder=arguments.get("encoder"), init_weights=provenance.get("init_weights"))
+
+
+def write_bundle_artifact(bundle: Path, command: str, arguments: dict[str, Any], preprocess: PreprocessSettings, *,
+                          encoder: str | None, init_weights: str | None) -> Path:
+    """The bundle as an artifact (``model/meta.json``): its files' hashes, built from the run folder's split
+    file, the encoder bundle it started from and the weights file, and the pre-processing it was trained on."""
+    settings = json.dumps(asdict(preprocess), sort_keys=True, default=str).encode("utf-8")
+    inputs = [artifact_input(bundle.parent / "splits.csv", "split", "split"),
+              Input("preprocessed", None, hashlib.sha256(settings).hexdigest(), "preprocessed")]
+    if encoder:
+        inputs.append(artifact_input(resolve_bundle_dir(encoder), "bundle", "encoder"))
+    if init_weights:
+        inputs.append(artifact_input(init_weights, "weights", "init_weights"))
+    files = sorted(p.name for p in bundle.iterdir() if p.is_file() and p.name != META and not p.name.startswith("."))
+    return write_artifact(bundle, "bundle", files, command=command, config=arguments, inputs=inputs)
 
 
 def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...],
@@ -197,7 +217,8 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
     model, encoder_info = _initial_model(config, classes, encoder=encoder, init_weights=init_weights)
     check_image_size(model, config.image_size)
     normalization = model.input_normalization or fit_normalization(sets["train"].images)
-    split_hash = write_split_file(out / "splits.csv", records, records["split"]) if rank == 0 else None
+    split_hash = write_split_file(out / "splits.csv", records, records["split"], command=f"unveil {task.split(':')[0]}",
+                                  config={"task": task, "data": data, "seed": config.seed}) if rank == 0 else None
     result = fit(model, sets["train"], sets["val"], config, out, normalization=normalization, resume=resume,
                  progress=progress, on_step=on_step, tracking=tracking,
                  params={"task": task, "preprocess": asdict(preprocess), "encoder": str(encoder) if encoder else None})
