@@ -189,6 +189,15 @@ def test_the_runner_merges_outcomes_and_refuses_a_key_written_twice(tmp_path):
     with pytest.raises(RuntimeError, match="figures\\['images'\\], which 'audit' wrote"):
         run_tests(_context(tmp_path, 4), AuditResult([], {"images": 4}), (Toy(figures_key="images"),))
 
+    class Short(Toy):
+        name = "short"
+
+        def run(self, context: AuditContext) -> AuditOutcome:
+            return AuditOutcome(per_image={"short": np.zeros(len(context.records) - 1)})
+
+    with pytest.raises(RuntimeError, match="per-image columns of other lengths than the 4 images: {'short': 3}"):
+        run_tests(_context(tmp_path, 4), AuditResult([], {}), (Short(),))
+
 
 @pytest.fixture(scope="module")
 def small_hospital(tmp_path_factory) -> str:

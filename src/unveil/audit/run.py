@@ -23,6 +23,7 @@ as "not applicable" with the reason. The runner writes audit.json, audit.md, aud
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -87,31 +88,27 @@ def run_test(test: AuditTest, context: AuditContext) -> AuditOutcome:
 def run_tests(context: AuditContext, result: AuditResult, tests: tuple[AuditTest, ...] | None = None, *,
               progress: bool = False) -> dict[str, np.ndarray]:
     """Run ``tests`` (default: every registered one) in order, merging each outcome into ``result``; returns the
-    per-image evidence columns, each one value per audited image."""
+    per-image evidence columns, each one value per audited image. One progress step per run of tests sharing a
+    ``stage``."""
     tests = registered() if tests is None else tests
-    stages = list(dict.fromkeys(test.stage or test.name for test in tests))
+    stages = [(stage, list(members)) for stage, members in itertools.groupby(tests, key=lambda t: t.stage or t.name)]
     steps = progress_bar(total=len(stages), desc="audit", unit="test", enabled=progress)
     columns: dict[str, np.ndarray] = {}
     owners: dict[str, dict[str, str]] = {"figures": dict.fromkeys(result.figures, "audit"), "files": {},
                                          "per_image": dict.fromkeys(IDENTITY_COLUMNS, "audit")}
-    current = None
-    for test in tests:
-        stage = test.stage or test.name
-        if stage != current:
-            if current is not None:
-                steps.update()
-            steps.set_postfix_str(stage)
-            current = stage
-        outcome = run_test(test, context)
-        result.verdicts += outcome.verdicts
-        _merge(result.figures, outcome.figures, owners["figures"], test, "figures")
-        _merge(result.files, outcome.files, owners["files"], test, "files")
-        for name, values in outcome.per_image.items():
-            if len(values) != len(context.records):
-                raise RuntimeError(f"audit test {test.name!r}: per-image column {name!r} holds {len(values)} values "
-                                   f"for {len(context.records)} images")
-        _merge(columns, dict(outcome.per_image), owners["per_image"], test, "per_image")
-    if current is not None:
+    for stage, members in stages:
+        steps.set_postfix_str(stage)
+        for test in members:
+            outcome = run_test(test, context)
+            result.verdicts += outcome.verdicts
+            _merge(result.figures, outcome.figures, owners["figures"], test, "figures")
+            _merge(result.files, outcome.files, owners["files"], test, "files")
+            wrong = {name: len(values) for name, values in outcome.per_image.items()
+                     if len(values) != len(context.records)}
+            if wrong:
+                raise RuntimeError(f"audit test {test.name!r}: per-image columns of other lengths than the "
+                                   f"{len(context.records)} images: {wrong}")
+            _merge(columns, outcome.per_image, owners["per_image"], test, "per_image")
         steps.update()
     steps.close()
     return columns
