@@ -2,10 +2,7 @@
 its test (:func:`unveil.audit.protocol.register`), so adding a test is adding a module here (and its test in
 tests/); `audit()` runs them in their ``order``. This is the naming-convention plugin discovery of the Python
 Packaging User Guide ("Creating and discovering plugins": ``pkgutil.iter_modules`` over a package's path).
-
-The built-in tests, in order: feature map (100), source probes (200), lung occlusion (300), transfer (400),
-metadata (500), contamination (600), acquisition fingerprint (700), source discovery (800), saliency in lungs
-(900), infection saliency (1000).
+The order they run in: :func:`unveil.audit.protocol.registered` (tests/test_audit_protocol.py holds it).
 """
 
 import importlib
