@@ -143,7 +143,8 @@ def test_acceptance_paper_is_flagged_clean_is_not(tmp_path):
 
 def test_verdicts_name_their_measure_and_print_no_raw_dict(tmp_path):
     from unveil.audit.outputs import audit_markdown
-    from unveil.audit.run import AuditResult, _probe_verdict
+    from unveil.audit.run import AuditResult
+    from unveil.audit.suite.source_probes import probe_verdict as _probe_verdict
 
     rng = np.random.default_rng(0)
     target = np.arange(40) % 2
@@ -201,7 +202,7 @@ def test_cli_audit_errors(tmp_path):
 
 
 def test_a_source_probe_flags_training_sources_only():
-    from unveil.audit.run import _probe_verdict
+    from unveil.audit.suite.source_probes import probe_verdict as _probe_verdict
 
     rng = np.random.default_rng(0)
     target = np.arange(40) % 2

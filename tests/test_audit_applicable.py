@@ -67,7 +67,7 @@ def test_occlusion_of_a_lung_masked_model_keeps_the_silhouette_and_says_so(maske
 
 
 def test_occluded_masked_input_holds_nothing_but_the_silhouette(masked):
-    from unveil.audit.run import occluded_inputs
+    from unveil.audit.suite.lung_occlusion import occluded_inputs
     from unveil.transforms import blur_mask
 
     audited = _gathered(masked)
@@ -90,13 +90,16 @@ def torch_uint8(array: np.ndarray):
 
 
 def test_occlusion_with_one_silhouette_for_every_image_is_not_applicable(masked):
-    from unveil.audit.run import AuditResult, occlusion_test
+    from unveil.audit.context import AuditContext
+    from unveil.audit.run import AuditResult
+    from unveil.audit.suite.lung_occlusion import LungOcclusion
 
     audited = _gathered(masked)
     same = np.repeat(audited.model_masks[:1], len(audited.model_masks), axis=0)
-    result = AuditResult([], {})
-    original = np.linspace(0.1, 0.9, len(same))
-    occlusion_test(replace(audited, model_masks=same), original, AuditThresholds(), result, seed=0, resamples=50)
+    context = AuditContext(replace(audited, model_masks=same), masked["root"], AuditThresholds(), seed=0, resamples=50)
+    context.probability = np.linspace(0.1, 0.9, len(same))  # the model's own scores, as the runner would give them
+    outcome = LungOcclusion().run(context)
+    result = AuditResult(outcome.verdicts, outcome.figures)
     verdict = _one(result, "lung occlusion")
     assert verdict.state == "not applicable" and verdict.flagged is None and math.isnan(verdict.value)
     assert verdict.threshold.startswith("not applicable") and "same input for every image" in verdict.suggests

@@ -30,6 +30,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_mutual_info_score, silhouette_score
 
 from unveil.audit.fingerprint import NAMES, forest_probe, property_matrix, varying_properties
+from unveil.audit.protocol import InsufficientData
 from unveil.audit.verdict import NOT_APPLICABLE, Verdict
 
 #: the numbers of clusters tried (the silhouette chooses)
@@ -58,11 +59,11 @@ class Clustering:
 
 def cluster_features(features: np.ndarray, *, seed: int, k_range: tuple[int, int] = K_RANGE) -> Clustering:
     """Standardize, PCA to :data:`COMPONENTS`, k-means for each k of ``k_range`` (at most n - 1); the k of the
-    highest silhouette. Raises ValueError with fewer than 3 images or features all alike."""
+    highest silhouette. Raises :class:`InsufficientData` with fewer than 3 images or features all alike."""
     n = len(features)
     spread = features.std(0)
     if n < 3 or not (spread > 0).any():
-        raise ValueError(f"clustering needs at least 3 images whose features differ ({n} images)")
+        raise InsufficientData(f"clustering needs at least 3 images whose features differ ({n} images)")
     scaled = (features[:, spread > 0] - features[:, spread > 0].mean(0)) / spread[spread > 0]
     reduced = PCA(n_components=min(COMPONENTS, n - 1, scaled.shape[1]), random_state=seed).fit_transform(scaled)
     fits, by_k = {}, {}
@@ -72,7 +73,7 @@ def cluster_features(features: np.ndarray, *, seed: int, k_range: tuple[int, int
             continue
         fits[k], by_k[k] = model, float(silhouette_score(reduced, model.labels_))
     if not fits:
-        raise ValueError("k-means found no two distinct clusters in the features")
+        raise InsufficientData("k-means found no two distinct clusters in the features")
     k = max(by_k, key=lambda key: (by_k[key], -key))
     model = fits[k]
     distance = np.linalg.norm(reduced - model.cluster_centers_[model.labels_], axis=1)
@@ -91,7 +92,7 @@ def patient_permutation(groups: np.ndarray, rng: np.random.Generator) -> np.ndar
         by_size.setdefault(len(images), []).append(images)
     permutation = np.arange(len(groups))
     for patients in by_size.values():
-        for target, source in zip(patients, (patients[i] for i in rng.permutation(len(patients)))):
+        for target, source in zip(patients, (patients[i] for i in rng.permutation(len(patients))), strict=True):
             permutation[target] = source
     return permutation
 
@@ -149,7 +150,7 @@ def clusters_text(summaries: list[dict]) -> str:
 def acquisition_alignment(clustering: Clustering, labels: np.ndarray, groups: np.ndarray, properties: pd.DataFrame,
                           *, seed: int, resamples: int) -> dict[str, float]:
     """How well the file properties tell the clusters with more COVID+ than the whole set from the others
-    (balanced accuracy of a cross-validated forest, with its interval). Raises ValueError when a side has images
+    (balanced accuracy of a cross-validated forest, with its interval). Raises InsufficientData when a side has images
     of fewer than 2 patients."""
     shares = pd.Series(labels).groupby(clustering.assignment).mean()
     leaning = np.isin(clustering.assignment, shares.index[shares > labels.mean()]).astype(int)
@@ -204,7 +205,7 @@ def discovery_verdicts(features: np.ndarray, records: pd.DataFrame, labels: np.n
         return [_not_applicable(subject, reason)], {"scope": scope, "not_applicable": reason}, None
     try:
         clustering = cluster_features(features, seed=seed)
-    except ValueError as error:
+    except InsufficientData as error:
         return [_not_applicable(subject, str(error))], {"scope": scope, "not_applicable": str(error)}, None
     label = label_alignment(clustering.assignment, labels, groups, resamples=resamples, seed=seed)
     summaries = cluster_summaries(clustering, records, labels, groups, properties)
@@ -212,7 +213,7 @@ def discovery_verdicts(features: np.ndarray, records: pd.DataFrame, labels: np.n
                      "silhouette_by_k": clustering.by_k, "label": label, "clusters": summaries}
     try:
         acquired = acquisition_alignment(clustering, labels, groups, properties, seed=seed, resamples=resamples)
-    except ValueError as error:
+    except InsufficientData as error:
         acquired, figures["acquisition_note"] = None, str(error)
     figures["acquisition"] = acquired
     aligned = bool(label["p_value"] < SIGNIFICANCE and (ami_rule is None or label["value"] >= ami_rule))

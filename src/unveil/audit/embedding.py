@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unveil.audit.protocol import InsufficientData
+
 
 def tsne_map(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """2-D openTSNE embedding (PCA to 50 dimensions first, perplexity capped for small sets)."""
+    """2-D openTSNE embedding (PCA to 50 dimensions first, perplexity capped for small sets); fewer than 5 images:
+    :class:`InsufficientData`."""
     from openTSNE import TSNE  # lazy: openTSNE and matplotlib are slow to import; only the audit's maps need them
     from sklearn.decomposition import PCA
 
     n = len(features)
     if n < 5:
-        raise ValueError(f"t-SNE needs at least 5 images, got {n}")
+        raise InsufficientData(f"t-SNE needs at least 5 images, got {n}")
     reduced = PCA(n_components=min(50, n - 1, features.shape[1]), random_state=seed).fit_transform(
         (features - features.mean(0)) / (features.std(0) + 1e-8))
     perplexity = min(perplexity, max(2.0, (n - 1) / 3.0 - 1))

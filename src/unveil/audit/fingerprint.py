@@ -18,6 +18,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from unveil.audit.metadata import one_hot
 from unveil.audit.probes import ProbeResult, cross_validated_probe
+from unveil.audit.protocol import InsufficientData
 from unveil.audit.verdict import NOT_APPLICABLE, Verdict
 from unveil.io import ImageReadError, read_file_properties
 
@@ -101,7 +102,7 @@ def _metric(probe: ProbeResult, key: str = "roc_auc") -> dict[str, float]:
 def fingerprint_probes(table: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, *, seed: int,
                        resamples: int) -> tuple[ProbeResult, dict[str, ProbeResult]]:
     """The label from all varying properties together, and from each alone (sorted by AUC, highest first).
-    Raises ValueError when a class has images of fewer than 2 patients."""
+    Raises :class:`InsufficientData` when a class has images of fewer than 2 patients."""
     varying = varying_properties(table)
     combined = forest_probe(property_matrix(table, varying or list(PROPERTIES)), labels, groups,
                             name="fingerprint", negative="COVID-", positive="COVID+", seed=seed, resamples=resamples)
@@ -147,7 +148,7 @@ def fingerprint_verdicts(table: pd.DataFrame, labels: np.ndarray, groups: np.nda
                      "constant": {p: _plain(table[p].iloc[0]) for p in PROPERTIES if p not in varying and len(table)}}
     try:
         combined, alone = fingerprint_probes(table, labels, groups, seed=seed, resamples=resamples)
-    except ValueError as error:
+    except InsufficientData as error:
         figures["not_applicable"] = str(error)
         return [Verdict("acquisition fingerprint", subject, math.nan, math.nan, math.nan,
                         f"{NOT_APPLICABLE}: too few patients", None,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from unveil.audit.probes import linear_probe
+from unveil.audit.protocol import InsufficientData
 from unveil.audit.verdict import Verdict
 
 #: pediatric below this age (years); the Kermany set (ChestXRay) is of children aged 1-5
@@ -123,7 +124,7 @@ def _feature_probe_verdicts(features: np.ndarray, table: pd.DataFrame, is_positi
                 probe = linear_probe(features[index], target[known].astype(int), groups[index],
                                      name=f"{field_name} {within}", negative=negative, positive=positive, seed=seed,
                                      resamples=resamples)
-            except ValueError as error:  # too few patients on a side: noted, no verdict
+            except InsufficientData as error:  # too few patients on a side: noted, no verdict
                 figures["notes"].append(str(error))
                 continue
             figures["probes"].append({"field": field_name, **probe.figures()})
@@ -154,7 +155,7 @@ def _metadata_only_verdicts(mine: pd.DataFrame, labels: np.ndarray, patients: np
             probe = linear_probe(one_hot(mine, chosen_fields), labels, patients, name=f"metadata only {name}",
                                  negative="COVID-", positive="COVID+", seed=seed, resamples=resamples,
                                  regularization=1.0)
-        except ValueError as error:  # too few patients on a side: noted, no verdict
+        except InsufficientData as error:  # too few patients on a side: noted, no verdict
             figures["notes"].append(str(error))
             continue
         metric = probe.evaluation.metrics["roc_auc"]

@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from unveil.audit.protocol import InsufficientData
 from unveil.evaluation.metrics import Evaluation, evaluate_scores, fixed_threshold
 
 
@@ -69,13 +70,13 @@ def cross_validated_probe(features: np.ndarray, target: np.ndarray, groups: np.n
                           folds: int = 5, resamples: int = 1000) -> ProbeResult:
     """Out-of-fold probabilities of a fresh ``make_model()`` per fold (a class-balanced scikit-learn classifier:
     its decision is the fixed 0.5), folds by StratifiedGroupKFold on the patient keys ``groups``, and their
-    patient-bootstrap evaluation. Raises ValueError when a side has images of fewer than 2 patients."""
+    patient-bootstrap evaluation. Raises :class:`InsufficientData` when a side has images of fewer than 2 patients."""
     target = np.asarray(target).astype(int)
     groups = np.asarray(groups)
     per_class_patients = min(len(np.unique(groups[target == value])) for value in (0, 1))
     folds = min(folds, per_class_patients)
     if folds < 2:
-        raise ValueError(f"probe {name}: each side needs images of at least 2 patients "
+        raise InsufficientData(f"probe {name}: each side needs images of at least 2 patients "
                          f"({negative}: {int((target == 0).sum())} images, {positive}: {int((target == 1).sum())})")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = np.zeros(len(target))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unveil.audit.protocol import InsufficientData
 from unveil.audit.verdict import Verdict
 from unveil.evaluation.metrics import Evaluation, _bootstrap, _patient_codes, evaluate_scores
 
@@ -82,7 +83,7 @@ def compare_transfer(in_source: ScoredSet, external: ScoredSet, *, threshold: fl
     patient-bootstrap intervals of the difference (each set's patients resampled independently)."""
     for scored in (in_source, external):
         if len(np.unique(scored.labels)) < 2:
-            raise ValueError(f"transfer: {scored.name} holds one class only ({len(scored.labels)} images); "
+            raise InsufficientData(f"transfer: {scored.name} holds one class only ({len(scored.labels)} images); "
                              "AUC and balanced accuracy need COVID+ and COVID- images")
     reference = evaluate_scores(in_source.labels, in_source.probability, in_source.patients, threshold=threshold,
                                 resamples=resamples, seed=seed, confidence=confidence)
@@ -171,7 +172,7 @@ def transfer_section(records, members: dict[str, set[str]], is_positive: np.ndar
         try:
             transfer = compare_transfer(scored(own), scored(name), threshold=threshold, resamples=resamples,
                                         seed=seed)
-        except ValueError as error:
+        except InsufficientData as error:
             notes.append(str(error))
             continue
         figures["transfer"].append(transfer.figures())

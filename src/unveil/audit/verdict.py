@@ -80,7 +80,8 @@ class AuditResult:
         return [v for v in self.verdicts if v.flagged]
 
 
-#: what a fired flag of each test means, in a reviewer's words
+#: what a fired flag of each test means, in a reviewer's words (a registered audit test adds its own,
+#: :attr:`unveil.audit.protocol.AuditTest.meanings`)
 MEANINGS: dict[str, str] = {
     "source probe": "the features tell the datasets apart within a class, so the model can read the hospital",
     "lung occlusion": "the model still separates the classes with the lung content hidden, so it uses evidence other "
@@ -103,8 +104,9 @@ MEANINGS: dict[str, str] = {
 }
 
 
-#: tests about the audited data rather than the model: they fire for any model audited on these images
-DATA_TESTS = ("metadata only", "acquisition fingerprint", "contamination")
+#: tests about the audited data rather than the model: they fire for any model audited on these images (a registered
+#: audit test adds its own, :attr:`unveil.audit.protocol.AuditTest.data_flags`)
+DATA_TESTS = ["metadata only", "acquisition fingerprint", "contamination"]
 
 
 def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:
