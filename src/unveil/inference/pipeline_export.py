@@ -7,7 +7,7 @@ threshold and its rule, versions, SHA-256 of every file, measured agreement). Be
 of the folder alone elsewhere scores check images through onnxruntime and the result is compared with
 `unveil predict`'s path; an export that differs by more than ``tolerance`` is refused. No absolute path of the
 building machine is written: files are named relative to the folder, the bundle and lung model by name and hash,
-and the exporter's source locations are removed from the ONNX graphs.
+and the ONNX graphs' per-node metadata and doc strings (where exporters may record source locations) are removed.
 """
 
 from __future__ import annotations
