@@ -64,15 +64,32 @@ def predict_command(
 @writes_output(lambda values: bundle_files(values["model"]), file=True)
 def export_command(
     model: ModelArgument,
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="Output file (default: MODEL/model.onnx or model.pt).")] = None,
+    format: Annotated[str, typer.Option("--format", help="onnx, torchscript, or pipeline (lung model, "
+                                                         "pre-processing and classifier, for ONNX Runtime).")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        help="Output file (default: MODEL/model.onnx or model.pt); for pipeline a new folder (default: "
+             "MODEL-pipeline beside MODEL).")] = None,
+    check_image: Annotated[list[Path] | None, typer.Option(
+        "--check-image", help="pipeline: an image file to verify the export on against unveil predict "
+                              "(repeatable; default: synthetic radiographs).")] = None,
+    lung_model: LungModelOption = None,
+    lung_convention: LungConventionOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a bundle (image in [0, 1] -> probabilities), verified against PyTorch within 1e-4."""
-    from unveil.inference import export_model
+    """Export a bundle, verified within 1e-4: onnx/torchscript (pre-processed image in [0, 1] -> probabilities,
+    against PyTorch) or pipeline (raw gray image -> probabilities, the whole chain, against unveil predict)."""
+    from unveil.inference import ExportError, export_model
     from unveil.progress import phase
     from unveil.training.bundle import resolve_bundle_dir
 
+    if format not in ("onnx", "torchscript", "pipeline"):
+        raise ExportError(f"--format must be onnx, torchscript or pipeline; got {format!r}")
+    if format == "pipeline":
+        folder = out or resolve_bundle_dir(model).with_name(resolve_bundle_dir(model).name + "-pipeline")
+        require_paths(check_image or [])
+        _export_pipeline(model=model, out=folder, check_image=check_image, lung_model=lung_model,
+                         lung_convention=lung_convention, as_json=as_json, target=folder)
+        return
     target = out or resolve_bundle_dir(model) / ("model.onnx" if format == "onnx" else "model.pt")
     with phase(f"export {format}"):
         description = export_model(model, format, target)
@@ -82,3 +99,21 @@ def export_command(
                               indent=2))
     else:
         typer.echo(f"exported {format}: {target} (verified: probabilities within {difference:.2g} of PyTorch)")
+
+
+@writes_output("check_image", models=("model",), staged=True)
+def _export_pipeline(model: Path, out: Path, check_image: list[Path] | None, lung_model: Path | None,
+                     lung_convention: str | None, as_json: bool, target: Path) -> None:
+    """The pipeline export into the guarded folder ``out`` (staged; ``target`` is where it lands)."""
+    from unveil.inference import export_pipeline
+    from unveil.progress import phase
+
+    with phase("export pipeline"):
+        description = export_pipeline(model, out, images=check_image, segmenter=lung_model,
+                                      lung_convention=lung_convention)
+    check = description["check"]
+    if as_json:
+        typer.echo(json.dumps({"folder": str(target), "format": "pipeline", **check}, indent=2))
+    else:
+        typer.echo(f"exported pipeline: {target} (verified on {len(check['images'])} image(s): probabilities "
+                   f"within {check['max_abs_difference_vs_predict']:.2g} of unveil predict)")

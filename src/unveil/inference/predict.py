@@ -217,10 +217,17 @@ class Predictor:
         if not images:
             size = self.bundle.image_size
             return kept, torch.zeros((0, 1, size, size), dtype=torch.uint8), np.zeros((0, size, size), bool), errors
+        array, masks = self.preprocess(images)
+        return kept, array, masks, errors
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        """Images already resized to the bundle's size -> the model's uint8 N x 1 x S x S input and the lung
+        masks: segmentation, the bundle's pre-processing, rounding to 8 bits (what training stored)."""
         masks = np.stack(self.segmenter.segment_batch(images, convention=self.settings.convention))
-        processed = [self.pipeline({"image": image, "mask": mask})["image"] for image, mask in zip(images, masks)]
+        processed = [self.pipeline({"image": image, "mask": mask})["image"]
+                     for image, mask in zip(images, masks, strict=True)]
         array = np.clip(np.rint(np.stack(processed) * 255.0), 0, 255).astype(np.uint8)
-        return kept, torch.from_numpy(array[:, None]), masks, errors
+        return torch.from_numpy(array[:, None]), masks
 
     def _model_outputs(self, images: torch.Tensor, *, evidence: bool
                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None]:
