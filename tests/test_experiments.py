@@ -368,7 +368,7 @@ def test_public_design_runs_on_the_real_samples(tmp_path):
 
     document = yaml.safe_load(experiment_path("public").read_text(encoding="utf-8"))
     document["recipes"] = str(experiment_path("public").with_name("public_recipes.yaml"))
-    for role, entry in document["data"].items():
+    for entry in document["data"].values():
         entry["path"] = str(shared(".") / Path(entry["path"]).relative_to("../shared/data"))
     document |= {"preprocess": {**document["preprocess"], "size": 32}, "training": {"width": 0.25, "epochs": 1},
                  "pretraining": {}, "evaluation": {"resamples": 50},

@@ -47,7 +47,7 @@ def test_equalization_within_a_mask_uses_the_mask_histogram():
 
 def test_clahe_range_and_type():
     out = clahe(ramp(64))
-    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_blurred_mask_softens_only_near_the_edge():

@@ -21,7 +21,7 @@ the bundle's threshold with it; evaluation and ``unveil predict`` re-choose with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -34,16 +34,13 @@ class ThresholdError(UnveilError, ValueError):
     """A threshold rule or parameter a user gave cannot apply (unknown rule, value outside [0, 1], one class)."""
 
 
-class ThresholdRule(str, Enum):
+class ThresholdRule(StrEnum):
     """How a decision threshold is chosen (the one vocabulary of CLI options, configs, rows and bundles)."""
 
     FIXED = "fixed"
     YOUDEN = "youden"
     SENSITIVITY = "sensitivity"
     BUNDLE = "bundle"
-
-    def __str__(self) -> str:
-        return self.value
 
     def describe(self, value: float | None = None) -> str:
         """How a threshold was chosen, in words starting with the rule's name (``fixed 0.5``, ``youden on

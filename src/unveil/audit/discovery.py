@@ -91,7 +91,7 @@ def patient_permutation(groups: np.ndarray, rng: np.random.Generator) -> np.ndar
         by_size.setdefault(len(images), []).append(images)
     permutation = np.arange(len(groups))
     for patients in by_size.values():
-        for target, source in zip(patients, (patients[i] for i in rng.permutation(len(patients)))):
+        for target, source in zip(patients, (patients[i] for i in rng.permutation(len(patients))), strict=True):
             permutation[target] = source
     return permutation
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import textwrap
@@ -79,7 +78,7 @@ def write_cluster_montage(clusters: list[dict], path: Path, side: int = 96) -> P
     columns = max(len(c["paths"]) for c in clusters)
     figure, axes = plt.subplots(len(clusters), columns, figsize=(1.3 * columns, 1.5 * len(clusters)), dpi=110,
                                 squeeze=False)
-    for row, cluster in zip(axes, clusters):
+    for row, cluster in zip(axes, clusters, strict=True):
         for column, axis in enumerate(row):
             axis.set(xticks=[], yticks=[])
             shown = _display(cluster["paths"][column], side) if column < len(cluster["paths"]) else None
@@ -93,7 +92,7 @@ def write_cluster_montage(clusters: list[dict], path: Path, side: int = 96) -> P
     staging = path.with_name(f".{path.stem}.tmp{path.suffix}")
     figure.savefig(staging)
     plt.close(figure)
-    os.replace(staging, path)
+    staging.replace(path)
     return path
 
 
@@ -112,11 +111,11 @@ def _replace_folder(new: Path, target: Path) -> None:
     new.chmod(0o755)
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.", suffix=".tmp"))
-        os.replace(target, old / target.name)
-        os.replace(new, target)
+        target.replace(old / target.name)
+        new.replace(target)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(new, target)
+        new.replace(target)
 
 
 def _number(value: float) -> float | str | None:

@@ -215,7 +215,7 @@ def _distinct_ids(part: pd.DataFrame, seen: dict[str, str], name: str) -> pd.Dat
     clash = other.notna() & (other != part["path"])
     if clash.any():
         part = part.assign(record_id=part["record_id"].where(~clash, part["record_id"] + f" ({name})"))
-    seen.update(zip(part["record_id"], part["path"]))
+    seen.update(zip(part["record_id"], part["path"], strict=True))
     return part
 
 

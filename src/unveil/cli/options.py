@@ -215,7 +215,7 @@ def _candidates(value: Any) -> Iterable[Path]:
         return
     text = str(value)  # a bare word names a file (an experiment file), never a folder: "AB" is a composition
     after_equal = text.partition("=")[2]
-    if os.path.isfile(text) or os.sep in text and os.path.lexists(text):
+    if Path(text).is_file() or os.sep in text and os.path.lexists(text):
         yield Path(text)
     for part in {after_equal, text.partition(":")[2], after_equal.partition(":")[2]} - {"", text}:
         if os.path.lexists(part):

@@ -215,7 +215,7 @@ def training_patients(bundle: ModelBundle) -> set[str]:
 
 def training_cache(bundle: ModelBundle) -> Path:
     """The pre-processing cache the model's run used (from its run.meta.json), else RUN/cache."""
-    run = bundle.path.parent if bundle.path is not None else Path(".")
+    run = bundle.path.parent if bundle.path is not None else Path()
     try:
         return Path(json.loads((run / "run.meta.json").read_text(encoding="utf-8"))["config"]["cache"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -41,8 +41,8 @@ def _merged(new: pd.DataFrame, path: Path) -> pd.DataFrame:
     previous = pd.read_csv(path)
     if previous.empty or not {"model", "test_set"} <= set(previous.columns):
         return new
-    pairs = set(zip(new["model"].astype(str), new["test_set"].astype(str)))
-    kept = [(str(m), str(t)) not in pairs for m, t in zip(previous["model"], previous["test_set"])]
+    pairs = set(zip(new["model"].astype(str), new["test_set"].astype(str), strict=True))
+    kept = [(str(m), str(t)) not in pairs for m, t in zip(previous["model"], previous["test_set"], strict=True)]
     return pd.concat([previous[kept], new], ignore_index=True)
 
 

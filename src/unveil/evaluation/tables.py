@@ -131,7 +131,8 @@ def model_labels(rows: pd.DataFrame) -> pd.Series:
     if not clashing:
         return names
     better = distinct_names(sorted(set(bundles[names.isin(clashing)])))
-    return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles)], index=rows.index)
+    return pd.Series([better.get(b, n) if n in clashing else n for n, b in zip(names, bundles, strict=True)],
+                     index=rows.index)
 
 
 def labels_of(rows: pd.DataFrame) -> dict[str, str]:
@@ -140,7 +141,7 @@ def labels_of(rows: pd.DataFrame) -> dict[str, str]:
     names = rows["test_set"].astype(str) if "test_set" in rows else pd.Series(dtype=str)
     given = rows["test_set_label"] if "test_set_label" in rows else pd.Series(None, index=rows.index)
     preferred: dict[str, str] = {}
-    for name, label in zip(names, given):
+    for name, label in zip(names, given, strict=True):
         if isinstance(label, str) and label:
             preferred.setdefault(name, label)
     return test_set_labels(names, preferred)
@@ -252,10 +253,11 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     for key, group in rows.groupby(keys, sort=False, dropna=False):
         seeds = group["model_seed"].tolist()
         if len(set(seeds)) < len(seeds):
-            raise TableError(f"models {', '.join(group['model'])} share the cell {dict(zip(keys, key))} and a seed: "
+            cell = dict(zip(keys, key, strict=True))
+            raise TableError(f"models {', '.join(group['model'])} share the cell {cell} and a seed: "
                              "they are not seeds of one cell (rename or drop one)")
         n = len(group)
-        row = dict(zip(keys, key))
+        row = dict(zip(keys, key, strict=True))
         for column in numeric:
             values = group[column].to_numpy(dtype=np.float64)
             row[column] = float(np.mean(values))

@@ -208,7 +208,7 @@ def _data(top: ExperimentFile, where: Where, resolve: Callable[[str], str]
 
 def _preprocess(top: ExperimentFile, where: Where, resolve: Callable[[str], str]) -> PreprocessSettings:
     preprocess = section(PreprocessSettings, top.preprocess, ("preprocess",), where,
-                         exclude={name: "computed from the model" for name in COMPUTED_PREPROCESS})
+                         exclude=dict.fromkeys(COMPUTED_PREPROCESS, "computed from the model"))
     choice(preprocess.equalize, EQUALIZATIONS, ("preprocess", "equalize"), where)
     choice(preprocess.mask, MASK_MODES, ("preprocess", "mask"), where)
     return replace(preprocess, model=resolve(preprocess.model)) if preprocess.model is not None else preprocess

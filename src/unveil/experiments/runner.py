@@ -227,7 +227,7 @@ def evaluate_cells(run: _Run, cells: list[Cell]) -> None:
         for figure in written.roc:
             run.store.put_file("roc", cell.id, "ROC", figure)
         rows = result.rows
-        summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"]))
+        summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"], strict=True))
         run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
 
 
@@ -297,9 +297,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
                 clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
             return clients[0]
 
-        if cluster is not None:  # first: a wrong value or address fails before any work
-            if check_cluster(cluster) != LOCAL:
-                connect()
+        if cluster is not None and check_cluster(cluster) != LOCAL:  # first: a wrong value or address fails early
+            connect()
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
         store = stack.enter_context(ResultsStore(out / "results.sqlite"))

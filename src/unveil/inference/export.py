@@ -9,7 +9,6 @@ The exported file is self-contained (weights embedded) and checked by loading a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -127,9 +126,9 @@ def export_model(model: str | Path | ModelBundle, fmt: str, out: str | Path, *,
         for file in written:  # external data (if any) first, the model last: the model never points to nothing
             if file.name != out.name:
                 file.chmod(0o644)
-                os.replace(file, out.with_name(file.name))
+                file.replace(out.with_name(file.name))
         (staging / out.name).chmod(0o644)
-        os.replace(staging / out.name, out)
+        (staging / out.name).replace(out)
         if fmt == "onnx" and not any(f.name == data_file.name for f in written):
             data_file.unlink(missing_ok=True)  # a stale external-data file from an older export
     finally:

@@ -34,7 +34,8 @@ def refit_ood_reference(model: str | Path, *, false_alarm: float = FALSE_ALARM_T
     recorded = training_split_table(bundle)
     if recorded is not None:
         rebuilt = composition.records.astype({"record_id": str})
-        if set(zip(recorded["record_id"], recorded["split"])) != set(zip(rebuilt["record_id"], rebuilt["split"])):
+        if set(zip(recorded["record_id"], recorded["split"], strict=True)) != \
+                set(zip(rebuilt["record_id"], rebuilt["split"], strict=True)):
             raise BundleError(f"{split_file}: the composition rebuilt from the bundle's provenance has other splits "
                               "(data changed?); the reference was not refitted")
     sets = {split: cached_images(bundle, composition.split(split), cache=training_cache(bundle))[0]

@@ -218,7 +218,8 @@ class Predictor:
             size = self.bundle.image_size
             return kept, torch.zeros((0, 1, size, size), dtype=torch.uint8), np.zeros((0, size, size), bool), errors
         masks = np.stack(self.segmenter.segment_batch(images, convention=self.settings.convention))
-        processed = [self.pipeline({"image": image, "mask": mask})["image"] for image, mask in zip(images, masks)]
+        processed = [self.pipeline({"image": image, "mask": mask})["image"]
+                     for image, mask in zip(images, masks, strict=True)]
         array = np.clip(np.rint(np.stack(processed) * 255.0), 0, 255).astype(np.uint8)
         return kept, torch.from_numpy(array[:, None]), masks, errors
 
@@ -292,7 +293,7 @@ class Predictor:
             if position in rows:
                 yield rows[position]
             else:
-                yield {**{c: "" for c in COLUMNS}, "file": str(path), "status": "unreadable",
+                yield {**dict.fromkeys(COLUMNS, ""), "file": str(path), "status": "unreadable",
                        "error": next(error_iter, "")}
 
 
@@ -321,7 +322,7 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         evidence_dir = staged.stage / "evidence" if evidence else None
         if evidence_dir is not None:
             evidence_dir.mkdir()
-        with open(staged.stage / "predictions.csv", "w", newline="", encoding="utf-8") as stream, \
+        with (staged.stage / "predictions.csv").open("w", newline="", encoding="utf-8") as stream, \
                 progress_bar(total=len(files), unit="img", desc="predict", enabled=progress) as bar:
             writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()

@@ -140,7 +140,6 @@ def _save_atomic(dataset: FileDataset, path: Path) -> None:
     os.close(handle)
     try:
         dataset.save_as(temporary, enforce_file_format=True)
-        os.replace(temporary, path)
+        Path(temporary).replace(path)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        Path(temporary).unlink(missing_ok=True)

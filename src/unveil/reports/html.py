@@ -180,7 +180,7 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
             if str(identity.loc[model, "training_set"]) == str(test):  # tested on its own composition
                 # inset, so that neighbouring cells do not look outlined too
                 axis.add_patch(Rectangle((j - 0.42, i - 0.42), 0.84, 0.84, fill=False, edgecolor="black", linewidth=2))
-    shown = dict(zip(wide["test_set"], wide["test_set_label"])) if "test_set_label" in wide else {}
+    shown = dict(zip(wide["test_set"], wide["test_set_label"], strict=True)) if "test_set_label" in wide else {}
     axis.set_xticks(range(len(tests)), [f"Test {shown.get(t, t)}" for t in tests], fontsize=8)
     axis.set_yticks(range(len(order)), labels, fontsize=8)
     axis.set_xlabel("test set", fontsize=9)
@@ -339,7 +339,7 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
         "name": experiment.get("name", results_dir.name), "seed": _loads(experiment.get("seed", "—")),
         "source": experiment.get("source", "—"), "version": unveil.__version__,
         "run_date": meta.get("created_utc", "—") if isinstance(meta, dict) else "—",
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "n_cells": len(cells),
         "n_tests": int(wide["test_set"].nunique()) if not wide.empty else 0,
         "summary": summary, "intervals": interval_captions(),

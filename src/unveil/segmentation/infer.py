@@ -101,7 +101,7 @@ class LungSegmenter:
         """Boolean lung masks, each of its image's size, in ``convention`` ("visible" lung field or
         "full" lung including the part behind the heart; default: the bundle's)."""
         masks = []
-        for image, probability in zip(images, self.probabilities(images, batch_size, convention)):
+        for image, probability in zip(images, self.probabilities(images, batch_size, convention), strict=True):
             mask = resize_image(probability, image.shape) >= self.threshold
             masks.append(clean_lung_mask(mask) if postprocess else mask)
         return masks

@@ -292,7 +292,8 @@ def read_truth(out: str | Path) -> pd.DataFrame:
     """The ground truth with absolute ``path`` and ``mask_path`` columns."""
     root = Path(out).absolute()
     truth = pd.read_csv(root / "truth.csv", keep_default_na=False)
-    truth["path"] = [str((root / d / p).resolve()) for d, p in zip(truth["dataset"], truth["relative_path"])]
+    truth["path"] = [str((root / d / p).resolve())
+                     for d, p in zip(truth["dataset"], truth["relative_path"], strict=True)]
     truth["mask_path"] = [str((root / m).resolve()) for m in truth["mask_path"]]
     return truth
 

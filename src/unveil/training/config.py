@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from unveil.errors import UnveilError, finite
 from unveil.thresholds import ThresholdRule, fixed_threshold

@@ -186,9 +186,9 @@ def decision_threshold(probabilities: np.ndarray, labels: np.ndarray, config: Tr
 def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selection: str) -> bool:
     if best is None or selection == "last":
         return True
-    if selection == "auc" and not (math.isnan(candidate["auc"]) or math.isnan(best["auc"])):
-        if candidate["auc"] != best["auc"]:
-            return candidate["auc"] > best["auc"]
+    if selection == "auc" and not (math.isnan(candidate["auc"]) or math.isnan(best["auc"])) \
+            and candidate["auc"] != best["auc"]:
+        return candidate["auc"] > best["auc"]
     return candidate["val_loss"] < best["val_loss"]
 
 
@@ -430,7 +430,7 @@ def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Pa
         "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.scheduler.state_dict() if engine.scheduler else {},
         "history": state.history, "best": state.best, "best_state": state.best_state})
-    with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as stream:
+    with (run_dir / METRICS_LOG).open("a", encoding="utf-8") as stream:
         stream.write(json.dumps(record) + "\n")
     progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
 

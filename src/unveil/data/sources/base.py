@@ -204,10 +204,11 @@ def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
     metadata file must not pull in files the user did not hand over. A symlink the user placed inside the
     root is theirs to place (records keep the resolved path, so a second name for one file is still found
     as a duplicate before any split)."""
-    relative = os.path.normpath(os.path.join(*parts))  # only the listed part: the root stays as written
+    # lexical on purpose (no file is looked at; pathlib has no normpath); only the listed part, the root as written
+    relative = os.path.normpath(os.path.join(*parts))  # noqa: PTH118
     path = Path(root).absolute() / relative
     if not allow_outside:
-        lexical_inside = not (os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep))
+        lexical_inside = not (Path(relative).is_absolute() or relative == ".." or relative.startswith(".." + os.sep))
         if not lexical_inside:
             raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
                                      "the loader option allow_outside=true)")
