@@ -148,7 +148,7 @@ def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.n
         if path is None or pd.isna(path):
             raise AuditError(f"{record_id}: no lung mask could be made for this image")
         with Image.open(path) as stored:
-            mask = np.asarray(stored.convert("L").resize((size, size), Image.NEAREST)) > 127
+            mask = np.asarray(stored.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127
         masks.append(mask)
     return np.stack(masks)
 
@@ -179,6 +179,11 @@ class AuditedImages:
     @property
     def labels(self) -> np.ndarray:
         return self.images.labels.numpy()
+
+    @property
+    def own_members(self) -> set[str]:
+        """Record ids of the model's own test split (none when it is not audited)."""
+        return self.members.get(self.own, set()) if self.own is not None else set()
 
     @property
     def is_positive(self) -> np.ndarray:
@@ -224,7 +229,8 @@ def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: 
            progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
     """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
     ``options``: loader options of the ``SOURCE:PATH`` test sets."""
-    parts, members, kinds, seen = [], {}, {}, {}
+    parts, members, kinds = [], {}, {}
+    seen: dict[str, str] = {}  # record id -> path, over the sets so far
     for name in test_sets:
         test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
                                       options=options)
@@ -355,7 +361,7 @@ def shortcut_tests(audited: AuditedImages, features: np.ndarray, original: np.nd
     """Transfer, metadata shortcuts and contamination (audit/transfer.py, metadata.py, contamination.py);
     returns, per image, whether it duplicates a training image."""
     kept, is_positive, groups = audited.records, audited.is_positive, audited.groups
-    in_own = kept["record_id"].isin(audited.members.get(audited.own, set())).to_numpy()
+    in_own = kept["record_id"].isin(audited.own_members).to_numpy()
     result.verdicts += transfer_section(kept, audited.members, is_positive, original, groups, audited.own,
                                         audited.bundle.threshold, thresholds, result.figures, seed=seed,
                                         resamples=resamples)
@@ -373,7 +379,7 @@ def acquisition_tests(audited: AuditedImages, features: np.ndarray, thresholds: 
     features against the label and the files), on the model's own test split (every audited image without one);
     returns each image's cluster (-1: not clustered)."""
     kept = audited.records
-    chosen = kept["record_id"].isin(audited.members.get(audited.own, set())).to_numpy()
+    chosen = kept["record_id"].isin(audited.own_members).to_numpy()
     scope = "own test split" if chosen.any() else "all audited images"
     chosen = chosen if chosen.any() else np.ones(len(kept), dtype=bool)
     records = kept[chosen].reset_index(drop=True)
@@ -403,7 +409,7 @@ def saliency_test(audited: AuditedImages, thresholds: AuditThresholds, result: A
     """Test 4: Grad-CAM maps and the share of their mass inside the lungs, relative to the lungs' area;
     returns (maps, share inside the lungs per image)."""
     bundle, lungs = audited.bundle, audited.lungs
-    maps = gradcam_maps(bundle, audited.images.images, bundle.positive_index)
+    maps = gradcam_maps(bundle, audited.images.images, bundle.positive_column)
     inside = lung_saliency_fraction(maps, lungs)
     area = lungs.reshape(len(lungs), -1).mean(1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -42,7 +43,7 @@ class _Job:
 
 
 def _fingerprint(job: _Job) -> dict:
-    row = {"record_id": job.record_id, "sha256": None, "phash": None, "height": None, "width": None,
+    row: dict[str, Any] = {"record_id": job.record_id, "sha256": None, "phash": None, "height": None, "width": None,
            "bit_depth": None, "error": None, "note": None}
     try:
         with Path(job.path).open("rb") as stream:

@@ -64,7 +64,7 @@ def cross_pairs(first: list[str], second: list[str], max_distance: int = NEAR_DU
     if not first or not second:
         return []
     a, b = hashes_to_words(first), hashes_to_words(second)
-    pairs = []
+    pairs: list[tuple[int, int, int]] = []
     for start in range(0, len(a), block):
         distances = np.bitwise_count(a[start:start + block, None, :] ^ b[None, :, :]).sum(axis=-1, dtype=np.int64)
         rows, cols = np.nonzero(distances <= max_distance)

@@ -378,8 +378,8 @@ def _scored_test_set(bundle: ModelBundle, identity: dict[str, Any], test_set: Te
            "near_duplicates_excluded": len(copies) if policy == "exclude" else 0,
            "model_collapsed": bundle.collapse_reason, **result.as_row(),
            **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed}
-    decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
-                        bundle.classes[1 - bundle.positive_index])
+    positive = bundle.positive_column
+    decision = np.where(probabilities >= chosen.value, bundle.classes[positive], bundle.classes[1 - positive])
     log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], test_set.name,
              result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
     return row, scored.assign(decision=decision, model=identity["model"], test_set=test_set.name,

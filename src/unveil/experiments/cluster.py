@@ -195,20 +195,21 @@ def run_grid(client: Client, pretrainings: Sequence[PretrainJob], cells: Sequenc
     def resources(job: Job) -> dict[str, float] | None:
         return {GPU: 1} if needs_gpu(job.config.device, gpu_workers) else None
 
-    if not gpu_workers and any(resources(job) for job in (*pretrainings, *cells)):
+    every: list[Job] = [*pretrainings, *cells]
+    if not gpu_workers and any(resources(job) for job in every):
         report_step(progress, "  no worker offers a GPU yet: CUDA tasks wait for workers started with "
                               f"--resources {GPU}=1")
     futures: dict[Any, Job] = {}
     by_bundle: dict[str, Any] = {}
-    for job in pretrainings:  # first, and first in priority: cells wait for them
-        future = client.submit(pretrain_task, job, key=_key("pretrain", job, job.run_dir), resources=resources(job),
-                               priority=1)
-        by_bundle[str(job.run_dir / "model")] = future
-        futures[future] = job
-    for job in cells:
-        after = by_bundle.get(job.encoder) if job.encoder else None  # None: from scratch, or pre-trained earlier
-        futures[client.submit(cell_task, job, after, key=_key("cell", job, job.cell.run_dir),
-                              resources=resources(job))] = job
+    for pretraining in pretrainings:  # first, and first in priority: cells wait for them
+        future = client.submit(pretrain_task, pretraining, key=_key("pretrain", pretraining, pretraining.run_dir),
+                               resources=resources(pretraining), priority=1)
+        by_bundle[str(pretraining.run_dir / "model")] = future
+        futures[future] = pretraining
+    for cell in cells:
+        after = by_bundle.get(cell.encoder) if cell.encoder else None  # None: from scratch, or pre-trained earlier
+        futures[client.submit(cell_task, cell, after, key=_key("cell", cell, cell.cell.run_dir),
+                              resources=resources(cell))] = cell
     report_step(progress, f"  {len(pretrainings)} pre-training(s) and {len(cells)} cell(s) submitted")
     started, finished = time.perf_counter(), {"encoder": 0, "cell": 0}
     totals = {"encoder": len(pretrainings), "cell": len(cells)}

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,8 @@ def load_data(run: _Run) -> None:
         run.say(f"  note: {note}")
     run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
-    needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
-    needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
+    tested = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
+    needed = sorted(tested | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
     missing = [role for role in needed if role not in run.data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
@@ -291,14 +292,14 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
     with ExitStack() as stack, ExitStack() as on_cluster:  # the store and a cluster closed even when a step fails
         clients: list[Any] = []
 
-        def connect() -> Any:
-            """The cluster's client, opened once (and closed with ``on_cluster``)."""
+        def connect(address: str) -> Any:
+            """The client of the cluster at ``address``, opened once (and closed with ``on_cluster``)."""
             if not clients:
-                clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
+                clients.append(on_cluster.enter_context(open_client(address, parallel, progress)))
             return clients[0]
 
         if cluster is not None and check_cluster(cluster) != LOCAL:  # first: a wrong value or address fails early
-            connect()
+            connect(cluster)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
         store = stack.enter_context(ResultsStore(out / "results.sqlite"))
@@ -317,7 +318,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
             train_cells(run, cells, encoders)
         else:
             run.say(f"[2-3/6] pre-training encoders and training cells on the Dask cluster ({cluster})")
-            train_on_cluster(run, cells, connect)
+            train_on_cluster(run, cells, partial(connect, cluster))
             on_cluster.close()  # evaluation and audit run here: a local cluster's workers are not needed any more
         run.say("[4/6] evaluating every cell on every test set")
         evaluate_cells(run, cells)

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from unveil.documents import load_yaml_text
-from unveil.errors import first_non_finite
+from unveil.documents import DocumentError, load_yaml_text
+from unveil.errors import UnveilError, first_non_finite
 from unveil.training.config import ConfigError
 
 STRING_TAG = "tag:yaml.org,2002:str"
@@ -24,7 +24,7 @@ STRING_TAG = "tag:yaml.org,2002:str"
 class Where:
     """Turns a key path into ``FILE:LINE: key.path: problem`` using the YAML node tree's marks."""
 
-    def __init__(self, origin: str, root: yaml.Node, error_type: type[Exception] = ValueError) -> None:
+    def __init__(self, origin: str, root: yaml.Node, error_type: type[UnveilError] = DocumentError) -> None:
         self.origin, self.root, self.error_type = origin, root, error_type
 
     def line(self, path: tuple[Any, ...]) -> int:
@@ -41,7 +41,7 @@ class Where:
                 break
         return node.start_mark.line + 1
 
-    def error(self, path: tuple[Any, ...], problem: str) -> Exception:
+    def error(self, path: tuple[Any, ...], problem: str) -> UnveilError:
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         return self.error_type(f"{self.origin}:{self.line(path)}: {key + ': ' if key else ''}{problem}")
 
@@ -120,7 +120,7 @@ def section(cls: type, value: Any, path: tuple[Any, ...], where: Where, *,
     values = {}
     for key, item in value.items():
         kind = hints[key]
-        if is_dataclass(kind):
+        if isinstance(kind, type) and is_dataclass(kind):
             values[key] = section(kind, item, (*path, key), where)
         elif typing.get_origin(kind) is dict and is_dataclass(typing.get_args(kind)[1]):
             entries = typed(dict[str, Any], item if item is not None else {}, (*path, key), where)

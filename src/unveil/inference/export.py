@@ -37,6 +37,9 @@ class ExportError(UnveilError, RuntimeError):
 class ProbabilityModel(nn.Module):
     """[0, 1] image -> class probabilities (normalization and softmax included)."""
 
+    mean: torch.Tensor  # buffers (registered below)
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: float, std: float) -> None:
         super().__init__()
         self.model = model
@@ -73,6 +76,8 @@ def _write_export(wrapper: nn.Module, fmt: str, example: torch.Tensor, target: P
         program = torch.onnx.export(wrapper, (example,), None, dynamo=True, input_names=["image"],
                                     output_names=["probabilities"], dynamic_shapes={"image": {0: batch}},
                                     verbose=False)
+        if program is None:  # the dynamo exporter returns the program it made
+            raise ExportError(f"{target}: torch.onnx.export returned no ONNX program")
         program.save(str(target), external_data=external)
     else:
         with torch.inference_mode(), warnings.catch_warnings():

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 #: Digital X-Ray Image Storage - For Presentation.
-DX_STORAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_STORAGE_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.1")
 
 
 def write_dicom(

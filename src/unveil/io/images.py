@@ -213,6 +213,7 @@ def _pillow_bit_depth(mode: str) -> int:
 def _pillow_to_gray(image: Image.Image) -> np.ndarray:
     """Convert a loaded Pillow image of any mode to float32 (H, W) in [0, 1]."""
     mode = image.mode
+    gray: np.ndarray
     if mode == "1":
         gray = np.asarray(image, dtype=np.float32)  # bool -> 0.0 / 1.0
     elif mode == "L":

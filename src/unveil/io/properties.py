@@ -91,8 +91,9 @@ def read_file_properties(path: str | os.PathLike[str]) -> FileProperties:
     try:
         with open(name, "rb") as handle, _open_unchecked(handle) as image:  # noqa: PTH123 - the name as given: Path("") would be the current folder, not a missing file
             quality = None
-            if image.format == "JPEG" and getattr(image, "quantization", None):
-                quality = jpeg_quality(image.quantization[min(image.quantization)])
+            tables = getattr(image, "quantization", None)  # JPEG only
+            if image.format == "JPEG" and tables:
+                quality = jpeg_quality(tables[min(tables)])
             return FileProperties(format=image.format or "unknown", width=int(image.size[0]),
                                   height=int(image.size[1]), bit_depth=_pillow_bit_depth(image.mode),
                                   colour_mode=image.mode, file_size=size, jpeg_quality=quality)

@@ -6,7 +6,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -36,7 +36,7 @@ class _Spec(NamedTuple):
     classifier: str  # key prefix of the classifier layer in the architecture's own (torchvision) state dicts
 
 
-def _stem_conv(in_channels: int, mode: str) -> nn.Conv2d:
+def _stem_conv(in_channels: int, mode: Literal["fan_in", "fan_out"]) -> nn.Conv2d:
     """torchvision's 7x7/2, 64-channel stem for ``in_channels`` inputs, initialised as torchvision does."""
     conv = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode=mode, nonlinearity="relu")

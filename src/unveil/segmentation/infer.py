@@ -37,7 +37,7 @@ def prepare_input(image: np.ndarray, size: int, equalize: bool = True) -> np.nda
 
 def to_tensor(prepared: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """Stack prepared images into a standardised (N, 1, H, W) float tensor."""
-    array = np.stack(prepared) if not isinstance(prepared, np.ndarray) or prepared.ndim == 2 else prepared
+    array = prepared if isinstance(prepared, np.ndarray) else np.stack(prepared)
     if array.ndim == 2:
         array = array[None]
     return (torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None] - INPUT_MEAN) / INPUT_STD

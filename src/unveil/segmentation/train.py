@@ -122,7 +122,7 @@ def held_out_records(records: pd.DataFrame, parts: str | Path) -> pd.DataFrame:
     return records[~records["record_id"].isin(trained)]
 
 
-def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, float]]:
+def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per source and overall: mean, 10th percentile and minimum Dice, mean IoU, mean and median
     HD95 (pixels of a 256-pixel-wide resampling), with the convention each source was scored in."""
     summary = {}

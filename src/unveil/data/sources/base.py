@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import pandas as pd
 
@@ -215,6 +215,11 @@ def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
     return path
 
 
+@overload
+def find_column(table: pd.DataFrame, name: str, csv_path: Path, option: str, *, required: Literal[True]) -> str: ...
+@overload
+def find_column(table: pd.DataFrame, name: str | None, csv_path: Path, option: str, *,
+                required: bool) -> str | None: ...
 def find_column(table: pd.DataFrame, name: str | None, csv_path: Path, option: str, *,
                 required: bool) -> str | None:
     """The CSV column called ``name`` (exact, else case-insensitive); a layout error naming the loader ``option``

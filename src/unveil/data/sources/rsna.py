@@ -105,7 +105,7 @@ def load(root: Path) -> SourceLoad:
             issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
             continue
         problem = _label_problem(entry, labels_path)
-        if problem is None and patient in detailed:
+        if problem is None and detailed_path is not None and patient in detailed:
             problem = _class_problem(detailed[patient], next(iter(entry["targets"])), detailed_path, where)
         if problem is not None:
             issues.append(DataIssue(str(image), problem, "invalid"))
