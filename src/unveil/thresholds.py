@@ -65,8 +65,6 @@ class ThresholdRule(StrEnum):
         return rule
 
 
-#: Rules that choose on validation predictions (they need both classes there).
-DATA_DRIVEN = (ThresholdRule.YOUDEN, ThresholdRule.SENSITIVITY)
 #: The paper's threshold, reported beside any other so that the two can be compared.
 PAPER_THRESHOLD = 0.5
 

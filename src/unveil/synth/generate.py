@@ -35,9 +35,6 @@ from unveil.provenance import environment_versions, write_text_atomic
 from unveil.synth.config import SynthConfig, SynthConfigError
 from unveil.synth.render import SyntheticImage, render_image
 
-TRUTH_COLUMNS = ("dataset", "layout", "source", "relative_path", "mask_path", "patient", "finding", "severity",
-                 "signature")
-
 _COHEN_FINDINGS = {"covid": "Pneumonia/Viral/COVID-19", "bacterial": "Pneumonia/Bacterial/Streptococcus",
                    "viral": "Pneumonia/Viral/SARS", "normal": "No Finding", "pneumonia": "Pneumonia"}
 

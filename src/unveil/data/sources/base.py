@@ -245,10 +245,3 @@ def find_file(root: Path, name: str | Path, what: str) -> Path:
     if not path.is_absolute() and (root / path).is_file():
         path = root / path
     return require_path(path.absolute(), what)
-
-
-def require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...] | list[str]) -> None:
-    """Fail with a layout error naming the file and the first required column it lacks."""
-    for column in columns:
-        if column not in table.columns:
-            raise DatasetLayoutError(f"{path}: column {column!r} missing (has {', '.join(map(str, table.columns))})")
