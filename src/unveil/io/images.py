@@ -101,13 +101,14 @@ def _read_by_content(handle: BinaryIO, name: str, max_pixels: int | None) -> Loa
 def _open_file(name: str) -> Iterator[BinaryIO]:
     """Open ``name`` for reading, turning OS errors and empty/special files into ImageReadError."""
     try:
-        handle = open(name, "rb")  # noqa: SIM115, PTH123 - closed below; the name as given: Path("") would be the current folder, not a missing file
+        # closed below; os-level on the name as given: Path("") would be the current folder, not a missing file
+        handle = open(name, "rb")  # noqa: SIM115, PTH123
     except FileNotFoundError:
         raise ImageReadError(name, "file not found") from None
     except IsADirectoryError:
         raise ImageReadError(name, "is a directory, not an image file") from None
     except PermissionError:
-        problem = "is a directory, not an image file" if os.path.isdir(name) else "permission denied"  # noqa: PTH112
+        problem = "is a directory, not an image file" if os.path.isdir(name) else "permission denied"  # noqa: PTH112 - as above
         raise ImageReadError(name, problem) from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot open file ({exc.strerror or exc})") from None

@@ -83,13 +83,15 @@ def read_file_properties(path: str | os.PathLike[str]) -> FileProperties:
     Raises :class:`ImageReadError` naming the file when it cannot be opened or is no image Pillow or pydicom reads."""
     name = os.fsdecode(path)
     try:
-        size = os.stat(name).st_size  # noqa: PTH116 - the name as given: Path("") would be the current folder, not a missing file
+        # os-level on the name as given: Path("") would be the current folder, not a missing file
+        size = os.stat(name).st_size  # noqa: PTH116
     except OSError as exc:
         raise ImageReadError(name, f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
     if has_dicom_preamble(name):
         return _dicom_properties(name, size)
     try:
-        with open(name, "rb") as handle, _open_unchecked(handle) as image:  # noqa: PTH123 - the name as given: Path("") would be the current folder, not a missing file
+        # os-level on the name as given: Path("") would be the current folder, not a missing file
+        with open(name, "rb") as handle, _open_unchecked(handle) as image:  # noqa: PTH123
             quality = None
             tables = getattr(image, "quantization", None)  # JPEG only
             if image.format == "JPEG" and tables:
