@@ -57,8 +57,12 @@ lung-model: install
 	cp runs/lung-model/lung_unet.safetensors runs/lung-model/lung_unet.json src/unveil/segmentation/weights/
 	cp runs/lung-model/parts.csv src/unveil/segmentation/weights/lung_unet.parts.csv
 
-# The whole test suite (CI runs exactly this: see .ci/run).
+# The static checks, then the whole test suite (CI runs exactly this: see .ci/run). The checks come
+# first because they take seconds and fail fast: ruff (rule sets in pyproject.toml [tool.ruff.lint])
+# and mypy (pyproject.toml [tool.mypy]), both at zero findings.
 test: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
 
 clean:

@@ -124,7 +124,7 @@ def child_train(args: argparse.Namespace) -> dict[str, Any]:
 def _proc_status(pid: int) -> dict[str, int]:
     values = {}
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as stream:
+        with Path(f"/proc/{pid}/status").open(encoding="ascii") as stream:
             for line in stream:
                 key, _, rest = line.partition(":")
                 if key in ("VmRSS", "RssAnon", "RssFile"):
@@ -234,7 +234,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, out)
+    temporary.replace(out)
     print(table(rows))
     print(f"results: {out}")
 

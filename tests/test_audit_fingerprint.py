@@ -42,7 +42,7 @@ def test_file_properties_from_headers_jpeg_quality_and_no_patient_field(tmp_path
         assert (found.format, found.width, found.height, found.colour_mode, found.jpeg_quality) == \
             ("JPEG", 60, 40, "L", quality)
     assert jpeg_quality(ijg_table(50)) == 50 and jpeg_quality(ijg_table(100)) == 100
-    Image.fromarray((pixels.astype(np.uint16) * 256)).save(tmp_path / "deep.png")
+    Image.fromarray(pixels.astype(np.uint16) * 256).save(tmp_path / "deep.png")
     deep = read_file_properties(tmp_path / "deep.png")
     assert (deep.format, deep.bit_depth, deep.colour_mode, deep.jpeg_quality) == ("PNG", 16, "I;16", None)
     assert deep.file_size == (tmp_path / "deep.png").stat().st_size
@@ -116,7 +116,8 @@ def test_discovery_flags_clusters_that_follow_the_label_and_the_files(tmp_path):
     groups = np.array([f"p{i // 2}" for i in range(n)])
     records = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "path": [f"/x/{i}.png" for i in range(n)]})
     merged = _table(n, width=np.where(labels == 1, 800, 224), format=np.where(labels == 1, "PNG", "JPEG"))
-    options = dict(ami_rule=0.3, acquisition_rule=0.75, min_images=10, scope="s", seed=0, resamples=200)
+    options = {"ami_rule": 0.3, "acquisition_rule": 0.75, "min_images": 10, "scope": "s", "seed": 0,
+               "resamples": 200}
     verdicts, figures, clusters = discovery_verdicts(_features(labels, 6.0), records, labels, groups, merged,
                                                      **options)
     assert cluster_features(_features(labels, 6.0), seed=0).k == 2 and figures["k"] == 2
@@ -165,7 +166,7 @@ def _mixed_csv(path) -> int:
     positives = cohen[cohen["covid"] == 1].sort_values("record_id").head(60)
     normals = sorted((shared("chest_xray") / "train" / "NORMAL").glob("*.jpeg"))[:60]
     rows = ["path,patient,label"]
-    rows += [f"{p},{patient},positive" for p, patient in zip(positives["path"], positives["patient_id"])]
+    rows += [f"{p},{patient},positive" for p, patient in zip(positives["path"], positives["patient_id"], strict=True)]
     rows += [f"{p.resolve()},{p.stem},normal" for p in normals]
     path.write_text("\n".join(rows) + "\n")
     return len(rows) - 1

@@ -93,7 +93,7 @@ def test_preprocess_into_a_log_file_prints_lines_not_a_bar(lungs, tmp_path):
 
     log = tmp_path / "preprocess.log"
     env = {**os.environ, "UNVEIL_PROGRESS_INTERVAL": "0.01"}
-    with open(log, "w") as stream:
+    with log.open("w") as stream:
         done = subprocess.run([sys.executable, "-m", "unveil.cli", "preprocess", "shenzhen", str(lungs), "--cache",
                                str(tmp_path / "cache"), "--image-size", "64", "--workers", "1"], stderr=stream,
                               stdout=subprocess.PIPE, env=env, timeout=300)

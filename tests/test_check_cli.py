@@ -206,7 +206,7 @@ def test_a_hospitals_csv_and_dicom_export_load_end_to_end(tmp_path):
     covid = covid.drop_duplicates("filename").head(60)
     normals = sorted((shared("chest_xray") / "train" / "NORMAL").glob("*.jpeg"))[:60]
     lines = ["path,patient,label"] + [f"{cohen / 'images' / f},{p},positive" for f, p in
-                                      zip(covid["filename"], covid["patientid"])]
+                                      zip(covid["filename"], covid["patientid"], strict=True)]
     lines += [f"{path},{path.stem},normal" for path in normals]
     (tmp_path / "hospital").mkdir()
     (tmp_path / "hospital" / "labels.csv").write_text("\n".join(lines) + "\n")

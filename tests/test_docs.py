@@ -183,9 +183,8 @@ def check_statically(block: Block) -> list[str]:
             problems += [f"{block.where}: `{line}`: no make target {t!r}" for t in tokens[1:]
                          if "=" not in t and not t.startswith("-") and not re.search(rf"^{re.escape(t)}:", makefile,
                                                                                        re.M)]
-        elif tokens[0] == "unveil":
-            if error := parse_cli(tokens[1:]):
-                problems.append(f"{block.where}: `{line}`: {error}")
+        elif tokens[0] == "unveil" and (error := parse_cli(tokens[1:])):
+            problems.append(f"{block.where}: `{line}`: {error}")
     return problems
 
 

@@ -368,7 +368,7 @@ def test_public_design_runs_on_the_real_samples(tmp_path):
 
     document = yaml.safe_load(experiment_path("public").read_text(encoding="utf-8"))
     document["recipes"] = str(experiment_path("public").with_name("public_recipes.yaml"))
-    for role, entry in document["data"].items():
+    for entry in document["data"].values():
         entry["path"] = str(shared(".") / Path(entry["path"]).relative_to("../shared/data"))
     document |= {"preprocess": {**document["preprocess"], "size": 32}, "training": {"width": 0.25, "epochs": 1},
                  "pretraining": {}, "evaluation": {"resamples": 50},
@@ -418,7 +418,7 @@ def test_an_encoder_from_a_weights_file_is_pretrained_from_it_or_used_as_it_is(t
     assert experiment.pretraining["X"].init_weights == str(tmp_path / "weights.pt")  # resolved like every path
     with ResultsStore(tmp_path / "r.sqlite") as store:
         run = SimpleNamespace(experiment=experiment, out=tmp_path, data={"A": None, "B": None}, cache=tmp_path / "c",
-                              workers=1, bars=False, store=store)
+                              workers=1, bars=False, store=store, tracking=None)
         encoders, pending = plan_pretraining(run)
         assert [job.name for job in pending] == ["B-conv8"] and pending[0].init_weights.endswith("weights.pt")
         jobs = {job.name: job for job in plan_cell_jobs(run, plan_cells(experiment, tmp_path), encoders)}

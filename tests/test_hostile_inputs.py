@@ -61,6 +61,7 @@ HOSTILE_ELEMENTS = [("NumberOfFrames", "1A"), ("WindowCenter", "abc"), ("Rescale
                     ("SamplesPerPixel", 3), ("Rows", "abc"), ("WindowWidth", "1e4e4"),
                     ("RescaleIntercept", "--1"), ("BitsStored", 64), ("PixelRepresentation", 7),
                     ("PhotometricInterpretation", "MONOCHROME2\\RGB")]
+FOLDER_ELEMENTS = HOSTILE_ELEMENTS[:4]  # the hostile DICOMs of hostile_folder, in its order
 
 
 @pytest.mark.parametrize("keyword, value", HOSTILE_ELEMENTS)
@@ -94,7 +95,7 @@ def hostile_folder(root: Path) -> tuple[list[str], list[str]]:
     good = [save_png(root / f"good{i}.png", radiograph(i)).name for i in range(3)]
     good.append(write_dicom(root / "good.dcm", STORED).name)
     bad = [hostile_dicom(root / f"bad_{keyword}.dcm", keyword, value).name
-           for keyword, value in HOSTILE_ELEMENTS[:4]]
+           for keyword, value in FOLDER_ELEMENTS]
     return good, bad
 
 
@@ -108,7 +109,7 @@ def test_predict_skips_a_hostile_dicom_and_scores_every_good_file(bundle, tmp_pa
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     scored = table[table["probability"].notna()]["file"].map(lambda p: Path(p).name)
     assert sorted(scored) == sorted(good)
-    for name, (keyword, _) in zip(bad, HOSTILE_ELEMENTS):
+    for name, (keyword, _) in zip(bad, FOLDER_ELEMENTS, strict=True):
         lines = [line for line in result.output.splitlines() if name in line]
         assert len(lines) == 1 and keyword in lines[0], result.output
     assert tree_hashes(tmp_path / "in") == before
@@ -122,7 +123,7 @@ def test_segment_skips_a_hostile_dicom_and_masks_every_good_file(tmp_path):
     masks = sorted(p.name for p in (tmp_path / "out").glob("*_mask.png"))
     assert len(masks) == len(good) and all(any(m.startswith(Path(n).stem + "_") for m in masks) for n in good), \
         (masks, result.output)
-    for name, (keyword, _) in zip(bad, HOSTILE_ELEMENTS):
+    for name, (keyword, _) in zip(bad, FOLDER_ELEMENTS, strict=True):
         assert any(name in line and keyword in line for line in result.output.splitlines()), result.output
 
 
@@ -137,7 +138,7 @@ def test_data_check_names_a_hostile_dicom_and_reads_every_good_file(tmp_path):
     assert document["records"] == len(good) + len(bad)
     unreadable = {Path(issue["path"]).name: issue["problem"] for issue in document["unreadable"]}
     assert set(unreadable) == set(bad)
-    for name, (keyword, _) in zip(bad, HOSTILE_ELEMENTS):
+    for name, (keyword, _) in zip(bad, FOLDER_ELEMENTS, strict=True):
         assert keyword in unreadable[name]
 
 

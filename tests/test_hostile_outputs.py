@@ -87,7 +87,7 @@ def fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` until about ``leave`` bytes are free; returns the filler (delete it to free the space)."""
     filler = disk / "filler"
     free = shutil.disk_usage(disk).free
-    with open(filler, "wb") as stream:
+    with filler.open("wb") as stream:
         stream.write(b"\0" * max(0, free - leave))
     return filler
 
@@ -345,7 +345,7 @@ def test_a_changed_lung_model_is_refused_by_name(bench, tmp_path):
     save_png(tmp_path / "in" / "a.png")
     command = ["predict", str(bundle), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-evidence"]
     assert runner.invoke(app, command).exit_code == 0
-    with open(lung, "ab") as stream:
+    with lung.open("ab") as stream:
         stream.write(b"\0")  # another lung model under the recorded name
     result = runner.invoke(app, command)
     assert result.exit_code == 2, result.output

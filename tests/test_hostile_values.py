@@ -338,7 +338,7 @@ def test_conflicting_copies_are_dropped_whatever_the_row_order(tmp_path_factory,
     assert "img1.png" not in names and "flipped.png" not in names  # one image, two labels: neither kept
     assert any("conflicting labels" in m and "flipped.png" in m and "img1.png" in m for m in messages)
     assert len(names & {"img0.png", "same.png"}) == 1  # same label: one copy kept
-    labels = {file_sha256(p): int(c) for p, c in zip(kept["path"], kept["covid"])}
+    labels = {file_sha256(p): int(c) for p, c in zip(kept["path"], kept["covid"], strict=True)}
     assert labels == {file_sha256(root / f"img{i}.png"): i % 2 for i in (0, 2, 3, 4, 5)}
     patient_exclusive_split(kept, seed=0)  # no duplicate left
 
@@ -351,9 +351,9 @@ def test_data_check_and_data_split_report_conflicting_copies(tmp_path):
     (root / "labels.csv").write_text("\n".join(["path,patient,label", *rows]) + "\n")
     report = check_dataset("hospital-csv", root)
     conflicts = [issue for issue in report.invalid if "conflicting labels" in issue.problem]
-    assert len(conflicts) == 1 and {"img1.png", "flipped.png"} <= set(
+    assert len(conflicts) == 1 and {"img1.png", "flipped.png"} <= {
         Path(p).name for p in [conflicts[0].path, *conflicts[0].problem.split()] if p.endswith(".png")
-        or p.endswith(".png,"))
+        or p.endswith(".png,")}
     out = tmp_path / "split.csv"
     result = runner.invoke(app, ["data", "split", "hospital-csv", str(root), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -428,7 +428,7 @@ def test_na_patientid_in_covid_chestxray_is_its_own_patient(tmp_path):
     for index, name in enumerate(names):
         save_png(root / "images" / name, index)
     pd.DataFrame([{"patientid": p, "finding": "COVID-19", "filename": n}
-                  for p, n in zip(["NA", "nan", "7"], names)]).to_csv(root / "metadata.csv", index=False)
+                  for p, n in zip(["NA", "nan", "7"], names, strict=True)]).to_csv(root / "metadata.csv", index=False)
     loaded = load_source("covid-chestxray", root)
     assert len(loaded.records) == 3 and loaded.records["patient_known"].tolist() == [False, False, True]
     assert loaded.records["patient_id"].nunique() == 3 and loaded.notes

@@ -136,7 +136,7 @@ def test_predict_scores_files_like_training_and_lists_unreadable(model, tmp_path
 
     bundle = load_bundle(model["bundle"])
     cached, _ = score_records(bundle, a_records, cache=model["root"] / "cache")
-    by_file = dict(zip(scored["file"], scored["probability"].astype(float)))
+    by_file = dict(zip(scored["file"], scored["probability"].astype(float), strict=True))
     predicted = np.array([by_file[p] for p in a_records["path"]])
     assert np.abs(predicted - cached["probability"].to_numpy()).max() < 0.01
     assert (scored["threshold"].astype(float) == bundle.threshold).all()

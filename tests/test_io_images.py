@@ -383,7 +383,7 @@ def test_pixel_limit_checked_from_header_before_decoding(tmp_path: Path) -> None
     header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
     header += chunk(b"IDAT", zlib.compress(b"\0" * 64))  # a few bytes; decoding would fail as truncated
     path.write_bytes(header)
-    assert 100_000 * 100_000 > DEFAULT_MAX_PIXELS
+    assert DEFAULT_MAX_PIXELS < 100_000 * 100_000
     expect_error(path, "100000x100000", "limit", "max_pixels")
 
 
@@ -427,7 +427,7 @@ def test_too_large_is_refused_and_pillow_global_unchanged(tmp_path: Path) -> Non
         expect_error(path, "20x20", "limit", max_pixels=399)
         assert read_image(path, max_pixels=400).pixels.shape == (20, 20)
         assert read_image(path, max_pixels=None).pixels.shape == (20, 20)
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 @pytest.mark.parametrize("bug", [TypeError, AttributeError, KeyError, RuntimeError, IndexError])

@@ -49,9 +49,8 @@ def layer_of(module: str) -> int:
     best: tuple[int, int] | None = None
     for index, names in enumerate(LAYERS):
         for name in names:
-            if module == name or module.startswith(name + "."):
-                if best is None or len(name) > best[0]:
-                    best = (len(name), index)
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > best[0]):
+                best = (len(name), index)
     if best is None:
         raise AssertionError(f"{module} is in no layer: add it to the table in unveil/__init__.py and here")
     return best[1]

@@ -45,9 +45,50 @@ def test_equalization_within_a_mask_uses_the_mask_histogram():
     assert inside[:16].max() <= 0.02  # everything darker than the mask stays at the bottom
 
 
+# Equalisation worked by hand, as MONAI's HistogramNormalize computes it: a histogram of ``bins`` equal bins over
+# the range of the (masked) values, its cumulative counts rescaled to [0, 1], then each pixel linearly
+# interpolated between the bin centres (clamped outside the first and last centre).
+EQUALIZED_BY_HAND = {
+    # 4 bins over [0, 1], centres 1/8 3/8 5/8 7/8; counts 2 1 1 2, cumulative 2 3 4 6 -> 0 1/4 1/2 1.
+    # 0.25 is halfway between the first two centres (0 and 1/4: 1/8), 0.5 halfway between the next two (3/8).
+    "4 bins": ({"bins": 4}, [[0.0, 0.0, 0.25], [0.5, 1.0, 1.0]], None,
+               [[0.0, 0.0, 0.125], [0.375, 1.0, 1.0]]),
+    # 256 bins (the default): counts 2 in bins 0, 128 (0.5 opens it) and 255, cumulative rescaled: 0 up to bin
+    # 127, 1/2 from bin 128, 1 at 255; 0.5 is halfway between the centres 127.5/256 (0) and 128.5/256 (1/2).
+    "256 bins": ({}, [[0.0, 0.0, 0.5], [0.5, 1.0, 1.0]], None,
+                 [[0.0, 0.0, 0.25], [0.25, 1.0, 1.0]]),
+    # the histogram of the masked 0, 0.5, 1, 1 only (4 bins over [0, 1]): counts 1 0 1 2, cumulative 1 1 2 4 ->
+    # 0 0 1/3 1; the unmasked 0.25 falls between two centres at 0, the unmasked 0.75 halfway from 1/3 to 1.
+    "mask": ({"bins": 4}, [[0.0, 0.25, 0.5], [0.75, 1.0, 1.0]], [[1, 0, 1], [0, 1, 1]],
+             [[0.0, 0.0, 1 / 6], [2 / 3, 1.0, 1.0]]),
+}
+
+
+@pytest.mark.parametrize("to_input", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+@pytest.mark.parametrize("case", list(EQUALIZED_BY_HAND))
+def test_equalization_equals_the_hand_computed_array(case, to_input):
+    options, image, mask, expected = EQUALIZED_BY_HAND[case]
+    image = to_input(np.array(image, dtype=np.float32))
+    mask = None if mask is None else to_input(np.array(mask, dtype=bool))
+    eps = np.finfo(np.float32).eps
+    out = equalize_histogram(image, mask, **options)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (2, 3)
+    np.testing.assert_allclose(out, np.array(expected, dtype=np.float32), rtol=0, atol=eps)
+    sample = EqualizeHistogram(within_mask=mask is not None, **options)({"image": image, "mask": mask})
+    np.testing.assert_allclose(sample["image"], np.array(expected, dtype=np.float32), rtol=0, atol=eps)
+    assert sample["mask"] is mask  # the dictionary twin passes the mask through untouched
+
+
+def test_equalization_within_an_empty_mask_uses_the_whole_image():
+    image = np.array([[0.0, 0.0, 0.25], [0.5, 1.0, 1.0]], dtype=np.float32)
+    for mask in (np.zeros((2, 3), bool), torch.zeros((2, 3), dtype=torch.bool)):
+        out = EqualizeHistogram(within_mask=True, bins=4)({"image": image, "mask": mask})["image"]
+        assert np.array_equal(out, np.array([[0.0, 0.0, 0.125], [0.375, 1.0, 1.0]], dtype=np.float32))
+
+
 def test_clahe_range_and_type():
     out = clahe(ramp(64))
-    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_blurred_mask_softens_only_near_the_edge():

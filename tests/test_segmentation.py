@@ -41,7 +41,7 @@ def test_bundle_round_trip_is_exact(tmp_path):
     network = build_network()
     save_lung_bundle(tmp_path / "m", network, {"architecture": ARCHITECTURE, "input": {"size": 64}})
     loaded, description = load_lung_bundle(tmp_path / "m.safetensors")
-    for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert description["input"]["size"] == 64
     segmenter = LungSegmenter(loaded, description)

@@ -285,8 +285,8 @@ def _hospital_fixture(root: Path) -> Path:
     return root
 
 
-HOSPITAL_OPTIONS = dict(csv="exams.csv", path_column="file", patient_column="pid", label_column="covid_label",
-                        finding_column="dx")
+HOSPITAL_OPTIONS = {"csv": "exams.csv", "path_column": "file", "patient_column": "pid",
+                    "label_column": "covid_label", "finding_column": "dx"}
 
 
 def test_hospital_csv_records_and_issues(tmp_path):
@@ -296,7 +296,7 @@ def test_hospital_csv_records_and_issues(tmp_path):
     validate_records(records)
     assert loaded.source == "hospital-csv"
     assert len(records) == 3
-    rows = {Path(p).name: r for p, r in zip(records["path"], records.to_dict("records"))}
+    rows = {Path(p).name: r for p, r in zip(records["path"], records.to_dict("records"), strict=True)}
     assert set(rows) == {"a.png", "b.png", "d.png"}
     assert (rows["a.png"]["covid"], rows["a.png"]["finding"], rows["a.png"]["patient_id"]) == (1, "covid", "P1")
     assert (rows["b.png"]["covid"], rows["b.png"]["finding"]) == (0, "bacterial")
@@ -371,7 +371,7 @@ def test_hospital_csv_takes_absolute_paths_and_files_outside_its_folder(tmp_path
                                      "../elsewhere/e1.png,P2,negative"], images=1)
     loaded = hospital_csv.load(root / "labels.csv")
     assert not loaded.issues and len(loaded.records) == 3
-    rows = {Path(p).name: r for p, r in zip(loaded.records["path"], loaded.records.to_dict("records"))}
+    rows = {Path(p).name: r for p, r in zip(loaded.records["path"], loaded.records.to_dict("records"), strict=True)}
     assert rows["e0.png"]["record_id"] == "hospital-csv/../elsewhere/e0.png"
     assert rows["e1.png"]["path"] == str(elsewhere[1].resolve())
     kept_in = hospital_csv.load(root, allow_outside="false")  # still refusable, by the user
@@ -575,7 +575,7 @@ def test_original_split_keeps_the_sources_own_parts(tmp_path):
     _qu_ex_fixture(tmp_path)
     records = load_source("covid-qu-ex", tmp_path).records
     split = original_split(records)
-    assert dict(zip(records["patient_id"], split)) == {
+    assert dict(zip(records["patient_id"], split, strict=True)) == {
         "Train/COVID-19/covid_1 (2)": "train", "Train/Normal/Normal (11)": "train",
         "Val/Non-COVID/Non_COVID (7)": "val", "Test/COVID-19/covid_9": "test"}
     with pytest.raises(SplitError, match="original_split"):
@@ -606,7 +606,7 @@ def test_kermany_person_ids_are_scoped_per_folder(tmp_path):
 
     root = _kermany_fixture(tmp_path / "chest_xray")
     records = load_source("chestxray", root).records
-    patients = dict(zip(records["record_id"].str.removeprefix("chestxray/"), records["patient_id"]))
+    patients = dict(zip(records["record_id"].str.removeprefix("chestxray/"), records["patient_id"], strict=True))
     assert patients["train/PNEUMONIA/person1_bacteria_2.jpeg"] == "person1"
     assert patients["test/PNEUMONIA/person1_virus_6.jpeg"] == "person1 (test)"  # another child than train's person1
     assert patients["test/NORMAL/IM-0001-0001.jpeg"] == "IM-0001 (test)"

@@ -99,8 +99,8 @@ def test_tiny_training_is_identical_on_both_paths(cached, tmp_path):
 def test_damaged_array_file_is_rebuilt(cached, caplog):
     records, manifest, cache = cached
     expected = load(records, manifest, None).images
-    paths = [p for p in load(records, manifest, None).records["record_id"].map(
-        manifest.set_index("record_id")["cache_path"])]
+    paths = list(load(records, manifest, None).records["record_id"].map(
+        manifest.set_index("record_id")["cache_path"]))
     target = array_path(cache, paths, 32)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(target.read_bytes()[:500] if target.exists() else b"\x93NUMPY truncated")

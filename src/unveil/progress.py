@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -112,7 +112,7 @@ class LineProgress:
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
                  unit: str = "it", leave: bool = True, interval: float | None = None, **_display: Any) -> None:
         self.iterable = iterable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.desc, self.unit, self.leave = desc or "progress", unit, leave
         self.n, self.postfix = 0, ""
         self.started = time.perf_counter()

@@ -44,15 +44,14 @@ def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(temporary, path)
+        Path(temporary).chmod(0o644)  # mkstemp creates 0600; results are meant to be shared
+        Path(temporary).replace(path)
     except OSError as error:
         if no_space(error):
             raise disk_full(path, error) from error
         raise
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        Path(temporary).unlink(missing_ok=True)
     return path
 
 
@@ -75,7 +74,7 @@ def write_run_metadata(path: str | Path, command: str, config: dict[str, Any],
         "command": command,
         "config": _jsonable(config),
         "versions": environment_versions(),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if extra:
         document.update(_jsonable(extra))
@@ -85,7 +84,7 @@ def write_run_metadata(path: str | Path, command: str, config: dict[str, Any],
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes, read in chunks (memory stays flat for large files)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with Path(path).open("rb") as stream:
         while block := stream.read(chunk):
             digest.update(block)
     return digest.hexdigest()

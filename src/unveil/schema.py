@@ -291,7 +291,7 @@ def _section(cls: type, value: Any, path: tuple[Any, ...], problems: list[Proble
         if key not in names:
             continue
         kind, entry_type = hints[key], _entries(cls, hints[key])
-        if is_dataclass(kind):
+        if isinstance(kind, type) and is_dataclass(kind):
             values[key] = _section(kind, item, (*path, key), problems, {})
         elif entry_type is not None:
             entries, found = check_value(dict[str, Any], {} if item is None else item, (*path, key), finite=False)
@@ -326,7 +326,8 @@ def check_fields(instance: Any, error: type[UnveilError], origin: str) -> None:
     one ``error`` (``ORIGIN: field: problem; got VALUE``). A field a validator normalises (a rule's enum to its
     name) is stored normalised; numbers keep the type they were given (1 stays 1 where a float is declared)."""
     problems: list[Problem] = []
-    for name, (kind, adapter) in _field_adapters(type(instance)).items():
+    cls: Any = type(instance)  # Any: mypy takes type[Any] for unhashable in lru_cache's signature
+    for name, (kind, adapter) in _field_adapters(cls).items():
         current = getattr(instance, name)
         checked, found = check_value(kind, current, (name,), adapter)
         problems += found

@@ -46,9 +46,6 @@ class ThresholdRule(StrEnum):
     SENSITIVITY = "sensitivity"
     BUNDLE = "bundle"
 
-    def __str__(self) -> str:
-        return self.value
-
     def describe(self, value: float | None = None) -> str:
         """How a threshold was chosen, in words starting with the rule's name (``fixed 0.5``, ``youden on
         validation``); the data-driven rules append their figures (see :func:`choose_threshold`)."""
@@ -93,8 +90,6 @@ def rules_help(*, allow_bundle: bool = True) -> str:
     return (", ".join(parts[:-1]) + f" or {parts[-1]}" if len(parts) > 1 else parts[0]) + "."
 
 
-#: Rules that choose on validation predictions (they need both classes there).
-DATA_DRIVEN = (ThresholdRule.YOUDEN, ThresholdRule.SENSITIVITY)
 #: The paper's threshold, reported beside any other so that the two can be compared.
 PAPER_THRESHOLD = 0.5
 

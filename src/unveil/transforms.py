@@ -102,7 +102,7 @@ class EqualizeHistogram:
         if self.adaptive:
             return dict(sample, image=clahe(sample["image"]))
         mask = sample.get("mask") if self.within_mask else None
-        if self.within_mask and (mask is None or not np.any(mask)):
+        if self.within_mask and (mask is None or not np.asarray(mask).any()):  # np.any(tensor) is a TypeError
             mask = None  # no lungs found: fall back to the whole image rather than fail
         return dict(sample, image=equalize_histogram(sample["image"], mask, bins=self.bins))
 

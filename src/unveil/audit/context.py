@@ -37,7 +37,7 @@ def load_masks(records: pd.DataFrame, manifest: pd.DataFrame, size: int) -> np.n
         if path is None or pd.isna(path):
             raise AuditError(f"{record_id}: no lung mask could be made for this image")
         with Image.open(path) as stored:
-            mask = np.asarray(stored.convert("L").resize((size, size), Image.NEAREST)) > 127
+            mask = np.asarray(stored.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127
         masks.append(mask)
     return np.stack(masks)
 
@@ -105,7 +105,8 @@ def gather(bundle: ModelBundle, test_sets: list[str], own: str | None, *, data: 
            progress: bool, lung_convention: str | None, options: dict[str, Any] | None = None) -> AuditedImages:
     """Rebuild every test set unseen by the model, pre-process its images and lung masks (cached);
     ``options``: loader options of the ``SOURCE:PATH`` test sets."""
-    parts, members, kinds, seen = [], {}, {}, {}
+    parts, members, kinds = [], {}, {}
+    seen: dict[str, Any] = {}
     for name in test_sets:
         test_set, _ = unseen_test_set(bundle, name, data=data, recipes=recipes, allow_overlap=allow_overlap,
                                       options=options)
@@ -197,12 +198,12 @@ class AuditContext:
     @cached_property
     def probability(self) -> np.ndarray:
         """The model's probability of COVID+ per image, from the features (no second encoder pass)."""
-        return probabilities_from_features(self.bundle.model, self.features)[:, self.bundle.positive_index]
+        return probabilities_from_features(self.bundle.model, self.features)[:, self.bundle.positive_column]
 
     @cached_property
     def saliency_maps(self) -> np.ndarray:
         """Grad-CAM maps of the COVID+ output (MONAI, :mod:`unveil.explain`), one per image."""
-        return gradcam_maps(self.bundle, self.images.images, self.bundle.positive_index)
+        return gradcam_maps(self.bundle, self.images.images, self.bundle.positive_column)
 
     @cached_property
     def own_split(self) -> OwnSplit:

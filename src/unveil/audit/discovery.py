@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -148,7 +149,7 @@ def clusters_text(summaries: list[dict]) -> str:
 
 
 def acquisition_alignment(clustering: Clustering, labels: np.ndarray, groups: np.ndarray, properties: pd.DataFrame,
-                          *, seed: int, resamples: int) -> dict[str, float]:
+                          *, seed: int, resamples: int) -> dict[str, Any]:
     """How well the file properties tell the clusters with more COVID+ than the whole set from the others
     (balanced accuracy of a cross-validated forest, with its interval). Raises InsufficientData when a side has images
     of fewer than 2 patients."""

@@ -11,6 +11,7 @@ probabilities get the patient bootstrap of every probe (:func:`unveil.audit.prob
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,8 @@ MEASURE = "ROC AUC (random forest on file properties, out of fold)"
 def property_table(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per record (same index), one column per :data:`PROPERTIES`; and the read errors (a file whose
     header cannot be read keeps missing values)."""
-    rows, errors = [], []
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
     for path in records["path"]:
         try:
             found = read_file_properties(path)

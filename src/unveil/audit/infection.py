@@ -35,7 +35,7 @@ def load_infection_masks(paths: pd.Series, size: int) -> tuple[np.ndarray, np.nd
             present.append(False)
             continue
         with Image.open(path) as stored:
-            masks.append(np.asarray(stored.convert("L").resize((size, size), Image.NEAREST)) > 127)
+            masks.append(np.asarray(stored.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127)
         present.append(True)
     if not masks:
         return np.zeros((0, size, size), dtype=bool), np.zeros(0, dtype=bool)

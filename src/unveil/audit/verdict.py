@@ -32,7 +32,7 @@ def value_text(value: float | None, low: float | None, high: float | None, *, me
     def missing(x: float | None) -> bool:
         return x is None or (isinstance(x, float) and math.isnan(x))
 
-    if missing(value):
+    if value is None or missing(value):
         return "n/a"
     if is_count(measure):
         count = int(round(float(value)))

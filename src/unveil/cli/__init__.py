@@ -8,7 +8,6 @@ A user's mistake raises :class:`unveil.errors.UnveilError`: it is caught here, o
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -23,7 +22,8 @@ from unveil.errors import UnveilError
 class UnveilGroup(TyperGroup):
     """The root command group: turns a user's mistake (any UnveilError) into one line on stderr."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    # typer hands its own Context (a subclass of the one the base class names, from typer's private vendored click)
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except UnveilError as error:
@@ -77,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # typer exits with the command's status

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from unveil.cli.options import (
+    CommandLineError,
     DataOption,
+    FileSeedOption,
     LoaderOption,
     SeedOption,
     TrackingUriOption,
@@ -58,7 +60,7 @@ def reproduce_command(
         help="Pre-trainings and cells as tasks of a Dask cluster: 'local' (a LocalCluster of --jobs workers) or "
              "a scheduler address (tcp://host:8786); see docs/cluster.md.")] = None,
     report: Annotated[bool, typer.Option(help="Write OUT/report.html at the end.")] = True,
-    seed: SeedOption = None,
+    seed: FileSeedOption = None,
     data: DataOption = None,
     option: LoaderOption = None,
     show: Annotated[bool, typer.Option(
@@ -77,7 +79,8 @@ def reproduce_command(
         require(path.is_file(), f"{experiment}: no such experiment file (shipped: {', '.join(SHIPPED)})")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
-    require(out is not None, "reproduce needs --out FOLDER (or --show to print the experiment file)")
+    if out is None:
+        raise CommandLineError("reproduce needs --out FOLDER (or --show to print the experiment file)")
     _reproduce(experiment, out, jobs, workers, seed, report, cluster, data, option,
                tracking_settings(track, tracking_uri))
 

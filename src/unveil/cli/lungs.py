@@ -127,7 +127,7 @@ def lungs_evaluate(
     if figures_out is not None:
         figures_out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(figures_out, figures.to_csv(index=False))
-    if worst:
+    if worst and overlays is not None:  # (--worst without --overlays is refused above)
         from unveil.segmentation.overlay import write_worst_overlays
 
         written = write_worst_overlays(segmenter, records, figures, overlays, worst)

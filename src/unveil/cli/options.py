@@ -54,13 +54,17 @@ LoaderOption = Annotated[list[str] | None, typer.Option(
                            "-o label_column=diagnosis.")]
 RecipesOption = Annotated[Path | None, typer.Option(
     "--recipes", help="Recipe YAML file of the compositions (default: the paper's Table 1).")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+_SEED = typer.Option("--seed", help="Random seed (same seed, same result).")
+SeedOption = Annotated[int, _SEED]
+FileSeedOption = Annotated[int | None, _SEED]  # `reproduce`: None keeps the experiment file's seed
 WorkersOption = Annotated[int, typer.Option(
     "--workers", help="Worker processes (decoding, rendering or pre-processing images; the result does not "
                       "depend on it).")]
-CacheOption = Annotated[Path | None, typer.Option(
+_CACHE = typer.Option(
     "--cache", help="Pre-processing cache folder (content-addressed, shared by runs; default when training: "
-                    "OUT/cache, when testing a model: the one it was trained with).")]
+                    "OUT/cache, when testing a model: the one it was trained with).")
+CacheOption = Annotated[Path | None, _CACHE]
+RequiredCacheOption = Annotated[Path, _CACHE]  # `preprocess`: the cache is what it makes
 LungModelOption = Annotated[Path | None, typer.Option(
     "--lung-model", help="Lung model: a bundle file, its base name or a `unveil lungs train` run folder "
                          "(default: the one the inputs were made with, else the shipped model).")]

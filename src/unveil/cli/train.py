@@ -28,6 +28,7 @@ from unveil.cli.options import (
     MaxPixelsOption,
     ProgressOption,
     RecipesOption,
+    RequiredCacheOption,
     SeedOption,
     StrictOption,
     TrackingUriOption,
@@ -48,7 +49,7 @@ from unveil.models.catalog import arch_help, model_names, width_help
 def preprocess(
     source: Annotated[str, typer.Argument(help="Dataset source name.")],
     path: Annotated[Path, typer.Argument(help="Dataset root folder.")],
-    cache: CacheOption,
+    cache: RequiredCacheOption,
     option: LoaderOption = None,
     image_size: ImageSizeOption = 256,
     equalize: EqualizeOption = "global",

@@ -121,7 +121,7 @@ def summarise(loads: list[SourceLoad], *, read_images: bool = True, workers: int
     )
     if read_images and len(records):
         fingerprints = fingerprint_images(records, workers=workers, max_pixels=max_pixels)
-        paths = dict(zip(records["record_id"].astype(str), records["path"].astype(str)))
+        paths = dict(zip(records["record_id"].astype(str), records["path"].astype(str), strict=True))
         for row in fingerprints.itertuples():
             if isinstance(row.error, str) and row.error:
                 message = str(row.error)

@@ -175,7 +175,7 @@ def compose(recipe: Recipe, tables: dict[str, pd.DataFrame], *, seed: int, test_
             donors = [split_tables[r][split_tables[r]["split"] == split] for r in recipe.negatives_from]
             shares = [deficit // len(donors) + (1 if i < deficit % len(donors) else 0) for i in range(len(donors))]
             added = []
-            for role, donor, share in zip(recipe.negatives_from, donors, shares):
+            for role, donor, share in zip(recipe.negatives_from, donors, shares, strict=True):
                 if share > len(donor):
                     warnings.append(f"{split}: role {role} has {len(donor)} COVID- image(s), {share} needed; "
                                     "the split stays unbalanced")

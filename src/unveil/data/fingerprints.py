@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -41,10 +43,10 @@ class _Job:
 
 
 def _fingerprint(job: _Job) -> dict:
-    row = {"record_id": job.record_id, "sha256": None, "phash": None, "height": None, "width": None,
+    row: dict[str, Any] = {"record_id": job.record_id, "sha256": None, "phash": None, "height": None, "width": None,
            "bit_depth": None, "error": None, "note": None}
     try:
-        with open(job.path, "rb") as stream:
+        with Path(job.path).open("rb") as stream:
             row["sha256"] = hashlib.sha256(stream.read()).hexdigest()
     except OSError as error:
         row["error"] = f"{job.path}: cannot read file ({error.strerror or error})"
@@ -63,7 +65,7 @@ def _fingerprint(job: _Job) -> dict:
 def fingerprint_images(records: pd.DataFrame, *, workers: int = 1,
                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """Decode every record's image once: hashes, size, or the read error (one row per record)."""
-    jobs = [_Job(str(r), str(p), max_pixels) for r, p in zip(records["record_id"], records["path"])]
+    jobs = [_Job(str(r), str(p), max_pixels) for r, p in zip(records["record_id"], records["path"], strict=True)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_fingerprint, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
@@ -94,7 +96,7 @@ def phash_distance_pairs(hashes: Sequence[str], max_distance: int = NEAR_DUPLICA
         chunk = values[start:start + block]
         distances = np.bitwise_count(chunk[:, None, :] ^ values[None, :, :]).sum(axis=-1, dtype=np.int64)
         rows, cols = np.nonzero(distances <= max_distance)
-        for i, j in zip(rows + start, cols):
+        for i, j in zip(rows + start, cols, strict=True):
             if i < j:
                 pairs.append((int(i), int(j), int(distances[i - start, j])))
     return pairs
@@ -105,7 +107,7 @@ def group_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     pairs = list(pairs)
     if not pairs:
         return []
-    rows, cols = zip(*pairs)
+    rows, cols = zip(*pairs, strict=True)
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = {}

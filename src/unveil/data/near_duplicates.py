@@ -10,7 +10,7 @@ training set is decoded once however many test sets are checked.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ _KEY = ["path", "size", "mtime_ns"]
 
 def _stat(path: str) -> tuple[int, int]:
     try:
-        info = os.stat(path)
+        info = Path(path).stat()
     except OSError:
         return -1, -1
     return int(info.st_size), int(info.st_mtime_ns)
@@ -42,10 +42,8 @@ def cached_fingerprints(records: pd.DataFrame, cache: str | Path | None, *, work
     stored = pd.DataFrame(columns=[*_KEY, "sha256", "phash"])
     file = Path(cache) / CACHE_NAME if cache is not None else None
     if file is not None and file.is_file():
-        try:
+        with contextlib.suppress(OSError, ValueError):  # an unreadable cache is rebuilt
             stored = pd.read_csv(file, dtype={"path": str, "sha256": str, "phash": str})
-        except (OSError, ValueError):
-            pass  # an unreadable cache is rebuilt
     merged = keys.merge(stored[[*_KEY, "sha256", "phash"]].drop_duplicates(_KEY), on=_KEY, how="left")
     todo = merged["phash"].isna() & (merged["size"] >= 0)
     if todo.any():
@@ -66,11 +64,11 @@ def cross_pairs(first: list[str], second: list[str], max_distance: int = NEAR_DU
     if not first or not second:
         return []
     a, b = hashes_to_words(first), hashes_to_words(second)
-    pairs = []
+    pairs: list[tuple[int, int, int]] = []
     for start in range(0, len(a), block):
         distances = np.bitwise_count(a[start:start + block, None, :] ^ b[None, :, :]).sum(axis=-1, dtype=np.int64)
         rows, cols = np.nonzero(distances <= max_distance)
-        pairs.extend((int(i + start), int(j), int(distances[i, j])) for i, j in zip(rows, cols))
+        pairs.extend((int(i + start), int(j), int(distances[i, j])) for i, j in zip(rows, cols, strict=True))
     return pairs
 
 
@@ -93,7 +91,7 @@ def near_duplicates(test: pd.DataFrame, training: pd.DataFrame, *, cache: str | 
                      bool(tested.at[i, "sha256"] == trained.at[j, "sha256"])))
     by_sha = trained.dropna(subset=["sha256"]).groupby("sha256")["record_id"].first()
     found = {(r, t) for r, t, _, _ in rows}
-    for record_id, sha in zip(tested["record_id"], tested["sha256"]):
+    for record_id, sha in zip(tested["record_id"], tested["sha256"], strict=True):
         if isinstance(sha, str) and sha in by_sha.index and (record_id, by_sha[sha]) not in found \
                 and record_id != by_sha[sha]:
             rows.append((record_id, by_sha[sha], 0, True))

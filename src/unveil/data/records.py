@@ -68,9 +68,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "mask_path",
 )
 
-#: Documented optional columns (see the module docstring).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("infection_mask_path", "original_split", "patient_known", "location")
-
 _STRING_COLUMNS = ("record_id", "source", "path", "patient_id", "finding", "source_finding",
                    "view", "source_view", "sex", "mask_path", "infection_mask_path")
 

@@ -381,8 +381,8 @@ def _scored_test_set(bundle: ModelBundle, identity: dict[str, Any], test_set: Te
            "model_collapsed": bundle.collapse_reason, **result.as_row(),
            **metrics_at_paper_threshold(labels, probabilities), "resamples": resamples, "seed": seed,
            **calibration(labels, probabilities, patients, resamples=resamples, seed=seed).as_row()}
-    decision = np.where(probabilities >= chosen.value, bundle.classes[bundle.positive_index],
-                        bundle.classes[1 - bundle.positive_index])
+    positive = bundle.positive_column
+    decision = np.where(probabilities >= chosen.value, bundle.classes[positive], bundle.classes[1 - positive])
     log.info("%s on %s: balanced accuracy %.3f at threshold %.3f (%s)", identity["model"], test_set.name,
              result.metrics["balanced_accuracy"].value, chosen.value, chosen.description)
     return row, with_record_columns(scored.assign(  # then the record's sex, age, view, site (subgroups)

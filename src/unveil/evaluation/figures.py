@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from unveil.evaluation.calibration import BINS, Calibration, calibration_summary, reliability_table
 from unveil.provenance import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Figure kinds (file prefix) this module writes.
 KINDS = ("reliability", "confusion")
@@ -30,7 +34,7 @@ def figure_stem(kind: str, model: object, test_set: object) -> str:
     return f"{kind}_{safe_name(model)}__{safe_name(test_set)}"
 
 
-def _save(figure: object, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
+def _save(figure: Figure, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     written = []
     for extension in formats:
         buffer = io.BytesIO()
@@ -40,7 +44,7 @@ def _save(figure: object, out: Path, stem: str, formats: tuple[str, ...]) -> lis
 
 
 def reliability_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, bins: int = BINS,
-                       summary: str | None = None) -> object:
+                       summary: str | None = None) -> Figure:
     """Fraction COVID+ against mean predicted probability per bin (marker area ~ images), the diagonal, and a
     histogram of the probabilities below; ``summary`` (ECE, Brier) under the title."""
     from matplotlib.figure import Figure
@@ -64,7 +68,7 @@ def reliability_figure(labels: np.ndarray, scores: np.ndarray, *, title: str, bi
     return figure
 
 
-def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float, *, title: str) -> object:
+def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float, *, title: str) -> Figure:
     """The 2 x 2 confusion matrix (rows: truth, columns: decision; COVID− first) at ``threshold``, counts and
     row percentages in the cells (scikit-learn's ``ConfusionMatrixDisplay``)."""
     from matplotlib.figure import Figure

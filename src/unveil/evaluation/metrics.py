@@ -225,7 +225,7 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     y, s = _validate_labels_scores(labels, scores)
     codes = _patient_codes(patients, len(y))
     choice = threshold if isinstance(threshold, ThresholdChoice) else None
-    threshold = finite_number(choice.value if choice else threshold, "threshold")
+    threshold = finite_number(threshold.value if isinstance(threshold, ThresholdChoice) else threshold, "threshold")
     rule = choice.rule if choice else ThresholdRule.FIXED
     description = choice.description if choice else ThresholdRule.FIXED.describe(threshold)
     if not 0 < confidence < 1:
@@ -236,8 +236,8 @@ def evaluate_scores(labels: ArrayLike, scores: ArrayLike, patients: ArrayLike, *
     n_patients = int(codes.max()) + 1
 
     confusion = Confusion.from_scores(y, s, threshold)
-    points = _metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)
-    points = {name: float(value) for name, value in points.items()}
+    counted = _metrics_from_counts(confusion.tp, confusion.fp, confusion.tn, confusion.fn)
+    points = {name: float(value) for name, value in counted.items()}
     both_classes = confusion.positives > 0 and confusion.negatives > 0
     points["roc_auc"] = float(roc_auc_score(y, s)) if both_classes else math.nan
 

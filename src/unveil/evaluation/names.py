@@ -71,7 +71,7 @@ def test_set_labels(names: Iterable[str], preferred: Mapping[str, str] | None = 
     for source, group in by_source.items():  # a set without a label: its source, its folder where one is shared
         shared = len(group) > 1 or source in set(sources)
         tails = _tails([_split(n)[1] for n in group]) if shared else [""] * len(group)  # type: ignore[index]
-        labels.update({n: f"{source} ({tail})" if tail else source for n, tail in zip(group, tails)
+        labels.update({n: f"{source} ({tail})" if tail else source for n, tail in zip(group, tails, strict=True)
                        if n not in labels})
     for fallback in (lambda n: labels[n] + WHOLE, lambda n: n):  # a clash: say "whole set", else the full name
         clashing = [n for n in names if n != labels[n] and list(labels.values()).count(labels[n]) > 1]

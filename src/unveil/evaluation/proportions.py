@@ -52,7 +52,7 @@ def _counts(successes: ArrayLike, trials: ArrayLike) -> tuple[list[int], list[in
     if a.size and (not np.array_equal(a, np.round(a)) or not np.array_equal(m, np.round(m))):
         raise ProportionError("successes and trials must be whole numbers (counts per patient)")
     a_list, m_list = [int(v) for v in a.tolist()], [int(v) for v in m.tolist()]
-    bad = [(s, t) for s, t in zip(a_list, m_list) if not 0 <= s <= t]
+    bad = [(s, t) for s, t in zip(a_list, m_list, strict=True) if not 0 <= s <= t]
     if bad:
         raise ProportionError(f"need 0 <= successes <= trials for every patient; got {bad[:3]}")
     return a_list, m_list
@@ -75,7 +75,7 @@ def design_effect(successes: ArrayLike, trials: ArrayLike) -> float:
     if x in (0, n):
         value = sum(t * t for t in m) / n
     else:
-        value = sum((n * s - x * t) ** 2 for s, t in zip(a, m)) / (n * x * (n - x))
+        value = sum((n * s - x * t) ** 2 for s, t in zip(a, m, strict=True)) / (n * x * (n - x))
     return max(1.0, value)
 
 

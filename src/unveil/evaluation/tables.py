@@ -64,7 +64,7 @@ class TableError(UnveilError, ValueError):
     """Results rows cannot be tabulated as asked (the message names the rows)."""
 
 
-def format_value(value: float, digits: int = 2, infinity: str = "∞") -> str:
+def format_value(value: float | None, digits: int = 2, infinity: str = "∞") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if math.isinf(value):

@@ -197,7 +197,7 @@ def run_graph(client: Client, graph: JobGraph, *, on_done: Callable[[Job, dict[s
     submitted tasks it is built from; ``on_done`` records each result on the driver as soon as it arrives (so a
     driver stopped later keeps what finished). A task's exception is raised here (the other tasks are
     cancelled); a task whose workers kept dying becomes an ExperimentError."""
-    pending = [node for node in graph.order() if node.job is not None and not node.done]
+    pending = [(node, node.job) for node in graph.order() if node.job is not None and not node.done]
     if not pending:
         return
     from distributed import KilledWorker, as_completed
@@ -208,13 +208,12 @@ def run_graph(client: Client, graph: JobGraph, *, on_done: Callable[[Job, dict[s
     def resources(job: Job) -> dict[str, float] | None:
         return {GPU: 1} if needs_gpu(job.config.device, gpu_workers) else None
 
-    if not gpu_workers and any(resources(node.job) for node in pending):
+    if not gpu_workers and any(resources(job) for _, job in pending):
         report_step(progress, "  no worker offers a GPU yet: CUDA tasks wait for workers started with "
                               f"--resources {GPU}=1")
     futures: dict[Any, Job] = {}
     by_key: dict[str, Any] = {}
-    for node in pending:  # pre-trainings first, and first in priority: cells wait for them
-        job = node.job
+    for node, job in pending:  # pre-trainings first, and first in priority: cells wait for them
         if isinstance(job, PretrainJob):
             future = client.submit(pretrain_task, job, key=_key("pretrain", job, job.run_dir),
                                    resources=resources(job), priority=1)

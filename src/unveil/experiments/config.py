@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -197,7 +197,7 @@ def _data(top: ExperimentFile, where: Where, resolve: Callable[[str], str]
 
 def _preprocess(top: ExperimentFile, where: Where, resolve: Callable[[str], str]) -> PreprocessSettings:
     preprocess = section(PreprocessSettings, top.preprocess, ("preprocess",), where,
-                         exclude={name: "computed from the model" for name in COMPUTED_PREPROCESS})
+                         exclude=dict.fromkeys(COMPUTED_PREPROCESS, "computed from the model"))
     choice(preprocess.equalize, EQUALIZATIONS, ("preprocess", "equalize"), where)
     choice(preprocess.mask, MASK_MODES, ("preprocess", "mask"), where)
     return replace(preprocess, model=resolve(preprocess.model)) if preprocess.model is not None else preprocess
@@ -269,8 +269,8 @@ def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: se
 def _check_train_configs(experiment: Experiment, top: ExperimentFile, where: Where) -> None:
     """Fail early on options TrainConfig refuses together (for every architecture and pre-training run)."""
     for architecture in experiment.architectures:
-        runs = [(("training",), {})] + [(("pretraining", label, "training"), run.training)
-                                        for label, run in top.pretraining.items()]
+        runs: list[tuple[tuple[str, ...], dict[str, Any]]] = [(("training",), {})]
+        runs += [(("pretraining", label, "training"), run.training) for label, run in top.pretraining.items()]
         for key, overrides in runs:
             try:
                 TrainConfig.from_dict({**experiment.training, **overrides, "architecture": architecture,
@@ -295,10 +295,11 @@ def _leave_out_missing(experiment: Experiment, optional: set[str], book: RecipeB
         spec = experiment.data.pop(role)
         experiment.notes.append(f"optional role {role} ({spec.source}) not found at {spec.root}: left out "
                                 f"(bind it with --data {role}={spec.source}:PATH)")
-    left = {"composition": {c: book.recipe(c).roles for c in experiment.compositions if needs(c)},
-            "test set": {t: book.recipe(t).roles for t in experiment.tests if needs(t)},
-            "encoder": {e: experiment.pretraining_roles(e) for e in experiment.encoders
-                        if e != "none" and gone & set(experiment.pretraining_roles(e))}}
+    left: dict[str, dict[str, Iterable[str]]] = {
+        "composition": {c: book.recipe(c).roles for c in experiment.compositions if needs(c)},
+        "test set": {t: book.recipe(t).roles for t in experiment.tests if needs(t)},
+        "encoder": {e: experiment.pretraining_roles(e) for e in experiment.encoders
+                    if e != "none" and gone & set(experiment.pretraining_roles(e))}}
     for what, names in left.items():
         for name, roles in names.items():
             experiment.notes.append(f"skipped {what} {name}: needs {', '.join(r for r in roles if r in gone)}")

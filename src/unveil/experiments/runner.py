@@ -113,8 +113,8 @@ def load_data(run: _Run) -> None:
         run.say(f"  note: {note}")
     run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
-    needed = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
-    needed = sorted(needed | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
+    tested = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
+    needed = sorted(tested | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
     missing = [role for role in needed if role not in run.data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
@@ -355,7 +355,7 @@ def grid_tracking(settings: TrackingSettings | None, out: Path, name: str) -> Tr
         return None
     local = settings.uri is None
     settings = settings.under(out, experiment=name)
-    if "mlflow" in settings.track:
+    if "mlflow" in settings.track and settings.uri is not None:  # under() gave it a URI
         mlflow_experiment(settings.uri, settings.experiment, out.resolve() / MLFLOW_FOLDER / "artifacts" if local
                           else None)
     return settings
@@ -379,9 +379,9 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
         clients: list[Any] = []
 
         def connect() -> Any:
-            """The cluster's client, opened once (and closed with ``on_cluster``)."""
+            """The client of the cluster ``cluster``, opened once (and closed with ``on_cluster``)."""
             if not clients:
-                clients.append(on_cluster.enter_context(open_client(cluster, parallel, progress)))
+                clients.append(on_cluster.enter_context(open_client(str(cluster), parallel, progress)))
             return clients[0]
 
         if cluster is not None and check_cluster(cluster) != LOCAL:  # first: a wrong value fails before any work

@@ -9,7 +9,6 @@ The exported file is self-contained (weights embedded) and checked by loading a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -37,6 +36,9 @@ class ExportError(UnveilError, RuntimeError):
 
 class ProbabilityModel(nn.Module):
     """[0, 1] image -> class probabilities (normalization and softmax included)."""
+
+    mean: torch.Tensor  # buffers (registered below)
+    std: torch.Tensor
 
     def __init__(self, model: nn.Module, mean: float, std: float) -> None:
         super().__init__()
@@ -74,6 +76,8 @@ def _write_export(wrapper: nn.Module, fmt: str, example: torch.Tensor, target: P
         program = torch.onnx.export(wrapper, (example,), None, dynamo=True, input_names=["image"],
                                     output_names=["probabilities"], dynamic_shapes={"image": {0: batch}},
                                     verbose=False)
+        if program is None:  # the dynamo exporter returns the program it made
+            raise ExportError(f"{target}: torch.onnx.export returned no ONNX program")
         program.save(str(target), external_data=external)
     else:
         with torch.inference_mode(), warnings.catch_warnings():
@@ -127,9 +131,9 @@ def export_model(model: str | Path | ModelBundle, fmt: str, out: str | Path, *,
         for file in written:  # external data (if any) first, the model last: the model never points to nothing
             if file.name != out.name:
                 file.chmod(0o644)
-                os.replace(file, out.with_name(file.name))
+                file.replace(out.with_name(file.name))
         (staging / out.name).chmod(0o644)
-        os.replace(staging / out.name, out)
+        (staging / out.name).replace(out)
         if fmt == "onnx" and not any(f.name == data_file.name for f in written):
             data_file.unlink(missing_ok=True)  # a stale external-data file from an older export
     finally:

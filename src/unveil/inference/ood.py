@@ -30,11 +30,12 @@ def refit_ood_reference(model: str | Path, *, false_alarm: float = FALSE_ALARM_T
     composition = compose(recipe, {role: bindings[role].load() for role in recipe.roles},
                           seed=int(provenance.get("seed", 0)), test_fraction=described.get("test_fraction", 0.3),
                           val_fraction=described.get("val_fraction", 0.2))
-    split_file = bundle.path.parent / "splits.csv"
+    split_file = bundle.directory.parent / "splits.csv"
     recorded = training_split_table(bundle)
     if recorded is not None:
         rebuilt = composition.records.astype({"record_id": str})
-        if set(zip(recorded["record_id"], recorded["split"])) != set(zip(rebuilt["record_id"], rebuilt["split"])):
+        if set(zip(recorded["record_id"], recorded["split"], strict=True)) != \
+                set(zip(rebuilt["record_id"], rebuilt["split"], strict=True)):
             raise BundleError(f"{split_file}: the composition rebuilt from the bundle's provenance has other splits "
                               "(data changed?); the reference was not refitted")
     sets = {split: cached_images(bundle, composition.split(split), cache=training_cache(bundle))[0]
@@ -42,5 +43,5 @@ def refit_ood_reference(model: str | Path, *, false_alarm: float = FALSE_ALARM_T
     features = {split: encoder_features(bundle.model, s.images, *bundle.normalization) for split, s in sets.items()}
     reference = fit_ood_reference(features["train"], sets["train"].records["source"].to_numpy(), features["val"],
                                   sets["train"].images, sets["val"].images, false_alarm=false_alarm)
-    reference.save(bundle.path)
+    reference.save(bundle.directory)
     return reference

@@ -17,6 +17,7 @@ from torch import nn
 
 from unveil.inference.graph import blur, blur_matrix, equalize, min_max, pil_resize
 from unveil.inference.predict import Predictor
+from unveil.models.classifier import CxrClassifier
 from unveil.segmentation.infer import INPUT_MEAN, INPUT_STD
 from unveil.synth.phantom import render_anatomy, sample_anatomy
 from unveil.training.loop import encoder_features, probabilities_from_features
@@ -49,7 +50,9 @@ class ClassifierStage(nn.Module):
     """(S x S image, cleaned lung mask) -> class probabilities: the bundle's equalization, the mask blurred and
     applied, min-max to [0, 1], rounding to 8 bits, normalization, the classifier and softmax."""
 
-    def __init__(self, model: nn.Module, *, size: int, equalization: str, apply_mask: bool, blur_radius: float,
+    blur: torch.Tensor  # a registered buffer (exported with the graph)
+
+    def __init__(self, model: CxrClassifier, *, size: int, equalization: str, apply_mask: bool, blur_radius: float,
                  mean: float, std: float) -> None:
         super().__init__()
         if equalization not in ("global", "lungs", "none"):

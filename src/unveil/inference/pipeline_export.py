@@ -62,6 +62,8 @@ def _export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], names: li
             dynamic: dict[str, dict[int, Any]], target: Path) -> None:
     program = torch.onnx.export(module, inputs, None, dynamo=True, input_names=names, output_names=outputs,
                                 dynamic_shapes=dynamic, verbose=False)
+    if program is None:  # only with dynamo=False or an output path given, neither here
+        raise ExportError(f"{target.name}: torch.onnx.export returned no program")
     program.save(str(target))
     _strip_locations(target)
 
@@ -159,6 +161,8 @@ def _check_alone(staging: Path, images: list[np.ndarray]) -> np.ndarray:
         for file in staging.iterdir():
             shutil.copy2(file, Path(folder) / file.name)
         spec = importlib.util.spec_from_file_location("unveil_exported_preprocess", Path(folder) / FILES["runtime"])
+        if spec is None or spec.loader is None:
+            raise ExportError(f"{FILES['runtime']}: the exported runtime file cannot be imported")
         runtime = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(runtime)  # the shipped copy, not unveil's module
         runner = runtime.Pipeline(folder)

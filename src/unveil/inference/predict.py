@@ -233,7 +233,7 @@ class Predictor:
                        ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None]:
         """Per image: the probability of the positive class, the OOD score, nearest training source and reason,
         and (``evidence``) the Grad-CAM map."""
-        positive = self.bundle.positive_index
+        positive = self.bundle.positive_column
         mean, std = self.bundle.normalization
         features = encoder_features(self.bundle.model, images, mean, std)
         probabilities = probabilities_from_features(self.bundle.model, features)[:, positive]
@@ -249,12 +249,12 @@ class Predictor:
     def _row(self, path: Path, problems: list[str], mask: np.ndarray, probability: float, distance: float,
              nearest: str, reason: str, overlay: str) -> dict[str, Any]:
         """One scored image's CSV row: its decision unless a check failed (then flagged or rejected)."""
-        positive = self.bundle.positive_index
+        positive = self.bundle.positive_column
         lung_problems = self.lung_check.problems(mask)
         ood_flag = bool(self.ood is not None and distance > self.ood.threshold)
         collapsed = [self.bundle.collapse_reason] if self.bundle.collapse_reason else []  # no image can pass
         warnings = list(self.notes) + collapsed + problems + lung_problems
-        if ood_flag:
+        if ood_flag and self.ood is not None:
             warnings.append(f"out of distribution: score {distance:.1f} > {self.ood.threshold:.1f} "
                             f"({reason}; nearest training source {nearest})")
         if not np.isfinite(probability):
@@ -288,7 +288,7 @@ class Predictor:
             for row_index, position in enumerate(kept):
                 path, probability = paths[position], float(probabilities[row_index])
                 overlay = ""
-                if maps is not None:
+                if maps is not None and evidence_dir is not None and displays is not None:  # all three: evidence
                     target = evidence_dir / f"{start_index + position:06d}_{_safe_stem(path)}.png"
                     save_overlay(images[row_index, 0].numpy(), maps[row_index], masks[row_index],
                                  f"{path.name[:40]}  p={probability:.2f}", target, display=displays[row_index])
@@ -328,7 +328,7 @@ def predict_files(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         evidence_dir = staged.stage / "evidence" if evidence else None
         if evidence_dir is not None:
             evidence_dir.mkdir()
-        with open(staged.stage / "predictions.csv", "w", newline="", encoding="utf-8") as stream, \
+        with (staged.stage / "predictions.csv").open("w", newline="", encoding="utf-8") as stream, \
                 progress_bar(total=len(files), unit="img", desc="predict", enabled=progress) as bar:
             writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()

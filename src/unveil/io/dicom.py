@@ -102,7 +102,8 @@ def has_dicom_preamble(path: str | os.PathLike[str]) -> bool:
     """Whether a file is DICOM by content ("DICM" at byte 128, any suffix or none); a file that cannot be opened
     is an :class:`ImageReadError` naming it."""
     try:
-        with open(path, "rb") as handle:
+        # os-level on the name as given: Path("") would be the current folder, not a missing file
+        with open(path, "rb") as handle:  # noqa: PTH123
             return handle.read(DICM_OFFSET + 4)[DICM_OFFSET:] == b"DICM"
     except OSError as exc:
         raise ImageReadError(str(path), f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
@@ -279,7 +280,7 @@ def dicom_text(ds: pydicom.Dataset, keyword: str, name: str) -> str | None:
 
 def _binary_vr(value: int | float | tuple[float, ...]) -> str:
     """A binary VR that holds a checked value exactly (text VRs would be parsed again)."""
-    if isinstance(value, float) or isinstance(value, tuple):
+    if isinstance(value, float | tuple):
         return "FD"
     return "US" if 0 <= value <= 65535 else "SL" if value < 2**31 else "UL"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 #: Digital X-Ray Image Storage - For Presentation.
-DX_STORAGE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_STORAGE_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.1")
 
 
 def write_dicom(
@@ -140,7 +140,6 @@ def _save_atomic(dataset: FileDataset, path: Path) -> None:
     os.close(handle)
     try:
         dataset.save_as(temporary, enforce_file_format=True)
-        os.replace(temporary, path)
+        Path(temporary).replace(path)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        Path(temporary).unlink(missing_ok=True)

@@ -101,13 +101,14 @@ def _read_by_content(handle: BinaryIO, name: str, max_pixels: int | None) -> Loa
 def _open_file(name: str) -> Iterator[BinaryIO]:
     """Open ``name`` for reading, turning OS errors and empty/special files into ImageReadError."""
     try:
-        handle = open(name, "rb")  # noqa: SIM115 - closed below
+        # closed below; os-level on the name as given: Path("") would be the current folder, not a missing file
+        handle = open(name, "rb")  # noqa: SIM115, PTH123
     except FileNotFoundError:
         raise ImageReadError(name, "file not found") from None
     except IsADirectoryError:
         raise ImageReadError(name, "is a directory, not an image file") from None
     except PermissionError:
-        problem = "is a directory, not an image file" if os.path.isdir(name) else "permission denied"
+        problem = "is a directory, not an image file" if os.path.isdir(name) else "permission denied"  # noqa: PTH112 - as above
         raise ImageReadError(name, problem) from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot open file ({exc.strerror or exc})") from None
@@ -213,6 +214,7 @@ def _pillow_bit_depth(mode: str) -> int:
 def _pillow_to_gray(image: Image.Image) -> np.ndarray:
     """Convert a loaded Pillow image of any mode to float32 (H, W) in [0, 1]."""
     mode = image.mode
+    gray: np.ndarray
     if mode == "1":
         gray = np.asarray(image, dtype=np.float32)  # bool -> 0.0 / 1.0
     elif mode == "L":

@@ -19,6 +19,7 @@ writes straight into the folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -43,7 +44,8 @@ class OutputError(UnveilError, OSError):
 
 
 def _resolved(path: str | Path) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+    # lexical first ("a/link/.." is "a"), then symlinks: Path.resolve alone would follow the link before ".."
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()  # noqa: PTH100
 
 
 def check_no_overlap(out: str | Path, inputs: Iterable[str | Path]) -> None:
@@ -137,7 +139,7 @@ class OutputFolder:
                 entry.rename(target)
                 shutil.rmtree(aside)
             else:
-                os.replace(entry, target)
+                entry.replace(target)
             moved.append(target)
         return moved
 
@@ -166,7 +168,5 @@ class OutputFolder:
         if self.staged:
             shutil.rmtree(self.stage, ignore_errors=True)
         (self.out / LOCK_FILE).unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # not empty: what a resumable run wrote stays for its rerun
             self.out.rmdir()
-        except OSError:  # not empty: what a resumable run wrote stays for its rerun
-            pass

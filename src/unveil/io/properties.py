@@ -83,16 +83,19 @@ def read_file_properties(path: str | os.PathLike[str]) -> FileProperties:
     Raises :class:`ImageReadError` naming the file when it cannot be opened or is no image Pillow or pydicom reads."""
     name = os.fsdecode(path)
     try:
-        size = os.stat(name).st_size
+        # os-level on the name as given: Path("") would be the current folder, not a missing file
+        size = os.stat(name).st_size  # noqa: PTH116
     except OSError as exc:
         raise ImageReadError(name, f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
     if has_dicom_preamble(name):
         return _dicom_properties(name, size)
     try:
-        with open(name, "rb") as handle, _open_unchecked(handle) as image:
+        # os-level on the name as given: Path("") would be the current folder, not a missing file
+        with open(name, "rb") as handle, _open_unchecked(handle) as image:  # noqa: PTH123
             quality = None
-            if image.format == "JPEG" and getattr(image, "quantization", None):
-                quality = jpeg_quality(image.quantization[min(image.quantization)])
+            tables = getattr(image, "quantization", None)  # JPEG only
+            if image.format == "JPEG" and tables:
+                quality = jpeg_quality(tables[min(tables)])
             return FileProperties(format=image.format or "unknown", width=int(image.size[0]),
                                   height=int(image.size[1]), bit_depth=_pillow_bit_depth(image.mode),
                                   colour_mode=image.mode, file_size=size, jpeg_quality=quality)

@@ -53,6 +53,10 @@ class CovidNetEncoder(nn.Module):
     -> 256) are left out: CxrClassifier puts one linear head on the pooled features."""
 
     target_layer = "stage4"
+    stage1: PEPXStage  # added below by name (add_module), one per STAGES entry
+    stage2: PEPXStage
+    stage3: PEPXStage
+    stage4: PEPXStage
 
     def __init__(self, in_channels: int = 1, width: float = 1.0) -> None:
         super().__init__()

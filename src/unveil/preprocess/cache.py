@@ -122,7 +122,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         Image.fromarray(array).save(temporary, format="PNG", compress_level=1)  # uint16 -> 16-bit, uint8 -> 8-bit
-        os.replace(temporary, path)
+        temporary.replace(path)
     except OSError as error:
         if no_space(error):
             raise disk_full(path, error) from None  # picklable across the worker pool: no chained cause
@@ -262,7 +262,7 @@ def preprocess_records(records: pd.DataFrame, cache: str | Path, settings: Prepr
     spec = asdict(settings)
     masks = records["mask_path"] if "mask_path" in records else pd.Series([None] * len(records))
     jobs = [(str(r), str(p), None if pd.isna(m) else str(m), str(cache), spec)
-            for r, p, m in zip(records["record_id"], records["path"], masks)]
+            for r, p, m in zip(records["record_id"], records["path"], masks, strict=True)]
     model = settings.model if settings.mask == "segment" else None
     rows = list(_run(jobs, model, workers, progress, max_pixels))
     manifest = pd.DataFrame(rows, columns=["record_id", "path", "status", "error", "cache_path", "mask_path",
@@ -382,13 +382,13 @@ def _write_array(path: Path, image_paths: list[str], shape: tuple[int, ...]) -> 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
     try:
-        with open(temporary, "wb") as stream:
+        with temporary.open("wb") as stream:
             np.lib.format.write_array_header_1_0(stream, header)
             for image_path in image_paths:
                 stream.write(cached_uint8(image_path, shape[-1]).tobytes())
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        temporary.replace(path)
     finally:
         if temporary.exists():
             temporary.unlink()

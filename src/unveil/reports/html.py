@@ -198,7 +198,7 @@ def _inconclusive(wide: pd.DataFrame, metric: str = "balanced_accuracy") -> list
     for _, row in wide.sort_values(["model", "test_set"]).iterrows():
         if _missing(row[metric]):  # undefined (one class only, ...): say why, not "too few patients"
             note = row.get(f"{metric}_note")
-            why = note if isinstance(note, str) and note else "undefined"
+            why: str | None = note if isinstance(note, str) and note else "undefined"
         else:
             why = too_wide(row.get(f"{metric}_low"), row.get(f"{metric}_high"))
         if why is not None:

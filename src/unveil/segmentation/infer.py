@@ -37,7 +37,7 @@ def prepare_input(image: np.ndarray, size: int, equalize: bool = True) -> np.nda
 
 def to_tensor(prepared: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """Stack prepared images into a standardised (N, 1, H, W) float tensor."""
-    array = np.stack(prepared) if not isinstance(prepared, np.ndarray) or prepared.ndim == 2 else prepared
+    array = prepared if isinstance(prepared, np.ndarray) else np.stack(prepared)
     if array.ndim == 2:
         array = array[None]
     return (torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None] - INPUT_MEAN) / INPUT_STD
@@ -101,7 +101,7 @@ class LungSegmenter:
         """Boolean lung masks, each of its image's size, in ``convention`` ("visible" lung field or
         "full" lung including the part behind the heart; default: the bundle's)."""
         masks = []
-        for image, probability in zip(images, self.probabilities(images, batch_size, convention)):
+        for image, probability in zip(images, self.probabilities(images, batch_size, convention), strict=True):
             mask = resize_image(probability, image.shape) >= self.threshold
             masks.append(clean_lung_mask(mask) if postprocess else mask)
         return masks

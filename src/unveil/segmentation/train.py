@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def held_out_records(records: pd.DataFrame, parts: str | Path) -> pd.DataFrame:
     return records[~records["record_id"].isin(trained)]
 
 
-def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, float]]:
+def summarise_figures(figures: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per source and overall: mean, 10th percentile and minimum Dice, mean IoU, mean and median
     HD95 (pixels of a 256-pixel-wide resampling), with the convention each source was scored in."""
     summary = {}
@@ -225,11 +225,11 @@ class _HistoryFile:
         self.path = path
         path.unlink(missing_ok=True)
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> None:
         """Nothing: the configuration is in the bundle's description."""
 
-    def log_metrics(self, step: int, row: dict[str, Any]) -> None:
-        self(row)
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self(dict(metrics))
 
     def close(self, failed: bool = False) -> None:
         """Nothing to close: every row is written whole when logged."""

@@ -44,7 +44,7 @@ class GapResult:
 def pixel_features(records: pd.DataFrame, *, pixels: int = 32, mask_lungs: bool = False) -> np.ndarray:
     """Each image downsampled to ``pixels`` x ``pixels`` (optionally lungs only), flattened."""
     rows = []
-    for path, mask_path in zip(records["path"], records["mask_path"]):
+    for path, mask_path in zip(records["path"], records["mask_path"], strict=True):
         image = read_image(path).pixels
         if mask_lungs:
             mask = np.asarray(Image.open(mask_path).convert("L").resize(image.shape[::-1])) > 127

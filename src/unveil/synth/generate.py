@@ -35,9 +35,6 @@ from unveil.provenance import environment_versions, write_text_atomic
 from unveil.synth.config import SynthConfig, SynthConfigError
 from unveil.synth.render import SyntheticImage, render_image
 
-TRUTH_COLUMNS = ("dataset", "layout", "source", "relative_path", "mask_path", "patient", "finding", "severity",
-                 "signature")
-
 _COHEN_FINDINGS = {"covid": "Pneumonia/Viral/COVID-19", "bacterial": "Pneumonia/Bacterial/Streptococcus",
                    "viral": "Pneumonia/Viral/SARS", "normal": "No Finding", "pneumonia": "Pneumonia"}
 
@@ -292,7 +289,8 @@ def read_truth(out: str | Path) -> pd.DataFrame:
     """The ground truth with absolute ``path`` and ``mask_path`` columns."""
     root = Path(out).absolute()
     truth = pd.read_csv(root / "truth.csv", keep_default_na=False)
-    truth["path"] = [str((root / d / p).resolve()) for d, p in zip(truth["dataset"], truth["relative_path"])]
+    truth["path"] = [str((root / d / p).resolve())
+                     for d, p in zip(truth["dataset"], truth["relative_path"], strict=True)]
     truth["mask_path"] = [str((root / m).resolve()) for m in truth["mask_path"]]
     return truth
 

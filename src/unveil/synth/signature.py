@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from unveil.errors import UnveilError
 from unveil.synth.fields import smooth_noise
+from unveil.synth.phantom import AgeGroup, View
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 DEVICES = ("ecg", "line", "tube")
@@ -94,8 +95,8 @@ def _draw(value: Any, rng: np.random.Generator) -> float:
 class Acquisition:
     """One image's concrete acquisition settings (recorded in the synthetic ground truth)."""
 
-    view: str = "PA"
-    age_group: str = "adult"
+    view: View = "PA"
+    age_group: AgeGroup = "adult"
     window_low: float = 0.0
     window_high: float = 1.0
     gamma: float = 1.0
@@ -133,7 +134,8 @@ def sample_acquisition(spec: dict[str, Any], finding: str, rng: np.random.Genera
     collimation = (0.0, 0.0, 0.0, 0.0)
     if chance("collimation"):
         width = get("collimation_width")
-        collimation = tuple(_draw(width, rng) if rng.random() < 0.6 else 0.0 for _ in range(4))
+        sides = [_draw(width, rng) if rng.random() < 0.6 else 0.0 for _ in range(4)]
+        collimation = (sides[0], sides[1], sides[2], sides[3])
     text: tuple[str, ...] = ()
     if chance("text"):
         values = {"date": f"2020-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}",
@@ -176,7 +178,7 @@ def _font(size: int):
     return _FONTS[size]
 
 
-def _corner_xy(corner: str, size: int, box: tuple[int, int], margin: int) -> tuple[int, int]:
+def _corner_xy(corner: str, size: int, box: tuple[float, float], margin: int) -> tuple[float, float]:
     x = margin if corner.endswith("left") else size - box[0] - margin
     y = margin if corner.startswith("top") else size - box[1] - margin
     return x, y
@@ -244,7 +246,7 @@ def _detector(image: np.ndarray, mask: np.ndarray, a: Acquisition, rng: np.rando
         source = source.resize((small, small), Image.Resampling.BILINEAR)
     if source.size != (size, size):
         source = source.resize((size, size), Image.Resampling.BILINEAR)
-    out = np.asarray(source, dtype=np.float32)
+    out: np.ndarray = np.asarray(source, dtype=np.float32)
     if mask.shape[0] != size:
         mask_image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
         mask = np.asarray(mask_image) > 127

@@ -154,6 +154,22 @@ class ModelBundle:
         return self.classes.index(positive) if positive is not None else None
 
     @property
+    def positive_column(self) -> int:
+        """``positive_index`` of a COVID classifier; a :class:`BundleError` for a pre-training model (no positive
+        class), which the commands refuse before they score."""
+        positive = self.positive_index
+        if positive is None:
+            raise BundleError(f"{self.path}: a pre-training model (classes {self.classes}) has no positive class")
+        return positive
+
+    @property
+    def directory(self) -> Path:
+        """The bundle's folder; a :class:`BundleError` for a bundle never saved (``path`` None)."""
+        if self.path is None:
+            raise BundleError("the model bundle was built in memory: it has no folder")
+        return self.path
+
+    @property
     def preprocess_settings(self) -> PreprocessSettings:
         return PreprocessSettings(**self.description["preprocess"])
 
@@ -381,5 +397,5 @@ def load_verified_bundle(directory: str | Path, device: str | torch.device = "cp
     through the artifact loader its files' hashes and what it was built from (its run folder's split file, its
     encoder); a bundle of an older unveil (no meta.json) loads with a warning."""
     bundle = load_bundle(directory, device)
-    load_artifact(bundle.path, "bundle")
+    load_artifact(bundle.directory, "bundle")
     return bundle

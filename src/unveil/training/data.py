@@ -55,7 +55,7 @@ class ImageSet:
 
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
-        return {name: int(count) for name, count in zip(self.classes, counts)}
+        return {name: int(count) for name, count in zip(self.classes, counts, strict=True)}
 
 
 def load_image_set(records: pd.DataFrame, manifest: pd.DataFrame, labels: pd.Series | np.ndarray,

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from unveil.models import CxrClassifier
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
 from unveil.thresholds import (
@@ -126,7 +127,7 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, mean: fl
 
 
 @torch.inference_mode()
-def encoder_features(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float, *,
+def encoder_features(model: CxrClassifier, images: torch.Tensor, mean: float, std: float, *,
                      device: torch.device = torch.device("cpu"), batch_size: int = 64) -> np.ndarray:
     """Encoder features (N x feature_dim, before the head) of uint8 images, in eval mode, fp32."""
     was_training = model.training
@@ -138,7 +139,7 @@ def encoder_features(model: torch.nn.Module, images: torch.Tensor, mean: float, 
 
 
 @torch.inference_mode()
-def probabilities_from_features(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+def probabilities_from_features(model: CxrClassifier, features: np.ndarray) -> np.ndarray:
     """Softmax of the head applied to encoder features: scores without a second encoder pass."""
     logits = model.head(torch.as_tensor(features, dtype=torch.float32))
     return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
@@ -193,9 +194,9 @@ def decision_threshold(probabilities: np.ndarray, labels: np.ndarray, config: Tr
 def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selection: str) -> bool:
     if best is None or selection == "last":
         return True
-    if selection == "auc" and not (math.isnan(candidate["auc"]) or math.isnan(best["auc"])):
-        if candidate["auc"] != best["auc"]:
-            return candidate["auc"] > best["auc"]
+    if selection == "auc" and not (math.isnan(candidate["auc"]) or math.isnan(best["auc"])) \
+            and candidate["auc"] != best["auc"]:
+        return candidate["auc"] > best["auc"]
     return candidate["val_loss"] < best["val_loss"]
 
 
@@ -412,7 +413,7 @@ def _select(engine: _Engine, state: _State, record: dict[str, Any], selection: s
         better = _is_better(candidate, state.best, selection)
     else:
         better = False  # an unsettled epoch never replaces a settled one
-    if better:
+    if better or state.best is None:  # (the first epoch is always better)
         state.best = {"epoch": record["epoch"], **candidate, **({} if settled else {"provisional": True})}
         state.best_state = _cpu_state(engine.model)
     record["best_epoch"] = state.best["epoch"]

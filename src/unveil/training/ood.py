@@ -153,9 +153,11 @@ class OodReference:
     def view_distances(self, features: np.ndarray, images: np.ndarray | torch.Tensor | None = None
                        ) -> dict[str, np.ndarray]:
         """Each view's distance (in units of its median validation distance)."""
-        if "image" in self.views and images is None:
-            raise ValueError("this reference also compares the pre-processed images: pass them")
-        inputs = {"encoder": features, "image": image_statistics(images) if "image" in self.views else None}
+        inputs = {"encoder": features}
+        if "image" in self.views:
+            if images is None:
+                raise ValueError("this reference also compares the pre-processed images: pass them")
+            inputs["image"] = image_statistics(images)
         return {name: view.distances(inputs[name])[0] for name, view in self.views.items()}
 
     def distances(self, features: np.ndarray, images: np.ndarray | torch.Tensor | None = None

@@ -28,7 +28,7 @@ from unveil.data.compose import compose, load_recipes
 from unveil.data.records import concat_records
 from unveil.data.spec import DataSpec
 from unveil.data.splits import drop_duplicate_images, patient_exclusive_split, write_split_file
-from unveil.models import build_model, load_encoder_state
+from unveil.models import CxrClassifier, build_model, load_encoder_state
 from unveil.models.xrv import check_image_size
 from unveil.preprocess.cache import PreprocessSettings, preprocess_records, resolve_settings
 from unveil.progress import duration
@@ -131,7 +131,7 @@ def _image_sets(records: pd.DataFrame, classes: tuple[str, ...], config: TrainCo
 
 
 def _initial_model(config: TrainConfig, classes: tuple[str, ...], *, encoder: Path | None,
-                   init_weights: Path | None) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+                   init_weights: Path | None) -> tuple[CxrClassifier, dict[str, Any] | None]:
     """The model to fit (seeded), its encoder taken from a pre-training bundle when given; and that encoder's
     provenance (None from scratch)."""
     torch.manual_seed(config.seed)
@@ -148,7 +148,7 @@ def _initial_model(config: TrainConfig, classes: tuple[str, ...], *, encoder: Pa
     model.input_normalization = pretrained.model.input_normalization
     model.encoder_source = pretrained.model.encoder_source
     return model, {"bundle": str(encoder), "task": spec.get("provenance", {}).get("task"),
-                   "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.path / WEIGHTS_FILE)}
+                   "label": encoder_label(spec), "weights_sha256": file_sha256(pretrained.directory / WEIGHTS_FILE)}
 
 
 def _bundle_threshold(result: FitResult, val: ImageSet, classes: tuple[str, ...], positive_class: str | None,
@@ -160,7 +160,7 @@ def _bundle_threshold(result: FitResult, val: ImageSet, classes: tuple[str, ...]
     return decision_threshold(result.val_probabilities[:, classes.index(positive_class)], val.labels.numpy(), config)
 
 
-def _write_run(out: Path, model: torch.nn.Module, sets: dict[str, ImageSet], result: FitResult, *,
+def _write_run(out: Path, model: CxrClassifier, sets: dict[str, ImageSet], result: FitResult, *,
                classes: tuple[str, ...], positive_class: str | None, threshold: ThresholdChoice,
                collapse: CollapseCheck, config: TrainConfig,
                preprocess: PreprocessSettings, normalization: tuple[float, float], provenance: dict[str, Any],
@@ -254,7 +254,7 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                      time.perf_counter() - started, threshold, collapse)
 
 
-def _save_ood_reference(directory: Path, model: torch.nn.Module, sets: dict[str, Any],
+def _save_ood_reference(directory: Path, model: CxrClassifier, sets: dict[str, Any],
                         normalization: tuple[float, float]) -> None:
     """Fit the out-of-distribution reference (training features and image statistics per source, threshold on
     validation)."""
@@ -279,7 +279,7 @@ def pretrain(data: Sequence[DataSpec], out: str | Path, *, config: TrainConfig =
         if None in known or len(known) != 1:
             raise TrainingDataError(f"no default classes for {', '.join(s.source for s in data)}: pass classes "
                                     f"(e.g. normal,pneumonia); defaults exist for {', '.join(PRETRAIN_CLASSES)}")
-        classes = next(iter(known))
+        classes = next(c for c in known if c is not None)
     classes = tuple(classes)
     records = concat_records(spec.load() for spec in data)
     kept = records[records["finding"].isin(classes)].reset_index(drop=True)

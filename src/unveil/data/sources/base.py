@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import pandas as pd
 
@@ -204,16 +204,22 @@ def listed_path(root: Path, *parts: str, allow_outside: bool = False) -> Path:
     metadata file must not pull in files the user did not hand over. A symlink the user placed inside the
     root is theirs to place (records keep the resolved path, so a second name for one file is still found
     as a duplicate before any split)."""
-    relative = os.path.normpath(os.path.join(*parts))  # only the listed part: the root stays as written
+    # lexical on purpose (no file is looked at; pathlib has no normpath); only the listed part, the root as written
+    relative = os.path.normpath(os.path.join(*parts))  # noqa: PTH118
     path = Path(root).absolute() / relative
     if not allow_outside:
-        lexical_inside = not (os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep))
+        lexical_inside = not (Path(relative).is_absolute() or relative == ".." or relative.startswith(".." + os.sep))
         if not lexical_inside:
             raise DatasetLayoutError(f"{'/'.join(parts)}: path leaves the dataset root {root} (allow it with "
                                      "the loader option allow_outside=true)")
     return path
 
 
+@overload
+def find_column(table: pd.DataFrame, name: str, csv_path: Path, option: str, *, required: Literal[True]) -> str: ...
+@overload
+def find_column(table: pd.DataFrame, name: str | None, csv_path: Path, option: str, *,
+                required: bool) -> str | None: ...
 def find_column(table: pd.DataFrame, name: str | None, csv_path: Path, option: str, *,
                 required: bool) -> str | None:
     """The CSV column called ``name`` (exact, else case-insensitive); a layout error naming the loader ``option``
@@ -239,10 +245,3 @@ def find_file(root: Path, name: str | Path, what: str) -> Path:
     if not path.is_absolute() and (root / path).is_file():
         path = root / path
     return require_path(path.absolute(), what)
-
-
-def require_columns(table: pd.DataFrame, path: Path, columns: tuple[str, ...] | list[str]) -> None:
-    """Fail with a layout error naming the file and the first required column it lacks."""
-    for column in columns:
-        if column not in table.columns:
-            raise DatasetLayoutError(f"{path}: column {column!r} missing (has {', '.join(map(str, table.columns))})")

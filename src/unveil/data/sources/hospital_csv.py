@@ -150,14 +150,16 @@ def load(
     outside = truthy(allow_outside, "allow_outside")
     table = read_csv_table(csv_path, encoding=encoding)
     columns = _columns(table, csv_path, {"path_column": path_column, "patient_column": patient_column,
-                                         "label_column": label_column, "finding_column": finding_column},
+                                         "label_column": label_column}, finding_column,
                        {"view": view_column, "sex": sex_column, "age": age_column, "site": site_column})
     context = _Context(columns, labels, source_name, root, csv_path, outside, IssueLog())
     # resolved image path -> list of (row number, record) for the rows that list it
     listed: dict[str, list[tuple[int, dict]]] = {}
     for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
         image = _row_image(row, number, context)
-        record = image and _row_record(row, number, image, context)
+        if image is None:
+            continue
+        record = _row_record(row, number, image, context)
         if record:
             listed.setdefault(str(image.resolve()), []).append((number, record))
     rows = _one_record_per_file(listed, csv_path, context.issues)
@@ -173,11 +175,11 @@ def load(
                       notes=unknown_patients_note(records, columns.patient))
 
 
-def _columns(table: pd.DataFrame, csv_path: Path, given: dict[str, str | None],
+def _columns(table: pd.DataFrame, csv_path: Path, given: dict[str, str], finding: str | None,
              optional: dict[str, str | None]) -> _Columns:
     """Find each option's column; the optional ones default to :data:`DEFAULT_COLUMNS` when present."""
     required = {option: find_column(table, name, csv_path, option, required=True) for option, name in given.items()}
-    found: dict[str, str | None] = {}
+    found: dict[str, str | None] = {"finding": find_column(table, finding, csv_path, "finding_column", required=True)}
     for key, name in optional.items():
         if name:
             found[key] = find_column(table, name, csv_path, f"{key}_column", required=True)
@@ -185,7 +187,7 @@ def _columns(table: pd.DataFrame, csv_path: Path, given: dict[str, str | None],
             present = (find_column(table, n, csv_path, f"{key}_column", required=False) for n in DEFAULT_COLUMNS[key])
             found[key] = next((column for column in present if column is not None), None)
     return _Columns(path=required["path_column"], patient=required["patient_column"],
-                    label=required["label_column"], finding=required["finding_column"], **found)
+                    label=required["label_column"], **found)
 
 
 def _row_image(row: dict, number: int, context: _Context) -> Path | None:

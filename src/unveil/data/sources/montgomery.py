@@ -75,10 +75,9 @@ def combine_masks(left: Path, right: Path, out: Path, *, force: bool = False) ->
     os.close(handle)
     try:
         Image.fromarray(combined).save(temporary, format="PNG")
-        os.replace(temporary, out)
+        Path(temporary).replace(out)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        Path(temporary).unlink(missing_ok=True)
     return out
 
 

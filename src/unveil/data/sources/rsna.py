@@ -105,7 +105,7 @@ def load(root: Path) -> SourceLoad:
             issues.append(DataIssue(str(image), f"listed in {where} but the file does not exist", "missing"))
             continue
         problem = _label_problem(entry, labels_path)
-        if problem is None and patient in detailed:
+        if problem is None and detailed_path is not None and patient in detailed:
             problem = _class_problem(detailed[patient], next(iter(entry["targets"])), detailed_path, where)
         if problem is not None:
             issues.append(DataIssue(str(image), problem, "invalid"))
@@ -129,7 +129,7 @@ def _read_labels(labels_path: Path, issues: list[DataIssue]) -> dict[str, dict]:
     images: dict[str, dict] = {}
     for index, row in enumerate(labels.itertuples(index=False)):
         number = index + 2
-        values = dict(zip(labels.columns, row))
+        values = dict(zip(labels.columns, row, strict=True))
         patient = blank_to_none(values["patientId"])
         if patient is None:
             issues.append(DataIssue(str(labels_path), f"row {number}: empty patientId", "invalid"))
@@ -150,7 +150,7 @@ def _read_detailed_classes(detailed_path: Path) -> dict[str, dict[str, int]]:
     table = read_csv_table(detailed_path)
     _check_columns(table, detailed_path, DETAIL_COLUMNS)
     detailed: dict[str, dict[str, int]] = {}
-    for index, (patient, klass) in enumerate(zip(table["patientId"], table["class"])):
+    for index, (patient, klass) in enumerate(zip(table["patientId"], table["class"], strict=True)):
         patient = blank_to_none(patient)
         if patient is not None:
             detailed.setdefault(patient, {}).setdefault(blank_to_none(klass) or "", index + 2)

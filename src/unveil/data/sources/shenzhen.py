@@ -71,8 +71,9 @@ def read_clinical_reading(path: Path) -> tuple[str | None, float | None, str | N
         return None, None, None
     sex, age = parse_sex_age(lines[0])
     rest = lines
-    if sex is not None or age is not None:  # keep what follows "male 35yrs" on the same line
-        tail = lines[0][_SEX_AGE.match(lines[0]).end():].strip(" ,;:")
+    match = _SEX_AGE.match(lines[0])
+    if match is not None and (sex is not None or age is not None):  # keep what follows "male 35yrs" on the line
+        tail = lines[0][match.end():].strip(" ,;:")
         rest = ([tail] if tail else []) + lines[1:]
     return sex, age, (" ".join(rest) or None)
 
