@@ -209,7 +209,8 @@ def test_the_runners_graph_orders_pretraining_before_cells_before_evaluation(tmp
     from unveil.data.spec import DataSpec
     from unveil.evaluation.store import ResultsStore
     from unveil.experiments import load_experiment
-    from unveil.experiments.runner import _Run, plan_cells, plan_graph
+    from unveil.experiments.runner import plan_cells, plan_graph
+    from unveil.experiments.state import GridRun as _Run
 
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(TINY))
     experiment = load_experiment(tmp_path / "exp.yaml")

@@ -391,7 +391,8 @@ def test_public_design_runs_on_the_real_samples(tmp_path):
 def test_external_audit_sets_leave_out_the_roles_a_cell_was_trained_on(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from unveil.experiments.runner import external_sets, plan_cells
+    from unveil.experiments.assess import external_sets
+    from unveil.experiments.runner import plan_cells
 
     monkeypatch.chdir(tmp_path)
     experiment = load_experiment("public")

@@ -448,13 +448,13 @@ def test_a_bug_inside_the_pillow_decoder_propagates(tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize("bug", [TypeError, AttributeError, KeyError, IndexError])
 def test_a_bug_inside_the_dicom_decoder_propagates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    bug: type[Exception]) -> None:
-    from unveil.io import dicom
+    from unveil.io import dicom_voi
 
     def broken(*args, **kwargs):
         raise bug("a bug, not a bad file")
 
     path = write_dicom(tmp_path / "g.dcm", STORED_12)
-    monkeypatch.setattr(dicom, "apply_modality_lut", broken)
+    monkeypatch.setattr(dicom_voi, "apply_modality_lut", broken)
     with pytest.raises(bug, match="a bug, not a bad file"):
         read_image(path)
     monkeypatch.undo()

@@ -23,24 +23,19 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from unveil.audit import audit
 from unveil.data.spec import DataSpec
-from unveil.evaluation.evaluate import evaluate_models
-from unveil.evaluation.figures import KINDS, figure_stem
-from unveil.evaluation.outputs import PREDICTIONS, write_evaluation_outputs
-from unveil.evaluation.paired import ComparisonError, compare_predictions
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.tables import write_tables
+from unveil.experiments.assess import audit_cells, audited_cells, compare_encoders, evaluate_cells
 from unveil.experiments.cluster import LOCAL, check_cluster, open_client, run_graph
 from unveil.experiments.config import SYNTHETIC_ROLES, Experiment, ExperimentError
 from unveil.experiments.graph import JobGraph, Node, run_local
 from unveil.experiments.jobs import Cell, CellJob, PretrainJob, cell_id, report_step
+from unveil.experiments.state import GridRun
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.reports import write_report
 from unveil.synth.config import load_config
@@ -74,39 +69,12 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
     return data
 
 
-@dataclass
-class _Run:
-    """What every step of one ``reproduce`` shares."""
-
-    experiment: Experiment
-    out: Path
-    store: ResultsStore
-    parallel: int
-    workers: int
-    progress: Callable[[str], None] | None
-    cluster: str | None = None  # a Dask cluster ("local" or a scheduler address); None: this process or a pool
-    data: dict[str, DataSpec] = field(default_factory=dict)
-    tracking: TrackingSettings | None = None  # every run's trackers (grid_tracking); None: metrics.jsonl only
-
-    @property
-    def cache(self) -> Path:
-        return self.out / "cache"
-
-    @property
-    def bars(self) -> bool:
-        """Progress bars (on a terminal) unless processes would draw over each other (or run elsewhere)."""
-        return self.parallel <= 1 and self.cluster is None
-
-    def say(self, message: str) -> None:
-        report_step(self.progress, message)
-
-
 def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
     """Every cell of the grid, in the experiment's order."""
     return [Cell(a, e, c, out / "cells" / cell_id(a, e, c)) for a, e, c in experiment.cells()]
 
 
-def load_data(run: _Run) -> None:
+def load_data(run: GridRun) -> None:
     """Step 1: bind every role the grid needs (generating a synthetic benchmark if asked) and store the datasets."""
     experiment = run.experiment
     for note in experiment.notes:
@@ -125,7 +93,7 @@ def load_data(run: _Run) -> None:
         run.say(f"  {role}: {spec.source}, {len(records)} images")
 
 
-def plan_pretraining(run: _Run) -> tuple[dict[tuple[str, str], str], list[PretrainJob]]:
+def plan_pretraining(run: GridRun) -> tuple[dict[tuple[str, str], str], list[PretrainJob]]:
     """Each encoder once per architecture: (label, architecture) -> bundle path, and the pre-trainings not
     finished yet (no done.json)."""
     experiment = run.experiment
@@ -153,14 +121,7 @@ def pretrained(job: PretrainJob, result: dict[str, Any]) -> None:
     write_text_atomic(job.run_dir / "done.json", json.dumps(result) + "\n")
 
 
-def audited_cells(run: _Run, cells: list[Cell]) -> list[Cell]:
-    """The cells of the audited compositions, in grid order."""
-    options, experiment = run.experiment.audit, run.experiment
-    compositions = experiment.compositions if options.compositions == "all" else options.compositions
-    return [cell for cell in cells if cell.composition in compositions]
-
-
-def plan_graph(run: _Run, cells: list[Cell]) -> JobGraph:
+def plan_graph(run: GridRun, cells: list[Cell]) -> JobGraph:
     """The one graph of the run (`unveil.experiments.graph`): pre-trainings, cells after their encoder's
     pre-training, each cell's evaluation and audit, the report after them; what exists already is marked done."""
     encoders, pending = plan_pretraining(run)
@@ -187,12 +148,12 @@ def plan_graph(run: _Run, cells: list[Cell]) -> JobGraph:
     return graph
 
 
-def pretrain_encoders(run: _Run, graph: JobGraph) -> None:
+def pretrain_encoders(run: GridRun, graph: JobGraph) -> None:
     """Step 2: pre-train each encoder once per architecture (skipping finished ones)."""
     run_local(graph, run.parallel, run.progress, pretrained, stages=("pretrain",))
 
 
-def plan_cell_jobs(run: _Run, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> list[CellJob]:
+def plan_cell_jobs(run: GridRun, cells: list[Cell], encoders: dict[tuple[str, str], str]) -> list[CellJob]:
     """The cells not done yet (marked done in the store, with their bundle), as jobs."""
     experiment = run.experiment
     recipes = experiment.recipe_book()
@@ -219,7 +180,7 @@ def record_cell(store: ResultsStore, job: CellJob, result: dict[str, Any]) -> No
                     "val_auc": result["val_auc"], "config": job.config.to_dict()})
 
 
-def record_job(run: _Run, job: PretrainJob | CellJob, result: dict[str, Any]) -> None:
+def record_job(run: GridRun, job: PretrainJob | CellJob, result: dict[str, Any]) -> None:
     """A job of the graph finished: a pre-training's done.json, or a cell's row in the store."""
     if isinstance(job, PretrainJob):
         pretrained(job, result)
@@ -227,12 +188,12 @@ def record_job(run: _Run, job: PretrainJob | CellJob, result: dict[str, Any]) ->
         record_cell(run.store, job, result)
 
 
-def train_cells(run: _Run, graph: JobGraph) -> None:
+def train_cells(run: GridRun, graph: JobGraph) -> None:
     """Step 3: train every cell not yet done (a cell killed mid-training resumes from its checkpoint)."""
     run_local(graph, run.parallel, run.progress, lambda job, result: record_job(run, job, result), stages=("cell",))
 
 
-def train_on_cluster(run: _Run, graph: JobGraph, connect: Callable[[], Any]) -> None:
+def train_on_cluster(run: GridRun, graph: JobGraph, connect: Callable[[], Any]) -> None:
     """Steps 2 and 3 as tasks of a Dask cluster (`unveil.experiments.cluster`), over the same graph: a cell that
     needs an encoder depends on its pre-training task; the driver records each result as it arrives.
     ``connect()`` gives the client, only when there is something to run (a finished grid starts no cluster)."""
@@ -240,104 +201,7 @@ def train_on_cluster(run: _Run, graph: JobGraph, connect: Callable[[], Any]) -> 
         run_graph(connect(), graph, on_done=lambda job, result: record_job(run, job, result), progress=run.progress)
 
 
-def evaluate_cells(run: _Run, cells: list[Cell], graph: JobGraph) -> None:
-    """Step 4 (the graph's ``evaluate`` nodes): every cell on every test set it has not met yet; results in the
-    store, files in OUT/evaluation/<cell>/ (the files of `unveil evaluate --out`)."""
-
-    experiment, options = run.experiment, run.experiment.evaluation
-    evaluated = run.store.evaluated()
-    by_id = {cell.id: cell for cell in cells}
-    for number, node in enumerate(graph.stage("evaluate"), start=1):
-        cell = by_id[node.key.partition(":")[2]]
-        tests = [t for t in experiment.tests if (cell.id, t) not in evaluated]
-        if not tests:
-            continue
-        result = evaluate_models([cell.bundle], tests, data=run.data, cache=run.cache,
-                                 threshold=options.threshold_request(), resamples=options.resamples,
-                                 seed=experiment.seed, workers=run.workers, recipes=experiment.recipes, progress=True)
-        result = replace(result, rows=result.rows.assign(model=cell.id),
-                         predictions=result.predictions.assign(model=cell.id))
-        run.store.put_results(cell.id, result.rows, {"bundle": str(cell.bundle), "skipped": result.skipped})
-        written = write_evaluation_outputs(
-            result, run.out / "evaluation" / cell.id, command="unveil reproduce", keep_previous=True,
-            roc_formats=("png",), arguments={"models": [str(cell.bundle)], "on": tests, **asdict(options),
-                                             "seed": experiment.seed})
-        for figure in written.roc:
-            run.store.put_file("roc", cell.id, "ROC", figure)
-        _store_clinical(run, cell, tests, written.clinical.get("subgroups.csv"))
-        rows = result.rows
-        summary = ", ".join(f"{t} {ba:.2f}" for t, ba in zip(rows["test_set"], rows["balanced_accuracy"], strict=True))
-        run.say(f"  cell {number}/{len(cells)} {cell.id}: balanced accuracy {summary}")
-
-
-def _store_clinical(run: _Run, cell: Cell, tests: list[str], subgroups: Path | None) -> None:
-    """A cell's reliability and confusion figures (one per test set, labelled by it) and subgroups, into the store."""
-    folder = run.out / "evaluation" / cell.id
-    for kind in KINDS:
-        for test in tests:
-            path = folder / f"{figure_stem(kind, cell.id, test)}.png"
-            if path.is_file():
-                run.store.put_file(kind, cell.id, test, path)
-    if subgroups is not None:
-        run.store.put_subgroups(cell.id, pd.read_csv(subgroups))
-
-
-def compare_encoders(run: _Run, cells: list[Cell]) -> None:
-    """Step 4 (end): each pre-trained cell against its from-scratch twin (same architecture and composition) on
-    every test set both met: "pre-training on B helps" as a paired comparison (DeLong, paired patient bootstrap),
-    in the store for the report; pairs already compared are skipped."""
-    scratch = {(c.architecture, c.composition): c for c in cells if c.encoder == "none"}
-    done = run.store.compared()
-    for cell in (c for c in cells if c.encoder != "none" and (c.architecture, c.composition) in scratch):
-        twin = scratch[(cell.architecture, cell.composition)]
-        files = [run.out / "evaluation" / c.id / PREDICTIONS for c in (twin, cell)]
-        tests = [t for t in run.experiment.tests if (twin.id, cell.id, t) not in done]
-        if not tests or not all(f.is_file() for f in files):
-            continue
-        try:
-            table = compare_predictions(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), twin.id,
-                                        cell.id, test_sets=tests, resamples=run.experiment.evaluation.resamples,
-                                        seed=run.experiment.seed)
-        except ComparisonError as error:
-            run.say(f"  {cell.id} vs {twin.id}: not compared ({error})")
-            continue
-        run.store.put_comparisons(table, claim=f"pre-training on {cell.encoder} helps")
-
-
-def external_sets(run: _Run, cell: Cell) -> list[str]:
-    """The audit's external roles as whole datasets (SOURCE:PATH), less the roles ``cell`` was trained on."""
-    trained_on = set(run.experiment.recipe_book().recipe(cell.composition).roles)
-    return [f"{run.data[role].source}:{run.data[role].root}" for role in run.experiment.audit.external
-            if role in run.data and role not in trained_on]
-
-
-def audit_cells(run: _Run, cells: list[Cell], graph: JobGraph) -> None:
-    """Step 5 (the graph's ``audit`` nodes): audit the cells of the audited compositions (skipping those already
-    audited)."""
-
-    experiment, options = run.experiment, run.experiment.audit
-    by_id, audited = {cell.id: cell for cell in cells}, graph.stage("audit")
-    for number, node in enumerate(audited, start=1):
-        cell, folder = by_id[node.key.partition(":")[2]], node.artifact
-        if (folder / "audit.json").is_file():
-            continue
-        test_sets = list(options.test_sets or [cell.composition]) + external_sets(run, cell)
-        run.say(f"  audit {number}/{len(audited)} {cell.id} on {', '.join(test_sets)} ...")
-        result = audit(cell.bundle, test_sets, folder, data=run.data, mask=options.mask, cache=run.cache,
-                       thresholds=options.thresholds, seed=experiment.seed, resamples=options.resamples,
-                       saliency_samples=options.saliency_samples, workers=run.workers, recipes=experiment.recipes,
-                       progress=True)
-        run.store.put_audit(cell.id, result.verdicts)
-        for kind in ("tsne_by_source", "tsne_by_label"):
-            if kind in result.files:
-                run.store.put_file(kind, cell.id, kind.replace("_", " "), result.files[kind])
-        for index, overlay in enumerate(result.files.get("saliency_overlays", [])):
-            run.store.put_file("saliency", cell.id, f"{index}:{Path(overlay).stem}", overlay)
-        flags = ", ".join(f"{v.test} ({v.subject})" for v in result.flagged) or "none"
-        run.say(f"  audit {number}/{len(audited)} {cell.id}: flags: {flags}")
-
-
-def write_summary(run: _Run, started: float) -> None:
+def write_summary(run: GridRun, started: float) -> None:
     """Step 6 (first half): Table 2 and Tables A1..An from the store, and reproduce.meta.json."""
 
     experiment = run.experiment
@@ -393,7 +257,7 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
                               "versions": environment_versions(), "document": experiment.document,
                               "notes": experiment.notes,
                               "recipes": str(experiment.recipes) if experiment.recipes else ""})
-        run = _Run(experiment, out, store, parallel, workers, progress, cluster,
+        run = GridRun(experiment, out, store, parallel, workers, progress, cluster,
                    tracking=grid_tracking(tracking or experiment.tracking.settings(), out, experiment.name))
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
