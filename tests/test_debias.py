@@ -220,3 +220,33 @@ def test_debias_needs_sources():
 
     with pytest.raises(TrainingDataError, match="source"):
         bias_groups(bare)
+
+
+def test_an_experiment_file_takes_debias_in_its_training_section(tmp_path):
+    from unveil.experiments import ExperimentError, load_experiment
+
+    text = ("name: mitigated\nseed: 0\ndata:\n  synthetic: {preset: paper, scale: 0.1, image_size: 64}\n"
+            "training: {epochs: 2, debias: group-dro, debias_eta: 0.05}\n"
+            "grid: {encoders: [none], architectures: [conv8], compositions: [AB], tests: [AB]}\n")
+    (tmp_path / "good.yaml").write_text(text)
+    config = load_experiment(tmp_path / "good.yaml").train_config("conv8")
+    assert (config.debias, config.debias_eta) == ("group-dro", 0.05)
+    (tmp_path / "bad.yaml").write_text(text.replace("group-dro", "reweight"))
+    with pytest.raises(ExperimentError, match="debias.*reweight"):
+        load_experiment(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("kind", ["none", "end"])
+def test_evaluation_rows_name_the_mitigation(tmp_path, kind):
+    from unveil.evaluation.evaluate import model_identity
+    from unveil.preprocess.cache import PreprocessSettings
+    from unveil.training import load_bundle, save_bundle
+
+    config = TrainConfig(architecture="conv8", width=0.25, debias=kind)
+    model = build_model("conv8", num_classes=2, width=0.25)
+    path = save_bundle(tmp_path / kind / "model", model, width=0.25, classes=["covid-", "covid+"],
+                       positive_class="covid+", image_size=32, preprocess=PreprocessSettings(size=32),
+                       normalization=(0.5, 0.2), provenance={"task": "train:AB", "config": config.to_dict()})
+    identity = model_identity(load_bundle(path))
+    assert identity["debias"] == kind and identity["recipe_key"] == config.recipe_key()
+    assert (identity["recipe_key"] == TrainConfig(architecture="conv8", width=0.25).recipe_key()) == (kind == "none")

@@ -70,6 +70,10 @@ class TrainConfig:
     initial values. Validation, the threshold, evaluation and prediction all score in fp32 (``amp`` speeds
     training steps only), so the threshold is chosen in the precision it is applied in. A model whose
     validation probabilities have a standard deviation below ``collapse_tolerance`` is recorded as collapsed.
+
+    ``debias`` trains against the source shortcut (:mod:`unveil.training.debias`): ``balanced`` epochs over the
+    (class x source) groups, ``group-dro`` (step ``debias_eta``) or ``end`` (weights ``end_alpha``, ``end_beta``);
+    ``none``, the default, is the training above, unchanged.
     """
 
     architecture: str = "resnet18"
