@@ -15,7 +15,7 @@ from unveil.cli import app
 from unveil.schema import Field, SchemaError, Where, parse_text, read_document, section
 from unveil.synth.config import SynthConfigError, load_config
 from unveil.thresholds import ThresholdRule
-from unveil.training.config import ConfigError, TrainConfig
+from unveil.training.config import DEBIAS_OPTIONS, ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,11 @@ def test_train_config_round_trips_and_keeps_its_numbers():
     stored = json.loads(json.dumps(config.to_dict()))  # what bundle.json and the checkpoint hold
     assert TrainConfig.from_dict(stored) == config and replace(config, epochs=4).epochs == 4
     assert TrainConfig.from_dict(stored).recipe_key() == config.recipe_key()
-    assert TrainConfig().to_dict() == asdict(TrainConfig(**TrainConfig().to_dict()))
+    # every option, less a mitigation's when there is none (`debias: none` configurations stay as they were)
+    assert TrainConfig().to_dict() == {k: v for k, v in asdict(TrainConfig(**TrainConfig().to_dict())).items()
+                                       if k not in DEBIAS_OPTIONS}
+    mitigated = TrainConfig(debias="end", end_beta=0.5)
+    assert mitigated.to_dict() == asdict(mitigated) and TrainConfig.from_dict(mitigated.to_dict()) == mitigated
 
 
 # ------------------------------------------------------------------------------------- train --config

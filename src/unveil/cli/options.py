@@ -84,6 +84,10 @@ ImageSizeOption = Annotated[int | None, typer.Option(
 LearningRateOption = Annotated[float | None, typer.Option(
     "--learning-rate", parser=finite_float, help="Peak learning rate (no default shown: the configuration's).")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="Torch device: auto, cpu, cuda or cuda:N.")]
+DebiasOption = Annotated[str | None, typer.Option(
+    "--debias", help="Train against the source shortcut: none, balanced (each class x source group drawn equally), "
+                     "group-dro (--set debias_eta=0.01) or end (--set end_alpha=1 --set end_beta=1). No default "
+                     "shown: the configuration's (none). Judge it by re-auditing the model.")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 StrictOption = Annotated[bool, typer.Option(

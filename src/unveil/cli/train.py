@@ -16,6 +16,7 @@ from unveil.cli.options import (
     CacheOption,
     CommandLineError,
     DataOption,
+    DebiasOption,
     DeviceOption,
     EqualizeOption,
     ImageSizeOption,
@@ -155,14 +156,14 @@ def _shared_training_options(
     equalize: EqualizeOption = "global", lung_convention: LungConventionOption = None, cache: CacheOption = None,
     workers: WorkersOption = 2, resume: ResumeOption = True, init_weights: InitOption = None,
     progress: ProgressOption = True, seed: SeedOption = 0, as_json: JsonOption = False, track: TrackOption = None,
-    tracking_uri: TrackingUriOption = None,
+    tracking_uri: TrackingUriOption = None, debias: DebiasOption = None,
     context: typer.Context = None,  # type: ignore[assignment]  # given by Typer: which options were given
 ) -> TrainingRequest:
     """The options every training command takes (declared once), as one request."""
     from unveil.preprocess.cache import PreprocessSettings
 
     settings = _train_config({"architecture": arch, "width": width, "epochs": epochs, "batch_size": batch_size,
-                              "lr": learning_rate, "image_size": image_size, "device": device,
+                              "lr": learning_rate, "image_size": image_size, "device": device, "debias": debias,
                               "seed": seed if config is None or _given(context, "seed") else None},
                              config, set_option)
     return TrainingRequest(settings, PreprocessSettings(mask=mask, equalize=equalize, convention=lung_convention),

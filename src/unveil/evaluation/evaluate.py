@@ -87,7 +87,8 @@ def model_identity(bundle: ModelBundle) -> dict[str, Any]:
     return {"model": run, "architecture": bundle.description["architecture"],
             "encoder": encoder.get("label", "pretrained") if encoder else "none",
             "training_set": task.split(":", 1)[1] if task.startswith("train:") else task or "unknown",
-            "model_seed": provenance.get("seed"), "recipe_key": recipe, "bundle": str(bundle.path)}
+            "model_seed": provenance.get("seed"), "recipe_key": recipe,
+            "debias": str((provenance.get("config") or {}).get("debias", "none")), "bundle": str(bundle.path)}
 
 
 def distinct_names(paths: list[str | Path]) -> dict[str, str]:

@@ -16,6 +16,10 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 SELECTIONS = ("auc", "loss", "last")
 SAMPLERS = ("shuffle", "balanced")
+#: Training against a shortcut (:mod:`unveil.training.debias`); the bias groups are the records' ``source``.
+DEBIAS = ("none", "balanced", "group-dro", "end")
+#: Options of a mitigation: left out of :meth:`TrainConfig.to_dict` with ``debias: none`` (today's runs unchanged).
+DEBIAS_OPTIONS = ("debias", "debias_eta", "end_alpha", "end_beta")
 
 
 THRESHOLD_OPTIONS = ("threshold_rule", "threshold_value", "target_sensitivity")
@@ -66,6 +70,10 @@ class TrainConfig:
     initial values. Validation, the threshold, evaluation and prediction all score in fp32 (``amp`` speeds
     training steps only), so the threshold is chosen in the precision it is applied in. A model whose
     validation probabilities have a standard deviation below ``collapse_tolerance`` is recorded as collapsed.
+
+    ``debias`` trains against the source shortcut (:mod:`unveil.training.debias`): ``balanced`` epochs over the
+    (class x source) groups, ``group-dro`` (step ``debias_eta``) or ``end`` (weights ``end_alpha``, ``end_beta``);
+    ``none``, the default, is the training above, unchanged.
     """
 
     architecture: str = "resnet18"
@@ -101,6 +109,13 @@ class TrainConfig:
     bn_recalibration_images: Annotated[int, Field(ge=0, description="0 turns precise BN off")] = 4096
     #: validation probability std below it: collapsed
     collapse_tolerance: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_COLLAPSE_TOLERANCE
+    #: none | balanced (each class x source group drawn equally) | group-dro | end
+    debias: Literal[DEBIAS] = "none"  # type: ignore[valid-type]
+    #: group DRO's step size (Sagawa et al. 2020)
+    debias_eta: Annotated[float, Field(gt=0, description="group DRO's step size is positive")] = 0.01
+    #: EnD's weights (Tartaglione et al. 2021): disentangle same-source pairs, entangle same-class ones
+    end_alpha: NonNegative = 1.0
+    end_beta: NonNegative = 1.0
 
     def __post_init__(self) -> None:
         """Every option checked against its declaration above (types, choices, finite numbers in range), every
@@ -108,7 +123,13 @@ class TrainConfig:
         check_fields(self, ConfigError, "training options")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every option; without a mitigation (``debias: none``) its options are left out, so checkpoints, bundles
+        and recipe keys of such runs are what they were before mitigations existed."""
+        values = asdict(self)
+        if self.debias == "none":
+            for key in DEBIAS_OPTIONS:
+                values.pop(key)
+        return values
 
     def same_training(self, other: dict[str, Any] | None) -> bool:
         """Would ``other`` (a config dict from a checkpoint) train the same weights? The threshold options

@@ -13,27 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from unveil.models import CxrClassifier
 from unveil.progress import bar as progress_bar
 from unveil.progress import duration, progress_log
-from unveil.thresholds import (
-    PAPER_THRESHOLD,
-    ThresholdChoice,
-    ThresholdRequest,
-    ThresholdRule,
-    fixed_threshold,
-)
 from unveil.tracking import JsonlLog, Trackers, TrackingSettings, open_trackers
 from unveil.training.checkpoint import (  # CheckpointError: re-exported
     CheckpointError,  # noqa: F401
@@ -44,11 +34,26 @@ from unveil.training.checkpoint import (  # CheckpointError: re-exported
 from unveil.training.collapse import check_collapse
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, apply_affine, random_rigid_affine, to_model_input
+from unveil.training.debias import Mitigation, mitigation
 from unveil.training.device import (  # init_distributed, resolve_device: re-exported (the CLI, training/run.py)
     bf16_supported,
     init_distributed,  # noqa: F401
     resolve_device,
     world,
+)
+from unveil.training.optimization import (  # re-exported: they lived here
+    epoch_generator,
+    epoch_order,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+)
+from unveil.training.scoring import (  # re-exported: scoring lived here
+    classification_scores,
+    decision_threshold,  # noqa: F401
+    encoder_features,  # noqa: F401
+    predict_probabilities,
+    probabilities_from_features,  # noqa: F401
 )
 
 log = logging.getLogger(__name__)
@@ -65,130 +70,7 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     val_probabilities: np.ndarray
     resumed_from_epoch: int
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The random stream of one epoch (shuffling, sampling, augmentation)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state & 0x7FFF_FFFF_FFFF_FFFF))
-
-
-def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
-    if sampler == "balanced":
-        counts = torch.bincount(labels).double()
-        weights = 1.0 / counts[labels]
-        return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
-    return torch.randperm(len(labels), generator=generator)
-
-
-def make_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if config.loss == "focal":
-        from monai.losses import FocalLoss
-
-        focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=config.focal_gamma)
-        return lambda logits, labels: focal(logits.float(), labels[:, None])
-    return lambda logits, labels: torch.nn.functional.cross_entropy(logits.float(), labels)
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
-    if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
-                                                          patience=config.plateau_patience)
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return None
-
-
-@torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float, *,
-                          device: torch.device, batch_size: int = 64, amp: bool = False,
-                          channels_last: bool = False) -> np.ndarray:
-    """Softmax probabilities (N x classes) of uint8 images, in eval mode (fp32 unless ``amp``)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for chunk in torch.split(images, batch_size):
-        batch = to_model_input(chunk.to(device, non_blocking=True), mean, std)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float64)
-
-
-@torch.inference_mode()
-def encoder_features(model: CxrClassifier, images: torch.Tensor, mean: float, std: float, *,
-                     device: torch.device = torch.device("cpu"), batch_size: int = 64) -> np.ndarray:
-    """Encoder features (N x feature_dim, before the head) of uint8 images, in eval mode, fp32."""
-    was_training = model.training
-    model.eval()
-    chunks = [model.features(to_model_input(chunk.to(device), mean, std)).float().cpu().numpy()
-              for chunk in torch.split(images, batch_size)]
-    model.train(was_training)
-    return np.concatenate(chunks).astype(np.float64)
-
-
-@torch.inference_mode()
-def probabilities_from_features(model: CxrClassifier, features: np.ndarray) -> np.ndarray:
-    """Softmax of the head applied to encoder features: scores without a second encoder pass."""
-    logits = model.head(torch.as_tensor(features, dtype=torch.float32))
-    return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
-
-
-def classification_scores(probabilities: np.ndarray, labels: np.ndarray,
-                          config: TrainConfig | None = None) -> dict[str, float]:
-    """Validation AUC (binary, or macro one-vs-rest), accuracy and balanced accuracy.
-    AUC is NaN when the validation split holds a single class.
-
-    Binary tasks with ``config``: accuracy and balanced accuracy at the threshold ``config.threshold_rule``
-    picks on these predictions (``threshold``; what the bundle will record), and balanced accuracy at the
-    fixed 0.5 beside it (``balanced_accuracy_at_0.5``). Otherwise the decision is the most probable class."""
-    predicted = probabilities.argmax(axis=1)
-    extra: dict[str, float] = {}
-    present = np.unique(labels)
-    if config is not None and probabilities.shape[1] == 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            at_half = (probabilities[:, 1] >= PAPER_THRESHOLD).astype(np.int64)
-            extra["balanced_accuracy_at_0.5"] = float(balanced_accuracy_score(labels, at_half))
-        choice = decision_threshold(probabilities[:, 1], labels, config)
-        extra["threshold"] = choice.value
-        predicted = (probabilities[:, 1] >= choice.value).astype(np.int64)
-    with warnings.catch_warnings():  # a class never predicted or absent is a fact here, not a warning
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = float(balanced_accuracy_score(labels, predicted))
-    scores = {"accuracy": float((predicted == labels).mean()), "balanced_accuracy": balanced, **extra}
-    if len(present) < 2:
-        scores["auc"] = math.nan
-    elif probabilities.shape[1] == 2:
-        scores["auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
-    else:
-        columns = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
-        scores["auc"] = float(roc_auc_score(labels, columns, multi_class="ovr", average="macro", labels=present)
-                              if len(present) > 2 else roc_auc_score(labels == present[1], columns[:, 1]))
-    return scores
-
-
-def decision_threshold(probabilities: np.ndarray, labels: np.ndarray, config: TrainConfig) -> ThresholdChoice:
-    """The threshold ``config.threshold_rule`` chooses on validation ``probabilities`` (of the positive
-    class); when the rule cannot apply (one class only in validation), the paper's fixed 0.5, saying why."""
-    try:
-        request = ThresholdRequest(ThresholdRule.parse(config.threshold_rule), config.threshold_value,
-                                   config.target_sensitivity)
-        return request.choose(labels, probabilities)
-    except ValueError as error:
-        fallback = fixed_threshold()
-        return replace(fallback, description=f"{fallback.description} ({config.threshold_rule} impossible: {error})")
+    debias: dict[str, Any] | None = None  # the mitigation used (Mitigation.describe), None without
 
 
 def _is_better(candidate: dict[str, float], best: dict[str, float] | None, selection: str) -> bool:
@@ -229,6 +111,7 @@ class _Engine:
     network: torch.nn.Module | None = None  # the model, wrapped in DistributedDataParallel under torchrun
     rank: int = 0
     world_size: int = 1
+    debias: Mitigation | None = None  # training against a shortcut (config.debias); None: the plain loss
 
     def probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
         """Validation scores in fp32 whatever ``amp``: the threshold chosen on them is applied by ``evaluate``
@@ -283,6 +166,8 @@ def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -
         if engine.scheduler is not None:
             engine.scheduler.load_state_dict(saved["scheduler"])
         state = _State(list(saved["history"]), saved["best"], saved["best_state"], int(saved["epoch"]))
+        if engine.debias is not None:
+            engine.debias.load_state_dict(saved.get("debias") or {}, str(path))
         if engine.rank == 0:
             planned = int(saved["config"]["epochs"])
             extended = f" (extended from {planned} to {config.epochs} epochs)" if planned != config.epochs else ""
@@ -299,7 +184,10 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
     rank, world_size = engine.rank, engine.world_size
     mean, std = engine.normalization
     generator = epoch_generator(config.seed, epoch)
-    batches = list(torch.split(epoch_order(train.labels, config.sampler, generator), config.batch_size))
+    debias = engine.debias
+    order = debias.order(generator) if debias and debias.reorders else epoch_order(train.labels, config.sampler,
+                                                                                   generator)
+    batches = list(torch.split(order, config.batch_size))
     if len(batches) > 1 and len(batches[-1]) < 2 * world_size:
         batches = batches[:-1]  # a last batch too small to share (or for batch norm) is dropped
     network = engine.network or engine.model
@@ -320,7 +208,7 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.amp):
             logits = network(inputs)
-        loss = engine.loss_fn(logits, labels[local])
+        loss = debias.loss(logits, labels[local], local) if debias else engine.loss_fn(logits, labels[local])
         engine.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         engine.optimizer.step()
@@ -436,7 +324,8 @@ def _checkpoint(engine: _Engine, state: _State, config: TrainConfig, run_dir: Pa
         "epoch": record["epoch"], "config": config.to_dict(), "model": _cpu_state(engine.model),
         "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.scheduler.state_dict() if engine.scheduler else {},
-        "history": state.history, "best": state.best, "best_state": state.best_state})
+        "history": state.history, "best": state.best, "best_state": state.best_state,
+        **({"debias": engine.debias.state_dict()} if engine.debias else {})})
     trackers.log_metrics(record["epoch"], record)
     progress_log.info("%s", epoch_line(run_dir.name, record, config.epochs))
 
@@ -469,6 +358,7 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     """
     run_dir = Path(run_dir)
     engine = _engine(model, config, normalization)
+    engine.debias = mitigation(config, train, engine.model, engine.loss_fn, engine.device)
     state = _resume(engine, config, run_dir, resume)
     _distribute(engine)
     images, labels = train.images, train.labels.to(engine.device)  # images stay on the host: one batch at a time
@@ -488,4 +378,5 @@ def fit(model: torch.nn.Module, train: ImageSet, val: ImageSet, config: TrainCon
     model.load_state_dict(state.best_state)
     best_metrics = next(h for h in state.history if h["epoch"] == state.best["epoch"])
     return FitResult(int(state.best["epoch"]), best_metrics, state.history, state.best_state,
-                     engine.probabilities(val.images, config.eval_batch_size), state.start_epoch)
+                     engine.probabilities(val.images, config.eval_batch_size), state.start_epoch,
+                     engine.debias.describe() if engine.debias else None)

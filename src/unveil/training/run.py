@@ -234,7 +234,8 @@ def _train_run(out: Path, records: pd.DataFrame, labels: np.ndarray, classes: tu
                       "config": config.to_dict(), "seed": config.seed, "best_epoch": result.best_epoch,
                       "best_metrics": result.best_metrics, "world_size": world_size,
                       "ranks_in_sync": in_sync, "scoring_precision": "float32",
-                      "bn_statistics_images": result.best_metrics.get("bn_statistics_images")}
+                      "bn_statistics_images": result.best_metrics.get("bn_statistics_images"),
+                      **({"debias": result.debias} if result.debias else {})}  # the mitigation used, if any
         _write_run(out, model, sets, result, classes=classes, positive_class=positive_class, threshold=threshold,
                    collapse=collapse,
                    config=config, preprocess=preprocess, normalization=normalization, provenance=provenance,
