@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import replace
@@ -258,3 +259,20 @@ def test_the_report_verifies_the_evaluations_and_audits_it_shows(tmp_path):
     (folder / "results.csv").write_text("edited\n")
     with pytest.raises(ArtifactError, match="results.csv: content hash differs"):
         stage_inputs(tmp_path)
+
+
+def test_an_artifact_written_in_a_staging_folder_records_inputs_from_where_it_lands(tmp_path: Path) -> None:
+    """A guarded command writes into OUT/.unveil-partial, then moves it to OUT: inputs are relative to OUT."""
+    from unveil.artifacts import STAGING_DIR, artifact_input, write_artifact
+
+    model = tmp_path / "runs" / "model"
+    model.mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"w")
+    stage = tmp_path / "eval" / STAGING_DIR
+    stage.mkdir(parents=True)
+    (stage / "results.csv").write_text("a\n", encoding="utf-8")
+    meta = write_artifact(stage, "evaluation", ["results.csv"], command="t", config={},
+                          inputs=[artifact_input(model, "bundle", "model")])
+    recorded = json.loads(meta.read_text(encoding="utf-8"))["inputs"][0]["path"]
+    assert recorded == "../runs/model"
+    assert (tmp_path / "eval" / recorded).resolve() == model.resolve()

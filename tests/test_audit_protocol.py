@@ -228,3 +228,21 @@ def test_a_registered_test_appears_in_the_audit_outputs(bundle, small_hospital, 
     assert list(images.columns)[-1] == "toy_label" and sorted(set(images["toy_label"])) == [0, 10]
     assert list(images.columns)[:8] == ["record_id", "source", "patient_id", "test_set", "audited_as", "label",
                                         "probability", "probability_lungs_hidden"]
+
+
+def test_a_source_pair_too_small_to_probe_is_a_not_applicable_verdict_and_the_lead_sentence_says_so() -> None:
+    import pandas as pd
+
+    from unveil.audit.suite.source_probes import too_few_to_probe
+
+    counts = pd.Series({"chestxray": 8, "hospital-csv": 2, "rsna": 30})
+    verdicts = too_few_to_probe(counts, 10, "COVID-")
+    assert [v.subject for v in verdicts] == ["chestxray vs hospital-csv (COVID- images)",
+                                             "chestxray vs rsna (COVID- images)",
+                                             "hospital-csv vs rsna (COVID- images)"]
+    assert all(v.state == "not applicable" for v in verdicts)
+    assert "chestxray: 8 image(s), hospital-csv: 2 among COVID- images; a source probe needs 10" in verdicts[0].suggests
+    assert too_few_to_probe(pd.Series({"a": 10, "b": 12}), 10, "COVID+") == []
+    text = summary_sentence([("source probe", False)], not_run=["source probe", "source probe"])
+    assert text.startswith("No flag fired") and text.endswith(
+        "Not run for too few patients, classes or images: source probe (see the table).")

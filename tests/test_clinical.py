@@ -152,6 +152,24 @@ def test_paired_bootstrap_of_the_auc_and_ba_differences():
     worse = {**compare_scores(labels, strong, weak, patients, resamples=300).as_row(), "model_a": "a",
              "model_b": "b", "test_set": "AB"}
     assert comparison_line(worse, "pre-training helps").startswith("pre-training hurts on AB")
+    # any claim is checked, not only one ending in "helps"
+    assert comparison_line(flat, "RSNA negatives improve it").startswith("RSNA negatives improve it: not shown on AB")
+    assert comparison_line(worse, "RSNA negatives improve it").startswith("RSNA negatives improve it: contradicted")
+    assert comparison_line(row, "RSNA negatives improve it").startswith("RSNA negatives improve it on AB: AUC +")
+
+
+def test_a_test_set_that_cannot_be_compared_is_a_row_with_its_reason() -> None:
+    """With keep_going, one unusable test set (all shared images COVID+) does not stop the others."""
+    predictions = _predictions()
+    one_class = predictions[predictions["label"] == 1].assign(test_set="AC")
+    both = pd.concat([predictions, one_class], ignore_index=True)
+    with pytest.raises(ComparisonError, match="test set AC: the .* image\\(s\\) both models scored hold"):
+        compare_predictions(both, "scratch", "pretrained", resamples=50)
+    rows = compare_predictions(both, "scratch", "pretrained", resamples=50, keep_going=True)
+    assert list(rows["test_set"]) == ["AB", "AC"]
+    assert pd.isna(rows["not_compared"].iloc[0]) and "0 COVID-" in rows["not_compared"].iloc[1]
+    assert comparison_line(rows.iloc[1]).startswith("pretrained vs scratch on AC: not compared: test set AC:")
+    assert "DeLong p=" in comparison_line(rows.iloc[0])
 
 
 def _predictions(n: int = 120, seed: int = 0) -> pd.DataFrame:

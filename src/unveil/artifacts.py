@@ -86,6 +86,16 @@ def meta_path(path: str | Path) -> Path:
     return path.with_suffix(".meta.json") if path.is_file() or path.suffix else path / META
 
 
+#: The staging folder a guarded command writes into before it is moved into place (``unveil.io.outputs``): an
+#: artifact written there records its inputs relative to the folder it lands in, its parent.
+STAGING_DIR = ".unveil-partial"
+
+
+def _landing(base: Path) -> Path:
+    """Where an artifact folder ends up: the parent of a staging folder, else the folder itself."""
+    return base.parent if base.name == STAGING_DIR else base
+
+
 def _base(path: Path) -> Path:
     """The folder an artifact's file names are relative to."""
     return path if meta_path(path).parent == path else path.parent
@@ -133,7 +143,7 @@ def write_artifact(path: str | Path, kind: str, files: Iterable[str | Path], *, 
     base = _base(path)
     hashes = {_relative(base / name, base): file_sha256(base / name) for name in files}
     document = {"artifact": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "files": hashes,
-                "digest": content_digest(hashes), "inputs": [item.as_dict(base) for item in inputs],
+                "digest": content_digest(hashes), "inputs": [item.as_dict(_landing(base)) for item in inputs],
                 **dict(extra or {})}
     return write_run_metadata(meta_path(path), command, dict(config), extra=document)
 

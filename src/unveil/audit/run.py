@@ -41,7 +41,7 @@ from unveil.audit.outputs import (
 from unveil.audit.protocol import AuditOutcome, AuditTest, InsufficientData, registered
 from unveil.audit.settings import MASK_SOURCES, AuditError, AuditThresholds
 from unveil.audit.transfer import own_composition
-from unveil.audit.verdict import AuditResult, Verdict, summary_sentence
+from unveil.audit.verdict import NOT_APPLICABLE, AuditResult, Verdict, summary_sentence
 from unveil.data.spec import DataSpec
 from unveil.evaluation.evaluate import model_bindings
 from unveil.evaluation.names import bound_labels
@@ -161,7 +161,8 @@ def audit(model: str | Path, test_sets: list[str], out: str | Path, *, data: dic
     context = AuditContext(audited, out, thresholds, seed=seed, resamples=resamples, workers=workers,
                            saliency_samples=saliency_samples)
     columns = run_tests(context, result, progress=progress)
-    result.figures["summary"] = summary_sentence((v.test, v.flagged) for v in result.verdicts)
+    result.figures["summary"] = summary_sentence(((v.test, v.flagged) for v in result.verdicts),
+                                                 not_run=(v.test for v in result.verdicts if v.state == NOT_APPLICABLE))
     result.figures["test_sets"] = bound_labels(test_sets, model_bindings(bundle, data).specs)  # names for the text
     write_audit_files(result, per_image_table(context, columns), out, {
         "model": str(model), "on": test_sets, "own": own_name, "masks": mask, "seed": seed, "resamples": resamples,

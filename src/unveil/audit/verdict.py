@@ -109,10 +109,11 @@ MEANINGS: dict[str, str] = {
 DATA_TESTS = ["metadata only", "acquisition fingerprint", "contamination"]
 
 
-def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:
+def summary_sentence(verdicts: Iterable[tuple[str, bool | None]], not_run: Iterable[str] = ()) -> str:
     """One sentence from (test, flagged) pairs: which flags fired on the model and on the data, and what they
-    mean. The data flags (:data:`DATA_TESTS`) say what the test images allow, whatever the model."""
-    verdicts = list(verdicts)
+    mean. The data flags (:data:`DATA_TESTS`) say what the test images allow, whatever the model. ``not_run``:
+    the tests of verdicts that were not applicable (too few images): the sentence says they could not run."""
+    verdicts, skipped = list(verdicts), sorted(set(not_run))
     fired: dict[str, int] = {}
     for test, flagged in verdicts:
         if flagged:
@@ -132,7 +133,9 @@ def summary_sentence(verdicts: Iterable[tuple[str, bool | None]]) -> str:
         kinds = f"{tested} kind{'s' if tested != 1 else ''} of test with a rule"
         head = (f"No flag fired on the model ({kinds}): these tests found no evidence of a dataset shortcut, "
                 "which is not proof that it learned the disease")
-    return head + (f". On the data: {listed(data)}." if data else ".")
+    unrun = (f" Not run for too few patients, classes or images: {', '.join(skipped)} (see the table)."
+             if skipped else "")
+    return head + (f". On the data: {listed(data)}." if data else ".") + unrun
 
 
 def source_probe_verdict(probe: ProbeResult, rule: float, within: str, *, external: bool) -> Verdict:

@@ -99,7 +99,8 @@ def compare_command(
     option: LoaderOption = None,
     claim: Annotated[str | None, typer.Option(
         help="What is said of the second model, e.g. 'pre-training helps': printed as such only when the AUC "
-             "difference's interval lies above 0 ('... hurts' below it, '... helps: not shown' across it).")] = None,
+             "difference's interval lies above 0 ('<claim>: not shown' across it, '<claim>: contradicted' or "
+             "'... hurts' below it).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for the evaluation of both models (as `unveil evaluate --out`) and comparisons.csv.")] = None,
     threshold_rule: ThresholdRuleOption = ThresholdRule.BUNDLE,
@@ -131,7 +132,7 @@ def compare_command(
                           recipes=recipes, allow_overlap=allow_overlap, rebind=rebind, progress=not as_json,
                           duplicates=duplicates, options=plain)
     compared = compare_predictions(run.predictions, names[str(first)], names[str(second)], resamples=resamples,
-                                   seed=seed)
+                                   seed=seed, keep_going=True)
     labels = dict(zip(run.rows["test_set"].astype(str), run.rows["test_set_label"].astype(str), strict=False))
     compared.insert(3, "test_set_label", compared["test_set"].map(labels))
     if out is not None:

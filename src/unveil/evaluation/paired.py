@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -192,18 +193,23 @@ def verdict(row: pd.Series | dict, metric: str = "auc") -> str:
 
 def comparison_line(row: pd.Series | dict, claim: str | None = None) -> str:
     """``pre-training helps on AB: AUC +0.07 [+0.01, +0.13], DeLong p=0.02; BA +0.05 [-0.02, +0.11] (...)``.
-    ``claim``: what is said of the second model (default ``<b> vs <a>``); a claim ending in ``helps`` is printed
-    as such only when the AUC interval lies above 0, as ``... hurts`` when below, else ``... helps: not shown``."""
+    ``claim``: what is said of the second model (default ``<b> vs <a>``), printed as such only when the AUC
+    difference's interval lies above 0; otherwise ``<claim>: not shown`` (interval across 0, or none) or
+    ``<claim>: contradicted`` (below 0); a claim ending in ``helps`` reads ``... hurts`` when below. A test set
+    that could not be compared (``not_compared``) says why."""
     said = claim or f"{row['model_b']} vs {row['model_a']}"
-    if claim is not None and claim.endswith(" helps"):
-        stem = claim[:-len(" helps")]
-        said = {"better": claim, "worse": f"{stem} hurts"}.get(verdict(row), f"{stem} helps: not shown")
+    test = row.get("test_set_label", row["test_set"])
+    reason = row.get("not_compared")
+    if isinstance(reason, str) and reason:
+        return f"{said} on {test}: not compared: {reason}"
+    if claim is not None:
+        hurts = f"{claim[:-len(' helps')]} hurts" if claim.endswith(" helps") else f"{claim}: contradicted"
+        said = {"better": claim, "worse": hurts}.get(verdict(row), f"{claim}: not shown")
 
     def part(metric: str, label: str) -> str:
         value, low, high = (float(row[f"{metric}_difference{s}"]) for s in ("", "_low", "_high"))
         bounds = "" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]"
         return f"{label} {value:+.2f}{bounds}"
-    test = row.get("test_set_label", row["test_set"])
     return (f"{said} on {test}: {part('auc', 'AUC')}, DeLong p={float(row['delong_p']):.2g}; "
             f"{part('balanced_accuracy', 'BA')} ({int(row['patients'])} patients, {int(row['images'])} images)")
 
@@ -218,10 +224,13 @@ def _one(predictions: pd.DataFrame, model: str, test_set: str) -> pd.DataFrame:
 
 
 def compare_predictions(predictions: pd.DataFrame, model_a: str, model_b: str, *, test_sets: list[str] | None = None,
-                        resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                        resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                        keep_going: bool = False) -> pd.DataFrame:
     """Model b against model a on every test set both were scored on (or ``test_sets``), on the images both
     scored (joined by ``record_id``): one row per test set, the :class:`PairedComparison` fields plus
-    ``model_a``, ``model_b``, ``test_set`` and ``unpaired_images`` (scored by one model only, left out)."""
+    ``model_a``, ``model_b``, ``test_set`` and ``unpaired_images`` (scored by one model only, left out).
+    ``keep_going``: a test set that cannot be compared (no image in common, one class only) is a row with its
+    reason in ``not_compared`` and no figures, instead of an error that stops the other test sets."""
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise ComparisonError(f"predictions lack column(s) {', '.join(missing)} (those of `unveil evaluate`'s "
@@ -238,21 +247,37 @@ def compare_predictions(predictions: pd.DataFrame, model_a: str, model_b: str, *
                               f"{', '.join(sets[model_b])})")
     rows = []
     for test_set in common:
-        a, b = _one(predictions, model_a, test_set), _one(predictions, model_b, test_set)
-        paired = a.merge(b[["record_id", "label", "probability", "threshold"]], on="record_id", suffixes=("", "_b"))
-        if paired.empty:
-            raise ComparisonError(f"{model_a} and {model_b} scored no image in common on test set {test_set} (their "
-                                  "test splits differ: a composition's split depends on each model's seed)")
-        if (paired["label"] != paired["label_b"]).any():
-            raise ComparisonError(f"{model_a} and {model_b} disagree on the labels of test set {test_set}")
-        result = compare_scores(paired["label"], paired["probability"], paired["probability_b"],
-                                (paired["source"].astype(str) + "::" + paired["patient_id"].astype(str)).to_numpy(),
-                                threshold_a=float(paired["threshold"].iloc[0]),
-                                threshold_b=float(paired["threshold_b"].iloc[0]), resamples=resamples,
-                                confidence=confidence, seed=seed)
-        rows.append({"model_a": model_a, "model_b": model_b, "test_set": test_set,
-                     "unpaired_images": len(a) + len(b) - 2 * len(paired), **result.as_row()})
+        try:
+            rows.append(_compare_on(predictions, model_a, model_b, test_set, resamples, confidence, seed))
+        except ComparisonError as error:
+            if not keep_going:
+                raise
+            rows.append({"model_a": model_a, "model_b": model_b, "test_set": test_set, "not_compared": str(error)})
     return pd.DataFrame(rows)
+
+
+def _compare_on(predictions: pd.DataFrame, model_a: str, model_b: str, test_set: str, resamples: int,
+                confidence: float, seed: int) -> dict[str, Any]:
+    """One row of :func:`compare_predictions`; a :class:`ComparisonError` naming the test set when it cannot be."""
+    a, b = _one(predictions, model_a, test_set), _one(predictions, model_b, test_set)
+    paired = a.merge(b[["record_id", "label", "probability", "threshold"]], on="record_id", suffixes=("", "_b"))
+    if paired.empty:
+        raise ComparisonError(f"{model_a} and {model_b} scored no image in common on test set {test_set} (their "
+                              "test splits differ: a composition's split depends on each model's seed)")
+    if (paired["label"] != paired["label_b"]).any():
+        raise ComparisonError(f"{model_a} and {model_b} disagree on the labels of test set {test_set}")
+    positives = int((paired["label"] == 1).sum())
+    if positives < 2 or len(paired) - positives < 2:
+        raise ComparisonError(f"test set {test_set}: the {len(paired)} image(s) both models scored hold "
+                              f"{positives} COVID+ and {len(paired) - positives} COVID-; a paired comparison "
+                              "needs two of each (a composition's test split depends on each model's seed)")
+    result = compare_scores(paired["label"], paired["probability"], paired["probability_b"],
+                            (paired["source"].astype(str) + "::" + paired["patient_id"].astype(str)).to_numpy(),
+                            threshold_a=float(paired["threshold"].iloc[0]),
+                            threshold_b=float(paired["threshold_b"].iloc[0]), resamples=resamples,
+                            confidence=confidence, seed=seed)
+    return {"model_a": model_a, "model_b": model_b, "test_set": test_set,
+            "unpaired_images": len(a) + len(b) - 2 * len(paired), **result.as_row()}
 
 
 def all_pairs(predictions: pd.DataFrame, *, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:

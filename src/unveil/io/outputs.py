@@ -26,13 +26,13 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from unveil.artifacts import STAGING_DIR
 from unveil.errors import UnveilError, disk_full, no_space
 
 __all__ = ["LOCK_FILE", "STAGING_DIR", "OutputError", "OutputFolder", "check_no_overlap", "ensure_writable",
            "refuse_model_folder"]
 
 LOCK_FILE = ".unveil.lock"
-STAGING_DIR = ".unveil-partial"
 
 
 class OutputError(UnveilError, OSError):

@@ -4,12 +4,15 @@ every pair of probe groups (a source within one audited set, :func:`unveil.audit
 from __future__ import annotations
 
 import itertools
+import math
+
+import pandas as pd
 
 from unveil.audit.context import AuditContext
 from unveil.audit.probes import ProbeResult, linear_probe
 from unveil.audit.protocol import AuditOutcome, AuditTest, InsufficientData, register
 from unveil.audit.settings import AuditThresholds
-from unveil.audit.verdict import Verdict, label_probe_verdict, source_probe_verdict
+from unveil.audit.verdict import NOT_APPLICABLE, Verdict, label_probe_verdict, source_probe_verdict
 
 
 def probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str,
@@ -19,6 +22,21 @@ def probe_verdict(probe: ProbeResult, thresholds: AuditThresholds, within: str,
     evidence (see the transfer test). ``training_groups`` None: every pair may flag (no own test split)."""
     external = training_groups is not None and not {probe.negative, probe.positive} <= training_groups
     return source_probe_verdict(probe, thresholds.source_probe, within, external=external)
+
+
+def too_few_to_probe(counts: pd.Series, min_images: int, within: str) -> list[Verdict]:
+    """A "not applicable" verdict per pair of sources among ``within`` images that is not probed because one
+    side holds fewer than ``min_images`` images: a probe that cannot run is said, never silently left out."""
+    verdicts = []
+    for first, second in itertools.combinations(sorted(counts.index), 2):
+        if min(counts[first], counts[second]) >= min_images:
+            continue
+        reason = (f"{first}: {counts[first]} image(s), {second}: {counts[second]} among {within} images; a source "
+                  f"probe needs {min_images} of each (--audit-threshold min_images)")
+        verdicts.append(Verdict("source probe", f"{first} vs {second} ({within} images)", math.nan, math.nan,
+                                math.nan, f"{NOT_APPLICABLE}: too few images", None, f"not applicable: {reason}",
+                                measure="balanced accuracy (linear probe, out of fold)"))
+    return verdicts
 
 
 class SourceProbes(AuditTest):
@@ -43,8 +61,9 @@ class SourceProbes(AuditTest):
             outcome.figures["label_probe_note"] = str(error)
         for value, within in ((0, "COVID-"), (1, "COVID+")):
             in_class = is_positive == value
-            sources = kept.loc[in_class, "audited_as"].value_counts()
-            sources = sorted(s for s, n in sources.items() if n >= thresholds.min_images)
+            counts = kept.loc[in_class, "audited_as"].value_counts()
+            sources = sorted(s for s, n in counts.items() if n >= thresholds.min_images)
+            outcome.verdicts += too_few_to_probe(counts, thresholds.min_images, within)
             for first, second in itertools.combinations(sources, 2):
                 chosen = in_class & kept["audited_as"].isin([first, second]).to_numpy()
                 try:
