@@ -205,7 +205,10 @@ def test_export_matches_pytorch_on_sample_images(model, tmp_path, fmt):
     export_model(bundle, fmt, target, check_images=inputs)
     description = export_model(bundle, fmt, target, check_images=inputs)  # a re-export replaces, leaves nothing
     assert sorted(p.name for p in folder.iterdir()) == [f"model.{fmt}", f"model.{fmt}.json"]
-    assert json.loads((folder / f"model.{fmt}.json").read_text())["format"] == fmt
+    written = (folder / f"model.{fmt}.json").read_text()
+    assert json.loads(written)["format"] == fmt
+    assert str(model["bundle"].parent) not in written and json.loads(written)["bundle"] == model["bundle"].name
+    assert set(json.loads(written)["bundle_sha256"]) >= {"bundle.json"}  # the threshold's file, hashed
     assert description["max_abs_difference_vs_pytorch"] <= 1e-4 and description["files"] == [f"model.{fmt}"]
     alone = tmp_path / "elsewhere"  # the exported file, copied alone, is a complete model
     alone.mkdir()

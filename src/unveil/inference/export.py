@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from unveil.errors import UnveilError
-from unveil.provenance import write_text_atomic
+from unveil.provenance import file_sha256, write_text_atomic
 from unveil.training.bundle import ModelBundle, load_bundle
 
 FORMATS = ("onnx", "torchscript")
@@ -145,8 +145,18 @@ def export_model(model: str | Path | ModelBundle, fmt: str, out: str | Path, *,
                    "output": {"name": "probabilities", "classes": bundle.classes},
                    "positive_class": bundle.description.get("positive_class"),
                    "threshold": bundle.description["threshold"], "normalization": bundle.description["normalization"],
-                   "architecture": bundle.description["architecture"], "bundle": str(bundle.path),
+                   "architecture": bundle.description["architecture"],
+                   "bundle": bundle.path.name if bundle.path is not None else None,  # no path of this machine
+                   "bundle_sha256": _bundle_hashes(bundle),
                    "max_abs_difference_vs_pytorch": difference, "checked_images": int(len(check_images)),
                    "checked": "a copy of the exported file(s) alone in another folder, against PyTorch"}
     write_text_atomic(Path(str(out) + ".json"), json.dumps(description, indent=2) + "\n")
     return description
+
+
+def _bundle_hashes(bundle: ModelBundle) -> dict[str, str]:
+    """SHA-256 of the bundle's bundle.json (its threshold, classes, pre-processing) and weights, by file name."""
+    if bundle.path is None:
+        return {}
+    files = [bundle.path / "bundle.json", *sorted(bundle.path.glob("*.safetensors"))]
+    return {path.name: file_sha256(path) for path in files if path.is_file()}

@@ -85,7 +85,8 @@ def _write_graphs(predictor: Predictor, folder: Path) -> None:
 
 def _sources(bundle: ModelBundle, predictor: Predictor, segmenter: str | Path | None) -> dict[str, Any]:
     """The bundle and lung model the graphs were built from, by name and content hash (no path)."""
-    weights = sorted(bundle.path.glob("*.safetensors")) if bundle.path is not None else []
+    weights = ([bundle.path / "bundle.json", *sorted(bundle.path.glob("*.safetensors"))]  # threshold + weights
+               if bundle.path is not None else [])
     lung_file = resolve_bundle(segmenter or predictor.settings.model or default_model_path()).with_suffix(
         ".safetensors")
     return {"bundle": bundle.path.name if bundle.path is not None else None,
