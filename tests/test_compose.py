@@ -1,6 +1,6 @@
 import pytest
 
-from unveil.data.compose import RecipeError, compose, load_recipes
+from unveil.data.compose import RecipeError, compose, load_recipes, split_role
 from unveil.data.records import patient_keys
 
 from conftest import make_records
@@ -98,3 +98,39 @@ def test_missing_role_and_bad_recipe_file(tables, tmp_path):
         load_recipes(bad)
     with pytest.raises(RecipeError, match="unknown composition"):
         load_recipes().recipe("ZZ")
+
+
+def _book(tmp_path, body: str):
+    path = tmp_path / "recipes.yaml"
+    path.write_text("roles: {A: {}, B: {}}\nrecipes:\n" + body)
+    return load_recipes(path)
+
+
+def test_positives_from_takes_only_covid_positive_images_with_the_split_of_the_whole_role(tables, tmp_path):
+    book = _book(tmp_path, "  A: {bases: [A]}\n"
+                           "  AxB: {positives_from: [A], negatives_from: [B], balance: add_negatives}\n")
+    shortcut = compose(book.recipe("AxB"), tables, seed=0)
+    assert book.recipe("AxB").roles == ("A", "B")
+    # A's 100 positives: 56 train / 14 val / 30 test, none of A's negatives; B fills each split
+    assert counts(shortcut, "train", "hospital-csv") == (56, 0)
+    assert counts(shortcut, "train", "chestxray") == (0, 56)
+    assert counts(shortcut, "test", "hospital-csv") == (30, 0)
+    assert counts(shortcut, "test", "chestxray") == (0, 30)
+    # A's images keep the split A has on its own (as a base in any recipe): the same test part everywhere
+    whole = split_role(tables["A"], "A", seed=0, test_fraction=0.3, val_fraction=0.2)
+    for split in ("train", "test"):
+        part = shortcut.split(split)
+        mine = set(part[part["source"] == "hospital-csv"]["record_id"])
+        assert mine == set(whole.query(f"covid == 1 and split == '{split}'")["record_id"])
+    own = compose(book.recipe("A"), tables, seed=0)
+    assert not set(shortcut.split("test")["record_id"]) & set(own.split("train")["record_id"])
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("  X: {negatives_from: [B], balance: add_negatives}\n", "names no bases (and no positives_from)"),
+    ("  X: {bases: [A], positives_from: [A]}\n", "role(s) A in positives_from and in bases"),
+    ("  X: {positives_from: [Z]}\n", "undefined role(s) Z"),
+])
+def test_recipe_with_positives_from_refused_when_ambiguous(tmp_path, body, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _book(tmp_path, body)

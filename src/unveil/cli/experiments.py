@@ -44,7 +44,8 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
                       tracking=tracking)
     say("done")
     elapsed = duration(time.perf_counter() - started)
-    typer.echo(f"done in {elapsed}: results store {store}" + (f", report {out / 'report.html'}" if report else ""))
+    what = "results store" if store.suffix == ".sqlite" else "results over seeds"
+    typer.echo(f"done in {elapsed}: {what} {store}" + (f", report {out / 'report.html'}" if report else ""))
 
 
 @writes_output("experiment", "data", "option")

@@ -42,10 +42,17 @@ class Recipe:
     bases: tuple[str, ...]
     negatives_from: tuple[str, ...] = ()
     balance: Balance = "subsample"
+    positives_from: tuple[str, ...] = ()  # roles contributing only their COVID+ images (a shortcut by design)
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return self.bases + tuple(r for r in self.negatives_from if r not in self.bases)
+        named = self.bases + self.positives_from + self.negatives_from
+        return tuple(dict.fromkeys(named))
+
+    @property
+    def pooled(self) -> tuple[str, ...]:
+        """The roles whose images form the pool every split balances: the bases and the positives-only roles."""
+        return self.bases + tuple(r for r in self.positives_from if r not in self.bases)
 
 
 @dataclass(frozen=True)
@@ -76,17 +83,24 @@ def load_recipes(path: str | Path | None = None) -> RecipeBook:
     for name, spec in (document.get("recipes") or {}).items():
         bases = tuple(spec.get("bases") or ())
         negatives = tuple(spec.get("negatives_from") or ())
+        positives = tuple(spec.get("positives_from") or ())
+        if not bases and not positives:
+            raise RecipeError(f"{origin}: recipe {name} names no bases (and no positives_from): it has no COVID+ "
+                              "images")
+        both = sorted(set(positives) & (set(bases) | set(negatives)))
+        if both:
+            raise RecipeError(f"{origin}: recipe {name} names role(s) {', '.join(both)} in positives_from and in "
+                              "bases or negatives_from; a role contributes both classes (bases) or one")
         balance = spec.get("balance", "subsample")
-        if not bases:
-            raise RecipeError(f"{origin}: recipe {name} names no bases")
         if balance not in ("add_negatives", "subsample", "none"):
             raise RecipeError(f"{origin}: recipe {name} has unknown balance {balance!r}")
         if balance == "add_negatives" and not negatives:
             raise RecipeError(f"{origin}: recipe {name} balances with add_negatives but names no negatives_from")
-        undefined = [r for r in bases + negatives if roles and r not in roles]
+        undefined = [r for r in bases + positives + negatives if roles and r not in roles]
         if undefined:
             raise RecipeError(f"{origin}: recipe {name} uses undefined role(s) {', '.join(undefined)}")
-        recipes[str(name)] = Recipe(str(name), str(spec.get("description", "")), bases, negatives, balance)
+        recipes[str(name)] = Recipe(str(name), str(spec.get("description", "")), bases, negatives, balance,
+                                       positives)
     return RecipeBook(roles, recipes)
 
 
@@ -158,14 +172,17 @@ def compose(recipe: Recipe, tables: dict[str, pd.DataFrame], *, seed: int, test_
         unlabelled = int(table["covid"].isna().sum())
         if unlabelled:
             warnings.append(f"role {role}: {unlabelled} record(s) without a COVID label left out")
-        if role not in recipe.bases:
+        if role not in recipe.pooled:
             table = table[table["covid"] == 0]
-        split_tables[role] = split_role(table, role, seed=seed, test_fraction=test_fraction,
-                                        val_fraction=val_fraction, warnings=warnings)
+        split = split_role(table, role, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+                           warnings=warnings)
+        if role in recipe.positives_from:  # split first, as in a recipe where it is a base: the same test part
+            split = split[split["covid"] == 1].reset_index(drop=True)
+        split_tables[role] = split
     parts = []
     for split in SPLITS:
         rng = _rng(seed, recipe.name, split)
-        pool = concat_records(t[t["split"] == split] for r, t in split_tables.items() if r in recipe.bases)
+        pool = concat_records(t[t["split"] == split] for r, t in split_tables.items() if r in recipe.pooled)
         positives, negatives = pool[pool["covid"] == 1], pool[pool["covid"] == 0]
         if recipe.balance == "subsample" or (recipe.balance == "add_negatives" and len(negatives) > len(positives)):
             size = min(len(positives), len(negatives))

@@ -89,7 +89,7 @@ COUNT_COLUMNS = ("images", "patients", "positive_images", "negative_images", "tp
 RESULT_COLUMNS = ("cell_id", "test_set", "metric", "value", "low", "high", "wilson_low", "wilson_high", "note",
                   *COUNT_COLUMNS, "threshold", "threshold_rule", "resamples", "seed", "provenance", "design_effect")
 #: Columns added to a table after its first release: (table, column, type), added to an older store on opening.
-ADDED_COLUMNS = (("audits", "measure", "TEXT"), ("results", "design_effect", "REAL"))
+ADDED_COLUMNS = (("audits", "measure", "TEXT"), ("results", "design_effect", "REAL"), ("cells", "debias", "TEXT"))
 
 
 def _real(value: Any) -> float | None:
@@ -157,7 +157,7 @@ class ResultsStore:
 
     def put_cell(self, cell: dict[str, Any]) -> None:
         columns = ("cell_id", "architecture", "encoder", "training_set", "run_dir", "bundle", "status", "seconds",
-                   "best_epoch", "val_auc", "config")
+                   "best_epoch", "val_auc", "config", "debias")
         values = [json.dumps(cell[c], default=str) if c == "config" else cell.get(c) for c in columns]
         with self.connection:
             self.connection.execute(f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) VALUES "
@@ -242,6 +242,7 @@ class ResultsStore:
             row: dict[str, Any] = {"model": cell_id, "test_set": test_set,
                                    **{c: cells.loc[cell_id, c] for c in ("architecture", "encoder", "training_set",
                                                                          "bundle")},
+                                   "debias": cells.loc[cell_id, "debias"] or "none",
                                    **_seed_and_recipe(cells.loc[cell_id, "config"]),
                                    **{c: int(first[c]) for c in COUNT_COLUMNS},
                                    "threshold": first["threshold"], "threshold_rule": first["threshold_rule"]}

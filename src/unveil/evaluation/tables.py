@@ -177,8 +177,21 @@ def with_labels(rows: pd.DataFrame) -> pd.DataFrame:
     return labelled
 
 
+def trained_on(rows: pd.DataFrame) -> pd.Series:
+    """The "Trained on" column: the training set, and the debias method of a mitigated model (``QB, debias
+    end``); rows without a ``debias`` column, or with ``none``, show the training set alone."""
+    names = rows["training_set"].astype(str)
+    if "debias" not in rows:
+        return names
+    methods = rows["debias"].fillna("none").astype(str)
+    return pd.Series([n if m == "none" else f"{n}, debias {m}" for n, m in zip(names, methods, strict=True)],
+                     index=rows.index)
+
+
 def _order(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(_model=model_labels(rows))
+    if "training_set" in rows:
+        rows = rows.assign(training_set=trained_on(rows))
     return rows.assign(_arch=rows["architecture"].map(table_rank)).sort_values(
         ["_arch", "encoder", "training_set", "_model", "test_set"]).drop(columns="_arch")
 
@@ -253,8 +266,8 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
         raise TableError("results rows without model_seed (evaluate them again with this unveil) cannot be "
                          "pooled by seed")
     rows = rows.assign(model=model_labels(rows))
-    keys = [k for k in ("architecture", "encoder", "training_set", "recipe_key", "threshold_rule", "test_set")
-            if k in rows]
+    keys = [k for k in ("architecture", "encoder", "training_set", "debias", "recipe_key", "threshold_rule",
+                        "test_set") if k in rows]
     # Per-run interval bounds are not pooled: the seeds' spread replaces them.
     bounds = {column for metric in metric_specs.reported() for column in (
         f"{metric}_low", f"{metric}_high", f"{metric}_wilson_low", f"{metric}_wilson_high")}

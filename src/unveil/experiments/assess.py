@@ -74,23 +74,32 @@ def _store_clinical(run: GridRun, cell: Cell, tests: list[str], subgroups: Path 
 def compare_encoders(run: GridRun, cells: list[Cell]) -> None:
     """Step 4 (end): each pre-trained cell against its from-scratch twin (same architecture and composition) on
     every test set both met: "pre-training on B helps" as a paired comparison (DeLong, paired patient bootstrap),
-    in the store for the report; pairs already compared are skipped."""
-    scratch = {(c.architecture, c.composition): c for c in cells if c.encoder == "none"}
-    done = run.store.compared()
-    for cell in (c for c in cells if c.encoder != "none" and (c.architecture, c.composition) in scratch):
-        twin = scratch[(cell.architecture, cell.composition)]
-        files = [run.out / "evaluation" / c.id / PREDICTIONS for c in (twin, cell)]
-        tests = [t for t in run.experiment.tests if (twin.id, cell.id, t) not in done]
-        if not tests or not all(f.is_file() for f in files):
-            continue
-        try:
-            table = compare_predictions(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), twin.id,
-                                        cell.id, test_sets=tests, resamples=run.experiment.evaluation.resamples,
-                                        seed=run.experiment.seed)
-        except ComparisonError as error:
-            run.say(f"  {cell.id} vs {twin.id}: not compared ({error})")
-            continue
-        run.store.put_comparisons(table, claim=f"pre-training on {cell.encoder} helps")
+    in the store for the report; then each cell of the mitigated arm against its unmitigated twin ("debias end
+    helps"). Pairs already compared are skipped."""
+    grid = [c for c in cells if c.debias == "none"]
+    scratch = {(c.architecture, c.composition): c for c in grid if c.encoder == "none"}
+    for cell in (c for c in grid if c.encoder != "none" and (c.architecture, c.composition) in scratch):
+        _compare_pair(run, scratch[(cell.architecture, cell.composition)], cell,
+                      f"pre-training on {cell.encoder} helps")
+    by_id = {c.id: c for c in grid}
+    for cell in (c for c in cells if c.debias != "none" and c.twin_id in by_id):
+        _compare_pair(run, by_id[cell.twin_id], cell, f"debias {cell.debias} helps")
+
+
+def _compare_pair(run: GridRun, twin: Cell, cell: Cell, claim: str) -> None:
+    """``cell`` against ``twin`` on every test set both met and not compared yet, into the store."""
+    files = [run.out / "evaluation" / c.id / PREDICTIONS for c in (twin, cell)]
+    tests = [t for t in run.experiment.tests if (twin.id, cell.id, t) not in run.store.compared()]
+    if not tests or not all(f.is_file() for f in files):
+        return
+    try:
+        table = compare_predictions(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), twin.id,
+                                    cell.id, test_sets=tests, resamples=run.experiment.evaluation.resamples,
+                                    seed=run.experiment.seed)
+    except ComparisonError as error:
+        run.say(f"  {cell.id} vs {twin.id}: not compared ({error})")
+        return
+    run.store.put_comparisons(table, claim=claim)
 
 
 def external_sets(run: GridRun, cell: Cell) -> list[str]:

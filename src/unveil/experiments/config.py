@@ -21,6 +21,8 @@ evaluation: {resamples: 1000, threshold_rule: bundle}
 tracking: {track: [tensorboard, mlflow]}   # optional: TensorBoard / MLflow besides metrics.jsonl (default: none)
 audit: {compositions: [AB, AC], test_sets: [AB, AC], mask: segment, thresholds: {occlusion_auc: 0.7}}
 jobs: 1                     # cells trained in parallel processes
+seeds: [0, 1, 2]            # optional: one full run per seed (OUT/seed-N), Table 2 aggregated over seeds
+mitigation: {debias: [end], compositions: [AB]}   # optional: the mitigated arm, compared side by side
 ```
 Relative paths are resolved against the experiment file's folder, except in a shipped experiment
 (``demo``, ``paper``, ``public``, ``public-full``), whose data paths resolve against the current
@@ -58,6 +60,7 @@ from unveil.experiments.sections import (
     DataRole,
     EvaluationSettings,
     ExperimentFile,
+    MitigationSection,
     PretrainingRun,
     SyntheticData,
     TrackingSection,
@@ -100,6 +103,17 @@ class Experiment:
     document: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was left out (optional roles not found) and why
     tracking: TrackingSection = field(default_factory=TrackingSection)  # the file's `tracking:` (default: none)
+    seeds: list[int] = field(default_factory=list)  # the seeds of the run (one full run each); [] = [seed]
+    mitigation: MitigationSection = field(default_factory=MitigationSection)  # the mitigated arm (default: none)
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """The seeds to run: ``seeds`` when the file lists several, else ``[seed]``."""
+        return list(self.seeds) or [self.seed]
+
+    def for_seed(self, seed: int) -> Experiment:
+        """This experiment with one seed (one full run of a several-seed experiment)."""
+        return replace(self, seed=seed, seeds=[seed])
 
     def train_config(self, architecture: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
         values = {**self.training, **(overrides or {}), "architecture": architecture, "seed": self.seed,
@@ -110,8 +124,13 @@ class Experiment:
             raise ExperimentError(f"{self.source}: {error}") from None  # "training options: KEY: problem"
 
     def cells(self) -> list[tuple[str, str, str]]:
-        """(architecture, encoder, composition) of every training cell."""
+        """(architecture, encoder, composition) of every training cell (the unmitigated grid)."""
         return [(a, e, c) for a in self.architectures for e in self.encoders for c in self.compositions]
+
+    def mitigated_cells(self) -> list[tuple[str, str, str, str]]:
+        """(architecture, encoder, composition, debias) of every cell of the mitigated arm, after the grid's."""
+        return [(a, e, c, d) for d in self.mitigation.debias for a in self.architectures for e in self.encoders
+                for c in self.compositions if c in self.mitigation.compositions]
 
     def recipe_book(self) -> RecipeBook:
         return load_recipes(self.recipes)
@@ -122,11 +141,12 @@ class Experiment:
         return [label] if data is None else list(data)
 
 
-SHIPPED = ("demo", "paper", "public", "public-full")
+SHIPPED = ("demo", "paper", "public", "public-full", "public-scale")
 
 
 def experiment_path(name: str | Path) -> Path:
-    """A file path, or the name of a shipped experiment (``demo``, ``paper``, ``public``, ``public-full``)."""
+    """A file path, or the name of a shipped experiment (``demo``, ``paper``, ``public``, ``public-full``,
+    ``public-scale``)."""
     path = Path(name)
     if not path.exists() and str(name) in SHIPPED:
         return Path(__file__).with_name(f"{name}.yaml")
@@ -241,6 +261,24 @@ def _weights_resolved(top: ExperimentFile, where: Where, resolve: Callable[[str]
     return runs
 
 
+def _check_seeds_and_mitigation(top: ExperimentFile, where: Where) -> None:
+    """``seeds`` distinct; the mitigated arm's compositions are grid compositions, with at least one method."""
+    if top.seeds is not None:
+        if not top.seeds:
+            raise where.error(("seeds",), "lists no seed: give one or more, or leave seeds out (seed: N)")
+        repeated = sorted({s for s in top.seeds if top.seeds.count(s) > 1})
+        if repeated:
+            raise where.error(("seeds",), f"seed(s) {', '.join(map(str, repeated))} listed twice")
+    mitigation = top.mitigation
+    for index, name in enumerate(mitigation.compositions):
+        if name not in top.grid.compositions:
+            raise where.error(("mitigation", "compositions", index), f"{name} is not a training composition of "
+                                                                      f"the grid ({', '.join(top.grid.compositions)})")
+    if bool(mitigation.compositions) != bool(mitigation.debias):
+        key = "debias" if mitigation.compositions else "compositions"
+        raise where.error(("mitigation", key), "the mitigated arm needs both debias methods and compositions")
+
+
 def _check_evaluation_and_audit(top: ExperimentFile, book: RecipeBook, bound: set[str], where: Where) -> None:
     """``jobs``, the evaluation's threshold rule and the audit's mask, compositions and test sets."""
     if top.jobs < 1:
@@ -312,6 +350,9 @@ def _leave_out_missing(experiment: Experiment, optional: set[str], book: RecipeB
         [c for c in audit.compositions if c in experiment.compositions],
         test_sets=None if audit.test_sets is None else [t for t in audit.test_sets if not needs(t)],
         external=[r for r in audit.external if r not in gone])
+    arm = experiment.mitigation
+    kept = [c for c in arm.compositions if c in experiment.compositions]
+    experiment.mitigation = replace(arm, compositions=kept, debias=arm.debias if kept else [])
     if not experiment.compositions or not experiment.tests:
         raise ExperimentError(f"{experiment.source}: without the optional role(s) {', '.join(missing)} the grid "
                               "has no composition or no test set left")
@@ -357,6 +398,7 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
     training = _training(top.training, ("training",), where)
     _check_pretraining(top, bound, where)
     _check_evaluation_and_audit(top, book, bound, where)
+    _check_seeds_and_mitigation(top, where)
     grid = top.grid
     experiment = Experiment(
         name=top.name or path.stem, seed=seed if seed is not None else top.seed, data=bindings, synthetic=synthetic,
@@ -364,7 +406,10 @@ def load_experiment(path: str | Path, *, seed: int | None = None,
         encoders=list(grid.encoders),
         architectures=list(grid.architectures), compositions=list(grid.compositions), tests=list(grid.tests),
         evaluation=top.evaluation, audit=top.audit, jobs=top.jobs, recipes=recipes, source=path, document=document,
-        tracking=top.tracking)
+        tracking=top.tracking, seeds=[seed] if seed is not None else list(top.seeds or []),
+        mitigation=top.mitigation)
+    if seed is None and top.seeds:
+        experiment.seed = top.seeds[0]
     _check_train_configs(experiment, top, where)
     _leave_out_missing(experiment, optional, book)
     return experiment

@@ -32,21 +32,29 @@ def report_step(progress: Callable[[str], None] | None, message: str) -> None:
         progress_log.info("%s", message)
 
 
-def cell_id(architecture: str, encoder: str, composition: str) -> str:
-    return f"{architecture}-{encoder}-{composition}"
+def cell_id(architecture: str, encoder: str, composition: str, debias: str = "none") -> str:
+    """``conv8-B-AB``; a cell of the mitigated arm adds its method: ``conv8-B-AB-end``."""
+    return f"{architecture}-{encoder}-{composition}" + ("" if debias == "none" else f"-{debias}")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: an architecture, an encoder (``none``: from scratch) and a training composition."""
+    """One grid cell: an architecture, an encoder (``none``: from scratch), a training composition and, in the
+    mitigated arm, the debias method it is trained with (``none``: the grid's own cells)."""
 
     architecture: str
     encoder: str
     composition: str
     run_dir: Path
+    debias: str = "none"
 
     @property
     def id(self) -> str:
+        return cell_id(self.architecture, self.encoder, self.composition, self.debias)
+
+    @property
+    def twin_id(self) -> str:
+        """The unmitigated cell this one is compared with (itself for a grid cell)."""
         return cell_id(self.architecture, self.encoder, self.composition)
 
     @property

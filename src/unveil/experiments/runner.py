@@ -38,6 +38,7 @@ from unveil.experiments.jobs import Cell, CellJob, PretrainJob, cell_id, report_
 from unveil.experiments.state import GridRun
 from unveil.provenance import environment_versions, write_run_metadata, write_text_atomic
 from unveil.reports import write_report
+from unveil.reports.seeds import seed_folder, write_mitigation_table, write_seed_tables, write_seeds_report
 from unveil.synth.config import load_config
 from unveil.synth.generate import dataset_roots, generate
 from unveil.tracking import MLFLOW_FOLDER, TrackingSettings, mlflow_experiment
@@ -70,8 +71,10 @@ def resolve_data(experiment: Experiment, out: Path, workers: int,
 
 
 def plan_cells(experiment: Experiment, out: Path) -> list[Cell]:
-    """Every cell of the grid, in the experiment's order."""
-    return [Cell(a, e, c, out / "cells" / cell_id(a, e, c)) for a, e, c in experiment.cells()]
+    """Every cell of the grid, in the experiment's order, then the mitigated arm's."""
+    cells = [Cell(a, e, c, out / "cells" / cell_id(a, e, c)) for a, e, c in experiment.cells()]
+    return cells + [Cell(a, e, c, out / "cells" / cell_id(a, e, c, d), d)
+                    for a, e, c, d in experiment.mitigated_cells()]
 
 
 def load_data(run: GridRun) -> None:
@@ -82,7 +85,8 @@ def load_data(run: GridRun) -> None:
     run.data = resolve_data(experiment, run.out, run.workers, run.progress)
     recipes = experiment.recipe_book()
     tested = {r for name in (*experiment.compositions, *experiment.tests) for r in recipes.recipe(name).roles}
-    needed = sorted(tested | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)})
+    needed = sorted(tested | {r for e in experiment.encoders if e != "none" for r in experiment.pretraining_roles(e)}
+                    | set(experiment.audit.external))  # stored too: the report names an external set by its role
     missing = [role for role in needed if role not in run.data]
     if missing:
         raise ExperimentError(f"{experiment.source}: the grid needs data for role(s) {', '.join(missing)}")
@@ -165,7 +169,8 @@ def plan_cell_jobs(run: GridRun, cells: list[Cell], encoders: dict[tuple[str, st
         return experiment.pretraining[encoder].init_weights
 
     return [CellJob(cell, {role: run.data[role] for role in recipes.recipe(cell.composition).roles},
-                    experiment.train_config(cell.architecture), experiment.preprocess, run.cache,
+                    experiment.train_config(cell.architecture, {"debias": cell.debias} if cell.debias != "none"
+                                            else None), experiment.preprocess, run.cache,
                     encoders.get((cell.encoder, cell.architecture)), run.workers, experiment.recipes, run.bars,
                     weights_file(cell.encoder), run.tracking)
             for cell in cells if not (cell.id in done and (cell.bundle / "bundle.json").is_file())]
@@ -177,7 +182,7 @@ def record_cell(store: ResultsStore, job: CellJob, result: dict[str, Any]) -> No
     store.put_cell({"cell_id": cell.id, "architecture": cell.architecture, "encoder": cell.encoder,
                     "training_set": cell.composition, "run_dir": str(cell.run_dir), "bundle": result["bundle"],
                     "status": "done", "seconds": result["seconds"], "best_epoch": result["best_epoch"],
-                    "val_auc": result["val_auc"], "config": job.config.to_dict()})
+                    "val_auc": result["val_auc"], "config": job.config.to_dict(), "debias": cell.debias})
 
 
 def record_job(run: GridRun, job: PretrainJob | CellJob, result: dict[str, Any]) -> None:
@@ -206,6 +211,7 @@ def write_summary(run: GridRun, started: float) -> None:
 
     experiment = run.experiment
     write_tables(run.store.wide_results(), run.out / "tables")
+    write_mitigation_table(run.store, run.out / "tables")
     write_run_metadata(run.out / "reproduce.meta.json", "unveil reproduce", {
         "experiment": str(experiment.source), "document": experiment.document, "jobs": run.parallel,
         "cluster": run.cluster,
@@ -225,19 +231,48 @@ def grid_tracking(settings: TrackingSettings | None, out: Path, name: str) -> Tr
     return settings
 
 
+def reproduce_seeds(experiment: Experiment, out: Path, *, report: bool = True,
+                    progress: Callable[[str], None] | None = None, **options: Any) -> Path:
+    """Every seed of ``experiment`` as one full run in OUT/seed-N (sharing OUT/cache), then the tables over seeds
+    (OUT/tables) and OUT/report.html; return OUT/tables/results_by_cell.csv. A rerun skips finished seeds' work."""
+    started = time.perf_counter()
+    seeds = experiment.all_seeds
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "experiment.yaml", _yaml(experiment.document))
+    for index, seed in enumerate(seeds, start=1):
+        report_step(progress, f"seed {seed} ({index}/{len(seeds)}): {seed_folder(out, seed)}")
+        reproduce(experiment.for_seed(seed), seed_folder(out, seed), report=report, progress=progress,
+                  cache=out / "cache", **options)
+    report_step(progress, f"tables over the seeds {', '.join(map(str, seeds))}: {out / 'tables'}")
+    written = write_seed_tables(out, seeds)
+    write_run_metadata(out / "reproduce.meta.json", "unveil reproduce", {
+        "experiment": str(experiment.source), "document": experiment.document, "seeds": seeds,
+        "preprocess": asdict(experiment.preprocess), **{k: v for k, v in options.items() if k in ("jobs", "cluster")}},
+        extra={"seconds": round(time.perf_counter() - started, 1)})
+    if report:
+        report_step(progress, f"  report: {write_seeds_report(out, seeds, experiment.name)}")
+    return written["results_by_cell"]
+
+
 def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = None, workers: int = 2,
               report: bool = True, progress: Callable[[str], None] | None = None,
-              cluster: str | None = None, tracking: TrackingSettings | None = None) -> Path:
+              cluster: str | None = None, tracking: TrackingSettings | None = None,
+              cache: Path | None = None) -> Path:
     """Run (or continue) every step of ``experiment`` into ``out``; return the results store path.
 
     ``jobs``: pre-trainings and cells at a time (processes; default: the file's ``jobs``); ``workers``: decoding
     processes per job. ``cluster``: run pre-trainings and cells as tasks of a Dask cluster instead, ``"local"``
     (a ``LocalCluster`` of ``jobs`` workers) or a scheduler address (``tcp://host:8786``); see docs/cluster.md.
     Evaluation, audit, the store and the report stay in this process either way. ``tracking``: the trackers of every
-    pre-training and cell (default: the file's ``tracking:``; :func:`grid_tracking`).
+    pre-training and cell (default: the file's ``tracking:``; :func:`grid_tracking`). ``cache``: the pre-processing
+    cache (default OUT/cache). An experiment with several seeds runs :func:`reproduce_seeds` (and returns the
+    pooled results' CSV instead of a store).
     """
-    started = time.perf_counter()
     out = Path(out)
+    if len(experiment.all_seeds) > 1:
+        return reproduce_seeds(experiment, out, report=report, progress=progress, jobs=jobs, workers=workers,
+                               cluster=cluster, tracking=tracking)
+    started = time.perf_counter()
     parallel = jobs if jobs is not None else experiment.jobs
     with ExitStack() as stack, ExitStack() as on_cluster:  # the store and a cluster closed even when a step fails
         clients: list[Any] = []
@@ -258,7 +293,8 @@ def reproduce(experiment: Experiment, out: str | Path, *, jobs: int | None = Non
                               "notes": experiment.notes,
                               "recipes": str(experiment.recipes) if experiment.recipes else ""})
         run = GridRun(experiment, out, store, parallel, workers, progress, cluster,
-                   tracking=grid_tracking(tracking or experiment.tracking.settings(), out, experiment.name))
+                      tracking=grid_tracking(tracking or experiment.tracking.settings(), out, experiment.name),
+                      shared_cache=cache)
         cells = plan_cells(experiment, out)
         run.say("[1/6] data")
         load_data(run)

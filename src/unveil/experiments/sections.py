@@ -83,6 +83,16 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class MitigationSection:
+    """The mitigated arm: each grid cell of ``compositions`` trained again with each ``debias`` method
+    (`unveil train --debias`), evaluated and audited like its unmitigated twin, and compared with it side by side
+    (source probe, transfer drop, external AUC: `unveil.reports.mitigation`)."""
+
+    debias: list[Literal["balanced", "group-dro", "end"]] = field(default_factory=list)
+    compositions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class TrackingSection:
     """Experiment trackers every pre-training and cell logs to (``unveil reproduce --track`` replaces them):
     ``track`` names (tensorboard: each run's OUT/.../tensorboard; mlflow: one MLflow experiment named after the
@@ -110,6 +120,7 @@ class ExperimentFile:
     name: str | None = None
     description: str = ""
     seed: int = 0
+    seeds: list[int] | None = None  # several seeds: one full run per seed (OUT/seed-N), then aggregated over seeds
     recipes: str | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -118,3 +129,4 @@ class ExperimentFile:
     audit: AuditSettings = field(default_factory=AuditSettings)
     jobs: int = 1
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    mitigation: MitigationSection = field(default_factory=MitigationSection)

@@ -27,10 +27,11 @@ class GridRun:
     cluster: str | None = None  # a Dask cluster ("local" or a scheduler address); None: this process or a pool
     data: dict[str, DataSpec] = field(default_factory=dict)
     tracking: TrackingSettings | None = None  # every run's trackers (grid_tracking); None: metrics.jsonl only
+    shared_cache: Path | None = None  # the pre-processing cache of several seeds' runs (default: OUT/cache)
 
     @property
     def cache(self) -> Path:
-        return self.out / "cache"
+        return self.shared_cache if self.shared_cache is not None else self.out / "cache"
 
     @property
     def bars(self) -> bool:

@@ -90,8 +90,10 @@ def _architecture(name: Any) -> str:
     return display_name(name)
 
 
-def _cell_label(architecture: Any, encoder: Any, training_set: Any) -> str:
-    return f"{_architecture(architecture)} / {encoder} / {training_set}"
+def _cell_label(architecture: Any, encoder: Any, training_set: Any, debias: Any = None) -> str:
+    """``conv8 / B / QB`` (``conv8 / B / QB, debias end`` for a cell of the mitigated arm)."""
+    mitigated = "" if _missing(debias) or debias in ("", "none") else f", debias {debias}"
+    return f"{_architecture(architecture)} / {encoder} / {training_set}{mitigated}"
 
 
 def _html_table(table: pd.DataFrame, *classes: str) -> Markup:
@@ -158,7 +160,7 @@ def _heatmap(wide: pd.DataFrame, cells: pd.DataFrame) -> str | None:
                               dropna=False).reindex(index=order, columns=tests)
     identity = wide.drop_duplicates("model").set_index("model")
     wide_open = {(r["model"], r["test_set"]) for r in _inconclusive(wide)}
-    labels = [_cell_label(*identity.loc[m, ["architecture", "encoder", "training_set"]]) for m in order]
+    labels = [_cell_label(*identity.loc[m, ["architecture", "encoder", "training_set", "debias"]]) for m in order]
 
     cmap = colormaps["RdYlGn"].with_extremes(bad="#e4e4e4")
     norm = Normalize(*HEATMAP_RANGE)
@@ -204,7 +206,8 @@ def _inconclusive(wide: pd.DataFrame, metric: str = "balanced_accuracy") -> list
         if why is not None:
             found.append({"model": row["model"], "test_set": row["test_set"],
                           "test_label": row.get("test_set_label", row["test_set"]),
-                          "label": _cell_label(row["architecture"], row["encoder"], row["training_set"]),
+                          "label": _cell_label(row["architecture"], row["encoder"], row["training_set"],
+                                               row.get("debias")),
                           "value": _interval(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high")),
                           "patients": int(row["patients"]) if "patients" in row and not _missing(row["patients"])
                           else None, "why": why})
@@ -258,7 +261,7 @@ def _cells(cells: pd.DataFrame, recipes: Any) -> list[dict[str, Any]]:
     for _, cell in cells.iterrows():
         recipe = recipes.recipes.get(str(cell["training_set"])) if recipes is not None else None
         rows.append({"cell_id": cell["cell_id"], "label": _cell_label(cell["architecture"], cell["encoder"],
-                                                                      cell["training_set"]),
+                                                                      cell["training_set"], cell.get("debias")),
                      "training_set": cell["training_set"],
                      "roles": " + ".join(recipe.roles) if recipe else "",
                      "description": recipe.description if recipe else "",
@@ -284,7 +287,7 @@ def _audits(store: ResultsStore, cells: pd.DataFrame, files: pd.DataFrame, resul
     audits = store.table("audits")
     audited = set(audits["cell_id"]) | set(files.loc[files["kind"] != "roc", "cell_id"])
     order = [c for c in cells["cell_id"] if c in audited] + sorted(audited - set(cells["cell_id"]))
-    labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"])
+    labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"], c.get("debias"))
               for _, c in cells.iterrows()}
     sections = []
     for cell_id in order:
@@ -333,10 +336,10 @@ def _context(store: ResultsStore, results_dir: Path) -> dict[str, Any]:
                            "html": _html_table(table, "metrics"), "notes": notes})
     roc = []
     for _, cell in cells.iterrows():
-        label = _cell_label(cell["architecture"], cell["encoder"], cell["training_set"])
+        label = _cell_label(cell["architecture"], cell["encoder"], cell["training_set"], cell.get("debias"))
         roc.append({"label": label, "pictures": _pictures(files, "roc", cell["cell_id"], results_dir, label)})
-    cell_labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"]) for _, c in
-                   cells.iterrows()}
+    cell_labels = {c["cell_id"]: _cell_label(c["architecture"], c["encoder"], c["training_set"], c.get("debias"))
+                   for _, c in cells.iterrows()}
     clinical = clinical_context(store, wide, cells, files, labels, cell_labels, lambda rows, kind, cell_id, caption:
                                 _pictures(rows, kind, cell_id, results_dir, caption))
     return {**clinical,
