@@ -63,10 +63,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 class StepProfiler:
     """Profiles ``steps`` consecutive steps of a loop: call :meth:`step` after each of its steps; profiling
-    starts after step ``start`` and stops ``steps`` steps later (the device synchronised at both ends)."""
+    starts after step ``start`` and stops ``steps`` steps later (the device synchronised at both ends).
+    ``activities``: what the profiler records (default: CPU and CUDA)."""
 
-    def __init__(self, start: int, steps: int) -> None:
+    def __init__(self, start: int, steps: int, activities: Sequence[Any] | None = None) -> None:
         self.start, self.steps, self.seen, self.wall_us = start, steps, 0, 0.0
+        self.activities = list(activities or [torch.profiler.ProfilerActivity.CPU,
+                                              torch.profiler.ProfilerActivity.CUDA])
         self.profiler: torch.profiler.profile | None = None
         self._started = 0.0
 
@@ -75,8 +78,7 @@ class StepProfiler:
         self.seen += 1
         if self.seen == self.start:
             torch.cuda.synchronize()
-            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler = torch.profiler.profile(activities=self.activities)
             self.profiler.start()
             self._started = time.perf_counter()
         elif self.seen == self.start + self.steps and self.profiler is not None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from unveil.models import ModelError, ModelSpec, model_names, register_model
+from unveil.models import ModelError, ModelSpec, build_model, model_names, register_model
 from unveil.models.catalog import unregister_model
+from unveil.training import TrainConfig, fit, fit_normalization
 
-from conftest import shared
+from conftest import shared, toy_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_profile  # noqa: E402
@@ -139,3 +140,31 @@ def test_train_speed_tiny_real_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Conv8 | 0.25 |" in printed and "| ResNet-18 | 1 |" in printed
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left behind
+
+
+def test_step_profiler_windows_the_last_epoch_of_fit(tmp_path, monkeypatch):
+    """The profiled steps of `gpu_speed.profile` are steps of fit's last epoch (after its first): checked on the
+    CPU, with a CPU-only profiler, against the steps fit reports."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    data = toy_set(42, seed=0)  # batches of 8: 5 full and one of 2, kept
+    config = TrainConfig(architecture="conv8", width=0.25, image_size=32, epochs=2, batch_size=8, seed=0)
+    per_epoch = gpu_speed.steps_per_epoch(len(data), config.batch_size)
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    profiler = gpu_speed.StepProfiler(start=per_epoch + 1, steps=per_epoch - 2, activities=cpu)
+    seen = []
+
+    def on_step(epoch, step):
+        seen.append((epoch, step))
+        profiler.step()
+
+    model = build_model("conv8", width=0.25)
+    history = fit(model, data, toy_set(8, seed=1), config, tmp_path, normalization=fit_normalization(data.images),
+                  resume=False, on_step=on_step).history
+    assert per_epoch == 6 == history[-1]["optimizer_steps"] - history[0]["optimizer_steps"]
+    assert seen[per_epoch] == (1, 0) and len(seen) == 2 * per_epoch
+    summary = profiler.summary(config.batch_size, arch="conv8", loop="ours")
+    assert summary["steps"] == 4 and summary["wall_ms"] > 0
+    assert any(e["name"].startswith("aten::") for e in summary["top_self_cpu"])
+    short = gpu_speed.StepProfiler(start=3 * per_epoch, steps=2, activities=cpu)
+    with pytest.raises(ProfileError, match="fewer than"):
+        short.summary(8)
