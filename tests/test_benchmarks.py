@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from conftest import shared, toy_set
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_profile  # noqa: E402
 import gpu_speed  # noqa: E402
+import segment_speed  # noqa: E402
 import train_speed  # noqa: E402
 from gpu_profile import OpTime, ProfileError, profile_summary, profile_text  # noqa: E402
 
@@ -168,3 +170,18 @@ def test_step_profiler_windows_the_last_epoch_of_fit(tmp_path, monkeypatch):
     short = gpu_speed.StepProfiler(start=3 * per_epoch, steps=2, activities=cpu)
     with pytest.raises(ProfileError, match="fewer than"):
         short.summary(8)
+
+
+def test_segment_speed_times_batches_of_real_images(capsys):
+    from unveil.segmentation import LungSegmenter
+
+    images = segment_speed.images_of(None, 3, 40, seed=0)
+    assert len(images) == 3 and images[0].shape == (40, 40)
+    assert segment_speed.throughput(LungSegmenter.load(), images, batch_size=2, threads=1) > 0
+    segment_speed.main(["--images", "2", "--size", "32", "--batch", "2", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    row = json.loads(lines[0])
+    assert (row["threads"], row["batch"], row["images"]) == (1, 2, 2) and row["images_per_second"] > 0
+    assert "| threads | batch | images/s | ms per image |" in lines
+    real = segment_speed.images_of(f"covid-qu-ex:{shared('covid-qu-ex')}", 2, 0, seed=1)  # skips without the data
+    assert len(real) == 2 and real[0].ndim == 2 and real[0].dtype == np.float32

@@ -49,6 +49,23 @@ def test_bias_groups_are_class_by_source():
     assert torch.bincount(groups.group).tolist() == [6, 2, 2, 6]
 
 
+def test_a_training_set_with_every_class_from_its_own_source_is_confounded_and_said_so(caplog):
+    assert not bias_groups(two_source_set(16, 0)).confounded
+    toy = toy_set(16, 0)
+    sources = np.where(toy.labels.numpy() == 1, "covid-qu-ex", "chestxray")
+    confounded = ImageSet(toy.images, toy.labels, toy.records.assign(source=sources), toy.classes)
+    assert bias_groups(confounded).confounded
+    one_source = ImageSet(toy.images, toy.labels, toy.records.assign(source="x"), toy.classes)
+    assert not bias_groups(one_source).confounded  # one source: nothing to confound
+    model = build_model("conv8", num_classes=2, width=0.25)
+    with caplog.at_level("WARNING", logger="unveil.training.debias"):
+        arm = Mitigation(TrainConfig(**{**TINY.to_dict(), "debias": "balanced"}), confounded, model,
+                         lambda logits, labels: logits.sum(), torch.device("cpu"))
+    assert "every class of the training set comes from one source" in caplog.text
+    assert "source-balanced sampling is class-balanced sampling" in caplog.text
+    assert arm.describe()["confounded"] is True
+
+
 def test_balanced_order_draws_every_group_equally_and_walks_each_group():
     group = torch.tensor([0] * 50 + [1] * 5 + [2] * 30 + [3] * 15)
     order = balanced_order(group, torch.Generator().manual_seed(3))

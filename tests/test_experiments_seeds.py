@@ -5,8 +5,10 @@ import math
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from test_experiments import TINY, write
+from unveil.cli import app
 from unveil.evaluation.store import ResultsStore
 from unveil.experiments import ExperimentError, load_experiment, reproduce
 from unveil.reports.mitigation import MEASURES, PAIRED, headline, over_seeds
@@ -49,7 +51,8 @@ def test_two_seeds_with_a_mitigated_arm_run_and_aggregate(tmp_path):
             assert set(store.table("audits")["cell_id"]) == set(cells.index)
             claims = set(store.table("comparisons")["claim"])
             assert "debias balanced helps" in claims
-        assert (out / f"seed-{seed}" / "report.html").is_file()
+        seed_page = (out / f"seed-{seed}" / "report.html").read_text(encoding="utf-8")
+        assert "Mitigation, re-audited" in seed_page and "conv8 / none / AB, debias balanced" in seed_page
         assert (out / f"seed-{seed}" / "tables" / "mitigation.md").is_file()
     assert (out / "cache").is_dir() and not (out / "seed-0" / "cache").exists()  # one cache for the seeds
     pooled = pd.read_csv(result)
@@ -67,6 +70,12 @@ def test_two_seeds_with_a_mitigated_arm_run_and_aggregate(tmp_path):
     assert set(arm["verdict"]) <= {"improved", "worse", "not shown"}
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "The mitigated arm side by side" in page and 'href="seed-1/report.html"' in page
+    (out / "report.html").unlink()
+    result_cli = CliRunner().invoke(app, ["report", str(out)])  # rewrites each seed's report and the summary
+    assert result_cli.exit_code == 0, result_cli.output
+    assert "seed-0/report.html" in result_cli.output and (out / "report.html").is_file()
+    refused = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html")])
+    assert refused.exit_code != 0 and "holds one run per seed (0, 1)" in refused.output
     calls = []
     import unveil.experiments.runner as runner
     real = runner.CellJob.run
@@ -106,3 +115,18 @@ def test_public_scale_loads_with_its_recipes(monkeypatch, tmp_path):
     book = experiment.recipe_book()
     assert book.recipe("QB").positives_from == ("Q",) and book.recipe("QB").negatives_from == ("B",)
     assert yaml.safe_load(experiment.source.read_text())["preprocess"]["size"] == 128
+
+
+@pytest.mark.parametrize(("lower_is_better", "twin", "mine", "verdict"), [
+    (True, (0.90, 0.85, 0.95), (0.60, 0.52, 0.70), "improved"),  # probe down, intervals apart
+    (True, (0.90, 0.85, 0.95), (0.84, 0.75, 0.90), "not shown"),  # overlapping
+    (True, (0.60, 0.52, 0.70), (0.90, 0.85, 0.95), "worse"),
+    (False, (0.60, 0.52, 0.70), (0.90, 0.85, 0.95), "improved"),  # external AUC up
+    (False, (0.60, float("nan"), 0.70), (0.90, 0.85, 0.95), "not shown"),  # no interval: no verdict
+])
+def test_unpaired_verdict_reads_the_intervals(lower_is_better, twin, mine, verdict):
+    from unveil.reports.mitigation import Measure, _unpaired
+
+    measure = Measure("t", "t", lower_is_better, "")
+    as_row = lambda v: pd.Series({"value": v[0], "low": v[1], "high": v[2]})  # noqa: E731
+    assert _unpaired(measure, as_row(twin), as_row(mine))[0] == verdict

@@ -51,7 +51,7 @@ def _reproduce(experiment_file: str, out: Path, jobs: int | None, workers: int, 
 @writes_output("experiment", "data", "option")
 def reproduce_command(
     experiment: Annotated[str, typer.Argument(
-        help="Experiment YAML file, or a shipped one: demo, paper, public, public-full.")],
+        help="Experiment YAML file, or a shipped one: demo, paper, public, public-full, public-scale.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (a rerun continues where it stopped).")] = None,
     jobs: Annotated[int | None, typer.Option(
         help="Cells trained in parallel processes, or the workers of --cluster local (default: the file's).")]
@@ -105,9 +105,20 @@ def report_command(
     results: ResultsArgument,
     out: Annotated[Path | None, typer.Option(help="HTML file (default: RESULTS/report.html).")] = None,
 ) -> None:
-    """Write the self-contained HTML report of an experiment."""
+    """Write the self-contained HTML report of an experiment (of several seeds: each seed's report, the tables over
+    the seeds and RESULTS/report.html)."""
     from unveil.reports import write_report
+    from unveil.reports.seeds import seed_folder, seeds_in, write_seed_tables, write_seeds_report
 
+    seeds = seeds_in(results)
+    if not (results / "results.sqlite").is_file() and seeds:
+        require(out is None, f"{results} holds one run per seed ({', '.join(map(str, seeds))}): its report is "
+                             f"{results / 'report.html'}; --out is for a single run")
+        for seed in seeds:
+            typer.echo(str(write_report(seed_folder(results, seed))))
+        write_seed_tables(results, seeds)
+        typer.echo(str(write_seeds_report(results, seeds, results.name)))
+        return
     typer.echo(str(write_report(results, out)))
 
 

@@ -22,6 +22,8 @@ from unveil.evaluation.clinical import (
 from unveil.evaluation.paired import comparison_line
 from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.subgroups import subgroup_display
+from unveil.reports.mitigation import CAPTION as MITIGATION_CAPTION
+from unveil.reports.mitigation import headline, mitigation_rows, run_table
 
 
 def _table(table: pd.DataFrame, kind: str) -> Markup:
@@ -64,7 +66,12 @@ def clinical_context(store: ResultsStore, wide: pd.DataFrame, cells: pd.DataFram
     if not subgroups.empty:
         subgroups = subgroups.assign(model=subgroups["cell_id"].map(lambda m: cell_labels.get(m, m)),
                                      test_set=subgroups["test_set"].map(lambda t: labels.get(t, t)))
+    arm = mitigation_rows(store)
+    mitigation = None if arm.empty else {
+        "caption": MITIGATION_CAPTION, "headline": headline(arm),
+        "html": _table(run_table(arm.assign(cell=arm["cell"].map(lambda m: cell_labels.get(m, m)))), "mitigation")}
     return {
+        "mitigation": mitigation,
         "calibration": {"caption": CALIBRATION_CAPTION, "html": _table(calibrated, "calibration")
                         if not calibrated.empty else None,
                         "figures": _figures(files, "reliability", cells, labels, cell_labels, pictures)},

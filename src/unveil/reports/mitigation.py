@@ -40,6 +40,12 @@ MEASURES = (
     Measure("below chance", "external AUC", False, "the model's AUC on an external set"),
 )
 PAIRED = "paired AUC difference (DeLong)"
+CAPTION = ("Each cell of the mitigated arm beside its unmitigated twin (same architecture, encoder and training set): "
+           "the source probe (balanced accuracy of a linear probe telling sources apart within a class; lower is "
+           "better, 0.5 = cannot), the transfer drop (in-source minus external AUC; lower is better) and the external "
+           "AUC (higher is better), each with its audit interval, and the paired AUC difference on each test set "
+           "(mitigated minus unmitigated, DeLong). Verdict from the intervals: improved / worse when they do not "
+           "overlap (the paired difference: when its interval excludes 0), else not shown.")
 COLUMNS = ("cell", "twin", "debias", "measure", "subject", "twin_value", "twin_low", "twin_high", "value", "low",
            "high", "difference", "difference_low", "difference_high", "verdict", "note")
 
@@ -91,6 +97,8 @@ def mitigation_rows(store: ResultsStore) -> pd.DataFrame:
                 if match.empty:
                     continue
                 other = match.iloc[0]
+                if pd.isna(other["value"]) and pd.isna(row["value"]):
+                    continue  # not applicable to either model (too few images): nothing to compare
                 verdict, note = _unpaired(measure, other, row)
                 rows.append({**base, "measure": measure.label, "subject": row["subject"],
                              "twin_value": other["value"], "twin_low": other["low"], "twin_high": other["high"],

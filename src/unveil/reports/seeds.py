@@ -24,6 +24,16 @@ def seed_folder(out: str | Path, seed: int) -> Path:
     return Path(out) / SEED_FOLDER.format(seed=seed)
 
 
+def seeds_in(out: str | Path) -> list[int]:
+    """The seeds whose runs OUT holds (``seed-N/results.sqlite``), in increasing order."""
+    found = []
+    for folder in Path(out).glob("seed-*"):
+        number = folder.name.removeprefix("seed-")
+        if number.lstrip("-").isdigit() and (folder / "results.sqlite").is_file():
+            found.append(int(number))
+    return sorted(found)
+
+
 def write_mitigation_table(store: ResultsStore, folder: Path) -> pd.DataFrame:
     """One run's mitigated arm side by side: FOLDER/mitigation.csv and .md (nothing when the run has no arm)."""
     rows = mitigation_rows(store)

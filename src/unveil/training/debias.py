@@ -17,6 +17,7 @@ Whether a mitigation helped is for the re-audit (`unveil audit`) to say, never a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from unveil.training.config import ConfigError, TrainConfig
 from unveil.training.data import ImageSet, TrainingDataError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BiasGroups:
@@ -38,6 +41,14 @@ class BiasGroups:
     bias: torch.Tensor  # int64, N: index into ``sources``
     names: tuple[str, ...]  # "class/source", sorted by class then source
     sources: tuple[str, ...]
+
+    @property
+    def confounded(self) -> bool:
+        """Every class from its own single source (``COVID+/q``, ``COVID-/b``): source and class cannot be told
+        apart in the training set, so ``balanced`` is class balancing, group DRO is DRO over the classes and EnD
+        has no same-class pair across sources to entangle (only its disentangling term acts)."""
+        classes = [name.rsplit("/", 1)[0] for name in self.names]
+        return len(set(classes)) == len(classes) == len(self.sources) > 1
 
 
 def bias_groups(train: ImageSet) -> BiasGroups:
@@ -152,6 +163,12 @@ def per_sample_loss(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor
     return lambda logits, labels: F.cross_entropy(logits.float(), labels, reduction="none")
 
 
+#: what each method reduces to when every class comes from its own source (BiasGroups.confounded)
+CONFOUNDED_EFFECT = {"balanced": "source-balanced sampling is class-balanced sampling",
+                     "group-dro": "group DRO is DRO over the classes",
+                     "end": "EnD only disentangles images of one source (= one class); nothing is entangled"}
+
+
 class Mitigation:
     """What the training loop asks of a mitigation (``config.debias`` other than ``none``): the epoch's order
     (``balanced`` only: :meth:`order`) and each batch's loss (:meth:`loss`, from the logits, the labels and the
@@ -161,6 +178,10 @@ class Mitigation:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device) -> None:
         self.config = config
         self.groups = bias_groups(train)
+        if self.groups.confounded:
+            log.warning("debias %s: every class of the training set comes from one source (%s): source and class "
+                        "cannot be separated here, so %s", config.debias, ", ".join(self.groups.names),
+                        CONFOUNDED_EFFECT[config.debias])
         self.reorders = config.debias == "balanced"
         self._group, self._bias = self.groups.group.to(device), self.groups.bias.to(device)
         self._loss_fn = loss_fn
@@ -201,7 +222,8 @@ class Mitigation:
             options["debias_eta"] = self.config.debias_eta
         if self.config.debias == "end":
             options.update(end_alpha=self.config.end_alpha, end_beta=self.config.end_beta)
-        described: dict[str, Any] = {**options, "bias": "source", "groups": list(self.groups.names)}
+        described: dict[str, Any] = {**options, "bias": "source", "groups": list(self.groups.names),
+                                     "confounded": self.groups.confounded}
         if self.dro is not None:
             described["group_weights"] = [round(float(w), 6) for w in self.dro.weights]
         return described

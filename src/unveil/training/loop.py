@@ -176,6 +176,10 @@ def _resume(engine: _Engine, config: TrainConfig, run_dir: Path, resume: bool) -
     return state
 
 
+#: the progress bar's running loss is read from the device every this many steps (each read waits for the device)
+LOSS_SHOWN_EVERY = 10
+
+
 def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
                  epoch: int, *, progress: bool,
                  on_step: Callable[[int, int], None] | None) -> tuple[float, int, int, int]:
@@ -192,9 +196,15 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
         batches = batches[:-1]  # a last batch too small to share (or for batch norm) is dropped
     network = engine.network or engine.model
     network.train()
-    total_loss, seen = 0.0, 0
+    # The summed loss stays on the device: reading it (float()) would make the host wait for the device at every
+    # step; it is read every LOSS_SHOWN_EVERY steps for the bar, and once at the end. float64 (float32 on MPS,
+    # which has no float64) sums exactly as the Python float it replaces.
+    total_loss = torch.zeros((), dtype=torch.float32 if engine.device.type == "mps" else torch.float64,
+                             device=engine.device)
+    seen = 0
+    shown = progress and rank == 0
     bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                       enabled=progress and rank == 0)
+                       enabled=shown)
     for step, batch_indices in enumerate(bar):
         theta = random_rigid_affine(len(batch_indices), generator, config.rotation_degrees, config.translate,
                                     config.hflip)
@@ -212,16 +222,17 @@ def _train_epoch(engine: _Engine, train: ImageSet, images: torch.Tensor, labels:
         engine.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         engine.optimizer.step()
-        total_loss += float(loss.detach()) * len(local)
+        total_loss += loss.detach().to(total_loss.dtype) * len(local)
         seen += len(local)
-        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
+        if shown and (step % LOSS_SHOWN_EVERY == 0 or step == len(batches) - 1):
+            bar.set_postfix(loss=f"{float(total_loss) / max(seen, 1):.4f}")
         if on_step is not None:
             on_step(epoch, step)
     bn_images = recalibrate_batch_norm(engine, images, config)
     if world_size > 1:  # batch-norm statistics are per rank: take rank 0's so every rank validates alike
         for buffer in engine.model.buffers():
             dist.broadcast(buffer, src=0)
-    return total_loss, seen, len(batches), bn_images
+    return float(total_loss), seen, len(batches), bn_images
 
 
 def batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
