@@ -107,6 +107,17 @@ def test_over_seeds_verdicts_need_the_interval_to_exclude_no_change():
     assert "improved: external AUC of m on C" in headline(improved)
 
 
+def test_too_wide_notes_apply_the_reports_rule_to_the_seeds_interval():
+    from unveil.reports.seeds import too_wide_notes
+
+    pooled = pd.DataFrame({"model": ["m", "m", "n"], "test_set": ["A", "B", "A"],
+                           "balanced_accuracy": [0.80, 0.56, 0.9], "balanced_accuracy_half_width": [0.05, 0.16, 0.11]})
+    (line,) = too_wide_notes(pooled)
+    assert "m on Test B: 0.56 ± 0.16: width 0.320 > 0.20; contains 0.5 (chance)" in line
+    assert "n on Test A: 0.90 ± 0.11: width 0.220 > 0.20" in line and "m on Test A" not in line
+    assert too_wide_notes(pooled.iloc[:1]) == []
+
+
 def test_public_scale_loads_with_its_recipes(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     experiment = load_experiment("public-scale")

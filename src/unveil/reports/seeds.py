@@ -15,6 +15,7 @@ from unveil.evaluation.store import ResultsStore
 from unveil.evaluation.table_text import markdown_table
 from unveil.evaluation.tables import SEED_INTERVAL, named_tables, pool_seeds, with_labels
 from unveil.provenance import write_text_atomic
+from unveil.reports.intervals import RULE, too_wide
 from unveil.reports.mitigation import headline, mitigation_rows, over_seeds, run_table, seeds_table
 
 SEED_FOLDER = "seed-{seed}"
@@ -63,6 +64,21 @@ def pooled_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pooled
 
 
+def too_wide_notes(pooled: pd.DataFrame, metric: str = "balanced_accuracy") -> list[str]:
+    """One line per (cell, test set) of Table 2 whose interval over the seeds is too wide to conclude (the
+    report's rule, :func:`unveil.reports.intervals.too_wide`, on mean ± half-width)."""
+    lines = []
+    for _, row in pooled.sort_values(["model", "test_set"]).iterrows():
+        mean, half = row.get(metric), row.get(f"{metric}_half_width")
+        if pd.isna(mean):
+            continue
+        reason = too_wide(mean - half, mean + half) if not pd.isna(half) else "one seed: no interval"
+        if reason:
+            lines.append(f"{row['model']} on Test {row.get('test_set_label') or row['test_set']}: "
+                         f"{mean:.2f} ± {half:.2f}: {reason}")
+    return [f"{RULE} (over seeds): " + "; ".join(lines)] if lines else []
+
+
 def write_seed_tables(out: str | Path, seeds: list[int]) -> dict[str, Path]:
     """OUT/tables: table2 (pooled over seeds), results.csv (every seed's rows), results_by_cell.csv (pooled),
     mitigation_by_seed.csv and mitigation.md/.csv (over seeds)."""
@@ -75,6 +91,7 @@ def write_seed_tables(out: str | Path, seeds: list[int]) -> dict[str, Path]:
             index=False, lineterminator="\n"))}
     for stem, (caption, table, notes) in named_tables(pooled, pooled=True).items():
         caption = f"{caption}; seeds {', '.join(map(str, seeds))}"
+        notes = too_wide_notes(pooled) + notes if stem == "table2" else notes
         written[stem] = write_text_atomic(tables / f"{stem}.md", markdown_table(table, caption, notes))
     by_seed = pd.concat([frame.assign(seed=seed) for seed, frame in mitigation.items()], ignore_index=True)
     if not by_seed.empty:
@@ -98,6 +115,7 @@ def write_seeds_report(out: str | Path, seeds: list[int], name: str) -> Path:
              "<p>Each seed is one full run (its own patient-exclusive splits, pre-training, training, evaluation and "
              "audit); the tables give the mean over the seeds and the Student-t 95 % interval of that mean.</p>"]
     caption, table, notes = named_tables(pooled, pooled=True)["table2"]
+    notes = too_wide_notes(pooled) + notes
     parts += [f"<h2>{html.escape(caption)}</h2>", table.to_html(index=False, escape=True, border=0),
               "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]
     aggregated = over_seeds(mitigation)
