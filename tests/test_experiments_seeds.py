@@ -52,7 +52,7 @@ def test_two_seeds_with_a_mitigated_arm_run_and_aggregate(tmp_path):
             claims = set(store.table("comparisons")["claim"])
             assert "debias balanced helps" in claims
         seed_page = (out / f"seed-{seed}" / "report.html").read_text(encoding="utf-8")
-        assert "Mitigation, re-audited" in seed_page and "conv8 / none / AB, debias balanced" in seed_page
+        assert "Mitigation, re-audited" in seed_page and "Conv8 / none / AB, debias balanced" in seed_page
         assert (out / f"seed-{seed}" / "tables" / "mitigation.md").is_file()
     assert (out / "cache").is_dir() and not (out / "seed-0" / "cache").exists()  # one cache for the seeds
     pooled = pd.read_csv(result)
@@ -66,7 +66,9 @@ def test_two_seeds_with_a_mitigated_arm_run_and_aggregate(tmp_path):
     table2 = (out / "tables" / "table2.md").read_text(encoding="utf-8")
     assert "AB, debias balanced" in table2 and "seeds 0, 1" in table2
     arm = pd.read_csv(out / "tables" / "mitigation.csv")
-    assert set(arm["measure"]) >= {PAIRED, "external AUC"} and set(arm["seeds"]) == {"0, 1"}
+    assert set(arm["measure"]) >= {PAIRED, "external AUC"}
+    assert set(arm[arm["measure"].isin([PAIRED, "external AUC"])]["seeds"]) == {"0, 1"}  # a probe pair may apply
+    # in one seed only (too few images of a source in the other's split): it is pooled over the seeds it has
     assert set(arm["verdict"]) <= {"improved", "worse", "not shown"}
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "The mitigated arm side by side" in page and 'href="seed-1/report.html"' in page
